@@ -1,0 +1,97 @@
+"""The one place for every name that crosses a process boundary.
+
+Topic names, Kafka header names, consumer groups, outbox statuses and the Redis idempotency
+key format are defined here and nowhere else, so a producer and its consumers cannot disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Final
+
+AGGREGATE_ORDER: Final = "Order"
+EVENT_ORDER_CREATED: Final = "OrderCreated"
+
+# Six partitions: enough to show per-key ordering across partitions and a rebalance between two
+# consumers, few enough that a single-node broker on two cores stays quick to start.
+TOPIC_PARTITIONS: Final = 6
+DLQ_SUFFIX: Final = ".dlq"
+
+INVENTORY_GROUP: Final = "inventory-service"
+EMAIL_GROUP: Final = "email-service"
+
+# 48 hours: longer than any redelivery window we expect (Kafka retention of a stuck partition,
+# a DLQ replay the next working day), short enough that Redis does not grow without bound.
+IDEMPOTENCY_TTL_SECONDS: Final = 172_800
+
+# The envelope version consumers understand; anything else is a poison message.
+SCHEMA_VERSION: Final = 1
+
+
+class OutboxStatus(StrEnum):
+    PENDING = "Pending"
+    PUBLISHED = "Published"
+    FAILED = "Failed"
+
+
+class Header:
+    """Kafka header names. Values are UTF-8 strings."""
+
+    IDEMPOTENCY_KEY: Final = "idempotencyKey"
+    EVENT_TYPE: Final = "eventType"
+    AGGREGATE_TYPE: Final = "aggregateType"
+    AGGREGATE_ID: Final = "aggregateId"
+    AGGREGATE_VERSION: Final = "aggregateVersion"
+    OCCURRED_AT: Final = "occurredAt"
+    TRACEPARENT: Final = "traceparent"
+    # DLQ records carry these on top of the original headers.
+    FAILURE_REASON: Final = "failureReason"
+    RETRY_COUNT: Final = "retryCount"
+    ORIGINAL_TOPIC: Final = "originalTopic"
+    ORIGINAL_PARTITION: Final = "originalPartition"
+    ORIGINAL_OFFSET: Final = "originalOffset"
+    CONSUMER_GROUP: Final = "consumerGroup"
+    FAILED_AT: Final = "failedAt"
+    # Set on a message an operator replayed from the DLQ: "<dlq partition>:<dlq offset>".
+    REPLAYED_FROM: Final = "replayedFrom"
+
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_EVENT_TYPE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+
+
+def _split_camel(event_type: str) -> list[str]:
+    if not _EVENT_TYPE.match(event_type):
+        raise ValueError(f"event type must be CamelCase ASCII, got {event_type!r}")
+    return [part.lower() for part in _CAMEL_BOUNDARY.split(event_type)]
+
+
+def topic_for_event_type(event_type: str) -> str:
+    """Kafka topic of an event type: ``OrderCreated`` -> ``order.created``.
+
+    The article's ``toLowerCase().replace(/([A-Z])/g, '.$1')`` lower-cases first, so the regex
+    never matches and every type maps to one undotted name; this splits on the word boundaries.
+    """
+    return ".".join(_split_camel(event_type))
+
+
+def dlq_topic_for(topic: str) -> str:
+    """The dead-letter topic of a source topic: ``order.created`` -> ``order.created.dlq``."""
+    return topic + DLQ_SUFFIX
+
+
+ORDER_CREATED_TOPIC: Final = topic_for_event_type(EVENT_ORDER_CREATED)
+ORDER_CREATED_DLQ_TOPIC: Final = dlq_topic_for(ORDER_CREATED_TOPIC)
+ALL_TOPICS: Final = (ORDER_CREATED_TOPIC, ORDER_CREATED_DLQ_TOPIC)
+
+
+def idempotency_key(service: str, event_type: str, event_id: str) -> str:
+    """Redis key recording that ``service`` handled one event: ``idem:inventory:order_created:<id>``.
+
+    The service name is part of the key so one consumer's success never suppresses another's
+    work (the article shares one key between inventory and email).
+    """
+    if not service or ":" in service:
+        raise ValueError(f"service name must be non-empty and free of ':', got {service!r}")
+    return f"idem:{service}:{'_'.join(_split_camel(event_type))}:{event_id}"

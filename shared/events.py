@@ -1,0 +1,72 @@
+"""The ``OrderCreated`` event: the contract between the order API and its consumers.
+
+The order API serialises it into the outbox ``payload``; the relay publishes that string as the
+Kafka value unchanged; consumers parse it with :func:`parse_order_created`, which raises
+:class:`~shared.errors.PoisonMessage` for anything that is not a valid event of a known version.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.contracts import SCHEMA_VERSION
+from shared.errors import PoisonMessage
+
+Money = Annotated[Decimal, Field(ge=0, decimal_places=2, allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    # Strict: a quantity of "2" is a schema violation, not something to coerce.
+    model_config = ConfigDict(strict=True, frozen=True, populate_by_name=True)
+
+
+class EventItem(_Strict):
+    sku: str = Field(min_length=1)
+    quantity: int = Field(ge=1)
+    # Money travels as a decimal string in JSON; strict mode would refuse the string, so this
+    # field alone is lax (it still refuses floats' binary noise through decimal_places=2).
+    unit_price: Annotated[Money, Field(alias="unitPrice", strict=False)]
+
+
+class OrderCreated(_Strict):
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schemaVersion")
+    order_id: str = Field(alias="orderId", min_length=1)
+    user_id: str = Field(alias="userId", min_length=1)
+    customer_email: str = Field(alias="customerEmail", min_length=3)
+    total: Annotated[Money, Field(strict=False)]
+    items: list[EventItem] = Field(min_length=1)
+    created_at: Annotated[datetime, Field(alias="createdAt", strict=False)]
+
+    def to_json(self) -> str:
+        """Compact JSON with camelCase keys, decimals as strings, times as ISO 8601 UTC."""
+        return self.model_dump_json(by_alias=True)
+
+
+def parse_order_created(value: bytes | None) -> OrderCreated:
+    """Parse a Kafka value into an event, or raise ``PoisonMessage`` naming what is wrong.
+
+    Never retried: the same bytes fail the same way every time, so they belong in the DLQ.
+    """
+    if value is None:
+        raise PoisonMessage("value is empty (tombstone)")
+    try:
+        document = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PoisonMessage(f"value is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise PoisonMessage(f"value is JSON {type(document).__name__}, not an object")
+    version = document.get("schemaVersion")
+    if version != SCHEMA_VERSION:
+        raise PoisonMessage(f"unknown schemaVersion {version!r} (this consumer knows {SCHEMA_VERSION})")
+    try:
+        return OrderCreated.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise PoisonMessage(f"schema violation: {problems}") from exc

@@ -1,0 +1,30 @@
+"""Signal handling for worker processes: SIGTERM/SIGINT set an event; the worker drains."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+log = logging.getLogger(__name__)
+
+
+def stop_event_on_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT; a second one exits at once.
+
+    The worker watches the event, finishes or hands back its in-flight work within its drain
+    budget, commits and closes its clients. A second signal means the operator lost patience.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def _on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal, exiting without drain", extra={"reason": signum})
+            raise SystemExit(128 + signum)
+        log.info("stop requested, draining", extra={"reason": signal.Signals(signum).name})
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, signum)
+    return stop

@@ -1,0 +1,69 @@
+"""Settings shared by every service: where the infrastructure is and how the process behaves.
+
+Infrastructure addresses are read from un-prefixed variables (``MONGO_URI``,
+``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_URL``, ``SMTP_HOST``, ``SMTP_PORT``) because all four
+services share them; each service subclasses :class:`ServiceSettings` with its own ``env_prefix``
+for its own knobs (``ORDER_PORT``, ``RELAY_BATCH_SIZE`` ...). Settings are built at start-up by
+the entry point, never as module-level singletons, so tests pass their own.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Defaults point at the embedded stack (`python -m stack up`); SecantusDB advertises a
+# single-node replica set named "secantus". A real deployment sets MONGO_URI to its own set.
+DEFAULT_MONGO_URI = "mongodb://127.0.0.1:27017/?replicaSet=secantus"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class InfraSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    environment: Literal["local", "test", "production"] = Field(
+        default="local", validation_alias=_env("ENVIRONMENT")
+    )
+    mongo_uri: str = Field(default=DEFAULT_MONGO_URI, validation_alias=_env("MONGO_URI"))
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS")
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
+    smtp_host: str = Field(default="127.0.0.1", validation_alias=_env("SMTP_HOST"))
+    smtp_port: int = Field(default=1025, ge=1, le=65535, validation_alias=_env("SMTP_PORT"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", validation_alias=_env("LOG_LEVEL")
+    )
+    # Every network call has a deadline: a dead dependency must surface as an error, not a hang.
+    mongo_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, validation_alias=_env("MONGO_TIMEOUT_SECONDS")
+    )
+
+
+class ServiceSettings(InfraSettings):
+    """Base of each service's settings; subclasses set ``env_prefix`` (``ORDER_`` ...)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # How long SIGTERM may take: finish in-flight work, commit, close. Compose's
+    # stop_grace_period is a few seconds longer so the drain is never cut short.
+    drain_seconds: float = Field(default=30.0, gt=0, le=300)
+    # Test-only crash points ("after_kafka_ack", ...): the process exits at that instant so the
+    # failure-injection suite can prove recovery. Never allowed in production.
+    failpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> ServiceSettings:
+        if self.environment == "production":
+            if self.failpoint:
+                raise ValueError("failpoint must not be set when ENVIRONMENT=production")
+            if "replicaSet=" not in self.mongo_uri and not self.mongo_uri.startswith("mongodb+srv"):
+                raise ValueError(
+                    "MONGO_URI must name a replica set in production: transactions need one"
+                )
+        return self
