@@ -1,0 +1,1 @@
+"""Email service: sends one order-confirmation email per ``order.created`` event."""

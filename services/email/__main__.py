@@ -1,0 +1,25 @@
+"""`python -m services.email [run]`: the order-confirmation email consumer."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from services.email.main import run
+from services.email.settings import EmailSettings
+from shared.logging import configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.email")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="consume order.created and send confirmations (the default)")
+    parser.parse_args(argv)
+    settings = EmailSettings()
+    configure_logging("email", settings.log_level)
+    return asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Entry point and lifecycle of the email consumer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.email.handlers import ConfirmationSender
+from services.email.settings import EmailSettings
+from shared.consumer import run_consumer_service
+from shared.events import parse_order_created
+from shared.redis import make_redis
+
+SERVICE = "email"
+
+
+async def run(settings: EmailSettings) -> int:
+    """Consume ``order.created`` until SIGTERM; 0 after a clean drain."""
+    redis = make_redis(settings.redis_url)
+
+    async def smtp_ready() -> bool:
+        # A TCP connect is enough to know the relay host is there; a full SMTP hello on every
+        # probe would fill the sink's log.
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(settings.smtp_host, settings.smtp_port), timeout=2
+        )
+        writer.close()
+        return True
+
+    try:
+        return await run_consumer_service(
+            settings,
+            service=SERVICE,
+            parse=parse_order_created,
+            handler=ConfirmationSender(settings).handle,
+            redis=redis,
+            extra_ready={"smtp": smtp_ready},
+        )
+    finally:
+        await redis.aclose()

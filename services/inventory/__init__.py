@@ -1,0 +1,1 @@
+"""Inventory service: reserves stock for each ``order.created`` event, exactly once."""

@@ -1,0 +1,107 @@
+"""What happens to one ``OrderCreated`` event: reserve all its items, or none.
+
+The whole decision runs in one MongoDB transaction (snapshot reads, majority commit): read the
+stock of every SKU, and either decrement all of them and record ``reserved``, or record
+``rejected`` with the reason and touch no stock. The unique ``orderId`` index makes a second
+delivery a no-op even when Redis lost its dedup key: the second transaction finds (or collides
+with) the first reservation and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import DuplicateKeyError
+
+from services.inventory.models import (
+    RESERVATIONS,
+    STOCK,
+    ReservationStatus,
+    reservation_document,
+)
+from shared.consumer import Delivery
+from shared.events import OrderCreated
+from shared.mongo import MongoClient, run_in_transaction
+
+log = logging.getLogger(__name__)
+
+OUTCOME_ALREADY_RESERVED = "already_recorded"
+
+
+class StockChangedError(Exception):
+    """A conditional decrement matched nothing inside the transaction (should not happen under
+    snapshot isolation; aborting keeps 'all or none' true if it ever does)."""
+
+
+class ReservationHandler:
+    def __init__(self, client: MongoClient, database: str) -> None:
+        self._client = client
+        self._db = client[database]
+
+    async def handle(self, event: OrderCreated, delivery: Delivery) -> str:
+        """Reserve the event's items once. Returns ``reserved``, ``rejected`` or
+        ``already_recorded`` (a redelivery whose reservation MongoDB already holds)."""
+        wanted = Counter[str]()
+        for item in event.items:
+            wanted[item.sku] += item.quantity  # an order may list one SKU on several lines
+
+        async def work(session: AsyncClientSession) -> str:
+            reservations = self._db[RESERVATIONS]
+            if await reservations.find_one(
+                {"orderId": event.order_id}, {"_id": 1}, session=session
+            ):
+                return OUTCOME_ALREADY_RESERVED
+            stock = {
+                doc["sku"]: int(doc["available"])
+                async for doc in self._db[STOCK].find(
+                    {"sku": {"$in": list(wanted)}}, session=session
+                )
+            }
+            reason = _shortfall(wanted, stock)
+            if reason is None:
+                for sku, quantity in wanted.items():
+                    result = await self._db[STOCK].update_one(
+                        {"sku": sku, "available": {"$gte": quantity}},
+                        {"$inc": {"available": -quantity}},
+                        session=session,
+                    )
+                    if result.modified_count != 1:
+                        raise StockChangedError(f"stock of {sku} changed during the transaction")
+                status = ReservationStatus.RESERVED
+            else:
+                status = ReservationStatus.REJECTED
+            await reservations.insert_one(
+                reservation_document(event, delivery.event_id, status, reason, datetime.now(UTC)),
+                session=session,
+            )
+            return status.value
+
+        try:
+            outcome = await run_in_transaction(self._client, work)
+        except DuplicateKeyError:
+            # Another delivery committed the same orderId between our read and our insert.
+            outcome = OUTCOME_ALREADY_RESERVED
+        log.info(
+            "reservation",
+            extra={"order_id": event.order_id, "event_id": delivery.event_id, "status": outcome},
+        )
+        return outcome
+
+
+def _shortfall(wanted: Counter[str], stock: dict[str, Any]) -> str | None:
+    """Why the order cannot be reserved, or None when every SKU has enough stock."""
+    unknown = sorted(sku for sku in wanted if sku not in stock)
+    if unknown:
+        return f"unknown sku: {', '.join(unknown)}"
+    short = sorted(
+        f"{sku} (wanted {qty}, available {stock[sku]})"
+        for sku, qty in wanted.items()
+        if stock[sku] < qty
+    )
+    if short:
+        return f"insufficient stock: {'; '.join(short)}"
+    return None

@@ -1,0 +1,188 @@
+"""Operator CLI for the dead-letter queue.
+
+    python -m shared.dlq list [--group G]
+    python -m shared.dlq show REF
+    python -m shared.dlq replay [--group G] (--offset REF | --all) [--dry-run]
+
+REF is ``partition:offset`` as printed by ``list`` (a bare offset is accepted when it is unique
+across partitions). ``replay`` republishes each selected record to its ``originalTopic`` with
+the original key, value and headers plus ``replayedFrom=<partition:offset>``, at most once per
+DLQ record (a ledger key in Redis is claimed before producing). Safe because every consumer is
+idempotent: the group that already handled the event skips it through its dedup key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.contracts import ORDER_CREATED_DLQ_TOPIC, Header
+from shared.dlq import StoredDlqRecord, read_dlq
+from shared.kafka import make_producer
+from shared.redis import make_redis
+from shared.settings import InfraSettings
+
+
+class DlqSettings(InfraSettings):
+    model_config = SettingsConfigDict(env_prefix="DLQ_", extra="ignore", frozen=True)
+
+    topic: str = Field(default=ORDER_CREATED_DLQ_TOPIC, min_length=1)
+
+
+class CliError(Exception):
+    pass
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _decode(raw: bytes | None) -> str:
+    return "" if raw is None else raw.decode("utf-8", "replace")
+
+
+def format_table(records: Sequence[StoredDlqRecord]) -> str:
+    rows = [("OFFSET", "KEY", "GROUP", "REASON", "FAILED AT")]
+    for r in records:
+        h = r.headers
+        rows.append(
+            (
+                r.ref,
+                _short(_decode(r.key), 26),
+                r.consumer_group,
+                _short(h.get(Header.FAILURE_REASON, ""), 70),
+                h.get(Header.FAILED_AT, ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines) + f"\n({len(records)} record{'s' if len(records) != 1 else ''})\n"
+
+
+def select(
+    records: Sequence[StoredDlqRecord], *, group: str | None = None, ref: str | None = None
+) -> list[StoredDlqRecord]:
+    """Filter by consumer group and/or ``partition:offset`` (or a unique bare offset)."""
+    chosen = [r for r in records if group is None or r.consumer_group == group]
+    if ref is None:
+        return chosen
+    if ":" in ref:
+        matches = [r for r in chosen if r.ref == ref]
+    else:
+        if not ref.isdigit():
+            raise CliError(f"offset must be PARTITION:OFFSET or a number, got {ref!r}")
+        matches = [r for r in chosen if r.offset == int(ref)]
+        if len(matches) > 1:
+            refs = ", ".join(r.ref for r in matches)
+            raise CliError(f"offset {ref} exists in several partitions ({refs}); use P:O")
+    if not matches:
+        raise CliError(f"no DLQ record {ref}" + (f" for group {group}" if group else ""))
+    return matches
+
+
+def format_record(record: StoredDlqRecord) -> str:
+    lines = [f"record   {record.topic} {record.ref}", f"key      {_decode(record.key)}", "headers"]
+    lines += [f"  {name}: {value}" for name, value in record.headers.items()]
+    lines += ["value", f"  {_decode(record.value)}", ""]
+    return "\n".join(lines)
+
+
+async def replay(
+    settings: DlqSettings, records: Sequence[StoredDlqRecord], *, dry_run: bool, out: TextIO
+) -> int:
+    """Republish ``records``; returns how many were sent (dry run: would be sent)."""
+    redis = make_redis(settings.redis_url)
+    producer = None if dry_run else make_producer(settings.kafka_bootstrap_servers)
+    sent = 0
+    try:
+        if producer is not None:
+            await producer.start()
+        for record in records:
+            target = record.original_topic
+            if not target:
+                out.write(f"skip {record.ref}: no {Header.ORIGINAL_TOPIC} header\n")
+                continue
+            ledger = record.ledger_key()
+            if dry_run:
+                already = await redis.exists(ledger)
+                verb = "already replayed" if already else "would replay"
+                out.write(f"{verb} {record.ref} -> {target} key={_decode(record.key)}\n")
+                sent += 0 if already else 1
+                continue
+            # Claim before producing: two operators replaying at once send one copy. If the
+            # send fails the claim is dropped so the replay can be tried again.
+            if not await redis.set(ledger, b"replaying", nx=True):
+                out.write(f"skip {record.ref}: already replayed\n")
+                continue
+            try:
+                assert producer is not None
+                await producer.send_and_wait(
+                    target, key=record.key, value=record.value, headers=record.replay_headers()
+                )
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await redis.delete(ledger)
+                raise
+            await redis.set(ledger, b"replayed")
+            out.write(f"replayed {record.ref} -> {target} key={_decode(record.key)}\n")
+            sent += 1
+    finally:
+        if producer is not None:
+            await producer.stop()
+        await redis.aclose()
+    return sent
+
+
+async def main_async(argv: Sequence[str] | None, out: TextIO = sys.stdout) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.dlq",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="table of DLQ records")
+    listing.add_argument("--group", help="only records from this consumer group")
+    show = commands.add_parser("show", help="one record with all headers and its value")
+    show.add_argument("ref", metavar="OFFSET", help="PARTITION:OFFSET as printed by list")
+    rep = commands.add_parser("replay", help="republish to the original topic, once per record")
+    rep.add_argument("--group", help="only records from this consumer group")
+    which = rep.add_mutually_exclusive_group(required=True)
+    which.add_argument("--offset", metavar="OFFSET", help="PARTITION:OFFSET of one record")
+    which.add_argument("--all", action="store_true", help="every (matching) record")
+    rep.add_argument("--dry-run", action="store_true", help="print, do not send")
+    args = parser.parse_args(argv)
+
+    settings = DlqSettings()
+    records = await read_dlq(settings.kafka_bootstrap_servers, settings.topic)
+    if args.command == "list":
+        out.write(format_table(select(records, group=args.group)))
+    elif args.command == "show":
+        for record in select(records, ref=args.ref):
+            out.write(format_record(record))
+    else:
+        chosen = select(records, group=args.group, ref=args.offset)
+        count = await replay(settings, chosen, dry_run=args.dry_run, out=out)
+        out.write(f"{'would replay' if args.dry_run else 'replayed'} {count} record(s)\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return asyncio.run(main_async(argv))
+    except CliError as exc:
+        sys.stderr.write(f"dlq: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
