@@ -87,7 +87,9 @@ ALL_TOPICS: Final = (ORDER_CREATED_TOPIC, ORDER_CREATED_DLQ_TOPIC)
 
 
 def idempotency_key(service: str, event_type: str, event_id: str) -> str:
-    """Redis key recording that ``service`` handled one event: ``idem:inventory:order_created:<id>``.
+    """Redis key recording that ``service`` handled one event.
+
+    Example: ``idem:inventory:order_created:<event id>``.
 
     The service name is part of the key so one consumer's success never suppresses another's
     work (the article shares one key between inventory and email).

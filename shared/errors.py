@@ -32,7 +32,11 @@ class TransientFault(Exception):
     """Raised by our own code for an infrastructure condition worth retrying."""
 
 
-_TRANSIENT_MONGO_LABELS = ("TransientTransactionError", "RetryableWriteError", "ResumableChangeStreamError")
+_TRANSIENT_MONGO_LABELS = (
+    "TransientTransactionError",
+    "RetryableWriteError",
+    "ResumableChangeStreamError",
+)
 # SMTP replies 4xx are "try again later" by definition (RFC 5321 §4.2.1).
 _SMTP_TRANSIENT_CODES = range(400, 500)
 
@@ -49,9 +53,14 @@ def classify(exc: BaseException) -> FaultKind:
         if any(exc.has_error_label(label) for label in _TRANSIENT_MONGO_LABELS):
             return FaultKind.TRANSIENT
         return FaultKind.UNKNOWN
-    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | redis_errors.BusyLoadingError):
+    if isinstance(
+        exc,
+        redis_errors.ConnectionError | redis_errors.TimeoutError | redis_errors.BusyLoadingError,
+    ):
         return FaultKind.TRANSIENT
-    if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("LOADING", "MISCONF", "READONLY")):
+    if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(
+        ("LOADING", "MISCONF", "READONLY")
+    ):
         return FaultKind.TRANSIENT
     if isinstance(exc, kafka_errors.KafkaError):
         if isinstance(exc, kafka_errors.KafkaConnectionError | kafka_errors.KafkaTimeoutError):

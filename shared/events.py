@@ -62,7 +62,9 @@ def parse_order_created(value: bytes | None) -> OrderCreated:
         raise PoisonMessage(f"value is JSON {type(document).__name__}, not an object")
     version = document.get("schemaVersion")
     if version != SCHEMA_VERSION:
-        raise PoisonMessage(f"unknown schemaVersion {version!r} (this consumer knows {SCHEMA_VERSION})")
+        raise PoisonMessage(
+            f"unknown schemaVersion {version!r} (this consumer knows {SCHEMA_VERSION})"
+        )
     try:
         return OrderCreated.model_validate(document)
     except ValidationError as exc:

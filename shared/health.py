@@ -23,7 +23,9 @@ READY_TIMEOUT_SECONDS = 3.0
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, ready: ReadyCheck, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, host: str, port: int, ready: ReadyCheck, registry: CollectorRegistry
+    ) -> None:
         self._host, self._port = host, port
         self._ready = ready
         self._registry = registry
@@ -47,7 +49,11 @@ class HealthServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), timeout=5)
-            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
+            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (
+                b"\r\n",
+                b"\n",
+                b"",
+            ):
                 pass  # headers are not needed
             parts = request_line.decode("latin-1").split()
             path = parts[1].split("?", 1)[0] if len(parts) >= 2 else ""
@@ -76,7 +82,11 @@ class HealthServer:
                 log.warning("readiness check failed", extra={"reason": repr(exc)})
             ok = all(checks.values())
             body = json.dumps({"status": "ready" if ok else "not ready", "checks": checks})
-            return ("200 OK" if ok else "503 Service Unavailable"), "application/json", body.encode()
+            return (
+                ("200 OK" if ok else "503 Service Unavailable"),
+                "application/json",
+                body.encode(),
+            )
         if path == "/metrics":
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
         return "404 Not Found", "application/json", b'{"detail":"not found"}'

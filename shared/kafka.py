@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -19,8 +20,13 @@ Headers = list[tuple[str, bytes]]
 REQUEST_TIMEOUT_MS = 10_000
 
 
-def make_producer(bootstrap_servers: str, *, transactional_id: str | None = None,
-                  linger_ms: int = 5, max_batch_size: int = 1_048_576) -> AIOKafkaProducer:
+def make_producer(
+    bootstrap_servers: str,
+    *,
+    transactional_id: str | None = None,
+    linger_ms: int = 5,
+    max_batch_size: int = 1_048_576,
+) -> AIOKafkaProducer:
     """An idempotent producer with ``acks=all``: a retried send is never duplicated or reordered
     inside a partition by the broker. ``transactional_id`` additionally fences zombie producers
     that share it (a new instance's ``start()`` bumps the epoch, the old one's sends fail).
@@ -36,8 +42,9 @@ def make_producer(bootstrap_servers: str, *, transactional_id: str | None = None
     )
 
 
-def make_consumer(bootstrap_servers: str, group_id: str, *topics: str,
-                  max_poll_records: int = 500) -> AIOKafkaConsumer:
+def make_consumer(
+    bootstrap_servers: str, group_id: str, *topics: str, max_poll_records: int = 500
+) -> AIOKafkaConsumer:
     """A consumer that never commits on its own: offsets are committed after the work is done."""
     return AIOKafkaConsumer(
         *topics,
@@ -51,23 +58,24 @@ def make_consumer(bootstrap_servers: str, group_id: str, *topics: str,
     )
 
 
-async def ensure_topics(bootstrap_servers: str, topics: Sequence[str] = ALL_TOPICS,
-                        partitions: int = TOPIC_PARTITIONS) -> None:
+async def ensure_topics(
+    bootstrap_servers: str, topics: Sequence[str] = ALL_TOPICS, partitions: int = TOPIC_PARTITIONS
+) -> None:
     """Create ``topics`` if they do not exist; existing ones are left as they are (idempotent).
 
     Automatic topic creation is off on our brokers, so a mistyped topic name is an error.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers,
-                                request_timeout_ms=REQUEST_TIMEOUT_MS)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=REQUEST_TIMEOUT_MS
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
         if missing:
-            try:
+            # Another process may create one between our list and create: that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process created it between our list and create
     finally:
         await admin.close()
 

@@ -13,8 +13,20 @@ from typing import Any
 
 # Fields we lift out of a record's ``extra`` into the JSON line.
 _CONTEXT_FIELDS = (
-    "event_id", "order_id", "aggregate_id", "topic", "partition", "offset", "group",
-    "attempt", "delay", "count", "reason", "status", "duration_ms", "component",
+    "event_id",
+    "order_id",
+    "aggregate_id",
+    "topic",
+    "partition",
+    "offset",
+    "group",
+    "attempt",
+    "delay",
+    "count",
+    "reason",
+    "status",
+    "duration_ms",
+    "component",
 )
 
 

@@ -9,7 +9,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from bson.codec_options import CodecOptions
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.read_concern import ReadConcern
@@ -43,9 +42,6 @@ def make_mongo_client(uri: str, timeout_seconds: float, app_name: str) -> MongoC
         timeoutMS=timeout_ms,
         uuidRepresentation="standard",
     )
-
-
-CODEC = CodecOptions(tz_aware=True)
 
 
 async def run_in_transaction(

@@ -1,0 +1,391 @@
+"""`make demo`: orders travel through the whole system, with one fault survived on the way.
+
+Embedded mode (default) starts the embedded stack and the four services on free ports under
+``.stack/demo`` (so it never collides with a running ``make up``), seeds the demo catalogue,
+then:
+
+1. creates orders over HTTP and shows each one travel: order written -> event published to
+   ``order.created`` -> stock reserved -> confirmation email received;
+2. stops the Kafka broker, creates more orders while it is down (the API does not care), starts
+   the broker again and shows those orders complete too;
+3. produces a poison message straight into ``order.created`` and shows it land in
+   ``order.created.dlq`` with its reason, once per consumer group.
+
+It prints a summary table, stops the stack, and exits 0 only if every order completed and the
+poison message was dead-lettered. ``--external`` runs the same scenario against services that
+are already running (``docker compose up demo``): no stack is started and the broker restart is
+skipped, because a container cannot restart its siblings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import email
+import email.policy
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from shared.contracts import ORDER_CREATED_DLQ_TOPIC, ORDER_CREATED_TOPIC, Header
+from shared.mongo import MongoClient, make_mongo_client
+from stack.config import ALL, REPO_ROOT, StackConfig
+from stack.supervisor import Stack
+
+CATALOGUE = REPO_ROOT / "services" / "inventory" / "demo_catalogue.json"
+STAGES = ("written", "published", "reserved", "emailed")
+# Generous: the first round trip also pays for consumer-group joins on a two-core machine.
+SETTLE_SECONDS = 90.0
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class Tracked:
+    order_id: str
+    total: Decimal
+    note: str
+    started: float
+    reached: dict[str, float] = field(default_factory=dict)
+    event_id: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return all(stage in self.reached for stage in STAGES)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    order_url: str
+    mongo_uri: str
+    kafka: str
+    smtp_dir: Path | None = None
+    mailpit_url: str | None = None
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _sample_order(n: int) -> dict[str, Any]:
+    return {
+        "userId": f"demo-user-{n}",
+        "customerEmail": f"customer{n}@example.com",
+        "items": [
+            {"sku": f"SKU-{1 + n % 5}", "quantity": 1 + n % 3, "unitPrice": "19.99"},
+            {"sku": "SKU-5", "quantity": 2, "unitPrice": "4.50"},
+        ],
+    }
+
+
+class Inbox:
+    """Message-IDs of the emails received so far: .eml files of the sink, or Mailpit's API."""
+
+    def __init__(self, endpoints: Endpoints, http: httpx.AsyncClient) -> None:
+        self._endpoints = endpoints
+        self._http = http
+
+    async def message_ids(self) -> set[str]:
+        if self._endpoints.mailpit_url:
+            reply = await self._http.get(
+                f"{self._endpoints.mailpit_url}/api/v1/messages", params={"limit": 1000}
+            )
+            reply.raise_for_status()
+            return {m.get("MessageID", "") for m in reply.json().get("messages", [])}
+        ids = set()
+        directory = self._endpoints.smtp_dir
+        for path in directory.glob("*.eml") if directory else ():
+            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            ids.add(str(message.get("Message-ID", "")))
+        return ids
+
+
+class Demo:
+    def __init__(self, endpoints: Endpoints, orders_per_phase: int) -> None:
+        self.endpoints = endpoints
+        self.orders_per_phase = orders_per_phase
+        self.tracked: list[Tracked] = []
+        self._t0 = time.monotonic()
+        self._http = httpx.AsyncClient(timeout=10.0)
+        self._mongo: MongoClient = make_mongo_client(endpoints.mongo_uri, 5.0, "demo")
+        self._inbox = Inbox(endpoints, self._http)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+        await self._mongo.close()
+
+    def _clock(self) -> str:
+        return f"[{time.monotonic() - self._t0:6.1f}s]"
+
+    async def create_orders(self, count: int, note: str) -> list[Tracked]:
+        created = []
+        for _ in range(count):
+            n = len(self.tracked) + 1
+            started = time.monotonic()
+            reply = await self._http.post(
+                f"{self.endpoints.order_url}/orders", json=_sample_order(n)
+            )
+            if reply.status_code != 201:
+                raise RuntimeError(f"POST /orders answered {reply.status_code}: {reply.text}")
+            body = reply.json()
+            order = Tracked(body["id"], Decimal(body["total"]), note, started)
+            order.reached["written"] = time.monotonic()
+            self.tracked.append(order)
+            created.append(order)
+            _say(f"{self._clock()} order {order.order_id} written (total {order.total}, {note})")
+        return created
+
+    async def _advance(self, order: Tracked, inbox: set[str]) -> None:
+        if "published" not in order.reached:
+            reply = await self._http.get(f"{self.endpoints.order_url}/orders/{order.order_id}")
+            events = reply.json().get("events", []) if reply.status_code == 200 else []
+            if events:
+                order.event_id = events[0]["eventId"]
+            if events and all(e["status"] == "Published" for e in events):
+                self._reach(
+                    order, "published", f"event {order.event_id} published to {ORDER_CREATED_TOPIC}"
+                )
+        if "reserved" not in order.reached:
+            reservation = await self._mongo.inventory.reservations.find_one(
+                {"orderId": order.order_id}
+            )
+            if reservation is not None:
+                self._reach(order, "reserved", f"stock {reservation.get('status', '?')}")
+        event_id = order.event_id
+        if "emailed" not in order.reached and event_id and any(event_id in m for m in inbox):
+            self._reach(order, "emailed", "confirmation email received")
+
+    def _reach(self, order: Tracked, stage: str, text: str) -> None:
+        order.reached[stage] = time.monotonic()
+        ms = (order.reached[stage] - order.started) * 1000
+        _say(f"{self._clock()} order {order.order_id} {text} (+{ms:.0f} ms)")
+
+    async def follow(self, orders: list[Tracked], settle_seconds: float = SETTLE_SECONDS) -> bool:
+        """Poll until every order reached every stage, printing each step as it happens."""
+        deadline = time.monotonic() + settle_seconds
+        while time.monotonic() < deadline:
+            inbox = await self._inbox.message_ids()
+            for order in orders:
+                await self._advance(order, inbox)
+            if all(o.complete for o in orders):
+                return True
+            await asyncio.sleep(POLL_SECONDS)
+        return False
+
+    async def show_pending(self, orders: list[Tracked]) -> None:
+        for order in orders:
+            reply = await self._http.get(f"{self.endpoints.order_url}/orders/{order.order_id}")
+            status = [e["status"] for e in reply.json()["events"]]
+            _say(
+                f"{self._clock()} order {order.order_id} events while broker is down: {status}"
+            )
+
+    async def poison(self) -> bool:
+        """Produce a message that is not JSON; both consumer groups must dead-letter it."""
+        key = f"demo-poison-{uuid.uuid4().hex[:8]}"
+        producer = AIOKafkaProducer(bootstrap_servers=self.endpoints.kafka, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                ORDER_CREATED_TOPIC,
+                b"{this is not json",
+                key=key.encode(),
+                headers=[
+                    (Header.IDEMPOTENCY_KEY, key.encode()),
+                    (Header.EVENT_TYPE, b"OrderCreated"),
+                ],
+            )
+        finally:
+            await producer.stop()
+        _say(f"{self._clock()} poison message {key} produced to {ORDER_CREATED_TOPIC}")
+        records = await _dlq_records_for_key(self.endpoints.kafka, key, want=2, within=60.0)
+        for record in records:
+            _say(
+                f"{self._clock()} dead-lettered by {record.get(Header.CONSUMER_GROUP)}: "
+                f"{record.get(Header.FAILURE_REASON)}"
+            )
+        return len({r.get(Header.CONSUMER_GROUP) for r in records}) >= 2
+
+    def summary(self) -> str:
+        header = f"{'order':<26} {'total':>9}  {'phase':<22} " + " ".join(
+            f"{s:>10}" for s in STAGES[1:]
+        )
+        lines = [header, "-" * len(header)]
+        for o in self.tracked:
+            cells = []
+            for stage in STAGES[1:]:
+                at = o.reached.get(stage)
+                cells.append(f"{(at - o.started) * 1000:>8.0f}ms" if at else f"{'MISSING':>10}")
+            lines.append(f"{o.order_id:<26} {o.total!s:>9}  {o.note:<22} " + " ".join(cells))
+        return "\n".join(lines)
+
+
+async def _dlq_records_for_key(
+    bootstrap: str, key: str, want: int, within: float
+) -> list[dict[str, str]]:
+    """DLQ records with ``key`` (headers decoded): wait for ``want`` of them, ``within`` seconds."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: list[dict[str, str]] = []
+    try:
+        partitions = consumer.partitions_for_topic(ORDER_CREATED_DLQ_TOPIC) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()  # topic metadata on first use
+            partitions = consumer.partitions_for_topic(ORDER_CREATED_DLQ_TOPIC) or set()
+        consumer.assign([TopicPartition(ORDER_CREATED_DLQ_TOPIC, p) for p in partitions])
+        await consumer.seek_to_beginning()
+        deadline = time.monotonic() + within
+        while len(found) < want and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    if record.key == key.encode():
+                        found.append({k: v.decode("utf-8", "replace") for k, v in record.headers})
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def _seed_stock(env: dict[str, str]) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.inventory",
+        "seed-stock",
+        str(CATALOGUE),
+        env=env,
+    )
+    if await asyncio.wait_for(process.wait(), timeout=60) != 0:
+        raise RuntimeError("seeding the demo catalogue failed (see the message above)")
+
+
+async def run_scenario(demo: Demo, restart_broker: Callable[[str], Awaitable[None]] | None) -> bool:
+    n = demo.orders_per_phase
+    _say("\n== 1. the happy path ==")
+    ok = await demo.follow(await demo.create_orders(n, "happy path"))
+    if restart_broker is not None:
+        _say("\n== 2. the Kafka broker goes down; orders keep coming ==")
+        await restart_broker("stop")
+        during = await demo.create_orders(n, "created, broker down")
+        await demo.show_pending(during)
+        await restart_broker("start")
+        ok = await demo.follow(during) and ok
+    _say("\n== 3. a poison message ==")
+    poisoned = await demo.poison()
+    _say("\n== summary ==")
+    _say(demo.summary())
+    completed = sum(o.complete for o in demo.tracked)
+    _say(
+        f"\n{completed}/{len(demo.tracked)} orders completed all four steps; "
+        f"poison message dead-lettered by both consumers: {'yes' if poisoned else 'NO'}"
+    )
+    return ok and poisoned and completed == len(demo.tracked)
+
+
+async def _embedded(args: argparse.Namespace) -> bool:
+    root = REPO_ROOT / ".stack" / "demo"
+    shutil.rmtree(root, ignore_errors=True)  # every demo starts from empty databases and topics
+    base = StackConfig.for_tests(root)
+    config = replace(
+        base,
+        environment="local",
+        enable_test_commands=False,
+        kafka_libs=StackConfig.default().kafka_libs,
+    )
+    stack = Stack(config)
+    _say(f"starting the embedded stack under {root} (logs in {config.logs_root}) ...")
+    started = time.monotonic()
+    try:
+        stack.up([n for n in ALL if n not in ("order", "relay", "inventory", "email")])
+        await _seed_stock({**os.environ, **config.service_env()})
+        stack.up(ALL)
+        _say(
+            f"all components ready in {time.monotonic() - started:.1f}s; order API on "
+            f"http://127.0.0.1:{config.port_of('order')}"
+        )
+        endpoints = Endpoints(
+            order_url=f"http://127.0.0.1:{config.port_of('order')}",
+            mongo_uri=config.mongo_uri,
+            kafka=config.kafka_bootstrap,
+            smtp_dir=config.smtp_dir,
+        )
+
+        async def restart_broker(action: str) -> None:
+            if action == "stop":
+                _say("stopping the Kafka broker ...")
+                await asyncio.to_thread(stack.stop, "kafka")
+            else:
+                _say("starting the Kafka broker again ...")
+                await asyncio.to_thread(stack.start, "kafka")
+                _say("broker is back")
+
+        demo = Demo(endpoints, args.orders)
+        try:
+            return await run_scenario(demo, None if args.no_fault else restart_broker)
+        finally:
+            await demo.close()
+    finally:
+        _say("stopping the stack ...")
+        stack.down()
+
+
+async def _external(args: argparse.Namespace) -> bool:
+    endpoints = Endpoints(
+        order_url=args.order_url.rstrip("/"),
+        mongo_uri=args.mongo_uri,
+        kafka=args.kafka,
+        mailpit_url=args.mailpit_url.rstrip("/"),
+    )
+    demo = Demo(endpoints, args.orders)
+    try:
+        _say(
+            "external mode: the broker restart is skipped (a container cannot restart its siblings)"
+        )
+        return await run_scenario(demo, None)
+    finally:
+        await demo.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m stack.demo", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--orders", type=int, default=3, help="orders per phase (default 3)")
+    parser.add_argument("--no-fault", action="store_true", help="skip the broker restart")
+    parser.add_argument(
+        "--external",
+        action="store_true",
+        help="use running services (docker compose) instead of starting the stack",
+    )
+    parser.add_argument("--order-url", default="http://order:8000")
+    parser.add_argument("--mongo-uri", default="mongodb://mongo:27017/?replicaSet=rs0")
+    parser.add_argument("--kafka", default="kafka:9092")
+    parser.add_argument(
+        "--redis",
+        default="redis://redis:6379/0",
+        help="accepted for symmetry with the services' settings; unused",
+    )
+    parser.add_argument("--mailpit-url", default="http://mailpit:8025")
+    args = parser.parse_args(argv)
+    if args.orders < 1:
+        parser.error("--orders must be at least 1")
+    try:
+        ok = asyncio.run(_external(args) if args.external else _embedded(args))
+    except Exception as exc:
+        _say(f"demo failed: {type(exc).__name__}: {exc}")
+        return 1
+    _say("demo passed" if ok else "demo FAILED: see the summary above")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
