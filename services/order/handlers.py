@@ -1,0 +1,219 @@
+"""What happens to one request: create an order (with its outbox event) or read one back.
+
+The order and its ``OrderCreated`` event are inserted in ONE MongoDB transaction, so an order
+never exists without its event and an event never exists without its order. Kafka is not
+involved: the relay publishes committed outbox events later, whatever state the broker is in.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pymongo
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import DuplicateKeyError
+
+from services.order.metrics import OrderMetrics
+from services.order.models import Order, OrderLine, OutboxEvent
+from services.order.schemas import (
+    ORDER_STATUS_CREATED,
+    CreateOrderRequest,
+    EventOut,
+    OrderItemOut,
+    OrderOut,
+    OrderWithEventsOut,
+)
+from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, OutboxStatus
+from shared.events import EventItem, OrderCreated
+from shared.mongo import MongoClient, run_in_transaction
+
+log = logging.getLogger(__name__)
+
+# The creation of an order is its first event: the aggregate's version after it is 1.
+CREATED_VERSION = 1
+
+# W3C trace context, version 00: 32 hex trace id and 16 hex parent id, neither all zeros.
+_TRACEPARENT = re.compile(
+    r"^00-(?P<trace>[0-9a-f]{32})-(?P<parent>[0-9a-f]{16})-(?P<flags>[0-9a-f]{2})$"
+)
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was already used for a request with a different body."""
+
+    def __init__(self, key: str, order_id: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was used for a different request")
+        self.key = key
+        self.order_id = order_id
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    order: OrderOut
+    replayed: bool
+
+
+def traceparent_for(incoming: str | None) -> str:
+    """The trace context to store with the event: the caller's trace with this request as the
+    parent span, or a new sampled trace when the caller sent none or an invalid one."""
+    match = _TRACEPARENT.match(incoming.strip().lower()) if incoming else None
+    if match and set(match["trace"]) != {"0"} and set(match["parent"]) != {"0"}:
+        return f"00-{match['trace']}-{secrets.token_hex(8)}-{match['flags']}"
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def utc_now_ms() -> datetime:
+    """Now in UTC, truncated to what MongoDB stores (milliseconds), so the 201 response and a
+    later GET or idempotent replay show the same createdAt."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def order_out(order: Order) -> OrderOut:
+    return OrderOut(
+        id=str(order.id),
+        user_id=order.user_id,
+        customer_email=order.customer_email,
+        items=[
+            OrderItemOut(sku=line.sku, quantity=line.quantity, unit_price=line.unit_price)
+            for line in order.items
+        ],
+        total=order.total,
+        created_at=order.created_at.astimezone(UTC),
+    )
+
+
+async def _replay(key: str, fingerprint: str, metrics: OrderMetrics) -> CreateResult | None:
+    existing = await Order.find_one(Order.idempotency_key == key)
+    if existing is None:
+        return None
+    if existing.request_hash != fingerprint:
+        raise IdempotencyConflict(key, str(existing.id))
+    metrics.idempotent_replays.inc()
+    return CreateResult(order_out(existing), replayed=True)
+
+
+async def create_order(
+    client: MongoClient,
+    request: CreateOrderRequest,
+    *,
+    idempotency_key: str | None,
+    traceparent: str,
+    metrics: OrderMetrics,
+    deadline_seconds: float,
+) -> CreateResult:
+    """Insert the order and its pending ``OrderCreated`` outbox event in one transaction.
+
+    With an ``idempotency_key`` the same request returns the first order (``replayed``) and a
+    different request raises :class:`IdempotencyConflict`. Concurrent requests with one key
+    race on the unique index inside their transactions: exactly one commits, the others get a
+    DuplicateKeyError (or a write conflict, retried until the winner's order is visible) and
+    replay the winner. All database work shares one deadline (``pymongo.timeout``), after which
+    PyMongo raises a timeout error the app turns into 503.
+    """
+    fingerprint = request.fingerprint()
+    with pymongo.timeout(deadline_seconds):
+        if idempotency_key is not None:
+            # Fast path for the common retry; the unique index below is what makes it safe.
+            replay = await _replay(idempotency_key, fingerprint, metrics)
+            if replay is not None:
+                return replay
+
+        created_at = utc_now_ms()
+        lines = [
+            OrderLine(sku=item.sku, quantity=item.quantity, unit_price=item.unit_price)
+            for item in request.items
+        ]
+        total = request.total()
+
+        async def work(session: AsyncClientSession) -> Order:
+            # Runs again from scratch on TransientTransactionError: build fresh documents each
+            # time so a retried attempt never reuses an id minted by the aborted one.
+            order = Order(
+                id=ObjectId(),
+                user_id=request.user_id,
+                customer_email=request.customer_email,
+                items=lines,
+                total=total,
+                status=ORDER_STATUS_CREATED,
+                created_at=created_at,
+                version=CREATED_VERSION,
+                idempotency_key=idempotency_key,
+                request_hash=fingerprint if idempotency_key is not None else None,
+            )
+            await order.insert(session=session)
+            payload = OrderCreated(
+                order_id=str(order.id),
+                user_id=order.user_id,
+                customer_email=order.customer_email,
+                total=total,
+                items=[
+                    EventItem(sku=line.sku, quantity=line.quantity, unit_price=line.unit_price)
+                    for line in lines
+                ],
+                created_at=created_at,
+            )
+            event = OutboxEvent(
+                aggregate_type=AGGREGATE_ORDER,
+                aggregate_id=str(order.id),
+                aggregate_version=order.version,
+                event_type=EVENT_ORDER_CREATED,
+                payload=payload.to_json(),
+                status=OutboxStatus.PENDING,
+                attempts=0,
+                created_at=created_at,
+                traceparent=traceparent,
+            )
+            await event.insert(session=session)
+            return order
+
+        try:
+            order = await run_in_transaction(client, work, on_retry=metrics.transaction_retries.inc)
+        except DuplicateKeyError:
+            if idempotency_key is None:
+                raise
+            # Another request with this key committed first: answer with its order.
+            replay = await _replay(idempotency_key, fingerprint, metrics)
+            if replay is None:  # pragma: no cover - the winner's commit is visible by now
+                raise
+            return replay
+
+    metrics.orders_created.inc()
+    log.info("order created", extra={"order_id": str(order.id)})
+    return CreateResult(order_out(order), replayed=False)
+
+
+async def get_order(order_id: str, *, deadline_seconds: float) -> OrderWithEventsOut | None:
+    """The order with its outbox events (oldest first), or None for an unknown or malformed id."""
+    try:
+        oid = ObjectId(order_id)
+    except (InvalidId, TypeError):
+        return None
+    with pymongo.timeout(deadline_seconds):
+        order = await Order.get(oid)
+        if order is None:
+            return None
+        events = (
+            await OutboxEvent.find(OutboxEvent.aggregate_id == str(oid))
+            .sort("aggregateVersion")
+            .to_list()
+        )
+    base = order_out(order)
+    return OrderWithEventsOut(
+        **base.model_dump(),
+        events=[
+            EventOut(
+                event_id=str(event.id),
+                event_type=event.event_type,
+                status=event.status,
+                published_at=event.published_at,
+            )
+            for event in events
+        ],
+    )

@@ -1,0 +1,182 @@
+"""The HTTP contract of the order API: request and response bodies, and money rules.
+
+Validation is strict: a quantity of ``"2"`` or ``2.5`` is refused rather than coerced, unknown
+fields are refused rather than ignored, and a price must be a decimal *string* (a JSON number is
+a binary float on most clients, so ``0.1`` may already be ``0.1000000000000000055`` before it
+reaches us: money never travels that way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+)
+
+from shared.contracts import OutboxStatus
+
+MAX_ITEMS: Final = 100
+MAX_QUANTITY: Final = 10_000
+# A unit price above a billion is a typo, not a product; the cap also keeps every total
+# (100 lines x 10 000 x 1e9) far inside Decimal128's 34 significant digits.
+MAX_UNIT_PRICE: Final = Decimal("1000000000")
+MONEY_PLACES: Final = 2
+ORDER_STATUS_CREATED: Final = "created"
+
+# Plain digits with at most two decimals: no sign, exponent, spaces or thousands separators.
+_MONEY_TEXT = re.compile(r"^[0-9]+(\.[0-9]{1,2})?$")
+_CENT: Final = Decimal("0.01")
+IDEMPOTENCY_KEY_PATTERN: Final = r"^[\x20-\x7e]{1,255}$"
+
+
+def parse_money(value: object) -> Decimal:
+    """A non-negative amount with at most two decimals, given as a decimal string like ``"12.50"``.
+
+    Raises ``ValueError`` with a message a client can act on; pydantic turns it into a 422 that
+    names the field.
+    """
+    if isinstance(value, Decimal):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, bool):
+        raise ValueError('must be a decimal string such as "12.50", not a boolean')
+    elif isinstance(value, int | float):
+        raise ValueError(
+            'must be a decimal string such as "12.50": JSON numbers are binary floats '
+            "and cannot carry exact money"
+        )
+    else:
+        raise ValueError('must be a decimal string such as "12.50"')
+    try:
+        amount = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f'must be a decimal string such as "12.50", got {text!r}') from None
+    if not amount.is_finite():
+        raise ValueError("must be a finite amount")
+    if amount < 0:
+        raise ValueError("must not be negative")
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MONEY_PLACES:
+        raise ValueError(f"must have at most {MONEY_PLACES} decimal places")
+    if not _MONEY_TEXT.match(text):
+        # "1e2", "+5", " 5", "5." are numbers, but not how this API writes money.
+        raise ValueError(f'must be plain digits with at most {MONEY_PLACES} decimals, like "12.50"')
+    if amount > MAX_UNIT_PRICE:
+        raise ValueError(f"must not exceed {MAX_UNIT_PRICE}")
+    # "0.1" and "0.10" are one price: store, hash and publish it one way.
+    return amount.quantize(_CENT)
+
+
+def format_money(amount: Decimal) -> str:
+    """Money as JSON sends it: a decimal string with exactly two places (``"25.00"``)."""
+    return str(amount.quantize(_CENT))
+
+
+_MONEY_SCHEMA = {
+    "type": "string",
+    "pattern": r"^[0-9]+(\.[0-9]{1,2})?$",
+    "examples": ["12.50"],
+    "description": "Decimal string, non-negative, at most two decimal places.",
+}
+
+MoneyIn = Annotated[Decimal, PlainValidator(parse_money), WithJsonSchema(_MONEY_SCHEMA)]
+MoneyOut = Annotated[
+    Decimal,
+    PlainSerializer(format_money, return_type=str),
+    WithJsonSchema({**_MONEY_SCHEMA, "pattern": r"^[0-9]+\.[0-9]{2}$", "examples": ["25.00"]}),
+]
+
+
+def compute_total(lines: list[tuple[int, Decimal]]) -> Decimal:
+    """Sum of quantity x unit price, exact (Decimal arithmetic, no float anywhere)."""
+    return sum((Decimal(quantity) * price for quantity, price in lines), Decimal(0)).quantize(_CENT)
+
+
+class _StrictIn(BaseModel):
+    # strict: "2" is not 2; forbid: a misspelt field ("quantiy") is an error, not a silent default.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class OrderItemIn(_StrictIn):
+    sku: str = Field(min_length=1, max_length=64, description="Stock keeping unit.")
+    quantity: int = Field(ge=1, le=MAX_QUANTITY, description="Whole units, 1..10000.")
+    unit_price: MoneyIn = Field(alias="unitPrice", description="Price of one unit.")
+
+
+class CreateOrderRequest(_StrictIn):
+    user_id: str = Field(alias="userId", min_length=1, max_length=128)
+    customer_email: EmailStr = Field(alias="customerEmail", max_length=254)
+    items: list[OrderItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
+
+    def total(self) -> Decimal:
+        return compute_total([(item.quantity, item.unit_price) for item in self.items])
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the request's meaning, so an idempotent retry may differ in whitespace,
+        key order or ``"12.5"`` vs ``"12.50"`` and still be recognised as the same request."""
+        canonical: dict[str, Any] = {
+            "userId": self.user_id,
+            "customerEmail": self.customer_email,
+            "items": [
+                {"sku": i.sku, "quantity": i.quantity, "unitPrice": format_money(i.unit_price)}
+                for i in self.items
+            ],
+        }
+        encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(encoded).hexdigest()
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class OrderItemOut(_Out):
+    sku: str
+    quantity: int
+    unit_price: MoneyOut = Field(alias="unitPrice")
+
+
+class OrderOut(_Out):
+    id: str = Field(description="Order id (24 hex characters).")
+    user_id: str = Field(alias="userId")
+    customer_email: str = Field(alias="customerEmail")
+    items: list[OrderItemOut]
+    total: MoneyOut = Field(description="Sum of quantity x unitPrice, exact.")
+    status: Literal["created"] = ORDER_STATUS_CREATED
+    created_at: datetime = Field(alias="createdAt", description="UTC, millisecond precision.")
+
+
+class EventOut(_Out):
+    event_id: str = Field(alias="eventId", description="Outbox id; Kafka header idempotencyKey.")
+    event_type: str = Field(alias="eventType")
+    status: OutboxStatus
+    published_at: datetime | None = Field(alias="publishedAt")
+
+
+class OrderWithEventsOut(OrderOut):
+    events: list[EventOut] = Field(description="Outbox events of this order, oldest first.")
+
+
+class FieldError(BaseModel):
+    field: str = Field(description='Dotted path of the offending field, e.g. "items.0.quantity".')
+    message: str
+    type: str = Field(description="Machine-readable error kind (pydantic's error type).")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="Machine-readable error code.")
+    message: str
+    fields: list[FieldError] = Field(default_factory=list)

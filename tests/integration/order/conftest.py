@@ -1,0 +1,75 @@
+"""Fixtures for the order API's integration tests: the app in-process against the stack's MongoDB.
+
+Every test gets a freshly dropped database of its own name, so it sees only its own documents
+(the stack is shared by the whole suite; the contract's `orders` database belongs to the e2e
+tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from services.order.app import create_app
+from services.order.settings import OrderSettings
+from shared.mongo import MongoClient, make_mongo_client
+from stack import Stack
+
+TEST_DATABASE = "orders_api_it"
+
+
+@dataclass
+class Api:
+    http: httpx.AsyncClient
+    app: FastAPI
+    settings: OrderSettings
+    mongo: MongoClient
+
+    @property
+    def db(self) -> Any:
+        return self.mongo[self.settings.database]
+
+    async def counts(self) -> tuple[int, int]:
+        """(orders, outbox events) in the test database."""
+        return (
+            await self.db.orders.count_documents({}),
+            await self.db.outbox.count_documents({}),
+        )
+
+
+def order_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "userId": "user-1",
+        "customerEmail": "buyer@example.com",
+        "items": [
+            {"sku": "SKU-A", "quantity": 2, "unitPrice": "12.50"},
+            {"sku": "SKU-B", "quantity": 3, "unitPrice": "0.10"},
+        ],
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+async def mongo(stack: Stack) -> AsyncIterator[MongoClient]:
+    client = make_mongo_client(stack.config.mongo_uri, 5.0, "order-tests")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def api(stack: Stack, mongo: MongoClient) -> AsyncIterator[Api]:
+    settings = OrderSettings(mongo_uri=stack.config.mongo_uri, database=TEST_DATABASE)
+    await mongo.drop_database(TEST_DATABASE)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://order.test") as http:
+            yield Api(http=http, app=app, settings=settings, mongo=mongo)
