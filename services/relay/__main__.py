@@ -1,0 +1,105 @@
+"""``python -m services.relay`` [run] | retry EVENT_ID | retry --all-failed.
+
+``retry`` puts ``Failed`` outbox events back to ``Pending`` (attempts reset to 0, the last error
+kept for the record) so the running leader publishes them on its next sweep, in order with the
+events of their aggregate that waited behind them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from pydantic import ValidationError
+from pymongo.errors import PyMongoError
+
+from services.relay.main import serve
+from services.relay.settings import RelaySettings
+from shared.contracts import OutboxStatus
+from shared.lifecycle import stop_event_on_signals
+from shared.logging import configure_logging
+from shared.mongo import make_mongo_client
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _say(message: str, *, error: bool = False) -> None:
+    (sys.stderr if error else sys.stdout).write(message + "\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.relay",
+        description="Outbox relay: publishes pending outbox events to Kafka.",
+    )
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="run the relay (the default)")
+    retry = commands.add_parser("retry", help="put Failed events back to Pending")
+    target = retry.add_mutually_exclusive_group(required=True)
+    target.add_argument("event_id", nargs="?", help="the outbox event id (24 hex characters)")
+    target.add_argument("--all-failed", action="store_true", help="every Failed event")
+    return parser
+
+
+async def _run() -> int:
+    settings = RelaySettings()
+    configure_logging("relay", settings.log_level)
+    stop = stop_event_on_signals()
+    return await serve(settings, stop)
+
+
+async def retry(settings: RelaySettings, event_id: str | None, all_failed: bool) -> int:
+    """Return Failed events to Pending; the exit code says whether anything was done."""
+    client = make_mongo_client(settings.mongo_uri, settings.mongo_timeout_seconds, "relay-cli")
+    outbox = client[settings.database]["outbox"]
+    reset = {"$set": {"status": OutboxStatus.PENDING.value, "attempts": 0}}
+    failed = OutboxStatus.FAILED.value
+    try:
+        if all_failed:
+            result = await outbox.update_many({"status": failed}, reset)
+            _say(f"{result.modified_count} failed event(s) put back to Pending")
+            return EXIT_OK
+        assert event_id is not None
+        try:
+            oid = ObjectId(event_id)
+        except (InvalidId, TypeError):
+            _say(f"error: {event_id!r} is not an event id (expected 24 hex characters)", error=True)
+            return EXIT_USAGE
+        result = await outbox.update_one({"_id": oid, "status": failed}, reset)
+        if result.modified_count == 1:
+            _say(f"event {event_id} put back to Pending")
+            return EXIT_OK
+        doc = await outbox.find_one({"_id": oid}, {"status": 1})
+        if doc is None:
+            _say(f"error: no outbox event {event_id} in database {settings.database!r}", error=True)
+        else:
+            _say(
+                f"error: event {event_id} is {doc.get('status')}, not {failed}; nothing to retry",
+                error=True,
+            )
+        return EXIT_ERROR
+    except PyMongoError as exc:
+        _say(f"error: MongoDB unavailable at {settings.mongo_uri}: {exc}", error=True)
+        return EXIT_ERROR
+    finally:
+        await client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "retry":
+            settings = RelaySettings()
+            return asyncio.run(retry(settings, args.event_id, args.all_failed))
+        return asyncio.run(_run())
+    except ValidationError as exc:
+        _say(f"error: invalid relay settings:\n{exc}", error=True)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

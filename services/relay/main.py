@@ -1,0 +1,280 @@
+"""The relay process: health server, leader election, and the publish loop of the leader.
+
+Lifecycle: start the health server, create indexes (retrying while MongoDB is away), then loop:
+try to take the lease; as standby, try again every renewal interval; as leader, run the change
+stream and publish batches until SIGTERM or the lease is lost. On SIGTERM the batch in flight
+finishes and is marked (publish_once is never cancelled), the lease is released so a standby
+takes over at once, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import OperationFailure, PyMongoError
+
+from services.relay.lease import Lease
+from services.relay.metrics import RelayMetrics
+from services.relay.publisher import BatchResult, Fenced, Publisher
+from services.relay.settings import RelaySettings
+from services.relay.wakeup import Wakeup
+from shared.backoff import Backoff, wait_or_stop
+from shared.contracts import OutboxStatus
+from shared.errors import FaultKind, classify
+from shared.health import HealthServer
+from shared.mongo import MongoClient, make_mongo_client
+
+log = logging.getLogger(__name__)
+
+LEASE_COLLECTION = "relay_lease"
+TTL_INDEX_NAME = "publishedAt_ttl"
+# Index option/key conflicts: another service created an equivalent index under another
+# name or with other options. Not worth failing start-up over; it is logged.
+_INDEX_CONFLICT_CODES = (85, 86)
+
+
+async def ensure_indexes(outbox: AsyncCollection[dict[str, Any]], ttl_days: float) -> None:
+    """Create the relay's indexes (idempotent: same name and spec as before is a no-op).
+
+    The TTL index only removes documents whose ``publishedAt`` is a date: Pending and Failed
+    events never have one, so they never expire.
+    """
+    specs: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
+        (
+            [("publishedAt", 1)],
+            {"name": TTL_INDEX_NAME, "expireAfterSeconds": int(ttl_days * 86_400)},
+        ),
+        # The pending scan: equality on status, then oldest first.
+        ([("status", 1), ("createdAt", 1)], {"name": "status_1_createdAt_1"}),
+        # Hold-back checks: an aggregate's unpublished events by version.
+        (
+            [("aggregateId", 1), ("aggregateVersion", 1)],
+            {"name": "aggregateId_1_aggregateVersion_1"},
+        ),
+    ]
+    for keys, options in specs:
+        try:
+            await outbox.create_index(keys, **options)
+        except OperationFailure as exc:
+            if exc.code not in _INDEX_CONFLICT_CODES:
+                raise
+            log.warning(
+                "an equivalent index exists with other options; keeping it",
+                extra={"reason": f"{options['name']}: {exc}"},
+            )
+
+
+class Relay:
+    """One relay instance; ``run(stop)`` returns when ``stop`` is set and the drain is done."""
+
+    def __init__(
+        self, settings: RelaySettings, client: MongoClient, metrics: RelayMetrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.db = client[settings.database]
+        self.outbox = self.db["outbox"]
+        self.metrics = metrics or RelayMetrics()
+        self.lease = Lease(
+            self.db[LEASE_COLLECTION], settings.instance_id, settings.lease_ttl_seconds
+        )
+        self._state = "starting"
+
+    # -- health -----------------------------------------------------------------------------
+    async def ready(self) -> dict[str, bool]:
+        try:
+            await self.client.admin.command("ping")
+            mongo = True
+        except PyMongoError:
+            mongo = False
+        return {"mongo": mongo}
+
+    def _set_state(self, state: str, reason: BaseException | None = None) -> None:
+        """Log once per state change, never once per retry (no log flood during an outage)."""
+        if state == self._state:
+            return
+        previous, self._state = self._state, state
+        extra = {"status": state, "reason": repr(reason) if reason else None}
+        if state == "publishing" and previous not in ("starting", "standby"):
+            log.info("recovered; publishing again", extra=extra)
+        elif state != "publishing":
+            log.warning(f"relay {state.replace('_', ' ')}", extra=extra)
+
+    # -- main loop --------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
+        while not stop.is_set():
+            try:
+                await ensure_indexes(self.outbox, self.settings.published_ttl_days)
+                break
+            except PyMongoError as exc:
+                self._set_state("mongo_unavailable", exc)
+                if await wait_or_stop(stop, backoff.next_delay()):
+                    return
+        gauges = asyncio.create_task(self._refresh_gauges(stop), name="relay-gauges")
+        try:
+            while not stop.is_set():
+                try:
+                    leader = await self.lease.try_acquire()
+                except PyMongoError as exc:
+                    self._set_state("mongo_unavailable", exc)
+                    self.lease.forget()
+                    await wait_or_stop(stop, backoff.next_delay())
+                    continue
+                backoff.reset()
+                if not leader:
+                    self._set_state("standby")
+                    await wait_or_stop(stop, self.settings.lease_renew_seconds)
+                    continue
+                await self._lead(stop)
+        finally:
+            gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauges
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        log.info("became leader", extra={"component": "lease", "attempt": self.lease.epoch})
+        self.metrics.is_leader.set(1)
+        lost = asyncio.Event()
+        leading = asyncio.Event()  # set to end the helper tasks when we stop leading
+        wake = asyncio.Event()
+        publisher = Publisher(self.outbox, self.settings, self.metrics)
+        wakeup = Wakeup(
+            self.db,
+            wake,
+            self.metrics,
+            save_interval=self.settings.resume_token_save_seconds,
+            backoff_max=self.settings.backoff_max_seconds,
+        )
+        tasks = [
+            asyncio.create_task(self._keep_lease(lost, leading), name="relay-lease"),
+            asyncio.create_task(wakeup.run(leading), name="relay-wakeup"),
+        ]
+        backoff = Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
+        try:
+            while not stop.is_set() and not lost.is_set() and self.lease.is_held():
+                wake.clear()
+                try:
+                    result = await publisher.publish_once()
+                except Fenced as exc:
+                    log.error("fenced by a newer leader; stepping down", extra={"reason": str(exc)})
+                    self.lease.forget()
+                    break
+                except PyMongoError as exc:
+                    self._set_state("mongo_unavailable", exc)
+                    await self._pause(stop, lost, backoff.next_delay())
+                    continue
+                if result.transient is not None:
+                    self._set_state("kafka_unavailable", result.transient)
+                    await self._pause(stop, lost, backoff.next_delay())
+                    continue
+                backoff.reset()
+                self._set_state("publishing")
+                if result.selected >= self.settings.batch_size and result.published:
+                    continue  # a backlog: next batch at once
+                await self._wait_for_work(stop, lost, wake)
+        finally:
+            leading.set()
+            # Both helpers watch ``leading``; a getMore in flight may need up to its await time.
+            _, late = await asyncio.wait(tasks, timeout=2)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await publisher.close()
+            self.metrics.is_leader.set(0)
+            if stop.is_set():
+                try:
+                    await self.lease.release()
+                except PyMongoError as exc:
+                    log.warning(
+                        "could not release the lease; it will expire", extra={"reason": repr(exc)}
+                    )
+            else:
+                self.lease.forget()
+                self._set_state("standby")
+
+    async def _keep_lease(self, lost: asyncio.Event, leading: asyncio.Event) -> None:
+        while not await wait_or_stop(leading, self.settings.lease_renew_seconds):
+            try:
+                if not await self.lease.renew():
+                    lost.set()
+                    return
+            except PyMongoError as exc:
+                # Keep trying until the lease runs out locally; the publish loop checks that.
+                log.warning("lease renewal failed", extra={"reason": repr(exc)})
+            if not self.lease.is_held():
+                log.warning("lease expired locally; stepping down", extra={"component": "lease"})
+                lost.set()
+                return
+
+    async def _pause(self, stop: asyncio.Event, lost: asyncio.Event, seconds: float) -> None:
+        await self._wait_any((stop, lost), seconds)
+
+    async def _wait_for_work(
+        self, stop: asyncio.Event, lost: asyncio.Event, wake: asyncio.Event
+    ) -> None:
+        await self._wait_any((stop, lost, wake), self.settings.sweep_interval_seconds)
+
+    @staticmethod
+    async def _wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
+        waiters = [asyncio.create_task(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _refresh_gauges(self, stop: asyncio.Event) -> None:
+        """Pending count, Failed count and oldest pending age, every metrics interval."""
+        while True:
+            try:
+                pending = OutboxStatus.PENDING.value
+                self.metrics.pending.set(await self.outbox.count_documents({"status": pending}))
+                self.metrics.failed.set(
+                    await self.outbox.count_documents({"status": OutboxStatus.FAILED.value})
+                )
+                oldest = await self.outbox.find_one(
+                    {"status": pending}, {"createdAt": 1}, sort=[("createdAt", 1)]
+                )
+                age = 0.0
+                if oldest and isinstance(oldest.get("createdAt"), datetime):
+                    age = (datetime.now(UTC) - oldest["createdAt"]).total_seconds()
+                self.metrics.oldest_pending_age.set(max(0.0, age))
+            except PyMongoError as exc:
+                if classify(exc) is not FaultKind.TRANSIENT:
+                    log.warning("metrics refresh failed", extra={"reason": repr(exc)})
+            if await wait_or_stop(stop, self.settings.metrics_interval_seconds):
+                return
+
+
+async def serve(settings: RelaySettings, stop: asyncio.Event) -> int:
+    """Run one relay process until ``stop``; the exit code for ``python -m services.relay``."""
+    client = make_mongo_client(settings.mongo_uri, settings.mongo_timeout_seconds, "outbox-relay")
+    relay = Relay(settings, client)
+    health = HealthServer(settings.host, settings.port, relay.ready, relay.metrics.registry)
+    await health.start()
+    log.info(
+        "relay started",
+        extra={
+            "component": settings.instance_id,
+            "reason": f"health on {settings.host}:{health.port}",
+        },
+    )
+    started = time.monotonic()
+    try:
+        await relay.run(stop)
+    finally:
+        await health.stop()
+        await client.close()
+    log.info("relay stopped", extra={"duration_ms": int((time.monotonic() - started) * 1000)})
+    return 0
+
+
+__all__ = ["BatchResult", "Relay", "ensure_indexes", "serve"]

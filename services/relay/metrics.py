@@ -1,0 +1,67 @@
+"""Prometheus metrics of one relay instance (its own registry, so two relays fit in one test)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class RelayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.pending = Gauge(
+            "relay_pending_events", "Outbox events with status Pending", registry=self.registry
+        )
+        self.failed = Gauge(
+            "relay_failed_events", "Outbox events with status Failed", registry=self.registry
+        )
+        self.oldest_pending_age = Gauge(
+            "relay_oldest_pending_age_seconds",
+            "Age of the oldest Pending outbox event (0 when none)",
+            registry=self.registry,
+        )
+        self.published = Counter(
+            "relay_published",
+            "Events published to Kafka and marked Published",
+            registry=self.registry,
+        )
+        self.publish_errors = Counter(
+            "relay_publish_errors",
+            "Failed publish attempts by fault kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.events_failed = Counter(
+            "relay_events_failed", "Events this relay parked as Failed", registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "relay_batch_size",
+            "Events sent per batch",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+            registry=self.registry,
+        )
+        self.commit_to_publish = Histogram(
+            "relay_commit_to_publish_seconds",
+            "From the outbox event's createdAt to its Published mark",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.is_leader = Gauge(
+            "relay_is_leader", "1 while this instance holds the lease", registry=self.registry
+        )
+        self._last_token_save: float | None = None
+        self.resume_token_age = Gauge(
+            "relay_resume_token_save_age_seconds",
+            "Seconds since this instance last saved the change-stream resume token (-1: never)",
+            registry=self.registry,
+        )
+        self.resume_token_age.set_function(self._token_age)
+
+    def token_saved(self) -> None:
+        self._last_token_save = time.monotonic()
+
+    def _token_age(self) -> float:
+        if self._last_token_save is None:
+            return -1.0
+        return time.monotonic() - self._last_token_save

@@ -1,0 +1,71 @@
+"""The relay's own knobs (``RELAY_*``) on top of the shared infrastructure settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+# The one failpoint the relay knows: exit right after Kafka acknowledged a batch and before the
+# batch is marked Published, the worst instant for a crash (the batch is out, the outbox says not).
+FAILPOINT_AFTER_KAFKA_ACK = "after_kafka_ack"
+KNOWN_FAILPOINTS = frozenset({FAILPOINT_AFTER_KAFKA_ACK})
+
+
+def _default_instance_id() -> str:
+    # Host and pid make the lease document readable; the random suffix keeps a restarted process
+    # that reuses a pid from being mistaken for the previous owner.
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class RelaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", frozen=True)
+
+    port: int = Field(default=8001, ge=0, le=65535)
+    database: str = Field(default="orders", min_length=1)
+    instance_id: str = Field(default_factory=_default_instance_id, min_length=1)
+
+    # 500: enough to amortise a Kafka transaction and one Mongo update per batch, small enough
+    # that a batch (at most ~500 KB of typical orders) is acknowledged in well under a second.
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    # The change stream wakes the relay at once; the sweep only catches what the stream missed.
+    sweep_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    backoff_initial_seconds: float = Field(default=0.1, gt=0, le=10)
+    backoff_max_seconds: float = Field(default=5.0, gt=0, le=300)
+    # Failures of unknown cause an event may have before it is parked as Failed. Errors known to
+    # be permanent (too large, unserialisable) fail it at once: the same bytes fail the same way.
+    max_attempts: int = Field(default=5, ge=1, le=1000)
+
+    # The lease is renewed every ``lease_renew_seconds``, three renewals per TTL, so one slow or
+    # lost renewal does not cost leadership, and a dead leader is replaced within ``lease_ttl``.
+    lease_ttl_seconds: float = Field(default=10.0, gt=0, le=600)
+    lease_renew_seconds: float = Field(default=3.0, gt=0, le=300)
+    # Shared by every relay of one outbox: a new leader's producer bumps the producer epoch of
+    # this id, and the broker refuses the old leader's writes from then on (fencing).
+    # An empty value turns transactions off (prefix marking only, no zombie fencing in Kafka).
+    transactional_id: str = Field(default="outbox-relay")
+
+    published_ttl_days: float = Field(default=7.0, gt=0, le=3650)
+    # How often pending-count and oldest-pending-age gauges are refreshed (one count each time).
+    metrics_interval_seconds: float = Field(default=5.0, gt=0, le=300)
+    # The resume token is written at most this often: a write per insert would double the load.
+    resume_token_save_seconds: float = Field(default=1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _check_relay(self) -> RelaySettings:
+        if self.lease_renew_seconds * 2 > self.lease_ttl_seconds:
+            raise ValueError("lease_renew_seconds must be at most half of lease_ttl_seconds")
+        if self.failpoint and self.failpoint not in KNOWN_FAILPOINTS:
+            raise ValueError(
+                f"unknown failpoint {self.failpoint!r}; known: {sorted(KNOWN_FAILPOINTS)}"
+            )
+        return self
+
+    @property
+    def transactional(self) -> bool:
+        return bool(self.transactional_id)

@@ -1,0 +1,159 @@
+"""Wake the publish loop the moment an outbox event is inserted.
+
+A change stream on ``outbox`` inserts sets an :class:`asyncio.Event`; the publish loop also
+sweeps every ``sweep_interval`` seconds, so the stream is only a latency optimisation and never
+the source of truth. That is what makes every stream failure easy to handle safely: whatever
+the stream misses (a restart, a lost or unusable resume token, ``ChangeStreamHistoryLost``, an
+``invalidate``) is still ``Pending`` in the collection and the sweep publishes it.
+
+The resume token is persisted (collection ``relay_resume_token``) so a restarted or new leader
+resumes where the stream was instead of starting blind; an unusable token is dropped and the
+stream reopened without one, never skipping history because the sweep covers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure, PyMongoError
+
+from services.relay.metrics import RelayMetrics
+from shared.backoff import Backoff, wait_or_stop
+
+log = logging.getLogger(__name__)
+
+TOKEN_COLLECTION = "relay_resume_token"
+TOKEN_ID = "outbox"
+# How long one getMore waits on the server: bounds how late a stop request is noticed.
+MAX_AWAIT_MS = 500
+_PIPELINE = [{"$match": {"operationType": {"$in": ["insert", "invalidate"]}}}]
+
+
+class Wakeup:
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        event: asyncio.Event,
+        metrics: RelayMetrics,
+        *,
+        save_interval: float,
+        backoff_max: float,
+    ) -> None:
+        self._db = db
+        self._outbox = db["outbox"]
+        self._tokens = db[TOKEN_COLLECTION]
+        self.event = event
+        self._metrics = metrics
+        self._save_interval = save_interval
+        self._backoff_max = backoff_max
+        self._saved: Mapping[str, Any] | None = None
+        self._saved_at = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch until ``stop`` is set. Never raises: a broken stream only costs latency."""
+        backoff = Backoff(maximum=self._backoff_max)
+        token: Mapping[str, Any] | None = None
+        loaded = False
+        healthy = True
+        while not stop.is_set():
+            try:
+                if not loaded:
+                    token = await self._load_token()
+                    loaded = True
+                async with await self._outbox.watch(
+                    _PIPELINE, resume_after=token, max_await_time_ms=MAX_AWAIT_MS
+                ) as stream:
+                    if not healthy:
+                        log.info("change stream reopened", extra={"component": "wakeup"})
+                        healthy = True
+                    backoff.reset()
+                    # The stream was closed for a while: let the publish loop sweep now.
+                    self.event.set()
+                    while stream.alive and not stop.is_set():
+                        change = await stream.try_next()
+                        if change is not None:
+                            if change.get("operationType") == "invalidate":
+                                break
+                            self.event.set()
+                        if stream.resume_token is not None:
+                            token = stream.resume_token
+                            await self._maybe_save(token)
+                    else:
+                        if stop.is_set():
+                            await self._maybe_save(token, force=True)
+                            return
+                # Only an invalidate (collection dropped or renamed) ends the stream here. Its
+                # token cannot be resumed after; start afresh and let the sweep catch up.
+                log.warning(
+                    "change stream invalidated; reopening without resume token",
+                    extra={"component": "wakeup"},
+                )
+                await self._drop_token()
+                token = None
+                self.event.set()
+            except OperationFailure as exc:
+                # With a token, a server-side refusal almost always means the token is unusable
+                # (ChangeStreamHistoryLost 286, InvalidResumeToken 260, ChangeStreamFatalError 280,
+                # or a parse failure). Dropping it is always safe: the sweep covers the gap.
+                if token is not None:
+                    log.warning(
+                        "resume token unusable; reopening without it",
+                        extra={"component": "wakeup", "reason": f"{exc.code}: {exc}"},
+                    )
+                    await self._drop_token_quietly()
+                    token = None
+                    self.event.set()
+                    continue
+                healthy = self._log_down(healthy, exc)
+                if await wait_or_stop(stop, backoff.next_delay()):
+                    return
+            except PyMongoError as exc:
+                healthy = self._log_down(healthy, exc)
+                self.event.set()
+                if await wait_or_stop(stop, backoff.next_delay()):
+                    return
+
+    def _log_down(self, healthy: bool, exc: BaseException) -> bool:
+        if healthy:
+            log.warning(
+                "change stream unavailable; relying on the sweep",
+                extra={"component": "wakeup", "reason": repr(exc)},
+            )
+        return False
+
+    async def _load_token(self) -> Mapping[str, Any] | None:
+        doc = await self._tokens.find_one({"_id": TOKEN_ID})
+        token = doc.get("token") if doc else None
+        self._saved = token
+        return token if isinstance(token, Mapping) else None
+
+    async def _maybe_save(self, token: Mapping[str, Any] | None, *, force: bool = False) -> None:
+        if token is None or token == self._saved:
+            return
+        now = time.monotonic()
+        if not force and now - self._saved_at < self._save_interval:
+            return
+        await self._tokens.update_one(
+            {"_id": TOKEN_ID},
+            {"$set": {"token": dict(token), "savedAt": datetime.now(UTC)}},
+            upsert=True,
+        )
+        self._saved, self._saved_at = token, now
+        self._metrics.token_saved()
+
+    async def _drop_token(self) -> None:
+        await self._tokens.delete_one({"_id": TOKEN_ID})
+        self._saved = None
+
+    async def _drop_token_quietly(self) -> None:
+        try:
+            await self._drop_token()
+        except PyMongoError as exc:
+            # Next open would use the token again and fail again; we pass None regardless.
+            log.warning("could not delete resume token", extra={"reason": repr(exc)})
