@@ -1,0 +1,8 @@
+"""The embedded stack: real MongoDB (SecantusDB), Kafka (KRaft), Redis and an SMTP sink, plus the
+four services, started and supervised as local processes. ``python -m stack --help``.
+"""
+
+from stack.config import ALL, INFRA, SERVICES, StackConfig
+from stack.supervisor import Stack, StackError
+
+__all__ = ["ALL", "INFRA", "SERVICES", "Stack", "StackConfig", "StackError"]

@@ -1,0 +1,169 @@
+"""Where the embedded stack lives and which ports it listens on.
+
+``StackConfig.default()`` is what ``make up`` uses (well-known ports, data in ``.stack/`` of the
+repository); ``StackConfig.for_tests(root)`` picks free ports so the test suite never collides
+with a running ``make up``, and enables SecantusDB's test commands (``configureFailPoint``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final
+
+# The replica-set name SecantusDB advertises in its `hello` reply.
+MONGO_REPLICA_SET: Final = "secantus"
+
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+
+INFRA: Final = ("mongo", "kafka", "redis", "smtp")
+SERVICES: Final = ("order", "relay", "inventory", "email")
+ALL: Final = INFRA + SERVICES
+
+HOST: Final = "127.0.0.1"
+
+DEFAULT_PORTS: Final = {
+    "mongo": 27017,
+    "kafka": 9092,
+    "kafka_controller": 9093,
+    "redis": 6379,
+    "smtp": 1025,
+    "order": 8000,
+    "relay": 8001,
+    "inventory": 8002,
+    "email": 8003,
+}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _free_ports(names: tuple[str, ...]) -> dict[str, int]:
+    # Hold every socket open until all are picked so two names never get the same port.
+    socks: list[socket.socket] = []
+    try:
+        for _ in names:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+        return {name: int(s.getsockname()[1]) for name, s in zip(names, socks, strict=True)}
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Paths, ports and switches of one embedded stack. Immutable; use ``with_ports`` to vary."""
+
+    root: Path
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    environment: str = "local"
+    enable_test_commands: bool = False
+    kafka_libs: Path = REPO_ROOT / ".stack" / "kafka" / "libs"
+    python: Path = Path(sys.executable)
+    # Per-component readiness deadlines in seconds. Kafka's JVM is the slow one on two cores.
+    ready_timeouts: dict[str, float] = field(
+        default_factory=lambda: {"mongo": 30.0, "kafka": 120.0, "redis": 20.0, "smtp": 20.0}
+    )
+    service_ready_timeout: float = 60.0
+
+    @classmethod
+    def default(cls) -> StackConfig:
+        """Well-known ports, data in ``<repo>/.stack``; ``STACK_ROOT`` and ``STACK_<NAME>_PORT``
+        (e.g. ``STACK_MONGO_PORT``, ``STACK_KAFKA_CONTROLLER_PORT``) override them."""
+        root = Path(os.environ.get("STACK_ROOT", REPO_ROOT / ".stack"))
+        ports = dict(DEFAULT_PORTS)
+        for name in ports:
+            value = os.environ.get(f"STACK_{name.upper()}_PORT")
+            if value:
+                ports[name] = int(value)
+        libs = os.environ.get("STACK_KAFKA_LIBS")
+        config = cls(root=root.resolve(), ports=ports)
+        return replace(config, kafka_libs=Path(libs)) if libs else config
+
+    @classmethod
+    def for_tests(cls, root: Path) -> StackConfig:
+        """Free ports, ``ENVIRONMENT=test`` and test commands on; data and logs under ``root``."""
+        return cls(
+            root=Path(root).resolve(),
+            ports=_free_ports(tuple(DEFAULT_PORTS)),
+            environment="test",
+            enable_test_commands=True,
+        )
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def data_root(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def logs_root(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def run_root(self) -> Path:
+        """PID files: how ``python -m stack down`` finds what ``up --detach`` started."""
+        return self.root / "run"
+
+    def data_dir(self, component: str) -> Path:
+        return self.data_root / component
+
+    def log_path(self, instance: str) -> Path:
+        return self.logs_root / f"{instance}.log"
+
+    # -- addresses ---------------------------------------------------------------------------
+    def port_of(self, name: str) -> int:
+        try:
+            return self.ports[name]
+        except KeyError:
+            raise KeyError(
+                f"no port configured for {name!r}; known: {sorted(self.ports)}"
+            ) from None
+
+    @property
+    def mongo_uri(self) -> str:
+        return f"mongodb://{HOST}:{self.ports['mongo']}/?replicaSet={MONGO_REPLICA_SET}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{HOST}:{self.ports['kafka']}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{HOST}:{self.ports['redis']}/0"
+
+    @property
+    def smtp_host(self) -> str:
+        return HOST
+
+    @property
+    def smtp_port(self) -> int:
+        return self.ports["smtp"]
+
+    @property
+    def smtp_dir(self) -> Path:
+        """Where the SMTP sink writes one ``.eml`` file per received message."""
+        return self.data_dir("smtp")
+
+    def service_env(self) -> dict[str, str]:
+        """Environment variables pointing a service process at this stack (see shared.settings)."""
+        env = {
+            "MONGO_URI": self.mongo_uri,
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            "REDIS_URL": self.redis_url,
+            "SMTP_HOST": self.smtp_host,
+            "SMTP_PORT": str(self.smtp_port),
+            "ENVIRONMENT": self.environment,
+        }
+        for service in SERVICES:
+            env[f"{service.upper()}_HOST"] = HOST
+            env[f"{service.upper()}_PORT"] = str(self.ports[service])
+        return env

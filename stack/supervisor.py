@@ -1,0 +1,628 @@
+"""The embedded stack supervisor: start, probe, stop and kill real server processes.
+
+Every component runs as its own process in its own process group (``start_new_session``), so a
+signal reaches the whole group (a JVM, a Python server and anything they spawn) and Ctrl-C in the
+terminal of ``python -m stack up`` reaches only the supervisor, which then stops the components in
+order. PIDs are written to ``<root>/run/<instance>.json`` so another invocation (``down``,
+``status``, ``kill``) finds what ``up --detach`` started.
+
+The API is synchronous on purpose: it shells out and polls. Async tests call it through
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from base64 import urlsafe_b64encode
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from stack import probes
+from stack.config import ALL, HOST, INFRA, REPO_ROOT, SERVICES, StackConfig, free_port
+
+LOG_TAIL_LINES = 20
+# How long SIGTERM may take before SIGKILL. Services drain in-flight work for up to
+# ORDER_DRAIN_SECONDS etc. (30 s by default), so they get a little longer than that.
+STOP_TIMEOUTS = {"mongo": 20.0, "kafka": 40.0, "redis": 15.0, "smtp": 10.0}
+SERVICE_STOP_TIMEOUT = 40.0
+POLL_INTERVAL = 0.1
+_INSTANCE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+KAFKA_LOG4J_CONFIG = Path(__file__).resolve().parent / "kafka-log4j2.properties"
+
+
+class StackError(RuntimeError):
+    """A component could not be started, became unready or did not stop.
+
+    The message names the component and its log file and quotes the log's last lines, so the
+    failure can be understood without opening anything.
+    """
+
+    def __init__(self, component: str, problem: str, log_path: Path | None = None) -> None:
+        self.component = component
+        self.log_path = log_path
+        message = f"{component}: {problem}"
+        if log_path is not None:
+            message += f"\n  log: {log_path}\n" + _indent(tail(log_path, LOG_TAIL_LINES))
+        super().__init__(message)
+
+
+def _indent(text: str) -> str:
+    if not text:
+        return "  (log is empty)"
+    return "\n".join(f"  | {line}" for line in text.splitlines())
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a text file ('' when it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class _Launch:
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    ready: Callable[[], bool]
+    ready_timeout: float
+    stop_timeout: float
+    # Runs once the probe passes; must return True before the component counts as ready.
+    after_ready: Callable[[], bool] | None = None
+
+
+def component_of(instance: str) -> str:
+    """``relay-2`` -> ``relay``; ``mongo`` -> ``mongo``."""
+    for name in ALL:
+        if instance == name or instance.startswith(name + "-"):
+            return name
+    raise ValueError(f"unknown component {instance!r}; expected one of {', '.join(ALL)}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); it is dead for our purposes.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def kafka_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (Kafka's Uuid)."""
+    while True:
+        text = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):  # Kafka refuses ids that look like a command-line flag
+            return text
+
+
+def service_exists(name: str) -> bool:
+    return (REPO_ROOT / "services" / name / "__main__.py").is_file()
+
+
+class Stack:
+    """Supervises the components of one :class:`StackConfig`.
+
+    Instances: each component runs once under its own name; services can run extra instances
+    (``start("relay", instance="relay-2", env=...)``) with their own port and log file.
+    """
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._extra_ports: dict[str, int] = {}
+
+    # -- public API ------------------------------------------------------------------------------
+    def up(self, names: Iterable[str] = ALL) -> None:
+        """Start ``names`` (infra first, then services) and wait until each is ready.
+
+        Components already running are only probed. On failure, what this call started is
+        stopped again before the error is raised, so nothing is left orphaned.
+        """
+        wanted = list(dict.fromkeys(names))
+        for name in wanted:
+            component_of(name)
+        infra: list[str] = [n for n in INFRA if n in wanted]
+        services: list[str] = [n for n in wanted if n not in INFRA]
+        started: list[str] = []
+        try:
+            # Launch every infra process before waiting on any: Kafka's JVM start-up overlaps
+            # with the others instead of adding to them.
+            launches: dict[str, _Launch] = {n: self._launch(n, None, None, started) for n in infra}
+            for n in infra:
+                self._await_ready(n, launches[n])
+            launches = {n: self._launch(component_of(n), n, None, started) for n in services}
+            for n in services:
+                self._await_ready(n, launches[n])
+        except BaseException:
+            for n in reversed(started):
+                with contextlib.suppress(Exception):
+                    self.stop(n)
+            raise
+
+    def down(self, wipe: bool = False) -> None:
+        """Stop every component (services first); ``wipe`` also deletes all their data."""
+        for instance in self._shutdown_order(self._known_instances()):
+            self.stop(instance)
+        if wipe:
+            shutil.rmtree(self.config.data_root, ignore_errors=True)
+            shutil.rmtree(self.config.root / "conf", ignore_errors=True)
+
+    def start(
+        self,
+        name: str,
+        env: Mapping[str, str] | None = None,
+        *,
+        instance: str | None = None,
+        wait: bool = True,
+    ) -> None:
+        """Start one component (or an extra ``instance`` of a service) and wait until it is ready.
+
+        ``env`` is added to a service's environment (e.g. ``{"RELAY_FAILPOINT": ...}``). An
+        already running instance is only probed.
+        """
+        component = component_of(name)
+        instance = instance or name
+        if instance != component and component in INFRA:
+            raise ValueError(f"{component} runs as one instance only, got instance={instance!r}")
+        launch = self._launch(component, instance, env, [])
+        if wait:
+            self._await_ready(instance, launch)
+
+    def stop(self, name: str, timeout: float | None = None) -> None:
+        """SIGTERM the component's process group, wait up to ``timeout``, then SIGKILL it."""
+        pid = self._pid(name)
+        if pid is None:
+            self._forget(name)
+            return
+        if timeout is None:
+            component = component_of(name)
+            timeout = STOP_TIMEOUTS.get(component, SERVICE_STOP_TIMEOUT)
+        _signal_group(pid, signal.SIGTERM)
+        if not self._wait_exit(name, pid, timeout):
+            _signal_group(pid, signal.SIGKILL)
+            if not self._wait_exit(name, pid, 10.0):
+                raise StackError(name, f"pid {pid} survived SIGKILL", self.logs_path(name))
+        _signal_group(pid, signal.SIGKILL)  # stragglers left in the group, if any
+        self._forget(name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the component's process group (a crash: no flush, no goodbye)."""
+        pid = self._pid(name)
+        if pid is None:
+            self._forget(name)
+            return
+        _signal_group(pid, signal.SIGKILL)
+        if not self._wait_exit(name, pid, 10.0):
+            raise StackError(name, f"pid {pid} survived SIGKILL", self.logs_path(name))
+        self._forget(name)
+
+    def restart(self, name: str, env: Mapping[str, str] | None = None) -> None:
+        self.stop(name)
+        component = component_of(name)
+        self.start(component, env, instance=name if name != component else None)
+
+    def is_running(self, name: str) -> bool:
+        return self._pid(name) is not None
+
+    def logs_path(self, name: str) -> Path:
+        return self.config.log_path(name)
+
+    def port_of(self, name: str) -> int:
+        """The port of a component or an extra instance (``relay-2``)."""
+        if name in self._extra_ports:
+            return self._extra_ports[name]
+        record = self._read_pid_file(name)
+        if record and "port" in record:
+            return int(record["port"])
+        return self.config.port_of(name)
+
+    def status(self, probe: bool = False) -> dict[str, dict[str, Any]]:
+        """``{instance: {component, running, pid, port, log[, ready]}}`` for every component and
+        every extra instance this stack knows of. ``probe`` adds a one-shot readiness check."""
+        result: dict[str, dict[str, Any]] = {}
+        for instance in self._known_instances(include_all=True):
+            pid = self._pid(instance)
+            entry: dict[str, Any] = {
+                "component": component_of(instance),
+                "running": pid is not None,
+                "pid": pid,
+                "port": self.port_of(instance),
+                "log": str(self.logs_path(instance)),
+            }
+            if probe:
+                entry["ready"] = pid is not None and self._probe(instance)
+            result[instance] = entry
+        return result
+
+    def pids(self) -> dict[str, int]:
+        """PIDs of the running instances (the process-group leaders)."""
+        return {i: p for i in self._known_instances() if (p := self._pid(i)) is not None}
+
+    # -- launching --------------------------------------------------------------------------------
+    def _launch(
+        self,
+        component: str,
+        instance: str | None,
+        env: Mapping[str, str] | None,
+        started: list[str],
+    ) -> _Launch:
+        instance = instance or component
+        if not _INSTANCE_NAME.match(instance):
+            raise ValueError(f"invalid instance name {instance!r}")
+        launch = self._plan(component, instance, env)
+        if self._pid(instance) is not None:
+            return launch
+        for port in self._ports_of(component, instance):
+            if _port_in_use(port):
+                raise StackError(
+                    instance,
+                    f"port {port} on {HOST} is already in use by another process "
+                    "(is another stack running? see `python -m stack status`)",
+                )
+        self.config.data_dir(component).mkdir(parents=True, exist_ok=True)
+        if component == "kafka":
+            self._format_kafka_storage()
+        self._spawn(instance, component, launch)
+        started.append(instance)
+        return launch
+
+    def _spawn(self, instance: str, component: str, launch: _Launch) -> None:
+        log_path = self.logs_path(instance)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.config.run_root.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            log.write(f"\n=== stack: starting {instance} at {stamp}: {launch.argv}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                launch.argv,
+                cwd=launch.cwd,
+                env=launch.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._procs[instance] = proc
+        record = {
+            "pid": proc.pid,
+            "component": component,
+            "port": self.port_of(instance),
+            "argv": launch.argv,
+        }
+        self._pid_file(instance).write_text(json.dumps(record))
+
+    def _await_ready(self, instance: str, launch: _Launch) -> None:
+        log = self.logs_path(instance)
+        deadline = time.monotonic() + launch.ready_timeout
+        ready = False
+        while True:
+            if self._pid(instance) is None:
+                code = self._exit_code(instance)
+                how = f"with code {code}" if code is not None else ""
+                raise StackError(instance, f"exited {how} before it became ready", log)
+            if not ready:
+                ready = launch.ready()
+            if ready and (launch.after_ready is None or launch.after_ready()):
+                return
+            if time.monotonic() > deadline:
+                stage = "readiness probe" if not ready else "post-start setup"
+                raise StackError(
+                    instance,
+                    f"not ready within {launch.ready_timeout:.0f}s ({stage} kept failing)",
+                    log,
+                )
+            time.sleep(POLL_INTERVAL)  # poll interval of the probe loop, bounded by the deadline
+
+    def _probe(self, instance: str) -> bool:
+        return self._plan(component_of(instance), instance, None).ready()
+
+    def _ports_of(self, component: str, instance: str) -> list[int]:
+        ports = [self.port_of(instance)]
+        if component == "kafka":
+            ports.append(self.config.port_of("kafka_controller"))
+        return ports
+
+    def _plan(self, component: str, instance: str, env: Mapping[str, str] | None) -> _Launch:
+        c = self.config
+        timeout = c.ready_timeouts.get(component, c.service_ready_timeout)
+        stop_timeout = STOP_TIMEOUTS.get(component, SERVICE_STOP_TIMEOUT)
+        base_env = dict(os.environ)
+        base_env["PYTHONUNBUFFERED"] = "1"
+        if component == "mongo":
+            port = c.port_of("mongo")
+            argv = [
+                str(self._venv_bin("secantusd-py")),
+                "--config", str(self._secantus_config()),
+                "--host", HOST,
+                "--port", str(port),
+                "--storage-path", str(c.data_dir("mongo")),
+                # Without it a SIGKILL loses the last acknowledged commits; with it none
+                # (what a real replica set promises for w:"majority").
+                "--sync-on-commit",
+                "--cache-size", "256M",
+            ]  # fmt: skip
+            if c.enable_test_commands:
+                argv.append("--enable-test-commands")
+            return _Launch(
+                argv,
+                c.root,
+                base_env,
+                lambda: probes.mongo_ready(HOST, port),
+                timeout,
+                stop_timeout,
+            )
+        if component == "kafka":
+            bootstrap = c.kafka_bootstrap
+            argv = [
+                "java",
+                "-Xmx512m",
+                f"-Dlog4j2.configurationFile={KAFKA_LOG4J_CONFIG}",
+                "-cp", f"{c.kafka_libs}/*",
+                "kafka.Kafka",
+                str(self._kafka_properties()),
+            ]  # fmt: skip
+            return _Launch(
+                argv,
+                c.root,
+                base_env,
+                lambda: probes.kafka_ready(bootstrap),
+                timeout,
+                stop_timeout,
+                after_ready=lambda: probes.kafka_topics_ready(bootstrap),
+            )
+        if component == "redis":
+            port = c.port_of("redis")
+            argv = [
+                "redis-server",
+                "--bind", HOST,
+                "--port", str(port),
+                "--dir", str(c.data_dir("redis")),
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
+                "--save", "",
+            ]  # fmt: skip
+            return _Launch(
+                argv,
+                c.root,
+                base_env,
+                lambda: probes.redis_ready(HOST, port),
+                timeout,
+                stop_timeout,
+            )
+        if component == "smtp":
+            port = c.port_of("smtp")
+            argv = [
+                str(c.python), "-m", "stack.smtp_sink",
+                "--host", HOST, "--port", str(port), "--dir", str(c.smtp_dir),
+            ]  # fmt: skip
+            return _Launch(
+                argv,
+                REPO_ROOT,
+                base_env,
+                lambda: probes.smtp_ready(HOST, port),
+                timeout,
+                stop_timeout,
+            )
+        # A service: python -m services.<name>, configured entirely through its environment.
+        if not service_exists(component):
+            raise StackError(
+                instance, f"services/{component}/__main__.py does not exist (not written yet?)"
+            )
+        service_env = {**base_env, **c.service_env()}
+        prefix = component.upper()
+        if env and f"{prefix}_PORT" in env:
+            port = int(env[f"{prefix}_PORT"])
+        elif instance == component:
+            port = c.port_of(component)
+        else:
+            port = self._extra_ports.get(instance) or free_port()
+        if instance != component:
+            self._extra_ports[instance] = port
+        service_env[f"{prefix}_PORT"] = str(port)
+        service_env.update(env or {})
+        argv = [str(c.python), "-m", f"services.{component}"]
+        return _Launch(
+            argv,
+            REPO_ROOT,
+            service_env,
+            lambda: probes.http_ready(HOST, port),
+            timeout,
+            stop_timeout,
+        )
+
+    def _venv_bin(self, name: str) -> Path:
+        candidate = self.config.python.parent / name
+        if candidate.exists():
+            return candidate
+        found = shutil.which(name)
+        if found is None:
+            raise StackError(name, f"{name} not found next to {self.config.python} or on PATH")
+        return Path(found)
+
+    def _secantus_config(self) -> Path:
+        # An explicit (empty) config file turns off SecantusDB's auto-discovery of
+        # ./secantusd.toml and ~/.secantus/, so a stray file never changes the stack.
+        path = self.config.root / "conf" / "secantusd.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_text("# flags on the command line; this file only disables discovery\n")
+        self.config.data_dir("mongo").mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- kafka ------------------------------------------------------------------------------------
+    def _kafka_properties(self) -> Path:
+        c = self.config
+        port, controller = c.port_of("kafka"), c.port_of("kafka_controller")
+        props = {
+            # One combined broker+controller node (KRaft, no ZooKeeper).
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{HOST}:{controller}",
+            "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(c.data_dir("kafka")),
+            "num.partitions": "6",
+            # A single node cannot replicate: internal topics must accept replication factor 1.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # A mistyped topic name must be an error, not a silently created topic.
+            "auto.create.topics.enable": "false",
+            # Tests start and stop consumers all the time; do not wait 3 s for more members.
+            "group.initial.rebalance.delay.ms": "0",
+        }
+        path = c.root / "conf" / "kafka.properties"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def _format_kafka_storage(self) -> None:
+        """Format the KRaft log directory once (Kafka's own storage tool); later starts reuse it."""
+        c = self.config
+        if not any(c.kafka_libs.glob("kafka_2.13-*.jar")):
+            raise StackError(
+                "kafka", f"no Kafka jars in {c.kafka_libs}: run `make setup` to fetch them"
+            )
+        data = c.data_dir("kafka")
+        if (data / "meta.properties").exists():
+            return
+        data.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs_path("kafka")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            "java", "-Xmx256m",
+            f"-Dlog4j2.configurationFile={KAFKA_LOG4J_CONFIG}",
+            "-cp", f"{c.kafka_libs}/*",
+            "kafka.tools.StorageTool", "format",
+            "-t", kafka_cluster_id(),
+            "-c", str(self._kafka_properties()),
+        ]  # fmt: skip
+        with open(log_path, "ab") as log:
+            log.write(f"\n=== stack: formatting kafka storage: {argv}\n".encode())
+            log.flush()
+            result = subprocess.run(
+                argv, cwd=c.root, stdout=log, stderr=subprocess.STDOUT, timeout=120, check=False
+            )
+        if result.returncode != 0:
+            raise StackError(
+                "kafka", f"storage format failed with code {result.returncode}", log_path
+            )
+
+    # -- process bookkeeping ----------------------------------------------------------------------
+    def _pid_file(self, instance: str) -> Path:
+        return self.config.run_root / f"{instance}.json"
+
+    def _read_pid_file(self, instance: str) -> dict[str, Any] | None:
+        try:
+            record: dict[str, Any] = json.loads(self._pid_file(instance).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return record
+
+    def _pid(self, instance: str) -> int | None:
+        """PID of the running instance, or None (reaping it if it was our child and exited)."""
+        proc = self._procs.get(instance)
+        if proc is not None:
+            return proc.pid if proc.poll() is None else None
+        record = self._read_pid_file(instance)
+        if record is None:
+            return None
+        pid = int(record["pid"])
+        # The process-group check guards against a recycled PID: ours lead their own group.
+        try:
+            if os.getpgid(pid) != pid:
+                return None
+        except ProcessLookupError:
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def _exit_code(self, instance: str) -> int | None:
+        proc = self._procs.get(instance)
+        return proc.poll() if proc is not None else None
+
+    def _wait_exit(self, instance: str, pid: int, timeout: float) -> bool:
+        proc = self._procs.get(instance)
+        if proc is not None and proc.pid == pid:
+            try:
+                proc.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(POLL_INTERVAL)
+        return True
+
+    def _forget(self, instance: str) -> None:
+        self._procs.pop(instance, None)
+        self._pid_file(instance).unlink(missing_ok=True)
+
+    def _known_instances(self, include_all: bool = False) -> list[str]:
+        names: list[str] = list(ALL) if include_all else []
+        names += [i for i in self._procs if i not in names]
+        if self.config.run_root.is_dir():
+            names += sorted(
+                p.stem for p in self.config.run_root.glob("*.json") if p.stem not in names
+            )
+        return [n for n in names if _is_known(n)]
+
+    @staticmethod
+    def _shutdown_order(instances: Iterable[str]) -> list[str]:
+        # Services first (they drain into the infrastructure), then infra in reverse start order.
+        rank = {name: i for i, name in enumerate(reversed(ALL))}
+        return sorted(instances, key=lambda i: rank[component_of(i)])
+
+
+def _is_known(instance: str) -> bool:
+    try:
+        component_of(instance)
+    except ValueError:
+        return False
+    return True
+
+
+def _signal_group(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+__all__ = ["INFRA", "SERVICES", "Stack", "StackError", "component_of", "service_exists", "tail"]
