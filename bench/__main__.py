@@ -1,0 +1,402 @@
+"""``python -m bench [--quick]``: one benchmark run on one fresh embedded stack.
+
+Phases, in order (each bounded in count and time; a phase that fails is reported as failed and
+the run goes on, so one broken part never hides the others' figures):
+
+1. raw PyMongo two-insert transaction and the order API, both at concurrency 32;
+2. relay drain of a backlog built with the relay stopped, the raw aiokafka producer on the same
+   messages, and the article's relay on the same backlog;
+3. each consumer's drain rate from a backlog, and its Redis round trips per message;
+4. end-to-end latency at a steady 50% of the API's measured maximum: this system, then the
+   article's design (its relay and its consumer) at the same rate;
+5. peak resident memory of every process (read before each stop and at the end).
+
+Only 127.0.0.1 is ever contacted. The stack lives in a temporary directory and is wiped at the
+end (``--keep`` keeps it for a look at the logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench import report
+from bench.e2e_latency import LatencyResult, measure_e2e, order_body, seed_bench_stock
+from bench.memory import PeakMemory
+from shared.contracts import ORDER_CREATED_TOPIC
+from shared.kafka import ensure_topics
+from stack import INFRA, Stack, StackConfig
+from stack.config import REPO_ROOT
+
+# E2E figures: steady load at this share of the measured maximum API rate (the issue's 50%).
+LOAD_SHARE: Final = 0.5
+SUBPROCESS_READY_TIMEOUT: Final = 60.0
+SUBPROCESS_STOP_TIMEOUT: Final = 20.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and time limits of one run; ``--quick`` shrinks everything for a smoke run."""
+
+    backlog: int
+    throughput_seconds: float
+    e2e_seconds: float
+    e2e_warmup_seconds: float
+    settle_seconds: float
+    article_relay_seconds: float
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(
+            backlog=20_000,
+            throughput_seconds=15.0,
+            e2e_seconds=20.0,
+            e2e_warmup_seconds=3.0,
+            settle_seconds=45.0,
+            article_relay_seconds=20.0,
+        )
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            backlog=2_000,
+            throughput_seconds=4.0,
+            e2e_seconds=6.0,
+            e2e_warmup_seconds=1.0,
+            settle_seconds=20.0,
+            article_relay_seconds=5.0,
+        )
+
+
+class Run:
+    """State of one benchmark run: the stack, the results, the processes we spawned."""
+
+    def __init__(self, stack: Stack, plan: Plan, run_id: str) -> None:
+        self.stack = stack
+        self.plan = plan
+        self.run_id = run_id
+        self.memory = PeakMemory()
+        self.results: dict[str, Any] = {"errors": {}, "phase_seconds": {}}
+        self._own: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def config(self) -> StackConfig:
+        return self.stack.config
+
+    # -- bench-owned processes (the article's relay and consumer) -------------------------------
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log_path = self.config.log_path(name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env={**os.environ, **self.config.service_env(), **env, "PYTHONUNBUFFERED": "1"},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._own[name] = proc
+        return proc
+
+    def own_pids(self) -> dict[str, int]:
+        return {n: p.pid for n, p in self._own.items() if p.poll() is None}
+
+    def stop_own(self, name: str) -> None:
+        proc = self._own.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        self.memory.observe({name: proc.pid})
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(SUBPROCESS_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def stop_all_own(self) -> None:
+        for name in list(self._own):
+            self.stop_own(name)
+
+    # -- services of the stack ---------------------------------------------------------------------
+    def observe_memory(self) -> None:
+        self.memory.observe(self.stack.pids())
+        self.memory.observe(self.own_pids())
+
+    def stop_service(self, name: str) -> None:
+        self.observe_memory()
+        self.stack.stop(name)
+
+    async def start_service(self, name: str, env: dict[str, str]) -> None:
+        await asyncio.to_thread(self.stack.start, name, env)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+async def position_group_at_end(bootstrap: str, group: str, topic: str) -> None:
+    """Commit the current end offsets for ``group``: a consumer of that group then starts with
+    what is produced from now on, not with the history earlier phases left in the topic."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = await asyncio.wait_for(_partitions(consumer, topic), timeout=15)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(tps)
+        consumer.assign(tps)
+        await consumer.commit({tp: ends[tp] for tp in tps})
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    while True:
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return set(found)
+        await consumer._client.force_metadata_update()  # the first metadata fetch is lazy
+
+
+async def wait_for_file(path: Path, proc: subprocess.Popen[bytes], limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):  # noqa: ASYNC240 - one stat per 100 ms, not worth a thread
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path.name} not written within {limit:.0f} s")
+        await asyncio.sleep(0.1)  # poll interval, bounded by the deadline
+
+
+async def closed_loop_api_rate(api_url: str, concurrency: int, seconds: float) -> float:
+    """Orders/s the API sustains with ``concurrency`` clients posting back to back.
+
+    Only used when the order helper's ``bench.order_api`` did not produce a figure: the
+    end-to-end phase needs a maximum to take 50% of.
+    """
+    done = 0
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=api_url, timeout=10.0, limits=limits) as client:
+
+        async def worker(w: int) -> None:
+            nonlocal done
+            n = w
+            while time.monotonic() < deadline:
+                response = await client.post("/orders", json=order_body(n))
+                if response.status_code == 201:
+                    done += 1
+                n += concurrency
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.monotonic() - started
+    return round(done / elapsed, 1)
+
+
+def _optional(module: str) -> Any:
+    """A phase module another helper owns, or None while it does not exist yet."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+
+
+async def phase(run: Run, name: str, body: Callable[[], Awaitable[None]]) -> None:
+    """Run one phase; record its duration, and its error instead of aborting the whole run."""
+    started = time.monotonic()
+    print(f"--- {name} ...", flush=True)
+    try:
+        await body()
+    except Exception as exc:
+        run.results["errors"][name] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    finally:
+        elapsed = round(time.monotonic() - started, 1)
+        run.results["phase_seconds"][name] = elapsed
+        print(f"--- {name} done in {elapsed} s", flush=True)
+
+
+# -- phases -------------------------------------------------------------------------------------
+async def phase_e2e_ours(run: Run) -> None:
+    cfg = run.config
+    orders_db, inventory_db = f"bench_e2e_orders_{run.run_id}", f"bench_e2e_inv_{run.run_id}"
+    inv_group, email_group = f"bench-inv-{run.run_id}", f"bench-email-{run.run_id}"
+    await seed_bench_stock(cfg.mongo_uri, inventory_db)
+    for group in (inv_group, email_group):
+        await position_group_at_end(cfg.kafka_bootstrap, group, ORDER_CREATED_TOPIC)
+    await run.start_service("order", {"ORDER_DATABASE": orders_db})
+    await run.start_service(
+        "relay",
+        {"RELAY_DATABASE": orders_db, "RELAY_TRANSACTIONAL_ID": f"bench-relay-{run.run_id}"},
+    )
+    await run.start_service(
+        "inventory", {"INVENTORY_DATABASE": inventory_db, "INVENTORY_GROUP_ID": inv_group}
+    )
+    await run.start_service("email", {"EMAIL_GROUP_ID": email_group})
+    try:
+        api_url = f"http://127.0.0.1:{cfg.port_of('order')}"
+        rate = await _e2e_rate(run, api_url)
+        result = await _e2e(run, "ours", api_url, inventory_db, rate)
+        run.results.setdefault("e2e", {})["ours"] = asdict(result)
+    finally:
+        for name in ("email", "inventory", "relay", "order"):
+            run.stop_service(name)
+
+
+async def phase_e2e_article(run: Run) -> None:
+    cfg = run.config
+    rate = run.results.get("e2e_rate")
+    if not isinstance(rate, int | float):
+        raise RuntimeError("no e2e rate: the API maximum was not measured")
+    article_relay = _optional("bench.article_relay")
+    if article_relay is None or not hasattr(article_relay, "main"):
+        raise RuntimeError("bench.article_relay (relay helper) has no runnable main yet")
+    orders_db, inventory_db = f"bench_art_orders_{run.run_id}", f"bench_art_inv_{run.run_id}"
+    group = f"bench-article-{run.run_id}"
+    await seed_bench_stock(cfg.mongo_uri, inventory_db)
+    await position_group_at_end(cfg.kafka_bootstrap, group, ORDER_CREATED_TOPIC)
+    await run.start_service("order", {"ORDER_DATABASE": orders_db})
+    ready = cfg.root / f"article-consumer-{run.run_id}.ready"
+    try:
+        consumer = run.spawn(
+            "article-consumer",
+            [str(cfg.python), "-m", "bench.article_consumer", "--group", group,
+             "--database", inventory_db, "--offset-reset", "earliest", "--ready-file", str(ready)],
+            {},
+        )  # fmt: skip
+        run.spawn(
+            "article-relay",
+            [str(cfg.python), "-m", "bench.article_relay", "--database", orders_db],
+            {},
+        )
+        await wait_for_file(ready, consumer, SUBPROCESS_READY_TIMEOUT)
+        api_url = f"http://127.0.0.1:{cfg.port_of('order')}"
+        result = await _e2e(run, "article", api_url, inventory_db, rate)
+        run.results.setdefault("e2e", {})["article"] = asdict(result)
+    finally:
+        run.stop_all_own()
+        run.stop_service("order")
+
+
+async def _e2e_rate(run: Run, api_url: str) -> float:
+    api_max = report.get(run.results, "api", "orders_per_s")
+    if not isinstance(api_max, int | float) or api_max <= 0:
+        seconds = min(run.plan.throughput_seconds, 5.0)
+        api_max = await closed_loop_api_rate(api_url, 32, seconds)
+        run.results["api_max_fallback"] = {
+            "orders_per_s": api_max,
+            "note": "closed-loop c=32 against the e2e API (bench.order_api gave no figure)",
+        }
+    rate = round(float(api_max) * LOAD_SHARE, 1)
+    run.results["e2e_rate"] = rate
+    return rate
+
+
+async def _e2e(
+    run: Run, design: str, api_url: str, inventory_db: str, rate: float
+) -> LatencyResult:
+    cfg = run.config
+
+    async def measure(seconds: float, settle: float) -> LatencyResult:
+        return await measure_e2e(
+            design=design,
+            api_url=api_url,
+            mongo_uri=cfg.mongo_uri,
+            inventory_database=inventory_db,
+            smtp_dir=cfg.smtp_dir,
+            rate=rate,
+            duration=seconds,
+            settle_timeout=settle,
+        )
+
+    # Warm-up (connections, lazy imports, first change-stream wake-ups): not measured.
+    await measure(run.plan.e2e_warmup_seconds, 10.0)
+    result = await measure(run.plan.e2e_seconds, run.plan.settle_seconds)
+    run.observe_memory()
+    return result
+
+
+# -- main ---------------------------------------------------------------------------------------
+async def run_all(run: Run, only: set[str] | None) -> None:
+    cfg = run.config
+    await ensure_topics(cfg.kafka_bootstrap)
+    phases: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        ("e2e_ours", lambda: phase_e2e_ours(run)),
+        ("e2e_article", lambda: phase_e2e_article(run)),
+    ]
+    for name, body in phases:
+        if only and name not in only:
+            continue
+        await phase(run, name, body)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small backlog, short phases")
+    parser.add_argument(
+        "--json", type=Path, default=REPO_ROOT / "bench-results.json", help="results file"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the stack's data and logs")
+    parser.add_argument("--only", action="append", help="run only this phase (repeatable)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    plan = Plan.quick() if args.quick else Plan.full()
+    run_id = uuid.uuid4().hex[:8]
+    root = Path(tempfile.mkdtemp(prefix="bench-stack-"))
+    stack = Stack(StackConfig.for_tests(root))
+    run = Run(stack, plan, run_id)
+    run.results.update(
+        {
+            "run_id": run_id,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "mode": "quick" if args.quick else "full",
+            "plan": asdict(plan),
+            "machine": report.machine_info(),
+        }
+    )
+    started = time.monotonic()
+    print(f"bench {run.results['mode']} run {run_id}: starting the stack in {root}", flush=True)
+    try:
+        stack.up(INFRA)
+        asyncio.run(run_all(run, set(args.only) if args.only else None))
+    finally:
+        run.observe_memory()
+        run.stop_all_own()
+        stack.down(wipe=not args.keep)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    run.results["memory"] = run.memory.as_dict()
+    run.results["total_seconds"] = round(time.monotonic() - started, 1)
+    print(report.finish(run.results, args.json))
+    print(f"\nresults: {args.json} ({run.results['total_seconds']} s)")
+    return 1 if run.results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
