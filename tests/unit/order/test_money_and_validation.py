@@ -1,0 +1,137 @@
+"""Money parsing, exact totals and strict request validation (pure logic, no servers)."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from services.order.handlers import traceparent_for
+from services.order.schemas import CreateOrderRequest, compute_total, format_money, parse_money
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("12.50", "12.50"),
+        ("0", "0.00"),
+        ("0.1", "0.10"),
+        ("7", "7.00"),
+        ("1000000000", "1000000000.00"),
+    ],
+)
+def test_money_strings_parse_exactly(text: str, expected: str) -> None:
+    assert parse_money(text) == Decimal(expected)
+    assert str(parse_money(text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (12.5, "JSON numbers"),
+        (12, "JSON numbers"),
+        (True, "boolean"),
+        (None, "decimal string"),
+        ("-1.00", "negative"),
+        ("NaN", "finite"),
+        ("Infinity", "finite"),
+        ("1.005", "2 decimal places"),
+        ("12.500", "2 decimal places"),
+        ("1e2", "plain digits"),
+        ("+5", "plain digits"),
+        ("abc", "decimal string"),
+        ("1000000000.01", "exceed"),
+    ],
+)
+def test_bad_money_is_refused_with_a_reason(value: Any, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_money(value)
+
+
+def test_total_is_exact_where_floats_are_not() -> None:
+    lines = [(1, Decimal("0.10")), (1, Decimal("0.20"))]
+    assert 0.10 + 0.20 != 0.30  # the float answer is 0.30000000000000004
+    assert compute_total(lines) == Decimal("0.30")
+    assert format_money(compute_total(lines)) == "0.30"
+
+
+def test_largest_order_total_stays_exact() -> None:
+    lines = [(10_000, Decimal("999999999.99"))] * 100
+    assert compute_total(lines) == Decimal("999999999990000.00")
+
+
+def _body(**overrides: Any) -> dict[str, Any]:
+    return {
+        "userId": "u",
+        "customerEmail": "a@example.com",
+        "items": [{"sku": "A", "quantity": 2, "unitPrice": "1.25"}],
+        **overrides,
+    }
+
+
+def test_valid_request_computes_its_total() -> None:
+    request = CreateOrderRequest.model_validate(
+        _body(
+            items=[
+                {"sku": "A", "quantity": 2, "unitPrice": "1.25"},
+                {"sku": "B", "quantity": 1, "unitPrice": "0.5"},
+            ]
+        )
+    )
+    assert request.total() == Decimal("3.00")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loc"),
+    [
+        ({"items": [{"sku": "A", "quantity": "2", "unitPrice": "1"}]}, ("items", 0, "quantity")),
+        ({"items": [{"sku": "A", "quantity": 2.0, "unitPrice": "1"}]}, ("items", 0, "quantity")),
+        ({"items": [{"sku": "A", "quantity": 10_001, "unitPrice": "1"}]}, ("items", 0, "quantity")),
+        ({"items": []}, ("items",)),
+        ({"items": [{"sku": "A", "quantity": 1, "unitPrice": "1"}] * 101}, ("items",)),
+        ({"customerEmail": "nope"}, ("customerEmail",)),
+        ({"extra": 1}, ("extra",)),
+        ({"userId": ""}, ("userId",)),
+    ],
+)
+def test_invalid_requests_name_the_field(overrides: dict[str, Any], loc: tuple[Any, ...]) -> None:
+    with pytest.raises(ValidationError) as caught:
+        CreateOrderRequest.model_validate(_body(**overrides))
+    assert loc in [tuple(e["loc"]) for e in caught.value.errors()]
+
+
+def test_fingerprint_ignores_spelling_but_not_meaning() -> None:
+    a = CreateOrderRequest.model_validate(_body())
+    b = CreateOrderRequest.model_validate(
+        _body(items=[{"unitPrice": "1.250"[:-1], "quantity": 2, "sku": "A"}])
+    )
+    c = CreateOrderRequest.model_validate(_body(userId="other"))
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != c.fingerprint()
+
+
+def test_valid_traceparent_keeps_the_trace_and_flags() -> None:
+    incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    out = traceparent_for(incoming)
+    assert out.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    assert out.endswith("-00")
+    assert out != incoming
+
+
+@pytest.mark.parametrize(
+    "incoming",
+    [
+        None,
+        "",
+        "garbage",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+    ],
+)
+def test_missing_or_invalid_traceparent_starts_a_new_trace(incoming: str | None) -> None:
+    out = traceparent_for(incoming)
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", out)
+    assert "0" * 32 not in out
