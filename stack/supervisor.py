@@ -201,12 +201,12 @@ class Stack:
 
     def stop(self, name: str, timeout: float | None = None) -> None:
         """SIGTERM the component's process group, wait up to ``timeout``, then SIGKILL it."""
+        component = component_of(name)
         pid = self._pid(name)
         if pid is None:
             self._forget(name)
             return
         if timeout is None:
-            component = component_of(name)
             timeout = STOP_TIMEOUTS.get(component, SERVICE_STOP_TIMEOUT)
         _signal_group(pid, signal.SIGTERM)
         if not self._wait_exit(name, pid, timeout):
@@ -218,6 +218,7 @@ class Stack:
 
     def kill(self, name: str) -> None:
         """SIGKILL the component's process group (a crash: no flush, no goodbye)."""
+        component_of(name)  # refuse unknown names instead of silently doing nothing
         pid = self._pid(name)
         if pid is None:
             self._forget(name)

@@ -1,0 +1,104 @@
+# Two commands for a new user: `make demo` and `make test`. Every target runs `setup` first, so
+# each one works on a fresh clone; `setup` is idempotent and cheap when nothing changed.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST := $(BIN)/pytest
+KAFKA_LIBS := .stack/kafka/libs
+# Stamps: reinstall only when what they were built from changed.
+SETUP_STAMP := $(VENV)/.installed
+KAFKA_STAMP := $(KAFKA_LIBS)/.resolved
+
+.PHONY: help setup redis-server up down demo test test-unit test-integration test-e2e chaos \
+	bench lint
+
+help:
+	@echo "make setup            .venv + dev install, Kafka jars, redis-server (idempotent)"
+	@echo "make demo             start everything, send orders, show them travel, stop"
+	@echo "make test             the whole suite (unit, integration, e2e, chaos)"
+	@echo "make test-unit | test-integration | test-e2e | chaos | bench | lint"
+	@echo "make up               embedded stack + four services in the foreground (Ctrl-C stops)"
+
+setup: $(SETUP_STAMP) $(KAFKA_STAMP) redis-server
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# constraints.txt pins every transitive version CI tested; pyproject.toml keeps the ranges.
+$(SETUP_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Kafka broker jars from Maven Central (stack/pom.xml). Resolved into a fresh directory and
+# swapped in, so a broker that is running from the old jars never sees a half-copied set.
+$(KAFKA_STAMP): stack/pom.xml
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "setup: installing Maven and a JDK with apt-get (needed for the Kafka broker)"; \
+	    apt-get update -qq && apt-get install -y -qq maven default-jdk-headless; \
+	  else \
+	    echo "setup: Kafka needs java (17+) and mvn; install them, e.g." \
+	         "'sudo apt-get install -y maven default-jdk-headless', then rerun make." >&2; \
+	    exit 1; \
+	  fi; }
+	rm -rf $(KAFKA_LIBS).new
+	mvn -q -B -f stack/pom.xml dependency:copy-dependencies \
+	  -DoutputDirectory=$(abspath $(KAFKA_LIBS)).new
+	rm -rf $(KAFKA_LIBS)
+	mv $(KAFKA_LIBS).new $(KAFKA_LIBS)
+	touch $@
+
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "setup: installing Debian's redis-server with apt-get"; \
+	    apt-get update -qq && apt-get install -y -qq redis-server; \
+	  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+	    sudo apt-get update -qq && sudo apt-get install -y -qq redis-server; \
+	  else \
+	    echo "setup: redis-server is missing and cannot be installed here (no apt-get or" \
+	         "not root): install Redis 7 so that 'redis-server' is on PATH, then rerun make." >&2; \
+	    exit 1; \
+	  fi; }
+
+up: setup
+	$(BIN)/python -m stack up
+
+down: setup
+	$(BIN)/python -m stack down
+
+demo: setup
+	$(BIN)/python -m stack.demo
+
+# pytest exits 5 when it collected nothing: for us that is a failure (a wrong path or a
+# marker filter that matches nothing must not pass CI), and make fails on any non-zero code.
+define run_pytest
+	$(PYTEST) $(1) || { rc=$$?; [ $$rc -ne 5 ] || echo "make: pytest collected no tests" >&2; exit $$rc; }
+endef
+
+test: setup
+	$(call run_pytest,tests)
+
+test-unit: setup
+	$(call run_pytest,tests/unit)
+
+test-integration: setup
+	$(call run_pytest,tests/integration)
+
+test-e2e: setup
+	$(call run_pytest,tests/e2e)
+
+chaos: setup
+	$(call run_pytest,-m chaos tests)
+
+bench: setup
+	$(BIN)/python -m bench
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .

@@ -1,0 +1,198 @@
+"""``python -m stack``: run the embedded stack from a terminal.
+
+    up [--detach] [COMPONENT ...]   start (default: infra + every service that exists), wait ready
+    down [--wipe]                   stop everything (services first); --wipe deletes all data
+    status [--json]                 running / ready / pid / port / log of every component
+    logs COMPONENT [-n N] [-f]      the component's log
+    start|stop|kill|restart NAME    one component (kill = SIGKILL), for failure injection
+
+Without ``--detach``, ``up`` stays in the foreground and Ctrl-C (or SIGTERM) stops every
+component cleanly. ``--root`` / ``STACK_ROOT`` and ``STACK_<NAME>_PORT`` move the stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from stack.config import ALL, INFRA, SERVICES, StackConfig
+from stack.supervisor import Stack, StackError, component_of, service_exists, tail
+
+
+class _StopRequested(BaseException):
+    """Raised from the SIGTERM/SIGINT handler so a start-up in progress unwinds and cleans up."""
+
+
+def _config(args: argparse.Namespace) -> StackConfig:
+    config = StackConfig.default()
+    if args.root is not None:
+        config = StackConfig(root=Path(args.root).resolve(), ports=config.ports)
+    return config
+
+
+def _print_status(stack: Stack) -> None:
+    rows = [("COMPONENT", "STATE", "PID", "PORT", "LOG")]
+    for name, entry in stack.status(probe=True).items():
+        if entry["running"]:
+            state = "ready" if entry["ready"] else "starting/unready"
+        else:
+            state = "stopped"
+        rows.append((name, state, str(entry["pid"] or "-"), str(entry["port"]), entry["log"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+
+
+def _default_components() -> list[str]:
+    missing = [s for s in SERVICES if not service_exists(s)]
+    for name in missing:
+        print(f"note: services/{name} has no __main__.py yet; not starting it", file=sys.stderr)
+    return [*INFRA, *(s for s in SERVICES if s not in missing)]
+
+
+def cmd_up(stack: Stack, args: argparse.Namespace) -> int:
+    names = args.components or _default_components()
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        print(f"error: unknown component(s) {', '.join(unknown)}; known: {', '.join(ALL)}")
+        return 2
+    started_at = time.monotonic()
+
+    def _raise_stop(signum: int, frame: FrameType | None) -> None:
+        raise _StopRequested(signal.Signals(signum).name)
+
+    if not args.detach:
+        signal.signal(signal.SIGINT, _raise_stop)
+        signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        stack.up(names)
+    except StackError as error:
+        print(f"stack up failed: {error}", file=sys.stderr)
+        return 1
+    except _StopRequested:
+        print("interrupted during start-up; stopped what was started", file=sys.stderr)
+        return 130
+    print(f"ready in {time.monotonic() - started_at:.1f}s ({', '.join(names)})")
+    _print_status(stack)
+    if args.detach:
+        print("detached: `python -m stack down` stops it")
+        return 0
+    print("running in the foreground; Ctrl-C stops every component")
+    return _supervise(stack, names)
+
+
+def _supervise(stack: Stack, names: list[str]) -> int:
+    reported: set[str] = set()
+    stop = threading.Event()
+    try:
+        while not stop.wait(1.0):  # liveness report interval
+            for name in names:
+                if name not in reported and not stack.is_running(name):
+                    reported.add(name)
+                    print(
+                        f"{name} is not running any more; last log lines "
+                        f"({stack.logs_path(name)}):\n{tail(stack.logs_path(name), 10)}",
+                        file=sys.stderr,
+                    )
+                elif name in reported and stack.is_running(name):
+                    reported.discard(name)
+                    print(f"{name} is running again", file=sys.stderr)
+    except _StopRequested as why:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print(f"\n{why}: stopping every component ...", file=sys.stderr)
+    stack.down()
+    print("stopped")
+    return 0
+
+
+def cmd_down(stack: Stack, args: argparse.Namespace) -> int:
+    stack.down(wipe=args.wipe)
+    print("stopped" + (f"; data under {stack.config.data_root} removed" if args.wipe else ""))
+    return 0
+
+
+def cmd_status(stack: Stack, args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps(stack.status(probe=True), indent=2))
+    else:
+        _print_status(stack)
+    return 0
+
+
+def cmd_logs(stack: Stack, args: argparse.Namespace) -> int:
+    path = stack.logs_path(args.component)
+    if not path.exists():
+        print(f"{args.component}: no log at {path}", file=sys.stderr)
+        return 1
+    print(tail(path, args.lines))
+    if not args.follow:
+        return 0
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            f.seek(0, 2)
+            while True:
+                line = f.readline()
+                if line:
+                    print(line, end="", flush=True)
+                else:
+                    time.sleep(0.2)  # follow mode: poll the file for appended lines
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_one(stack: Stack, args: argparse.Namespace) -> int:
+    name: str = args.component
+    action = args.command
+    if action == "start":
+        stack.start(component_of(name), instance=None if name in ALL else name)
+    else:
+        getattr(stack, action)(name)
+    print(f"{name}: {action} done")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m stack",
+        description="The embedded stack: real MongoDB (SecantusDB), Kafka, Redis, an SMTP sink "
+        "and the four services as local processes.",
+    )
+    parser.add_argument("--root", help="stack directory (default: STACK_ROOT or <repo>/.stack)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start and wait until ready")
+    up.add_argument("--detach", action="store_true", help="return once ready")
+    up.add_argument("components", nargs="*", metavar="COMPONENT", help=", ".join(ALL))
+    down = commands.add_parser("down", help="stop everything")
+    down.add_argument("--wipe", action="store_true", help="also delete all data")
+    status = commands.add_parser("status", help="show what runs")
+    status.add_argument("--json", action="store_true")
+    logs = commands.add_parser("logs", help="print a component's log")
+    logs.add_argument("component")
+    logs.add_argument("-n", "--lines", type=int, default=100)
+    logs.add_argument("-f", "--follow", action="store_true")
+    for action in ("start", "stop", "kill", "restart"):
+        one = commands.add_parser(action, help=f"{action} one component")
+        one.add_argument("component")
+    args = parser.parse_args(argv)
+
+    stack = Stack(_config(args))
+    handlers = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_logs}
+    try:
+        return handlers.get(args.command, cmd_one)(stack, args)
+    except StackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
