@@ -13,8 +13,8 @@ from shared.redis import make_redis
 SERVICE = "email"
 
 
-async def run(settings: EmailSettings) -> int:
-    """Consume ``order.created`` until SIGTERM; 0 after a clean drain."""
+async def run(settings: EmailSettings, stop: asyncio.Event | None = None) -> int:
+    """Consume ``order.created`` until SIGTERM (or ``stop``); 0 after a clean drain."""
     redis = make_redis(settings.redis_url)
 
     async def smtp_ready() -> bool:
@@ -34,6 +34,7 @@ async def run(settings: EmailSettings) -> int:
             handler=ConfirmationSender(settings).handle,
             redis=redis,
             extra_ready={"smtp": smtp_ready},
+            stop=stop,
         )
     finally:
         await redis.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 SERVICE = "inventory"
 
 
-async def run(settings: InventorySettings) -> int:
-    """Consume ``order.created`` until SIGTERM; 0 after a clean drain."""
+async def run(settings: InventorySettings, stop: asyncio.Event | None = None) -> int:
+    """Consume ``order.created`` until SIGTERM (or ``stop``); 0 after a clean drain."""
     mongo = make_mongo_client(settings.mongo_uri, settings.mongo_timeout_seconds, "inventory")
     redis = make_redis(settings.redis_url)
     try:
@@ -42,6 +43,7 @@ async def run(settings: InventorySettings) -> int:
             handler=handler.handle,
             redis=redis,
             extra_ready={"mongo": mongo_ready},
+            stop=stop,
         )
     finally:
         await redis.aclose()

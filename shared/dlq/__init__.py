@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.contracts import Header
 from shared.kafka import REQUEST_TIMEOUT_MS, Headers, decode_headers
@@ -143,10 +144,7 @@ async def read_dlq(bootstrap_servers: str, dlq_topic: str) -> list[StoredDlqReco
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(dlq_topic)
-        if partitions is None:
-            await consumer.topics()  # refresh metadata once; a new topic may not be known yet
-            partitions = consumer.partitions_for_topic(dlq_topic) or set()
+        partitions = await _partitions_of(bootstrap_servers, dlq_topic)
         tps = [TopicPartition(dlq_topic, p) for p in sorted(partitions)]
         if not tps:
             return []
@@ -174,3 +172,19 @@ async def read_dlq(bootstrap_servers: str, dlq_topic: str) -> list[StoredDlqReco
         return sorted(records, key=lambda r: (r.partition, r.offset))
     finally:
         await consumer.stop()
+
+
+async def _partitions_of(bootstrap_servers: str, topic: str) -> list[int]:
+    """Partition ids of ``topic`` (none if it does not exist). Asked of the admin API because a
+    group-less consumer's metadata cache does not learn about topics it is not assigned."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=REQUEST_TIMEOUT_MS
+    )
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(
+        p["partition"] for t in described if t.get("error_code") == 0 for p in t["partitions"]
+    )

@@ -1,0 +1,242 @@
+"""Fixtures for the consumer tests: a private topic, database and consumer groups per test, the
+two consumers running in-process against the embedded stack, and helpers to produce events and
+look at their effects (reservations, .eml files, Redis keys, DLQ records)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from services.email.main import run as run_email
+from services.email.settings import EmailSettings
+from services.inventory.main import run as run_inventory
+from services.inventory.models import RESERVATIONS, STOCK, ensure_indexes
+from services.inventory.settings import InventorySettings
+from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, Header, dlq_topic_for
+from shared.dlq import StoredDlqRecord, read_dlq
+from shared.events import EventItem, OrderCreated
+from shared.kafka import encode_headers, ensure_topics, make_producer
+from shared.mongo import MongoClient, make_mongo_client
+from shared.redis import make_redis
+from stack import Stack
+
+TOPIC_PARTITIONS = 3
+
+
+def order_event(
+    order_id: str | None = None,
+    *,
+    sku: str = "SKU-1",
+    quantity: int = 2,
+    email: str = "buyer@example.com",
+) -> OrderCreated:
+    order_id = order_id or f"ord-{uuid.uuid4().hex[:12]}"
+    price = Decimal("12.50")
+    return OrderCreated.model_validate(
+        {
+            "orderId": order_id,
+            "userId": "user-1",
+            "customerEmail": email,
+            "total": str(price * quantity),
+            "items": [
+                EventItem.model_validate(
+                    {"sku": sku, "quantity": quantity, "unitPrice": str(price)}
+                ).model_dump(by_alias=True)
+            ],
+            "createdAt": datetime.now(UTC),
+        }
+    )
+
+
+def event_headers(event_id: str | None, order_id: str) -> list[tuple[str, bytes]]:
+    headers = {
+        Header.EVENT_TYPE: EVENT_ORDER_CREATED,
+        Header.AGGREGATE_TYPE: AGGREGATE_ORDER,
+        Header.AGGREGATE_ID: order_id,
+        Header.AGGREGATE_VERSION: "1",
+        Header.OCCURRED_AT: datetime.now(UTC).isoformat(),
+    }
+    if event_id is not None:
+        headers[Header.IDEMPOTENCY_KEY] = event_id
+    return encode_headers(headers)
+
+
+@dataclass
+class Pipeline:
+    """One test's private consumer world on the shared stack."""
+
+    stack: Stack
+    topic: str
+    database: str
+    inventory_group: str
+    email_group: str
+    producer: AIOKafkaProducer
+    mongo: MongoClient
+    redis: Redis
+    tasks: dict[str, tuple[asyncio.Task[int], asyncio.Event]] = field(default_factory=dict)
+
+    @property
+    def dlq_topic(self) -> str:
+        return dlq_topic_for(self.topic)
+
+    def env(self) -> dict[str, str]:
+        """Environment for service processes started with ``stack.start``."""
+        return {
+            "INVENTORY_TOPIC": self.topic,
+            "INVENTORY_GROUP_ID": self.inventory_group,
+            "INVENTORY_DATABASE": self.database,
+            "EMAIL_TOPIC": self.topic,
+            "EMAIL_GROUP_ID": self.email_group,
+        }
+
+    def inventory_settings(self, **overrides: Any) -> InventorySettings:
+        return InventorySettings(
+            **self._infra(),
+            topic=self.topic,
+            group_id=self.inventory_group,
+            database=self.database,
+            port=0,
+            **overrides,
+        )
+
+    def email_settings(self, **overrides: Any) -> EmailSettings:
+        return EmailSettings(
+            **self._infra(), topic=self.topic, group_id=self.email_group, port=0, **overrides
+        )
+
+    def _infra(self) -> dict[str, Any]:
+        c = self.stack.config
+        return {
+            "mongo_uri": c.mongo_uri,
+            "kafka_bootstrap_servers": c.kafka_bootstrap,
+            "redis_url": c.redis_url,
+            "smtp_host": c.smtp_host,
+            "smtp_port": c.smtp_port,
+            "backoff_max_seconds": 1.0,
+            "drain_seconds": 10.0,
+        }
+
+    def start(self, *names: str, **overrides: Any) -> None:
+        """Run the named consumers in-process (``inventory``, ``email``)."""
+        for name in names or ("inventory", "email"):
+            stop = asyncio.Event()
+            if name == "inventory":
+                coro = run_inventory(self.inventory_settings(**overrides), stop=stop)
+            else:
+                coro = run_email(self.email_settings(**overrides), stop=stop)
+            self.tasks[name] = (asyncio.create_task(coro), stop)
+
+    async def stop(self, *names: str) -> None:
+        for name in names or tuple(self.tasks):
+            task, stop = self.tasks.pop(name)
+            stop.set()
+            assert await asyncio.wait_for(task, timeout=30) == 0
+
+    async def send(
+        self,
+        event: OrderCreated | None = None,
+        *,
+        value: bytes | None = None,
+        event_id: str | None = "auto",
+        key: str | None = None,
+    ) -> str:
+        """Produce one record; returns its event id. ``value`` overrides the event's bytes."""
+        event = event or order_event()
+        if event_id == "auto":
+            event_id = uuid.uuid4().hex
+        await self.producer.send_and_wait(
+            self.topic,
+            key=(key or event.order_id).encode(),
+            value=value if value is not None else event.to_json().encode(),
+            headers=event_headers(event_id, event.order_id),
+        )
+        return event_id or ""
+
+    async def reservations(self, order_id: str) -> list[dict[str, Any]]:
+        cursor = self.mongo[self.database][RESERVATIONS].find({"orderId": order_id})
+        return [doc async for doc in cursor]
+
+    async def available(self, sku: str) -> int:
+        doc = await self.mongo[self.database][STOCK].find_one({"sku": sku})
+        assert doc is not None
+        return int(doc["available"])
+
+    def emails_for(self, event_id: str) -> list[Message]:
+        """The .eml files whose Message-ID belongs to ``event_id``."""
+        found = []
+        for path in sorted(Path(self.stack.config.smtp_dir).glob("*.eml")):
+            data = path.read_bytes()
+            if event_id.encode() in data:
+                message = message_from_bytes(data)
+                if event_id in (message["Message-ID"] or ""):
+                    found.append(message)
+        return found
+
+    async def dlq(self, group: str | None = None) -> list[StoredDlqRecord]:
+        records = await read_dlq(self.stack.config.kafka_bootstrap, self.dlq_topic)
+        return [r for r in records if group is None or r.consumer_group == group]
+
+
+@pytest.fixture
+async def pipeline(stack: Stack) -> AsyncIterator[Pipeline]:
+    suffix = uuid.uuid4().hex[:10]
+    topic = f"test.consumers.{suffix}"
+    c = stack.config
+    await ensure_topics(c.kafka_bootstrap, [topic, dlq_topic_for(topic)], TOPIC_PARTITIONS)
+    producer = make_producer(c.kafka_bootstrap)
+    await producer.start()
+    mongo = make_mongo_client(c.mongo_uri, 5.0, "consumer-tests")
+    redis = make_redis(c.redis_url)
+    database = f"inventory_{suffix}"
+    await ensure_indexes(mongo, database)
+    await mongo[database][STOCK].insert_many(
+        [{"sku": f"SKU-{n}", "available": 100} for n in range(1, 4)]
+    )
+    p = Pipeline(
+        stack, topic, database, f"inventory-{suffix}", f"email-{suffix}", producer, mongo, redis
+    )
+    try:
+        yield p
+    finally:
+        for _, stop in p.tasks.values():
+            stop.set()
+        for task, _ in p.tasks.values():
+            try:
+                await asyncio.wait_for(task, timeout=30)
+            except BaseException:  # a failed test must not hide behind its teardown
+                task.cancel()
+        await producer.stop()
+        await mongo.drop_database(database)
+        await mongo.close()
+        await redis.aclose()
+
+
+def poison_values(event: OrderCreated) -> Sequence[tuple[str, bytes, str]]:
+    """(kind, value, expected reason fragment) for every poison kind but the missing header."""
+    good = json.loads(event.to_json())
+    missing = {k: v for k, v in good.items() if k != "customerEmail"}
+    ill_typed = {**good, "items": [{**good["items"][0], "quantity": "two"}]}
+    return [
+        ("not JSON", b"\x00not json", "not JSON"),
+        ("not an object", b'["an", "array"]', "not an object"),
+        ("missing field", json.dumps(missing).encode(), "customerEmail"),
+        ("ill-typed field", json.dumps(ill_typed).encode(), "quantity"),
+        (
+            "unknown schemaVersion",
+            json.dumps({**good, "schemaVersion": 99}).encode(),
+            "unknown schemaVersion",
+        ),
+    ]

@@ -1,0 +1,108 @@
+"""The inventory and email consumers against the embedded stack: each order.created event
+takes effect once, whatever Kafka redelivers."""
+
+from __future__ import annotations
+
+from shared.contracts import EVENT_ORDER_CREATED, IDEMPOTENCY_TTL_SECONDS, idempotency_key
+from tests.integration.consumers.conftest import Pipeline, order_event
+from tests.waiting import wait_until
+
+TIMEOUT = 60
+
+
+async def _processed(p: Pipeline, event_id: str, service: str) -> bool:
+    key = idempotency_key(service, EVENT_ORDER_CREATED, event_id)
+    return await p.redis.get(key) == b"done"
+
+
+async def _both_done(p: Pipeline, event_id: str) -> bool:
+    return await _processed(p, event_id, "inventory") and await _processed(p, event_id, "email")
+
+
+async def test_an_order_event_yields_one_reservation_and_one_email(pipeline: Pipeline) -> None:
+    p = pipeline
+    p.start()
+    event = order_event(sku="SKU-2", quantity=3)
+    event_id = await p.send(event)
+    await wait_until(lambda: _both_done(p, event_id), timeout=TIMEOUT, message="both consumers")
+
+    [reservation] = await p.reservations(event.order_id)
+    assert reservation["status"] == "reserved"
+    assert reservation["eventId"] == event_id
+    assert await p.available("SKU-2") == 97
+
+    [mail] = p.emails_for(event_id)
+    assert mail["To"] == "buyer@example.com"
+    assert mail["Message-ID"] == f"<{event_id}.order-created@outbox.local>"
+    body = mail.get_payload(decode=True)
+    assert isinstance(body, bytes)
+    assert b"3 x SKU-2" in body and b"Total: 37.50" in body
+
+    for service in ("inventory", "email"):
+        ttl = await p.redis.ttl(idempotency_key(service, EVENT_ORDER_CREATED, event_id))
+        assert IDEMPOTENCY_TTL_SECONDS - 120 <= ttl <= IDEMPOTENCY_TTL_SECONDS
+
+
+async def test_a_redelivered_copy_reserves_once_and_mails_once(pipeline: Pipeline) -> None:
+    p = pipeline
+    p.start()
+    event = order_event(sku="SKU-1", quantity=5)
+    event_id = await p.send(event)
+    await wait_until(lambda: _both_done(p, event_id), timeout=TIMEOUT, message="first delivery")
+    await p.send(event, event_id=event_id)  # the copy Kafka may deliver again
+    # A later event on the same key (same partition) proves the copy has been consumed.
+    marker = order_event(event.order_id + "-next", sku="SKU-1", quantity=1)
+    marker_id = await p.send(marker, key=event.order_id)
+    await wait_until(lambda: _both_done(p, marker_id), timeout=TIMEOUT, message="marker")
+
+    assert len(await p.reservations(event.order_id)) == 1
+    assert await p.available("SKU-1") == 100 - 5 - 1
+    assert len(p.emails_for(event_id)) == 1
+
+
+async def test_inventorys_done_key_does_not_suppress_the_email(pipeline: Pipeline) -> None:
+    p = pipeline
+    event = order_event()
+    event_id = "evt-" + event.order_id
+    await p.redis.set(idempotency_key("inventory", EVENT_ORDER_CREATED, event_id), b"done")
+    p.start()
+    await p.send(event, event_id=event_id)
+    await wait_until(lambda: _processed(p, event_id, "email"), timeout=TIMEOUT, message="email")
+    assert len(p.emails_for(event_id)) == 1
+    assert await p.reservations(event.order_id) == []  # inventory saw its own key: skipped
+
+
+async def test_redelivery_after_redis_lost_its_keys_still_reserves_once(pipeline: Pipeline) -> None:
+    """Redis is the fast path; the unique orderId in MongoDB is the guarantee."""
+    p = pipeline
+    p.start("inventory")
+    event = order_event(sku="SKU-3", quantity=4)
+    event_id = await p.send(event)
+    await wait_until(lambda: _processed(p, event_id, "inventory"), timeout=TIMEOUT, message="1st")
+    await p.redis.delete(idempotency_key("inventory", EVENT_ORDER_CREATED, event_id))
+    await p.send(event, event_id=event_id)
+    await wait_until(lambda: _processed(p, event_id, "inventory"), timeout=TIMEOUT, message="2nd")
+    assert len(await p.reservations(event.order_id)) == 1
+    assert await p.available("SKU-3") == 96
+
+
+async def test_insufficient_stock_or_unknown_sku_is_recorded_as_rejected(
+    pipeline: Pipeline,
+) -> None:
+    p = pipeline
+    p.start("inventory")
+    too_many = order_event(sku="SKU-1", quantity=101)
+    unknown = order_event(sku="NOPE-9", quantity=1)
+    ids = [await p.send(too_many), await p.send(unknown)]
+    for event_id in ids:
+        await wait_until(
+            lambda e=event_id: _processed(p, e, "inventory"),
+            timeout=TIMEOUT,
+            message="rejection recorded",
+        )
+    [r1] = await p.reservations(too_many.order_id)
+    [r2] = await p.reservations(unknown.order_id)
+    assert (r1["status"], r2["status"]) == ("rejected", "rejected")
+    assert "insufficient stock" in r1["reason"] and "unknown sku: NOPE-9" in r2["reason"]
+    assert await p.available("SKU-1") == 100
+    assert await p.dlq() == []
