@@ -250,24 +250,28 @@ class Publisher:
     ) -> tuple[list[OutboxEvent], dict[str, int]]:
         """Unpublished earlier events of the batch's aggregates that are not in the batch.
 
-        Returns the Pending ones (to send first, so a batch made only of later versions still
-        makes progress instead of being held back forever) and, per aggregate, the lowest
-        Failed version (nothing at or after it may go). Only aggregates whose lowest version in
-        the batch is above ``FIRST_VERSION`` can have one; for the common case (an order's
-        first event) no query is made.
+        Returns the Pending ones (sent in their place in version order, so a batch holding v1
+        and v4 never lets v4 overtake v2 and v3, and a batch made only of later versions still
+        makes progress) and, per aggregate, the lowest Failed version (nothing at or after it
+        may go). Only aggregates whose versions in the batch do not run ``1, 2, ... k`` can have
+        one; for the common case (an order's first event) no query is made.
         """
-        lowest: dict[str, int] = {}
+        versions: dict[str, set[int]] = {}
         for event in batch:
-            current = lowest.get(event.aggregate_id)
-            if current is None or event.aggregate_version < current:
-                lowest[event.aggregate_id] = event.aggregate_version
-        suspects = [agg for agg, version in lowest.items() if version > FIRST_VERSION]
+            versions.setdefault(event.aggregate_id, set()).add(event.aggregate_version)
+        highest = {agg: max(v) for agg, v in versions.items()}
+        # Nothing can be missing when an aggregate's versions in the batch run 1, 2, ... k.
+        suspects = [
+            agg
+            for agg, v in versions.items()
+            if min(v) > FIRST_VERSION or len(v) != highest[agg] - min(v) + 1
+        ]
         if not suspects:
             return [], {}
         cursor = self._outbox.find(
             {
                 "aggregateId": {"$in": suspects},
-                "aggregateVersion": {"$lt": max(lowest[agg] for agg in suspects)},
+                "aggregateVersion": {"$lt": max(highest[agg] for agg in suspects)},
                 "status": {"$ne": OutboxStatus.PUBLISHED.value},
                 "_id": {"$nin": [event.id for event in batch]},
             }
@@ -276,7 +280,7 @@ class Publisher:
         failed: dict[str, int] = {}
         async for doc in cursor:
             event = OutboxEvent.from_doc(doc)
-            if event.aggregate_version >= lowest[event.aggregate_id]:
+            if event.aggregate_version >= highest[event.aggregate_id]:
                 continue
             if doc.get("status") == OutboxStatus.PENDING.value:
                 extra.append(event)
