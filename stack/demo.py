@@ -185,9 +185,7 @@ class Demo:
         for order in orders:
             reply = await self._http.get(f"{self.endpoints.order_url}/orders/{order.order_id}")
             status = [e["status"] for e in reply.json()["events"]]
-            _say(
-                f"{self._clock()} order {order.order_id} events while broker is down: {status}"
-            )
+            _say(f"{self._clock()} order {order.order_id} events while broker is down: {status}")
 
     async def poison(self) -> bool:
         """Produce a message that is not JSON; both consumer groups must dead-letter it."""
