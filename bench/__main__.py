@@ -38,11 +38,12 @@ from typing import Any, Final
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench import report
+from bench import profiling, report
 from bench.e2e_latency import LatencyResult, measure_e2e, order_body, seed_bench_stock
 from bench.memory import PeakMemory
 from shared.contracts import ORDER_CREATED_TOPIC
 from shared.kafka import ensure_topics
+from shared.mongo import make_mongo_client
 from stack import INFRA, Stack, StackConfig
 from stack.config import REPO_ROOT
 
@@ -57,32 +58,40 @@ class Plan:
     """Sizes and time limits of one run; ``--quick`` shrinks everything for a smoke run."""
 
     backlog: int
+    article_backlog: int
+    latency_events: int
+    relay_timeout_seconds: float
     throughput_seconds: float
     e2e_seconds: float
     e2e_warmup_seconds: float
     settle_seconds: float
-    article_relay_seconds: float
 
     @classmethod
     def full(cls) -> Plan:
         return cls(
             backlog=20_000,
+            # The article's relay moves at most 100 events/s by design: 2,000 give its rate in
+            # ~20 s; a 20,000 backlog would take over three minutes to say the same thing.
+            article_backlog=2_000,
+            latency_events=200,
+            relay_timeout_seconds=300.0,
             throughput_seconds=15.0,
             e2e_seconds=20.0,
             e2e_warmup_seconds=3.0,
             settle_seconds=45.0,
-            article_relay_seconds=20.0,
         )
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(
             backlog=2_000,
+            article_backlog=300,
+            latency_events=40,
+            relay_timeout_seconds=120.0,
             throughput_seconds=4.0,
             e2e_seconds=6.0,
             e2e_warmup_seconds=1.0,
             settle_seconds=20.0,
-            article_relay_seconds=5.0,
         )
 
 
@@ -96,6 +105,7 @@ class Run:
         self.memory = PeakMemory()
         self.results: dict[str, Any] = {"errors": {}, "phase_seconds": {}}
         self._own: dict[str, subprocess.Popen[bytes]] = {}
+        self.profile_dir: Path | None = None
 
     @property
     def config(self) -> StackConfig:
@@ -138,6 +148,21 @@ class Run:
     def stop_all_own(self) -> None:
         for name in list(self._own):
             self.stop_own(name)
+
+    # -- profiles (--profile) ------------------------------------------------------------------
+    def start_profile(self, label: str, seconds: float | None) -> list[profiling.Recorder]:
+        """py-spy every Python process of the run (and this one) for ``seconds`` (or until
+        :meth:`finish_profile`); nothing without ``--profile``."""
+        if self.profile_dir is None:
+            return []
+        pids = {**self.stack.pids(), **self.own_pids(), "bench": os.getpid()}
+        targets = {n: p for n, p in pids.items() if n not in ("kafka", "redis")}
+        return profiling.start(targets, seconds, self.profile_dir / label)
+
+    async def finish_profile(self, label: str, recorders: list[profiling.Recorder]) -> None:
+        if recorders:
+            summaries = await asyncio.to_thread(profiling.finish, recorders, 30.0)
+            self.results.setdefault("profiles", {})[label] = summaries
 
     # -- services of the stack ---------------------------------------------------------------------
     def observe_memory(self) -> None:
@@ -240,6 +265,71 @@ async def phase(run: Run, name: str, body: Callable[[], Awaitable[None]]) -> Non
 
 
 # -- phases -------------------------------------------------------------------------------------
+async def phase_order_api(run: Run) -> None:
+    """Raw two-insert transaction, then the API as a stack service, both at concurrency 32."""
+    from bench import order_api
+
+    cfg = run.config
+    seconds = run.plan.throughput_seconds
+    run.results["raw_txn"] = await asyncio.wait_for(
+        order_api.measure_raw_txn(cfg.mongo_uri, seconds), timeout=seconds + 60
+    )
+    await run.start_service("order", {"ORDER_DATABASE": order_api.API_DATABASE})
+    try:
+        api_url = f"http://127.0.0.1:{cfg.port_of('order')}"
+        recorders = run.start_profile("api", None)
+        run.results["api"] = await asyncio.wait_for(
+            order_api.measure_api(api_url, seconds), timeout=seconds + 60
+        )
+        await run.finish_profile("api", recorders)
+    finally:
+        run.stop_service("order")
+
+
+async def phase_relay(run: Run) -> None:
+    """Raw producer, our relay and the article's relay on the same kind of backlog, then the
+    relay's commit-to-publish latency at light load."""
+    from bench import relay_drain
+    from shared.settings import InfraSettings
+
+    cfg = run.config
+    plan = run.plan
+    infra = InfraSettings(mongo_uri=cfg.mongo_uri, kafka_bootstrap_servers=cfg.kafka_bootstrap)
+    client = make_mongo_client(cfg.mongo_uri, 30.0, "bench-relay")
+    try:
+        docs = [relay_drain.make_event() for _ in range(plan.backlog)]
+        raw = await asyncio.wait_for(relay_drain.bench_raw(cfg.kafka_bootstrap, docs), 120)
+        run.results["raw_producer"] = {"msgs_per_s": round(raw, 1), "messages": plan.backlog}
+        recorders = run.start_profile("relay_drain", None)
+        relay = await asyncio.wait_for(
+            relay_drain.bench_relay(infra, client, plan.backlog), plan.relay_timeout_seconds
+        )
+        await run.finish_profile("relay_drain", recorders)
+        run.results["relay"] = {"events_per_s": round(relay, 1), "backlog": plan.backlog}
+        article = await asyncio.wait_for(
+            relay_drain.bench_article(infra, client, plan.article_backlog),
+            plan.article_backlog / 50 + 60,
+        )
+        run.results["article_relay"] = {
+            "events_per_s": round(article, 1),
+            "backlog": plan.article_backlog,
+            "note": "at most 50 events per 500 ms round by construction",
+        }
+        latency = await asyncio.wait_for(
+            relay_drain.bench_latency(infra, client, plan.latency_events),
+            plan.latency_events * 0.05 + 60,
+        )
+        run.results["relay"].update(
+            {
+                "commit_to_publish_p50_ms": round(latency["p50_ms"], 1),
+                "commit_to_publish_p99_ms": round(latency["p99_ms"], 1),
+                "latency_events": plan.latency_events,
+            }
+        )
+    finally:
+        await client.close()
+
+
 async def phase_e2e_ours(run: Run) -> None:
     cfg = run.config
     orders_db, inventory_db = f"bench_e2e_orders_{run.run_id}", f"bench_e2e_inv_{run.run_id}"
@@ -271,9 +361,6 @@ async def phase_e2e_article(run: Run) -> None:
     rate = run.results.get("e2e_rate")
     if not isinstance(rate, int | float):
         raise RuntimeError("no e2e rate: the API maximum was not measured")
-    article_relay = _optional("bench.article_relay")
-    if article_relay is None or not hasattr(article_relay, "main"):
-        raise RuntimeError("bench.article_relay (relay helper) has no runnable main yet")
     orders_db, inventory_db = f"bench_art_orders_{run.run_id}", f"bench_art_inv_{run.run_id}"
     group = f"bench-article-{run.run_id}"
     await seed_bench_stock(cfg.mongo_uri, inventory_db)
@@ -289,7 +376,7 @@ async def phase_e2e_article(run: Run) -> None:
         )  # fmt: skip
         run.spawn(
             "article-relay",
-            [str(cfg.python), "-m", "bench.article_relay", "--database", orders_db],
+            [str(cfg.python), "-m", "bench.article_relay_process", "--database", orders_db],
             {},
         )
         await wait_for_file(ready, consumer, SUBPROCESS_READY_TIMEOUT)
@@ -325,6 +412,7 @@ async def _e2e(
             design=design,
             api_url=api_url,
             mongo_uri=cfg.mongo_uri,
+            kafka_bootstrap=cfg.kafka_bootstrap,
             inventory_database=inventory_db,
             smtp_dir=cfg.smtp_dir,
             rate=rate,
@@ -334,7 +422,9 @@ async def _e2e(
 
     # Warm-up (connections, lazy imports, first change-stream wake-ups): not measured.
     await measure(run.plan.e2e_warmup_seconds, 10.0)
+    recorders = run.start_profile(f"e2e_{design}", run.plan.e2e_seconds)
     result = await measure(run.plan.e2e_seconds, run.plan.settle_seconds)
+    await run.finish_profile(f"e2e_{design}", recorders)
     run.observe_memory()
     return result
 
@@ -344,6 +434,8 @@ async def run_all(run: Run, only: set[str] | None) -> None:
     cfg = run.config
     await ensure_topics(cfg.kafka_bootstrap)
     phases: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        ("order_api", lambda: phase_order_api(run)),
+        ("relay", lambda: phase_relay(run)),
         ("e2e_ours", lambda: phase_e2e_ours(run)),
         ("e2e_article", lambda: phase_e2e_article(run)),
     ]
@@ -361,6 +453,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the stack's data and logs")
     parser.add_argument("--only", action="append", help="run only this phase (repeatable)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy every Python process during the measured e2e phases; profiles go to DIR",
+    )
     return parser.parse_args(argv)
 
 
@@ -371,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-stack-"))
     stack = Stack(StackConfig.for_tests(root))
     run = Run(stack, plan, run_id)
+    run.profile_dir = args.profile.resolve() if args.profile else None
     run.results.update(
         {
             "run_id": run_id,

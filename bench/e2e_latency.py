@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from shared.contracts import ORDER_CREATED_TOPIC
 from shared.mongo import make_mongo_client
 
 BENCH_SKUS: Final = tuple(f"BENCH-SKU-{n}" for n in range(1, 9))
@@ -109,6 +111,7 @@ class LatencyResult:
     errors: int = 0
     achieved_rate: float = 0.0
     settle_timeout_seconds: float = 0.0
+    published: Distribution | None = None
     reservation: Distribution | None = None
     email: Distribution | None = None
     notes: list[str] = field(default_factory=list)
@@ -162,6 +165,59 @@ class _ReservationWatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         await self._client.close()
+
+
+class _KafkaWatcher:
+    """``orderId -> when the event became readable`` by a ``read_committed`` consumer.
+
+    Not a goal figure: it splits the end-to-end latency into relay (201 -> visible in Kafka) and
+    consumer (visible -> side effect) shares, so a slow total can be routed to the right part.
+    No consumer group: it reads every partition from the end, and commits nothing.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            fetch_max_wait_ms=50,
+        )
+        self._topic = topic
+        self.visible: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        partitions = self._consumer.partitions_for_topic(self._topic)
+        for _ in range(100):
+            if partitions:
+                break
+            await self._consumer._client.force_metadata_update()  # metadata is fetched lazily
+            partitions = self._consumer.partitions_for_topic(self._topic)
+        if not partitions:
+            raise RuntimeError(f"topic {self._topic} has no partitions")
+        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._run(), name="bench-kafka-watch")
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200)
+            now = time.time()
+            for records in batch.values():
+                for record in records:
+                    if record.key is not None:
+                        self.visible.setdefault(record.key.decode(errors="replace"), now)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._consumer.stop()
 
 
 class _EmailScanner:
@@ -254,6 +310,7 @@ async def measure_e2e(
     design: str,
     api_url: str,
     mongo_uri: str,
+    kafka_bootstrap: str,
     inventory_database: str,
     smtp_dir: Path,
     rate: float,
@@ -271,6 +328,12 @@ async def measure_e2e(
     )
     watcher = _ReservationWatcher(mongo_uri, inventory_database)
     await watcher.start()
+    kafka = _KafkaWatcher(kafka_bootstrap, ORDER_CREATED_TOPIC)
+    try:
+        await kafka.start()
+    except BaseException:
+        await watcher.close()
+        raise
     scanner = _EmailScanner(smtp_dir, since_ns=time.time_ns())
     created: dict[str, float] = {}
     try:
@@ -284,12 +347,15 @@ async def measure_e2e(
         scanner.scan()
     finally:
         await watcher.close()
+        await kafka.close()
     if watcher.fallbacks:
         result.notes.append(f"{watcher.fallbacks} reservations timed at observation (no wallTime)")
     reservations = [
         (watcher.committed[o] - t) * 1000 for o, t in created.items() if o in watcher.committed
     ]
     emails = [(scanner.received[o] - t) * 1000 for o, t in created.items() if o in scanner.received]
+    published = [(kafka.visible[o] - t) * 1000 for o, t in created.items() if o in kafka.visible]
+    result.published = Distribution.of(published, len(created) - len(published))
     result.reservation = Distribution.of(reservations, len(created) - len(reservations))
     result.email = Distribution.of(emails, len(created) - len(emails))
     return result

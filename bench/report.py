@@ -192,7 +192,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         if not isinstance(e2e, dict):
             continue
         load = f"at {_fmt(e2e.get('achieved_rate'), '/s')} ({e2e.get('created')} orders)"
-        for target in ("reservation", "email"):
+        for target in ("published", "reservation", "email"):
             d = e2e.get(target) or {}
             figure = (
                 f"p50 {_fmt(d.get('p50_ms'), '')} / p95 {_fmt(d.get('p95_ms'), '')} / "
