@@ -366,7 +366,11 @@ class Publisher:
             if transactional:
                 await self._guard(producer.abort_transaction())
             return
-        settled = await asyncio.gather(*futures.values(), return_exceptions=True)
+        # An idempotent producer may retry a dead broker indefinitely: bound the wait, and
+        # let the caller discard the producer (and its queued records) when it runs out.
+        settled = await asyncio.wait_for(
+            asyncio.gather(*futures.values(), return_exceptions=True), KAFKA_DEADLINE_SECONDS
+        )
         failures = 0
         for index, delivery in zip(futures, settled, strict=True):
             if isinstance(delivery, BaseException):
