@@ -9,10 +9,12 @@
 // Usage:
 //
 //	composecheck [-json] FILE [FILE...]
+//	composecheck -dockerfile Dockerfile
 //
 // It exits 0 when the files load, 1 with the loader's error on stderr when they do not, 2 on a
 // usage error. With -json it prints the loaded project (interpolated and normalised, exactly the
 // model docker compose would act on) so tests can inspect it without re-implementing the loader.
+// With -dockerfile it checks a Dockerfile with BuildKit's parser instead (see dockerfile.go).
 package main
 
 import (
@@ -27,17 +29,24 @@ import (
 
 func main() {
 	asJSON := flag.Bool("json", false, "print the loaded, normalised project as JSON")
+	dockerfile := flag.Bool("dockerfile", false, "check one Dockerfile instead of Compose files")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: composecheck [-json] FILE [FILE...]")
+		fmt.Fprintln(os.Stderr, "usage: composecheck [-json] FILE [FILE...] | -dockerfile FILE")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
 	files := flag.Args()
-	if len(files) == 0 {
+	if len(files) == 0 || (*dockerfile && len(files) != 1) {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(files, *asJSON); err != nil {
+	var err error
+	if *dockerfile {
+		err = checkDockerfile(files[0])
+	} else {
+		err = run(files, *asJSON)
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "composecheck: %v\n", err)
 		os.Exit(1)
 	}

@@ -18,6 +18,7 @@ from tests.unit.compose.compose_helpers import (
     PROJECT_IMAGE,
     REPO,
     load_model,
+    run_validator,
 )
 
 
@@ -71,6 +72,20 @@ def _base_image(instructions: list[Instruction]) -> str:
     }
     first_from = next(i for i in instructions if i.keyword == "FROM").arguments.split()[0]
     return re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], first_from)
+
+
+def test_dockerfile_parses_and_passes_buildkits_checks() -> None:
+    # BuildKit's own parser (the one `docker build` uses), its parse-time build checks as errors.
+    checked = run_validator(DOCKERFILE, dockerfile=True)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_dockerfile_check_rejects_a_broken_dockerfile(tmp_path: Path) -> None:
+    broken = tmp_path / "Dockerfile"
+    broken.write_text("FROM python:3.11-slim AS build\nRUNN pip install .\n")
+    checked = run_validator(broken, dockerfile=True)
+    assert checked.returncode != 0
+    assert "unknown instruction" in checked.stderr
 
 
 def test_image_is_multi_stage_on_slim_python_within_requires_python() -> None:
