@@ -7,6 +7,8 @@ loaded by compose-go, the loader of docker compose itself, and its model is chec
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,19 @@ def test_kafka_version_is_the_same_in_pom_versions_module_and_compose(services: 
 def test_redis_and_mongo_images_match_the_versions_module(services: Services) -> None:
     assert services["redis"]["image"] == f"redis:{REDIS_VERSION}"
     assert services["mongo"]["image"] == f"mongo:{MONGO_IMAGE_VERSION}"
+
+
+def test_embedded_redis_server_is_the_version_compose_runs() -> None:
+    # The embedded stack runs Debian's redis-server from PATH (`make setup` installs it); a
+    # Debian update that moves it away from the compose image must show up here.
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is not on PATH: run `make setup`"
+    shown = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    match = re.search(r"\bv=(\d+\.\d+\.\d+)", shown)
+    assert match, shown
+    assert match.group(1) == REDIS_VERSION, f"embedded {match.group(1)}, compose {REDIS_VERSION}"
 
 
 def test_embedded_stack_has_its_server_versions_in_one_place() -> None:
