@@ -2,7 +2,8 @@
 
 ``python -m bench.relay_drain [--events 20000] [--article-events 2000] [--latency-events 200]``
 against ``MONGO_URI`` / ``KAFKA_BOOTSTRAP_SERVERS`` (the embedded stack by default). Each part
-uses a fresh database of its own and the real ``order.created`` topic:
+uses a fresh database of its own, and the records go to a topic of their own
+(``relay.bench.order.created``, same shape as ``order.created``):
 
 1. **raw**: the same records (topic, key, value, headers) sent by an idempotent ``acks=all``
    producer with everything in flight: the ceiling for this broker, no MongoDB involved.
@@ -31,13 +32,19 @@ from bench import article_relay
 from services.relay.main import Relay
 from services.relay.publisher import OutboxEvent
 from services.relay.settings import RelaySettings
-from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, OutboxStatus
+from shared.contracts import AGGREGATE_ORDER, OutboxStatus, topic_for_event_type
 from shared.events import OrderCreated
-from shared.kafka import make_producer
+from shared.kafka import ensure_topics, make_producer
 from shared.mongo import MongoClient, make_mongo_client
 from shared.settings import InfraSettings
 
 PENDING = OutboxStatus.PENDING.value
+
+
+# The benchmark publishes to a topic of its own, so no consumer of a shared broker processes its
+# fake orders; the records are otherwise exactly what the relay sends for OrderCreated.
+BENCH_EVENT_TYPE = "RelayBenchOrderCreated"
+BENCH_TOPIC = topic_for_event_type(BENCH_EVENT_TYPE)
 
 
 def make_event(aggregate_id: str | None = None) -> dict[str, Any]:
@@ -57,7 +64,7 @@ def make_event(aggregate_id: str | None = None) -> dict[str, Any]:
         "aggregateType": AGGREGATE_ORDER,
         "aggregateId": aggregate_id,
         "aggregateVersion": 1,
-        "eventType": EVENT_ORDER_CREATED,
+        "eventType": BENCH_EVENT_TYPE,
         "payload": payload,
         "status": PENDING,
         "attempts": 0,
@@ -190,6 +197,7 @@ async def main() -> None:
     infra = InfraSettings()
     client = make_mongo_client(infra.mongo_uri, 30, "relay-bench")
     results: dict[str, Any] = {"events": args.events, "article_events": args.article_events}
+    await ensure_topics(infra.kafka_bootstrap_servers, [BENCH_TOPIC])
     try:
         if "raw" not in args.skip:
             docs = [make_event() for _ in range(args.events)]
