@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import os
 import shutil
 import signal
@@ -39,9 +38,14 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import profiling, report
+from bench.article_consumer import (
+    ArticleConsumerConfig,
+    ArticleConsumerStats,
+    run_article_consumer,
+)
 from bench.e2e_latency import LatencyResult, measure_e2e, order_body, seed_bench_stock
 from bench.memory import PeakMemory
-from shared.contracts import ORDER_CREATED_TOPIC
+from shared.contracts import ALL_TOPICS, ORDER_CREATED_TOPIC
 from shared.kafka import ensure_topics
 from shared.mongo import make_mongo_client
 from stack import INFRA, Stack, StackConfig
@@ -61,6 +65,8 @@ class Plan:
     article_backlog: int
     latency_events: int
     relay_timeout_seconds: float
+    consumer_backlog: int
+    consumer_timeout_seconds: float
     throughput_seconds: float
     e2e_seconds: float
     e2e_warmup_seconds: float
@@ -75,6 +81,8 @@ class Plan:
             article_backlog=2_000,
             latency_events=200,
             relay_timeout_seconds=300.0,
+            consumer_backlog=2_000,
+            consumer_timeout_seconds=90.0,
             throughput_seconds=15.0,
             e2e_seconds=20.0,
             e2e_warmup_seconds=3.0,
@@ -88,6 +96,8 @@ class Plan:
             article_backlog=300,
             latency_events=40,
             relay_timeout_seconds=120.0,
+            consumer_backlog=300,
+            consumer_timeout_seconds=60.0,
             throughput_seconds=4.0,
             e2e_seconds=6.0,
             e2e_warmup_seconds=1.0,
@@ -195,12 +205,26 @@ async def position_group_at_end(bootstrap: str, group: str, topic: str) -> None:
         await consumer.stop()
 
 
+async def wait_for_topics(bootstrap: str, topics: list[str], limit: float) -> None:
+    """Until the broker's metadata lists every topic with its partitions (a topic just created
+    is not yet known to a producer's first metadata fetch)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        for topic in topics:
+            await asyncio.wait_for(_partitions(consumer, topic), timeout=limit)
+    finally:
+        await consumer.stop()
+
+
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     while True:
         found = consumer.partitions_for_topic(topic)
         if found:
             return set(found)
         await consumer._client.force_metadata_update()  # the first metadata fetch is lazy
+        if not consumer.partitions_for_topic(topic):
+            await asyncio.sleep(0.2)  # poll interval; the caller bounds the whole wait
 
 
 async def wait_for_file(path: Path, proc: subprocess.Popen[bytes], limit: float) -> None:
@@ -237,16 +261,6 @@ async def closed_loop_api_rate(api_url: str, concurrency: int, seconds: float) -
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.monotonic() - started
     return round(done / elapsed, 1)
-
-
-def _optional(module: str) -> Any:
-    """A phase module another helper owns, or None while it does not exist yet."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return None
-        raise
 
 
 async def phase(run: Run, name: str, body: Callable[[], Awaitable[None]]) -> None:
@@ -296,6 +310,11 @@ async def phase_relay(run: Run) -> None:
     plan = run.plan
     infra = InfraSettings(mongo_uri=cfg.mongo_uri, kafka_bootstrap_servers=cfg.kafka_bootstrap)
     client = make_mongo_client(cfg.mongo_uri, 30.0, "bench-relay")
+    # The relay helper's module may publish to a topic of its own: create it like its main does.
+    own_topic = getattr(relay_drain, "BENCH_TOPIC", None)
+    if isinstance(own_topic, str):
+        await ensure_topics(cfg.kafka_bootstrap, [own_topic])
+        await wait_for_topics(cfg.kafka_bootstrap, [own_topic], 60)
     try:
         docs = [relay_drain.make_event() for _ in range(plan.backlog)]
         raw = await asyncio.wait_for(relay_drain.bench_raw(cfg.kafka_bootstrap, docs), 120)
@@ -328,6 +347,102 @@ async def phase_relay(run: Run) -> None:
         )
     finally:
         await client.close()
+
+
+async def phase_consumers(run: Run) -> None:
+    """Each consumer's drain rate from one backlog on a private topic (the consumers helper's
+    ``produce_backlog``/``drain``), then the article's consumer on the same backlog."""
+    from bench import consumers_drain
+    from services.email.handlers import ConfirmationSender
+    from services.email.settings import EmailSettings
+    from services.inventory.handlers import ReservationHandler
+    from services.inventory.models import STOCK, ensure_indexes
+    from services.inventory.settings import InventorySettings
+    from shared.contracts import TOPIC_PARTITIONS, dlq_topic_for
+
+    cfg = run.config
+    events = run.plan.consumer_backlog
+    topic = f"bench.consumers.{run.run_id}"
+    database = f"bench_cons_inv_{run.run_id}"
+    await ensure_topics(cfg.kafka_bootstrap, [topic, dlq_topic_for(topic)], TOPIC_PARTITIONS)
+    await wait_for_topics(cfg.kafka_bootstrap, [topic], 60)
+    await asyncio.wait_for(consumers_drain.produce_backlog(cfg.kafka_bootstrap, topic, events), 120)
+    mongo = make_mongo_client(cfg.mongo_uri, 30.0, "bench-consumers")
+    figures: dict[str, Any] = {"backlog": events, "topic_partitions": TOPIC_PARTITIONS}
+    limit = run.plan.consumer_timeout_seconds
+    try:
+        await ensure_indexes(mongo, database)
+        await mongo[database][STOCK].insert_many(
+            [{"sku": f"SKU-{n}", "available": 10 * events} for n in range(1, 6)]
+        )
+        common: dict[str, Any] = {"topic": topic, "port": 0}
+        inventory = InventorySettings(
+            group_id=f"bench-inv-{run.run_id}", database=database, **common
+        )
+        email = EmailSettings(group_id=f"bench-email-{run.run_id}", **common)
+        plan: list[tuple[str, Any, Any]] = [
+            ("inventory", inventory, ReservationHandler(mongo, database).handle),
+            ("email", email, ConfirmationSender(email).handle),
+        ]
+        for name, settings, handler in plan:
+            recorders = run.start_profile(f"consumer_{name}", None)
+            row = await asyncio.wait_for(
+                consumers_drain.drain(
+                    name, settings, f"bench-{name}-{run.run_id}", handler, cfg.redis_url, events
+                ),
+                limit,
+            )
+            await run.finish_profile(f"consumer_{name}", recorders)
+            figures[name] = {
+                "msgs_per_s": row["msgs_per_s_drain"],
+                "msgs_per_s_from_start": row["msgs_per_s_from_start"],
+                "redis_round_trips_per_msg": row["redis_round_trips_per_msg"],
+            }
+        figures["article"] = await _article_consumer_drain(run, topic, events, limit)
+    finally:
+        run.results["consumers"] = figures
+        await mongo.drop_database(database)
+        await mongo.close()
+
+
+async def _article_consumer_drain(
+    run: Run, topic: str, events: int, limit: float
+) -> dict[str, Any]:
+    """The article's consumer (both side effects, one message at a time) on the same backlog."""
+    from services.email.settings import EmailSettings
+
+    cfg = run.config
+    database = f"bench_cons_art_{run.run_id}"
+    await seed_bench_stock(cfg.mongo_uri, database)
+    config = ArticleConsumerConfig(
+        bootstrap=cfg.kafka_bootstrap,
+        mongo_uri=cfg.mongo_uri,
+        redis_url=cfg.redis_url,
+        group=f"bench-article-drain-{run.run_id}",
+        topic=topic,
+        database=database,
+        offset_reset="earliest",
+    )
+    stats = ArticleConsumerStats()
+    stop = asyncio.Event()
+    complete = True
+    try:
+        await asyncio.wait_for(
+            run_article_consumer(config, EmailSettings(), stop, stats=stats, limit=events), limit
+        )
+    except TimeoutError:
+        complete = False  # the rate so far is still a measured rate; say it was cut short
+    finally:
+        client = make_mongo_client(cfg.mongo_uri, 30.0, "bench-cleaner")
+        await client.drop_database(database)
+        await client.close()
+    return {
+        "msgs_per_s": round(stats.rate(), 1),
+        "handled": stats.processed,
+        "complete": complete,
+        "redis_round_trips_per_msg": round(stats.redis_round_trips / max(1, stats.processed), 3),
+        "note": "inventory and email side effects in one sequential consumer (the article's)",
+    }
 
 
 async def phase_e2e_ours(run: Run) -> None:
@@ -433,9 +548,11 @@ async def _e2e(
 async def run_all(run: Run, only: set[str] | None) -> None:
     cfg = run.config
     await ensure_topics(cfg.kafka_bootstrap)
+    await wait_for_topics(cfg.kafka_bootstrap, list(ALL_TOPICS), 60)
     phases: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("order_api", lambda: phase_order_api(run)),
         ("relay", lambda: phase_relay(run)),
+        ("consumers", lambda: phase_consumers(run)),
         ("e2e_ours", lambda: phase_e2e_ours(run)),
         ("e2e_article", lambda: phase_e2e_article(run)),
     ]
@@ -481,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.monotonic()
     print(f"bench {run.results['mode']} run {run_id}: starting the stack in {root}", flush=True)
+    # Settings classes of the in-process phases (consumers) read the infrastructure from here.
+    os.environ.update(stack.config.service_env())
     try:
         stack.up(INFRA)
         asyncio.run(run_all(run, set(args.only) if args.only else None))
@@ -491,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     run.results["memory"] = run.memory.as_dict()
+    run.results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     run.results["total_seconds"] = round(time.monotonic() - started, 1)
     print(report.finish(run.results, args.json))
     print(f"\nresults: {args.json} ({run.results['total_seconds']} s)")

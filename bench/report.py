@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import re
 import subprocess
@@ -123,6 +124,8 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "java": java[0] if java else "unavailable",
         "kernel": platform.release(),
+        # The machine may be shared: the 1/5/15-minute load says how much else was running.
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
