@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -32,7 +33,7 @@ class _StopRequested(BaseException):
 def _config(args: argparse.Namespace) -> StackConfig:
     config = StackConfig.default()
     if args.root is not None:
-        config = StackConfig(root=Path(args.root).resolve(), ports=config.ports)
+        config = replace(config, root=Path(args.root).resolve())
     return config
 
 

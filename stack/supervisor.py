@@ -388,7 +388,7 @@ class Stack:
             bootstrap = c.kafka_bootstrap
             argv = [
                 "java",
-                "-Xmx512m",
+                *c.kafka_jvm_opts,
                 f"-Dlog4j2.configurationFile={KAFKA_LOG4J_CONFIG}",
                 "-cp", f"{c.kafka_libs}/*",
                 "kafka.Kafka",
@@ -528,7 +528,7 @@ class Stack:
         log_path = self.logs_path("kafka")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = [
-            "java", "-Xmx256m",
+            "java", "-Xmx256m", "-XX:TieredStopAtLevel=1",
             f"-Dlog4j2.configurationFile={KAFKA_LOG4J_CONFIG}",
             "-cp", f"{c.kafka_libs}/*",
             "kafka.tools.StorageTool", "format",
