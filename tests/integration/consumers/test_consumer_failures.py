@@ -9,12 +9,13 @@ import io
 import os
 import signal
 import sys
+from functools import partial
 
 import httpx
 
 from shared.consumer import FAILPOINT_AFTER_MARK_DONE, FAILPOINT_AFTER_SIDE_EFFECT
 from shared.contracts import EVENT_ORDER_CREATED, Header, idempotency_key
-from shared.dlq import build_dlq_record, send_to_dlq
+from shared.dlq import StoredDlqRecord, build_dlq_record, send_to_dlq
 from shared.dlq.__main__ import DlqSettings, format_table, replay, select
 from stack import Stack
 from stack.config import free_port
@@ -29,7 +30,7 @@ SMTP_OUTAGE_SECONDS = 4
 
 async def _done(p: Pipeline, event_id: str, service: str) -> bool:
     key = idempotency_key(service, EVENT_ORDER_CREATED, event_id)
-    return await p.redis.get(key) == b"done"
+    return bool(await p.redis.get(key) == b"done")
 
 
 async def test_each_poison_kind_lands_in_the_dlq_and_the_next_message_flows(
@@ -49,7 +50,7 @@ async def test_each_poison_kind_lands_in_the_dlq_and_the_next_message_flows(
     await wait_until(lambda: _done(p, good_id, "email"), timeout=TIMEOUT, message="email")
     for group in (p.inventory_group, p.email_group):
         records = await wait_until(
-            lambda g=group: _six(p, g), timeout=TIMEOUT, message=f"DLQ records of {group}"
+            partial(_six, p, group), timeout=TIMEOUT, message=f"DLQ records of {group}"
         )
         by_event = {r.headers.get(Header.IDEMPOTENCY_KEY): r for r in records}
         for kind, (event_id, fragment) in sent.items():
@@ -68,11 +69,11 @@ async def test_each_poison_kind_lands_in_the_dlq_and_the_next_message_flows(
     assert len(await p.reservations(good.order_id)) == 1
 
 
-async def _six(p: Pipeline, group: str) -> list[object] | None:
+async def _six(p: Pipeline, group: str) -> list[StoredDlqRecord]:
     records = await p.dlq(group)
     if len(records) != 6:
         raise AssertionError(f"{len(records)} DLQ records of {group} so far")
-    return records  # type: ignore[return-value]
+    return records
 
 
 async def test_redis_outage_is_waited_out_without_dlq_or_duplicate(
@@ -152,7 +153,7 @@ async def test_replay_of_a_fixed_dlq_record_takes_effect_once(pipeline: Pipeline
     p.start()
     marker_id = await p.send(order_event(), key=event.order_id)
     for service in ("inventory", "email"):
-        await wait_until(lambda s=service: _done(p, marker_id, s), timeout=TIMEOUT, message=service)
+        await wait_until(partial(_done, p, marker_id, service), timeout=TIMEOUT, message=service)
     [reservation] = await p.reservations(event.order_id)
     assert reservation["status"] == "reserved"
     assert await p.available("SKU-3") == 98
@@ -238,7 +239,7 @@ async def test_sigterm_drains_commits_and_exits_zero(pipeline: Pipeline, stack: 
             await wait_until(lambda: _ready(port), timeout=TIMEOUT, message="ready")
             event_id = await p.send(order_event())
             await wait_until(
-                lambda e=event_id: _done(p, e, "inventory"), timeout=TIMEOUT, message="processed"
+                partial(_done, p, event_id, "inventory"), timeout=TIMEOUT, message="processed"
             )
             metrics = await _get(port, "/metrics")
             # The second process starts from the committed offsets: nothing redelivered.

@@ -3,6 +3,8 @@ takes effect once, whatever Kafka redelivers."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from shared.contracts import EVENT_ORDER_CREATED, IDEMPOTENCY_TTL_SECONDS, idempotency_key
 from tests.integration.consumers.conftest import Pipeline, order_event
 from tests.waiting import wait_until
@@ -12,7 +14,7 @@ TIMEOUT = 60
 
 async def _processed(p: Pipeline, event_id: str, service: str) -> bool:
     key = idempotency_key(service, EVENT_ORDER_CREATED, event_id)
-    return await p.redis.get(key) == b"done"
+    return bool(await p.redis.get(key) == b"done")
 
 
 async def _both_done(p: Pipeline, event_id: str) -> bool:
@@ -96,7 +98,7 @@ async def test_insufficient_stock_or_unknown_sku_is_recorded_as_rejected(
     ids = [await p.send(too_many), await p.send(unknown)]
     for event_id in ids:
         await wait_until(
-            lambda e=event_id: _processed(p, e, "inventory"),
+            partial(_processed, p, event_id, "inventory"),
             timeout=TIMEOUT,
             message="rejection recorded",
         )

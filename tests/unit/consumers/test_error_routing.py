@@ -65,7 +65,7 @@ def _consumer(handler: Handler) -> tuple[IdempotentConsumer[OrderCreated], FakeP
         handler=handler,
     )
     producer = FakeProducer()
-    consumer._producer = producer  # type: ignore[assignment]
+    consumer._producer = producer
     return consumer, producer
 
 
