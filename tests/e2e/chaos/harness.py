@@ -1,0 +1,907 @@
+"""The failure-injection harness: the whole pipeline as real processes, a load generator, and a
+collector that reads back what every component holds so :mod:`.invariants` can judge it.
+
+* :class:`Pipeline` runs order, relay, inventory and email on the session's embedded ``stack``,
+  in databases of their own (``chaos_orders``, ``chaos_inventory``) with short timings, and puts
+  every service back to its default configuration between scenarios.
+* :class:`LoadGenerator` posts orders over HTTP at a steady rate while a fault is injected and
+  remembers exactly what each request was told.
+* :class:`Chaos` is one scenario: it marks where the scenario began in Kafka and in the SMTP
+  sink, injects faults through the stack supervisor, then polls (bounded) until every invariant
+  holds or the deadline turns what is left into violations.
+
+The stack supervisor is synchronous; everything here calls it through ``asyncio.to_thread`` so
+the load keeps flowing while a component is being stopped or started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.parser
+import email.policy
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from bson import ObjectId
+from bson.errors import InvalidId
+
+from shared.contracts import (
+    EMAIL_GROUP,
+    INVENTORY_GROUP,
+    ORDER_CREATED_DLQ_TOPIC,
+    ORDER_CREATED_TOPIC,
+    Header,
+)
+from shared.kafka import REQUEST_TIMEOUT_MS, decode_headers, make_producer
+from shared.mongo import MongoClient, make_mongo_client
+from shared.redis import make_redis
+from stack import INFRA, Stack
+from tests.e2e.chaos.invariants import (
+    Attempt,
+    DlqRow,
+    EmailRow,
+    Evaluation,
+    Expectations,
+    KafkaRow,
+    OutboxRow,
+    ReservationRow,
+    Snapshot,
+    evaluate,
+)
+from tests.e2e.chaos.report import ScenarioResult
+from tests.waiting import WaitTimeout, wait_until
+
+log = logging.getLogger("chaos")
+
+ORDERS_DB: Final = "chaos_orders"
+INVENTORY_DB: Final = "chaos_inventory"
+GROUPS: Final = (INVENTORY_GROUP, EMAIL_GROUP)
+SERVICES: Final = ("order", "relay", "inventory", "email")
+# The application names the services give their MongoDB clients: configureFailPoint's
+# ``appName`` filter aims a fault at one service and leaves the others (and this harness) alone.
+ORDER_APP_NAME: Final = "order-api"
+INVENTORY_APP_NAME: Final = "inventory"
+
+# Stock large enough that no scenario ever runs out: a rejection would be a bug, not a shortage.
+SKUS: Final = ("CHAOS-A", "CHAOS-B")
+AMPLE_STOCK: Final = 1_000_000_000
+
+# Default settle deadline: a relay backoff (capped at 1 s here), a consumer backoff (1 s), a
+# claim lease (5 s) and the Kafka client's reconnect all fit many times over.
+SETTLE_TIMEOUT: Final = 60.0
+SETTLE_POLL_SECONDS: Final = 1.0
+# Marks records a scenario produced itself (poison, copies), so they never count as the relay's.
+INJECTED_HEADER: Final = "chaosInjected"
+_EVENT_ID = re.compile(r"[0-9a-f]{24}")
+_HARNESS_TIMEOUT_SECONDS: Final = 5.0
+
+
+def _service_overrides() -> dict[str, dict[str, str]]:
+    """Per-service settings for the suite: own databases, short sweeps, leases and backoffs.
+
+    Short timings keep recovery (and so the whole matrix) within the CI budget; they do not
+    change what is guaranteed, only how quickly it is observed.
+    """
+    return {
+        "order": {"ORDER_DATABASE": ORDERS_DB},
+        "relay": {
+            "RELAY_DATABASE": ORDERS_DB,
+            "RELAY_SWEEP_INTERVAL_SECONDS": "0.5",
+            "RELAY_BACKOFF_MAX_SECONDS": "1",
+            # A dead leader is replaced within 4 s (renewed every second, three renewals per TTL
+            # plus margin), instead of 10 s.
+            "RELAY_LEASE_TTL_SECONDS": "4",
+            "RELAY_LEASE_RENEW_SECONDS": "1",
+            "RELAY_DRAIN_SECONDS": "10",
+            "RELAY_METRICS_INTERVAL_SECONDS": "1",
+        },
+        "inventory": {
+            "INVENTORY_DATABASE": INVENTORY_DB,
+            "INVENTORY_CLAIM_LEASE_SECONDS": "5",
+            "INVENTORY_BACKOFF_MAX_SECONDS": "1",
+            "INVENTORY_DRAIN_SECONDS": "10",
+        },
+        "email": {
+            "EMAIL_CLAIM_LEASE_SECONDS": "5",
+            "EMAIL_BACKOFF_MAX_SECONDS": "1",
+            "EMAIL_DRAIN_SECONDS": "10",
+            "EMAIL_SMTP_TIMEOUT_SECONDS": "5",
+        },
+    }
+
+
+def component_of(instance: str) -> str:
+    return next(s for s in (*SERVICES, *INFRA) if instance == s or instance.startswith(s + "-"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+# ---------------------------------------------------------------------------------------------
+
+
+class LoadGenerator:
+    """Posts one order every ``1/rate`` seconds until the ``async with`` block ends.
+
+    Every request carries a unique ``userId``, ``customerEmail`` and ``Idempotency-Key``
+    derived from ``tag``, so its order (or the absence of one) can be found in every store even
+    when the request got no answer. Requests run concurrently: a slow answer during a fault
+    does not slow the rate down.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        tag: str,
+        *,
+        rate: float = 6.0,
+        timeout: float = 8.0,
+        max_in_flight: int = 64,
+        items: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.items = items
+        self.tag = tag
+        self.rate = rate
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self.attempts: list[Attempt] = []
+        self.skipped = 0  # ticks dropped because max_in_flight requests were still open
+        self._client: httpx.AsyncClient | None = None
+        self._pacer: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+
+    async def __aenter__(self) -> LoadGenerator:
+        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout)
+        if self.rate > 0:
+            self._pacer = asyncio.create_task(self._pace(), name=f"load-{self.tag}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop sending, wait for the requests in flight (each bounded by ``timeout``)."""
+        self._stop.set()
+        if self._pacer is not None:
+            await self._pacer
+            self._pacer = None
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _pace(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while not self._stop.is_set():
+            if len(self._in_flight) < self.max_in_flight:
+                self.spawn()
+            else:
+                self.skipped += 1
+            next_at += 1.0 / self.rate
+            # Pacing, not synchronisation: the rate is the point, and stop() interrupts it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), max(0.0, next_at - loop.time()))
+
+    def spawn(self) -> asyncio.Task[None]:
+        attempt = self._new_attempt()
+        task = asyncio.create_task(self._post(attempt))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return task
+
+    async def burst(self, count: int) -> None:
+        """Send ``count`` orders at once and wait for their answers."""
+        await asyncio.gather(*(self.spawn() for _ in range(count)))
+
+    def _new_attempt(self) -> Attempt:
+        seq = len(self.attempts)
+        user = f"{self.tag}-{seq:05d}"
+        attempt = Attempt(
+            seq=seq,
+            user_id=user,
+            customer_email=f"{user}@example.com",
+            idempotency_key=f"{user}-{uuid.uuid4().hex[:8]}",
+        )
+        self.attempts.append(attempt)
+        return attempt
+
+    def body(self, attempt: Attempt) -> dict[str, Any]:
+        return {
+            "userId": attempt.user_id,
+            "customerEmail": attempt.customer_email,
+            "items": self.items
+            or [
+                {"sku": SKUS[0], "quantity": 1 + attempt.seq % 3, "unitPrice": "12.50"},
+                {"sku": SKUS[1], "quantity": 1, "unitPrice": "3.99"},
+            ],
+        }
+
+    async def _post(self, attempt: Attempt) -> None:
+        assert self._client is not None
+        started = time.monotonic()
+        try:
+            response = await self._client.post(
+                "/orders",
+                json=self.body(attempt),
+                headers={"Idempotency-Key": attempt.idempotency_key},
+            )
+            attempt.status = response.status_code
+            if 200 <= response.status_code < 300:
+                attempt.order_id = str(response.json()["id"])
+            else:
+                attempt.error = response.text[:300]
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            attempt.error = f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            attempt.elapsed = time.monotonic() - started
+            attempt.done = True
+
+    @property
+    def accepted(self) -> int:
+        return sum(a.accepted for a in self.attempts)
+
+    def last_error(self) -> str:
+        failed = [a for a in self.attempts if a.done and not a.accepted]
+        return f"{failed[-1].status} {failed[-1].error}" if failed else "none"
+
+    async def wait_accepted(self, count: int, *, within: float = 30.0) -> None:
+        """Wait until ``count`` orders in total were accepted (orders are flowing)."""
+        try:
+            await wait_until(
+                lambda: self.accepted >= count,
+                timeout=within,
+                interval=0.1,
+                message=f"{count} accepted orders ({self.tag})",
+            )
+        except WaitTimeout as exc:
+            raise WaitTimeout(
+                f"{exc}; {self.accepted} accepted of {len(self.attempts)}, "
+                f"last failure: {self.last_error()}"
+            ) from None
+
+    async def wait_more_accepted(self, count: int, *, within: float = 30.0) -> None:
+        """Wait until ``count`` more orders than now were accepted."""
+        await self.wait_accepted(self.accepted + count, within=within)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kafka
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TopicTail:
+    """The records of one topic from a starting point on, read incrementally.
+
+    Reads with ``read_committed`` like the consumers: records of a Kafka transaction the relay
+    aborted (a fenced zombie) are not deliveries and must not count.
+    """
+
+    bootstrap: str
+    topic: str
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    records: list[Any] = field(default_factory=list)
+
+    async def _consumer(self) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            request_timeout_ms=REQUEST_TIMEOUT_MS,
+        )
+        await consumer.start()
+        return consumer, await _partitions(consumer, self.topic)
+
+    async def mark_start(self) -> None:
+        """From now on: remember the current end of every partition, forget older records."""
+        consumer, tps = await self._consumer()
+        try:
+            ends = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+        self.next_offsets = {tp.partition: int(ends[tp]) for tp in tps}
+        self.records = []
+
+    async def catch_up(self) -> list[Any]:
+        """Read everything appended since the last call; returns all records since the start."""
+        consumer, tps = await self._consumer()
+        try:
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, self.next_offsets.get(tp.partition, 0))
+            ends = await consumer.end_offsets(tps)
+            pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+            while pending:
+                batch = await consumer.getmany(*pending, timeout_ms=1_000)
+                for messages in batch.values():
+                    self.records.extend(messages)
+                # Transaction markers occupy offsets without being records: compare positions.
+                pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+            for tp in tps:
+                self.next_offsets[tp.partition] = await consumer.position(tp)
+        finally:
+            await consumer.stop()
+        return self.records
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic`` (a consumer without a subscription has no metadata yet)."""
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        # ``topics()`` fetches metadata without storing it, so ``partitions_for_topic`` stays
+        # empty; read the partitions from a fresh metadata response instead.
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = cluster.partitions_for_topic(topic)
+    if not partitions:
+        raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets on ``topic`` (partition -> next offset to consume)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=REQUEST_TIMEOUT_MS)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+async def reset_groups_to_end(bootstrap: str, groups: Iterable[str], topic: str) -> None:
+    """Commit the end of ``topic`` for each (empty) group: records other tests left behind are
+    not this suite's, and its consumers must not process them into its databases."""
+    for group in groups:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            request_timeout_ms=REQUEST_TIMEOUT_MS + 30_000,
+        )
+        await consumer.start()
+        try:
+            tps = await _partitions(consumer, topic)
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            await consumer.commit({tp: int(ends[tp]) for tp in tps})
+        finally:
+            await consumer.stop()
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+) -> None:
+    """Produce ``(key, value, headers)`` records straight into ``topic`` and wait for the acks."""
+    producer = make_producer(bootstrap)
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await producer.send_and_wait(topic, key=key, value=value, headers=headers)
+    finally:
+        await producer.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Email
+# ---------------------------------------------------------------------------------------------
+
+
+class Inbox:
+    """The ``.eml`` files the SMTP sink wrote since :meth:`mark_start`, parsed once each."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._before: set[str] = set()
+        self._parsed: dict[str, EmailRow] = {}
+
+    def mark_start(self) -> None:
+        self._before = {p.name for p in self._files()}
+        self._parsed = {}
+
+    def _files(self) -> list[Path]:
+        return sorted(self.directory.glob("*.eml")) if self.directory.is_dir() else []
+
+    def scan(self) -> list[EmailRow]:
+        parser = email.parser.BytesHeaderParser(policy=email.policy.default)
+        for path in self._files():
+            if path.name in self._before or path.name in self._parsed:
+                continue
+            headers = parser.parsebytes(path.read_bytes())
+            message_id = str(headers.get("Message-ID", "")).strip()
+            found = _EVENT_ID.search(message_id)
+            self._parsed[path.name] = EmailRow(
+                name=path.name,
+                message_id=message_id,
+                event_id=found.group(0) if found else None,
+                recipient=str(headers.get("To", "")).strip(),
+            )
+        return list(self._parsed.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+class Pipeline:
+    """Order, relay, inventory and email running on ``stack``, with the suite's settings."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        config = stack.config
+        self.mongo_uri = config.mongo_uri
+        self.bootstrap = config.kafka_bootstrap
+        self.smtp_dir = config.smtp_dir
+        self.mongo: MongoClient = make_mongo_client(
+            config.mongo_uri, _HARNESS_TIMEOUT_SECONDS, "chaos-harness"
+        )
+        self.redis = make_redis(config.redis_url)
+        self.overrides = _service_overrides()
+        # instance -> the extra environment it was started with ({} = the suite defaults)
+        self.started_with: dict[str, dict[str, str]] = {}
+
+    # -- processes ---------------------------------------------------------------------------
+    def env_for(self, component: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        return {**self.overrides.get(component, {}), **(extra or {})}
+
+    async def start(
+        self, instance: str, extra: Mapping[str, str] | None = None, *, wait: bool = True
+    ) -> None:
+        component = component_of(instance)
+        if component in INFRA:
+            await asyncio.to_thread(self.stack.start, component)
+            return
+        env = self.env_for(component, extra)
+        await asyncio.to_thread(
+            self.stack.start,
+            component,
+            env,
+            instance=None if instance == component else instance,
+            wait=wait,
+        )
+        self.started_with[instance] = dict(extra or {})
+
+    async def stop(self, instance: str) -> None:
+        await asyncio.to_thread(self.stack.stop, instance)
+        self.started_with.pop(instance, None)
+
+    async def kill(self, instance: str) -> None:
+        await asyncio.to_thread(self.stack.kill, instance)
+
+    def is_running(self, instance: str) -> bool:
+        return self.stack.is_running(instance)
+
+    def port_of(self, instance: str) -> int:
+        return self.stack.port_of(instance)
+
+    @property
+    def order_url(self) -> str:
+        return f"http://127.0.0.1:{self.port_of('order')}"
+
+    async def prepare(self) -> None:
+        """Fresh databases, consumer groups at the end of the topic, stock seeded, all four
+        services running. Called once per module; scenarios scope by their own ids."""
+        for name in SERVICES:
+            if self.is_running(name):
+                await self.stop(name)
+        await self.mongo.drop_database(ORDERS_DB)
+        await self.mongo.drop_database(INVENTORY_DB)
+        await reset_groups_to_end(self.bootstrap, GROUPS, ORDER_CREATED_TOPIC)
+        await self.seed_stock({sku: AMPLE_STOCK for sku in SKUS})
+        await self.restore()
+
+    async def seed_stock(self, levels: Mapping[str, int]) -> None:
+        """Load stock through the inventory's own command: ``python -m services.inventory
+        seed-stock FILE``."""
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(dict(levels), f)
+            path = f.name
+        try:
+            code, out = await self.run_module(
+                "services.inventory", "seed-stock", path, extra_env=self.env_for("inventory")
+            )
+            if code != 0:
+                raise RuntimeError(f"seed-stock failed ({code}): {out[-2000:]}")
+        finally:
+            os.unlink(path)
+
+    async def run_module(
+        self, module: str, *args: str, extra_env: Mapping[str, str] | None = None
+    ) -> tuple[int, str]:
+        """``python -m module args`` against this stack; returns (exit code, output)."""
+        env = {**os.environ, **self.stack.config.service_env(), **(extra_env or {})}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            module,
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode("utf-8", "replace")
+
+    async def restore(self) -> None:
+        """Infra up, extra instances gone, the four services running with the suite defaults."""
+        for name in INFRA:
+            if not self.is_running(name):
+                await self.start(name)
+        await self.disarm_mongo_failpoints()
+        for instance in list(self.stack.status()):
+            if component_of(instance) in SERVICES and instance not in SERVICES:
+                if self.is_running(instance):
+                    await self.stop(instance)
+                self.started_with.pop(instance, None)
+        for name in SERVICES:
+            if self.is_running(name) and self.started_with.get(name):
+                await self.stop(name)
+            if not self.is_running(name):
+                await self.start(name)
+
+    # -- faults inside MongoDB ---------------------------------------------------------------
+    async def arm_fail_command(
+        self,
+        *,
+        app_name: str,
+        commands: list[str],
+        error_code: int,
+        labels: list[str] | None = None,
+        times: int | None = None,
+    ) -> None:
+        """``configureFailPoint failCommand`` for one client application (``appName``)."""
+        mode: Any = {"times": times} if times is not None else "alwaysOn"
+        data: dict[str, Any] = {
+            "failCommands": commands,
+            "errorCode": error_code,
+            "appName": app_name,
+        }
+        if labels:
+            data["errorLabels"] = labels
+        await self.mongo.admin.command(
+            {"configureFailPoint": "failCommand", "mode": mode, "data": data}
+        )
+
+    async def disarm_mongo_failpoints(self) -> None:
+        await self.mongo.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.mongo.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# One scenario
+# ---------------------------------------------------------------------------------------------
+
+
+class Chaos:
+    """One scenario: faults, load, and the final verdict (see the module docstring)."""
+
+    def __init__(self, pipeline: Pipeline, name: str) -> None:
+        self.pipeline = pipeline
+        self.name = name
+        # userId and customerEmail derive from the tag: keep it to what an email local part
+        # accepts.
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:24]
+        self.tag = f"{slug}-{uuid.uuid4().hex[:6]}"
+        self.expect = Expectations()
+        self.result = ScenarioResult(name)
+        self.loads: list[LoadGenerator] = []
+        self.extra_attempts: list[Attempt] = []
+        self.orders_tail = TopicTail(pipeline.bootstrap, ORDER_CREATED_TOPIC)
+        self.dlq_tail = TopicTail(pipeline.bootstrap, ORDER_CREATED_DLQ_TOPIC)
+        self.inbox = Inbox(pipeline.smtp_dir)
+        self.started_at = datetime.now(UTC)
+        self.recovered_at: float | None = None
+        self.evaluation: Evaluation | None = None
+
+    async def begin(self) -> None:
+        # A second of slack: createdAt is stamped by the API process, a different clock read.
+        self.started_at = datetime.now(UTC) - timedelta(seconds=1)
+        await self.orders_tail.mark_start()
+        await self.dlq_tail.mark_start()
+        self.inbox.mark_start()
+
+    # -- load and faults ---------------------------------------------------------------------
+    def load(
+        self, rate: float = 6.0, *, timeout: float = 8.0, items: list[dict[str, Any]] | None = None
+    ) -> LoadGenerator:
+        """A load generator for this scenario (``rate=0``: only explicit ``burst`` calls)."""
+        generator = LoadGenerator(
+            self.pipeline.order_url,
+            f"{self.tag}-{len(self.loads)}",
+            rate=rate,
+            timeout=timeout,
+            items=items,
+        )
+        self.loads.append(generator)
+        return generator
+
+    def note(self, text: str) -> None:
+        self.result.notes.append(text)
+
+    async def stop(self, instance: str) -> None:
+        started = time.monotonic()
+        await self.pipeline.stop(instance)
+        self.note(f"{instance} stopped (SIGTERM) in {time.monotonic() - started:.1f}s")
+
+    async def kill(self, instance: str) -> None:
+        await self.pipeline.kill(instance)
+        self.note(f"{instance} killed (SIGKILL)")
+
+    async def start(self, instance: str, extra: Mapping[str, str] | None = None) -> None:
+        started = time.monotonic()
+        await self.pipeline.start(instance, extra)
+        self.note(
+            f"{instance} started{' with ' + str(dict(extra)) if extra else ''} "
+            f"in {time.monotonic() - started:.1f}s"
+        )
+
+    async def outage(self, instance: str, seconds: float) -> None:
+        """Stop ``instance`` (SIGTERM), keep it away for ``seconds``, start it again."""
+        await self.stop(instance)
+        await self.hold(seconds)
+        await self.start(instance)
+
+    @staticmethod
+    async def hold(seconds: float) -> None:
+        """Keep a fault in place for ``seconds``: the fault's length is what the scenario
+        specifies (e.g. Kafka down for 20 s), so this is a duration, not a synchronisation."""
+        await asyncio.sleep(seconds)
+
+    def recovered(self) -> None:
+        """Mark the end of the fault; time to settle is measured from here."""
+        self.recovered_at = time.monotonic()
+
+    async def wait_exited(self, instance: str, *, within: float = 30.0) -> None:
+        """Wait until ``instance`` is no longer running (it hit a failpoint and exited)."""
+        await wait_until(
+            lambda: not self.pipeline.is_running(instance),
+            timeout=within,
+            interval=0.1,
+            message=f"{instance} to exit",
+        )
+
+    def log_of(self, instance: str) -> str:
+        path = self.pipeline.stack.logs_path(instance)
+        return path.read_text("utf-8", "replace") if path.exists() else ""
+
+    async def produce(self, records: Iterable[tuple[str, bytes | None, dict[str, str]]]) -> None:
+        """Produce ``(key, value, headers)`` straight into order.created, marked as injected."""
+        await produce(
+            self.pipeline.bootstrap,
+            ORDER_CREATED_TOPIC,
+            [
+                (
+                    key.encode(),
+                    value,
+                    [(n, v.encode()) for n, v in {**headers, INJECTED_HEADER: self.tag}.items()],
+                )
+                for key, value, headers in records
+            ],
+        )
+
+    async def dlq_rows(self) -> list[DlqRow]:
+        return [
+            DlqRow(
+                partition=r.partition,
+                offset=r.offset,
+                key=r.key.decode("utf-8", "replace") if r.key is not None else None,
+                group=(h := decode_headers(r.headers)).get(Header.CONSUMER_GROUP, ""),
+                reason=h.get(Header.FAILURE_REASON, ""),
+            )
+            for r in await self.dlq_tail.catch_up()
+        ]
+
+    async def outbox_status_counts(self, order_ids: Iterable[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        cursor = self.pipeline.mongo[ORDERS_DB]["outbox"].find(
+            {"aggregateId": {"$in": list(order_ids)}}, {"status": 1}
+        )
+        async for doc in cursor:
+            counts[str(doc["status"])] = counts.get(str(doc["status"]), 0) + 1
+        return counts
+
+    async def metric(self, instance: str, name: str) -> float | None:
+        """One sample of a Prometheus metric from the instance's /metrics (None: absent)."""
+        url = f"http://127.0.0.1:{self.pipeline.port_of(instance)}/metrics"
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            text = (await client.get(url)).text
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    # -- verdict -----------------------------------------------------------------------------
+    @property
+    def attempts(self) -> list[Attempt]:
+        return [a for g in self.loads for a in g.attempts] + self.extra_attempts
+
+    async def snapshot(self) -> Snapshot:
+        db = self.pipeline.mongo[ORDERS_DB]
+        inventory = self.pipeline.mongo[INVENTORY_DB]
+        attempts = self.attempts
+        users = [a.user_id for a in attempts]
+        orders: dict[str, str] = {}
+        async for doc in db["orders"].find({"userId": {"$in": users}}, {"userId": 1}):
+            orders[str(doc["userId"])] = str(doc["_id"])
+        outbox: list[OutboxRow] = []
+        async for doc in db["outbox"].find({"createdAt": {"$gte": self.started_at}}):
+            user_id = None
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                user_id = json.loads(doc.get("payload") or "{}").get("userId")
+            outbox.append(
+                OutboxRow(
+                    event_id=str(doc["_id"]),
+                    aggregate_id=str(doc.get("aggregateId")),
+                    aggregate_version=int(doc.get("aggregateVersion") or 0),
+                    status=str(doc.get("status")),
+                    user_id=user_id,
+                    attempts=int(doc.get("attempts") or 0),
+                    last_error=doc.get("lastError"),
+                )
+            )
+        reservations = [
+            ReservationRow(
+                order_id=str(doc.get("orderId")),
+                event_id=doc.get("eventId"),
+                status=str(doc.get("status")),
+            )
+            async for doc in inventory["reservations"].find(
+                {}, {"orderId": 1, "eventId": 1, "status": 1}
+            )
+        ]
+        existing = await self._existing_orders({r.order_id for r in reservations})
+        emails = self.inbox.scan()
+        known_events = await self._known_events({e.event_id for e in emails if e.event_id})
+        published = [
+            KafkaRow(
+                partition=r.partition,
+                offset=r.offset,
+                key=r.key.decode("utf-8", "replace") if r.key is not None else None,
+                event_id=(h := decode_headers(r.headers)).get(Header.IDEMPOTENCY_KEY),
+                aggregate_version=_int_or_none(h.get(Header.AGGREGATE_VERSION)),
+                replayed_from=h.get(Header.REPLAYED_FROM),
+                injected=INJECTED_HEADER in h,
+            )
+            for r in await self.orders_tail.catch_up()
+        ]
+        dlq = await self.dlq_rows()
+        uncommitted: dict[str, int] = {}
+        for group in GROUPS:
+            committed = await committed_offsets(self.pipeline.bootstrap, group, ORDER_CREATED_TOPIC)
+            uncommitted[group] = sum(
+                1 for r in self.orders_tail.records if r.offset >= committed.get(r.partition, 0)
+            )
+        return Snapshot(
+            attempts=attempts,
+            orders=orders,
+            outbox=outbox,
+            known_events=known_events,
+            reservations=reservations,
+            existing_orders=existing,
+            emails=emails,
+            published=published,
+            dlq=dlq,
+            uncommitted=uncommitted,
+        )
+
+    async def _existing_orders(self, order_ids: set[str]) -> set[str]:
+        ids = [oid for oid in (_object_id(x) for x in order_ids) if oid is not None]
+        found = self.pipeline.mongo[ORDERS_DB]["orders"].find({"_id": {"$in": ids}}, {"_id": 1})
+        return {str(doc["_id"]) async for doc in found}
+
+    async def _known_events(self, event_ids: set[str]) -> dict[str, str]:
+        ids = [oid for oid in (_object_id(x) for x in event_ids) if oid is not None]
+        found = self.pipeline.mongo[ORDERS_DB]["outbox"].find(
+            {"_id": {"$in": ids}}, {"aggregateId": 1}
+        )
+        return {str(doc["_id"]): str(doc.get("aggregateId")) async for doc in found}
+
+    async def settle(self, within: float = SETTLE_TIMEOUT) -> Evaluation:
+        """Poll until every invariant holds; at the deadline, what is pending is a violation."""
+        if self.recovered_at is None:
+            self.recovered()
+        assert self.recovered_at is not None
+        last: list[Evaluation | BaseException] = []
+
+        async def settled() -> bool:
+            try:
+                evaluation = evaluate(await self.snapshot(), self.expect)
+            except Exception as exc:  # a store still coming back: not settled yet
+                last[:] = [exc]
+                raise
+            last[:] = [evaluation]
+            # A violation never heals: no point waiting for the deadline.
+            return evaluation.settled or bool(evaluation.violations)
+
+        try:
+            await wait_until(
+                settled,
+                timeout=within,
+                interval=SETTLE_POLL_SECONDS,
+                message=f"scenario {self.name} to settle",
+            )
+            evaluation = last[0]
+            assert isinstance(evaluation, Evaluation)
+            if evaluation.settled:
+                self.result.settle_seconds = time.monotonic() - self.recovered_at
+        except WaitTimeout:
+            if not last or not isinstance(last[0], Evaluation):
+                cause = last[0] if last else "no snapshot"
+                evaluation = Evaluation(violations=[f"could not read the stores: {cause!r}"])
+            else:
+                evaluation = last[0]
+                evaluation.violations += [
+                    f"not settled within {within:.0f}s: {p}" for p in evaluation.pending
+                ]
+        self.evaluation = evaluation
+        self._record(evaluation)
+        return evaluation
+
+    def _record(self, ev: Evaluation) -> None:
+        r = self.result
+        r.counts = ev.counts
+        r.violations = list(ev.violations)
+        r.notes += ev.notes
+        failed = [a for a in self.attempts if not a.accepted]
+        if failed:
+            kinds: dict[str, int] = {}
+            for a in failed:
+                kind = (
+                    f"HTTP {a.status}" if a.status is not None else (a.error or "?").split(":")[0]
+                )
+                kinds[kind] = kinds.get(kind, 0) + 1
+            r.notes.append("failed requests: " + ", ".join(f"{k} x{n}" for k, n in kinds.items()))
+
+    async def verify(self, within: float = SETTLE_TIMEOUT) -> Evaluation:
+        """Settle, record the result, and fail the test with the evidence if anything broke."""
+        evaluation = await self.settle(within)
+        if evaluation.violations:
+            raise AssertionError(
+                f"{self.name}: {len(evaluation.violations)} invariant(s) broken:\n  "
+                + "\n  ".join(evaluation.violations)
+            )
+        return evaluation
+
+
+def _object_id(value: str) -> ObjectId | None:
+    try:
+        return ObjectId(value)
+    except (InvalidId, TypeError):
+        return None
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
