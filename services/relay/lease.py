@@ -56,7 +56,9 @@ class Lease:
         now = datetime.now(UTC)
         expires = now + timedelta(seconds=self._ttl)
         doc = await self._collection.find_one_and_update(
-            {"_id": LEASE_ID, "expiresAt": {"$lt": now}},
+            # Expired, or still ours (we stepped down when a renewal was slow, and nobody took
+            # it since): taking our own lease back at once avoids a pointless idle TTL.
+            {"_id": LEASE_ID, "$or": [{"expiresAt": {"$lt": now}}, {"owner": self.owner}]},
             {
                 "$set": {"owner": self.owner, "expiresAt": expires, "acquiredAt": now},
                 "$inc": {"epoch": 1},

@@ -241,7 +241,10 @@ class Publisher:
         query: dict[str, Any] = {"status": OutboxStatus.PENDING.value}
         if failed_aggregates:
             query["aggregateId"] = {"$nin": failed_aggregates}
-        cursor = self._outbox.find(query).sort([("createdAt", 1), ("_id", 1)])
+        # Sorted by the index {status: 1, createdAt: 1} alone, so MongoDB walks the index and
+        # stops at the limit; a tie-breaker (such as _id) would force an in-memory sort of the
+        # whole backlog. Ties need no order: per-aggregate order comes from the version.
+        cursor = self._outbox.find(query).sort([("status", 1), ("createdAt", 1)])
         docs = await cursor.limit(self._settings.batch_size).to_list()
         return [OutboxEvent.from_doc(doc) for doc in docs]
 
