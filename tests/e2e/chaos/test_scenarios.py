@@ -389,7 +389,7 @@ def _poison(tag: str) -> list[tuple[str, bytes | None, dict[str, str]]]:
 
 
 async def test_poison_messages_go_to_the_dlq_and_a_fixed_one_replays_once(chaos: Chaos) -> None:
-    """poison messages, DLQ, replay after fix"""
+    """poison to DLQ, replay after fix"""
     poison = _poison(f"poison-{chaos.tag}")
     for key, _, _ in poison:
         chaos.expect.dlq[(key, INVENTORY_GROUP)] += 1
