@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from bson import ObjectId
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.cursor import AsyncCursor
 
 from services.relay.metrics import RelayMetrics
 from services.relay.settings import FAILPOINT_AFTER_KAFKA_ACK, RelaySettings
@@ -63,6 +65,9 @@ _FENCED_ERRORS: tuple[type[BaseException], ...] = (
 KAFKA_DEADLINE_SECONDS = REQUEST_TIMEOUT_MS / 1000 + 5
 # The order API gives an aggregate's first event version 1: nothing can come before it.
 FIRST_VERSION = 1
+# Read-ahead limits of the backlog cursor (see Publisher.select_batch).
+CURSOR_MAX_BATCHES = 40
+CURSOR_MAX_AGE_SECONDS = 30.0
 FAILPOINT_EXIT_CODE = 86
 
 
@@ -200,6 +205,10 @@ class Publisher:
         self._metrics = metrics
         self._producer_factory = producer_factory or self._default_producer
         self._producer: AIOKafkaProducer | None = None
+        self._cursor: AsyncCursor[dict[str, Any]] | None = None
+        self._cursor_opened = 0.0
+        self._cursor_batches = 0
+        self._published_ids: set[ObjectId] = set()
 
     def _default_producer(self) -> AIOKafkaProducer:
         return make_producer(
@@ -208,6 +217,7 @@ class Publisher:
         )
 
     async def close(self) -> None:
+        await self.drop_cursor()
         await self._discard_producer()
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
@@ -233,6 +243,31 @@ class Publisher:
                 await asyncio.wait_for(producer.stop(), 5)
 
     async def select_batch(self) -> list[OutboxEvent]:
+        """The next (up to) ``batch_size`` Pending events, oldest first.
+
+        A backlog is read through one cursor, ``batch_size`` documents per getMore, instead of
+        one query per batch: the scan (and, on servers that sort in memory, the sort) is paid
+        once per backlog, not once per batch. The cursor is only a read-ahead: it is dropped
+        after any failure, when exhausted, and after ``CURSOR_MAX_BATCHES`` or
+        ``CURSOR_MAX_AGE_SECONDS``, so new and retried events are never kept waiting long.
+        Documents it returns can be stale only in one way, already published by this leader
+        (pulled in as a predecessor): those are skipped.
+        """
+        if self._cursor is not None and (
+            self._cursor_batches >= CURSOR_MAX_BATCHES
+            or time.monotonic() - self._cursor_opened > CURSOR_MAX_AGE_SECONDS
+        ):
+            await self.drop_cursor()
+        if self._cursor is None:
+            self._cursor = await self._open_cursor()
+            self._cursor_opened, self._cursor_batches = time.monotonic(), 0
+        docs = await self._cursor.to_list(self._settings.batch_size)
+        self._cursor_batches += 1
+        if len(docs) < self._settings.batch_size:
+            await self.drop_cursor()  # exhausted: the next round starts a fresh scan
+        return [OutboxEvent.from_doc(doc) for doc in docs if doc["_id"] not in self._published_ids]
+
+    async def _open_cursor(self) -> AsyncCursor[dict[str, Any]]:
         # Aggregates with a Failed event are skipped entirely: their later events must wait, and
         # selecting them would let a long blocked backlog fill every batch and starve the rest.
         failed_aggregates = await self._outbox.distinct(
@@ -241,12 +276,21 @@ class Publisher:
         query: dict[str, Any] = {"status": OutboxStatus.PENDING.value}
         if failed_aggregates:
             query["aggregateId"] = {"$nin": failed_aggregates}
-        # Sorted by the index {status: 1, createdAt: 1} alone, so MongoDB walks the index and
-        # stops at the limit; a tie-breaker (such as _id) would force an in-memory sort of the
-        # whole backlog. Ties need no order: per-aggregate order comes from the version.
-        cursor = self._outbox.find(query).sort([("status", 1), ("createdAt", 1)])
-        docs = await cursor.limit(self._settings.batch_size).to_list()
-        return [OutboxEvent.from_doc(doc) for doc in docs]
+        self._published_ids.clear()
+        # Sorted by the index {status: 1, createdAt: 1} alone, so MongoDB walks the index; a
+        # tie-breaker (such as _id) would force an in-memory sort of the whole backlog. Ties
+        # need no order: per-aggregate order comes from the version.
+        return (
+            self._outbox.find(query)
+            .sort([("status", 1), ("createdAt", 1)])
+            .batch_size(self._settings.batch_size)
+        )
+
+    async def drop_cursor(self) -> None:
+        cursor, self._cursor = self._cursor, None
+        if cursor is not None:
+            with contextlib.suppress(Exception):
+                await cursor.close()
 
     async def find_predecessors(
         self, batch: Sequence[OutboxEvent]
@@ -295,6 +339,17 @@ class Publisher:
 
     async def publish_once(self) -> BatchResult:
         """Publish one batch. MongoDB errors propagate; Kafka faults are reported in the result."""
+        try:
+            result = await self._publish_once()
+        except BaseException:
+            await self.drop_cursor()
+            raise
+        if result.transient is not None or result.errors:
+            # Resend from the oldest unmarked event next round, not from the read-ahead.
+            await self.drop_cursor()
+        return result
+
+    async def _publish_once(self) -> BatchResult:
         batch = await self.select_batch()
         result = BatchResult(selected=len(batch))
         if not batch:
@@ -327,6 +382,7 @@ class Publisher:
             )
             os._exit(FAILPOINT_EXIT_CODE)
         await self._mark_published([plan[index] for index in marked])
+        self._published_ids.update(plan[index].id for index in marked)
         result.published = len(marked)
         self._metrics.batch_size.observe(sum(sent))
         await self._record_failures(plan, outcome, result)
