@@ -72,6 +72,10 @@ class ConsumerServiceSettings(ServiceSettings):
     max_poll_records: int = Field(default=500, ge=1, le=10_000)
     backoff_initial_seconds: float = Field(default=0.2, gt=0, le=60)
     backoff_max_seconds: float = Field(default=5.0, gt=0, le=300)
+    # Partitions of one poll batch handled at the same time. Each one in flight is a record a
+    # crash can catch mid-work, so a service whose side effect cannot be undone (email) sets 1
+    # to keep its duplicate window at one message.
+    max_concurrent_partitions: int = Field(default=6, ge=1, le=1_000)
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ class IdempotentConsumer(Generic[E]):
     ) -> None:
         if not settings.group_id:
             raise ValueError("settings.group_id must name the consumer group")
+        self._partition_slots = asyncio.Semaphore(settings.max_concurrent_partitions)
         self.settings = settings
         self.service = service
         self.event_type = event_type
@@ -275,6 +280,10 @@ class IdempotentConsumer(Generic[E]):
     # ------------------------------------------------------------------ processing
 
     async def _process_partition(self, tp: TopicPartition, records: list[Record]) -> None:
+        async with self._partition_slots:
+            await self._process_partition_records(tp, records)
+
+    async def _process_partition_records(self, tp: TopicPartition, records: list[Record]) -> None:
         assert self._consumer is not None
         for record in records:
             if self._stop.is_set() or tp not in self._consumer.assignment():

@@ -18,3 +18,7 @@ class EmailSettings(ConsumerServiceSettings):
     # One SMTP conversation must end within this long; a sink that stops answering is a
     # transient fault (retried), not a hung consumer.
     smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # One email in flight at a time: a crash between SMTP's 250 and the `done` marker can then
+    # duplicate at most one email, the smallest window the claim/mark protocol allows. Sending
+    # from several partitions at once would widen it to one email per partition in flight.
+    max_concurrent_partitions: int = Field(default=1, ge=1, le=1_000)
