@@ -504,6 +504,11 @@ class Stack:
             "transaction.state.log.min.isr": "1",
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
+            # The first consumer-group join and the first transactional producer each create an
+            # internal topic; at the default 50 partitions that alone took 10-15 s on two busy
+            # cores. One node gains nothing from 50; 6 matches our topics.
+            "offsets.topic.num.partitions": "6",
+            "transaction.state.log.num.partitions": "6",
             # A mistyped topic name must be an error, not a silently created topic.
             "auto.create.topics.enable": "false",
             # Tests start and stop consumers all the time; do not wait 3 s for more members.
