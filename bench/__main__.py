@@ -119,6 +119,7 @@ class Run:
         self.results: dict[str, Any] = {"errors": {}, "phase_seconds": {}}
         self._own: dict[str, subprocess.Popen[bytes]] = {}
         self.profile_dir: Path | None = None
+        self._profiling: dict[str, list[profiling.Recorder]] = {}
 
     @property
     def config(self) -> StackConfig:
@@ -170,12 +171,20 @@ class Run:
             return []
         pids = {**self.stack.pids(), **self.own_pids(), "bench": os.getpid()}
         targets = {n: p for n, p in pids.items() if n not in ("kafka", "redis")}
-        return profiling.start(targets, seconds, self.profile_dir / label)
+        recorders = profiling.start(targets, seconds, self.profile_dir / label)
+        self._profiling[label] = recorders
+        return recorders
 
     async def finish_profile(self, label: str, recorders: list[profiling.Recorder]) -> None:
+        self._profiling.pop(label, None)
         if recorders:
             summaries = await asyncio.to_thread(profiling.finish, recorders, 30.0)
             self.results.setdefault("profiles", {})[label] = summaries
+
+    async def finish_all_profiles(self) -> None:
+        """Stop recorders a failed phase left running (and keep what they recorded)."""
+        for label, recorders in list(self._profiling.items()):
+            await self.finish_profile(label, recorders)
 
     # -- services of the stack ---------------------------------------------------------------------
     def observe_memory(self) -> None:
@@ -276,6 +285,7 @@ async def phase(run: Run, name: str, body: Callable[[], Awaitable[None]]) -> Non
         run.results["errors"][name] = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
     finally:
+        await run.finish_all_profiles()
         elapsed = round(time.monotonic() - started, 1)
         run.results["phase_seconds"][name] = elapsed
         print(f"--- {name} done in {elapsed} s", flush=True)
@@ -309,12 +319,14 @@ async def drain_bounded(
     backlog: int,
     limit: float,
     runner: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    progress: Callable[[], Awaitable[int]] | None = None,
 ) -> dict[str, Any]:
     """Run ``runner`` on a seeded outbox until no event is Pending or ``limit`` seconds passed.
 
     The rate is what drained over the time it took, so a drain cut short by the limit still
     yields a measured figure (marked ``complete: false``). The Pending count is polled once a
     second: the profile showed that polling it every 200 ms cost the server a fifth of its time.
+    ``progress`` (events drained so far) replaces that count when the runner can tell.
     """
     outbox = client[database]["outbox"]
     stop = asyncio.Event()
@@ -327,8 +339,11 @@ async def drain_bounded(
             if task.done():
                 task.result()
                 raise RuntimeError("the relay stopped before the backlog drained")
-            remaining = await outbox.count_documents({"status": OutboxStatus.PENDING.value})
-            if remaining == 0:
+            if progress is not None:
+                remaining = backlog - await progress()
+            else:
+                remaining = await outbox.count_documents({"status": OutboxStatus.PENDING.value})
+            if remaining <= 0:
                 break
         elapsed = time.perf_counter() - started
     finally:
@@ -370,14 +385,21 @@ async def phase_relay(run: Run) -> None:
         seeded = time.perf_counter()
         await asyncio.wait_for(relay_drain.seed(client, database, plan.backlog), 300)
         seed_seconds = round(time.perf_counter() - seeded, 1)
-        settings = relay_drain.relay_settings(infra, database)
+        relay_under_test = Relay(relay_drain.relay_settings(infra, database), client)
+
+        async def published() -> int:
+            # The relay's own counter: no query against the server being measured.
+            value = relay_under_test.metrics.registry.get_sample_value("relay_published_total")
+            return int(value or 0)
+
         recorders = run.start_profile("relay_drain", None)
         relay = await drain_bounded(
             client,
             database,
             plan.backlog,
             plan.relay_timeout_seconds,
-            lambda stop: Relay(settings, client).run(stop),
+            relay_under_test.run,
+            published,
         )
         await run.finish_profile("relay_drain", recorders)
         run.results["relay"] = {**relay, "seed_seconds": seed_seconds}
@@ -450,23 +472,65 @@ async def phase_consumers(run: Run) -> None:
         ]
         for name, settings, handler in plan:
             recorders = run.start_profile(f"consumer_{name}", None)
-            row = await asyncio.wait_for(
-                consumers_drain.drain(
-                    name, settings, f"bench-{name}-{run.run_id}", handler, cfg.redis_url, events
-                ),
-                limit,
+            figures[name] = await consumer_drain_bounded(
+                settings, f"bench-{name}-{run.run_id}", handler, cfg.redis_url, events, limit
             )
             await run.finish_profile(f"consumer_{name}", recorders)
-            figures[name] = {
-                "msgs_per_s": row["msgs_per_s_drain"],
-                "msgs_per_s_from_start": row["msgs_per_s_from_start"],
-                "redis_round_trips_per_msg": row["redis_round_trips_per_msg"],
-            }
         figures["article"] = await _article_consumer_drain(run, topic, events, limit)
     finally:
         run.results["consumers"] = figures
         await mongo.drop_database(database)
         await mongo.close()
+
+
+async def consumer_drain_bounded(
+    settings: Any, service: str, handler: Any, redis_url: str, events: int, limit: float
+) -> dict[str, Any]:
+    """One consumer service's loop (``IdempotentConsumer``, its real handler) on the backlog,
+    until it handled ``events`` or ``limit`` seconds passed; the rate is over what it handled,
+    from the first finished record (the group join is reported separately)."""
+    from shared.consumer import IdempotentConsumer
+    from shared.events import parse_order_created
+    from shared.redis import make_redis
+
+    redis = make_redis(redis_url)
+    consumer = IdempotentConsumer(
+        settings, service=service, redis=redis, parse=parse_order_created, handler=handler
+    )
+
+    def handled() -> int:
+        total = 0.0
+        for metric in consumer.metrics.registry.collect():
+            if metric.name == "consumer_messages_processed":
+                total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+        return int(total)
+
+    stop = asyncio.Event()
+    started = time.perf_counter()
+    first: float | None = None
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        while (count := handled()) < events and time.perf_counter() - started < limit:
+            if first is None and count > 0:
+                first = time.perf_counter()
+            if task.done():
+                task.result()
+                raise RuntimeError(f"{service}: consumer stopped early")
+            await asyncio.sleep(0.05)  # polling an in-process counter, bounded by ``limit``
+        finished = time.perf_counter()
+        count = handled()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        await redis.aclose()
+    first = first or started
+    return {
+        "msgs_per_s": round(count / max(finished - first, 1e-9), 1),
+        "handled": count,
+        "complete": count >= events,
+        "join_seconds": round(first - started, 2),
+        "redis_round_trips_per_msg": round(consumer.store.round_trips / max(1, count), 3),
+    }
 
 
 async def _article_consumer_drain(
@@ -515,7 +579,9 @@ async def phase_e2e_ours(run: Run) -> None:
     inv_group, email_group = f"bench-inv-{run.run_id}", f"bench-email-{run.run_id}"
     await seed_bench_stock(cfg.mongo_uri, inventory_db)
     for group in (inv_group, email_group):
-        await position_group_at_end(cfg.kafka_bootstrap, group, ORDER_CREATED_TOPIC)
+        await asyncio.wait_for(
+            position_group_at_end(cfg.kafka_bootstrap, group, ORDER_CREATED_TOPIC), 60
+        )
     await run.start_service("order", {"ORDER_DATABASE": orders_db})
     await run.start_service(
         "relay",
@@ -543,7 +609,9 @@ async def phase_e2e_article(run: Run) -> None:
     orders_db, inventory_db = f"bench_art_orders_{run.run_id}", f"bench_art_inv_{run.run_id}"
     group = f"bench-article-{run.run_id}"
     await seed_bench_stock(cfg.mongo_uri, inventory_db)
-    await position_group_at_end(cfg.kafka_bootstrap, group, ORDER_CREATED_TOPIC)
+    await asyncio.wait_for(
+        position_group_at_end(cfg.kafka_bootstrap, group, ORDER_CREATED_TOPIC), 60
+    )
     await run.start_service("order", {"ORDER_DATABASE": orders_db})
     ready = cfg.root / f"article-consumer-{run.run_id}.ready"
     try:
@@ -661,6 +729,12 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     started = time.monotonic()
+
+    def _terminate(signum: int, _frame: object) -> None:
+        # SIGTERM (e.g. from `timeout`) must still run the finally below: stop the stack.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
     print(f"bench {run.results['mode']} run {run_id}: starting the stack in {root}", flush=True)
     # Settings classes of the in-process phases (consumers) read the infrastructure from here.
     os.environ.update(stack.config.service_env())
