@@ -83,7 +83,7 @@ async def seed(client: MongoClient, database: str, count: int) -> list[dict[str,
     return docs
 
 
-async def wait_drained(client: MongoClient, database: str, *, poll: float = 0.2) -> None:
+async def wait_drained(client: MongoClient, database: str, *, poll: float = 0.5) -> None:
     outbox = client[database]["outbox"]
     # Polling the database is the measurement itself: there is no event to wait on.
     while await outbox.count_documents({"status": PENDING}):  # noqa: ASYNC110
@@ -195,7 +195,7 @@ async def main() -> None:
     )
     args = parser.parse_args()
     infra = InfraSettings()
-    client = make_mongo_client(infra.mongo_uri, 30, "relay-bench")
+    client = make_mongo_client(infra.mongo_uri, 120, "relay-bench")
     results: dict[str, Any] = {"events": args.events, "article_events": args.article_events}
     await ensure_topics(infra.kafka_bootstrap_servers, [BENCH_TOPIC])
     try:
