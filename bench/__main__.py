@@ -30,7 +30,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -336,7 +336,9 @@ async def drain_bounded(
     remaining = backlog
     try:
         while time.perf_counter() - started < limit:
-            await asyncio.sleep(1.0)  # poll interval of the drain check, bounded by ``limit``
+            # Poll interval of the drain check, bounded by ``limit``: the in-process counter is
+            # free to read, the server-side count is not.
+            await asyncio.sleep(0.1 if progress is not None else 1.0)
             if task.done():
                 task.result()
                 raise RuntimeError("the relay stopped before the backlog drained")
@@ -692,6 +694,23 @@ async def _e2e(
     return result
 
 
+# SecantusDB's Rust server, built by `cargo install secantus-mdb --root .stack/cargo` (optional).
+RUST_MONGO: Final = REPO_ROOT / ".stack" / "cargo" / "bin" / "secantusd-rs"
+
+
+class RustMongoStack(Stack):
+    """The same stack with ``secantusd-rs`` in place of ``secantusd-py`` (same flags, except
+    ``--enable-test-commands``, which the benchmark does not need and the Rust server lacks).
+
+    Bench-only: a ``mongo_server`` field in ``StackConfig`` would be the clean way to offer it.
+    """
+
+    def _venv_bin(self, name: str) -> Path:
+        if name == "secantusd-py":
+            return RUST_MONGO
+        return super()._venv_bin(name)
+
+
 # -- main ---------------------------------------------------------------------------------------
 async def run_all(run: Run, only: set[str] | None) -> None:
     cfg = run.config
@@ -719,6 +738,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the stack's data and logs")
     parser.add_argument("--only", action="append", help="run only this phase (repeatable)")
     parser.add_argument(
+        "--mongo-server",
+        choices=("python", "rust"),
+        default="python",
+        help="SecantusDB's Python server (the stack's) or its Rust server (.stack/cargo/bin)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -732,7 +757,16 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.quick() if args.quick else Plan.full()
     run_id = uuid.uuid4().hex[:8]
     root = Path(tempfile.mkdtemp(prefix="bench-stack-"))
-    stack = Stack(StackConfig.for_tests(root))
+    config = StackConfig.for_tests(root)
+    if args.mongo_server == "rust":
+        if not RUST_MONGO.exists():
+            sys.stderr.write(
+                f"{RUST_MONGO} not found: cargo install secantus-mdb --root .stack/cargo\n"
+            )
+            return 2
+        stack: Stack = RustMongoStack(replace(config, enable_test_commands=False))
+    else:
+        stack = Stack(config)
     run = Run(stack, plan, run_id)
     run.profile_dir = args.profile.resolve() if args.profile else None
     run.results.update(
@@ -740,6 +774,7 @@ def main(argv: list[str] | None = None) -> int:
             "run_id": run_id,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "mode": "quick" if args.quick else "full",
+            "mongo_server": args.mongo_server,
             "plan": asdict(plan),
             "machine": report.machine_info(),
         }
