@@ -26,6 +26,10 @@ async def world(stack: Stack) -> AsyncIterator[RelayWorld]:
         transactional_id=f"relay-it-{tag}",
         start_offsets=await end_offsets(stack.config.kafka_bootstrap),
     )
+    # The collection exists before any relay starts, as in production (the order API creates it).
+    # Creating it implicitly from two connections at once (the relay's createIndexes and the
+    # test's first insert) has hung the embedded server's storage layer.
+    await client[world.database].create_collection("outbox")
     try:
         yield world
     finally:

@@ -29,7 +29,7 @@ DURABILITY_TOPIC = "stack.durability.test"
 
 
 def _mongo(stack: Stack) -> MongoClient[dict[str, object]]:
-    return MongoClient(stack.config.mongo_uri, serverSelectionTimeoutMS=10_000)
+    return MongoClient(stack.config.mongo_uri, serverSelectionTimeoutMS=10_000, timeoutMS=20_000)
 
 
 def _redis(stack: Stack) -> redis.Redis:
