@@ -4,7 +4,7 @@ Only the holder publishes. The lease alone cannot stop a leader that was paused 
 network partition) and wakes up after a standby took over: it still believes it leads until its
 next renewal fails. That zombie is fenced in Kafka, not here: all relays share one
 ``transactional_id``, so the new leader's producer bumps the producer epoch and the broker
-rejects the zombie's open and future transactions (see publisher.py and the README section on the relay).
+rejects the zombie's open and future transactions (see publisher.py and the README's relay section).
 
 The holder considers the lease valid until ``renewal sent + ttl - margin`` on its own monotonic
 clock; a standby takes over when ``expiresAt`` (written with the holder's wall clock) has passed

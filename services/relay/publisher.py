@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pymongo
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from bson import ObjectId
@@ -63,6 +64,8 @@ _FENCED_ERRORS: tuple[type[BaseException], ...] = (
 # Sending or committing never takes longer than the producer's own request timeout plus slack;
 # past that the producer's state is unknown and it is replaced.
 KAFKA_DEADLINE_SECONDS = REQUEST_TIMEOUT_MS / 1000 + 5
+# Deadline of the Published mark of one batch (see _mark_published).
+MARK_DEADLINE_SECONDS = 30.0
 # The order API gives an aggregate's first event version 1: nothing can come before it.
 FIRST_VERSION = 1
 # Read-ahead limits of the backlog cursor (see Publisher.select_batch).
@@ -461,10 +464,17 @@ class Publisher:
         now = datetime.now(UTC)
         # One write for the whole acknowledged prefix. The status filter means a mark can only
         # move Pending -> Published: it never resurrects or overwrites anything else.
-        await self._outbox.update_many(
-            {"_id": {"$in": [event.id for event in events]}, "status": OutboxStatus.PENDING.value},
-            {"$set": {"status": OutboxStatus.PUBLISHED.value, "publishedAt": now}},
-        )
+        # The mark gets a longer deadline than ordinary reads: a mark that times out means the
+        # whole batch is published again, so on a slow server a 5 s deadline could turn into a
+        # loop of re-publishing the same 500 events. Waiting longer here is the cheaper failure.
+        with pymongo.timeout(max(MARK_DEADLINE_SECONDS, self._settings.mongo_timeout_seconds)):
+            await self._outbox.update_many(
+                {
+                    "_id": {"$in": [event.id for event in events]},
+                    "status": OutboxStatus.PENDING.value,
+                },
+                {"$set": {"status": OutboxStatus.PUBLISHED.value, "publishedAt": now}},
+            )
         self._metrics.published.inc(len(events))
         for event in events:
             self._metrics.commit_to_publish.observe(
