@@ -64,6 +64,14 @@ def compute_ratios(results: dict[str, Any]) -> dict[str, float | None]:
             get(results, "e2e", "article", "email", "p50_ms"),
             get(results, "e2e", "ours", "email", "p50_ms"),
         ),
+        "light_article_p50_vs_our_p50_reservation": _ratio(
+            get(results, "e2e", "article_light", "reservation", "p50_ms"),
+            get(results, "e2e", "ours_light", "reservation", "p50_ms"),
+        ),
+        "light_article_p50_vs_our_p50_email": _ratio(
+            get(results, "e2e", "article_light", "email", "p50_ms"),
+            get(results, "e2e", "ours_light", "email", "p50_ms"),
+        ),
     }
 
 
@@ -190,7 +198,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"redis trips/msg {_fmt(trips, '', 2)}",
                 )
             )
-    for design in ("ours", "article"):
+    for design in ("ours", "article", "ours_light", "article_light"):
         e2e = get(results, "e2e", design)
         if not isinstance(e2e, dict):
             continue
