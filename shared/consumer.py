@@ -39,7 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import Field
 from redis.asyncio import Redis
 
-from shared.backoff import Backoff, wait_or_stop
+from shared.backoff import wait_or_stop
 from shared.contracts import EVENT_ORDER_CREATED, ORDER_CREATED_TOPIC, Header, dlq_topic_for
 from shared.dlq import build_dlq_record, failure_reason, send_to_dlq
 from shared.errors import FaultKind, PoisonMessage, TransientFault, classify
@@ -70,8 +70,6 @@ class ConsumerServiceSettings(ServiceSettings):
     # The issue's budget for exceptions that are neither poison nor infrastructure.
     max_unknown_attempts: int = Field(default=3, ge=1, le=100)
     max_poll_records: int = Field(default=500, ge=1, le=10_000)
-    backoff_initial_seconds: float = Field(default=0.2, gt=0, le=60)
-    backoff_max_seconds: float = Field(default=5.0, gt=0, le=300)
     # Partitions of one poll batch handled at the same time. Each one in flight is a record a
     # crash can catch mid-work, so a service whose side effect cannot be undone (email) sets 1
     # to keep its duplicate window at one message.
@@ -224,7 +222,7 @@ class IdempotentConsumer(Generic[E]):
     async def _start_clients(self) -> bool:
         """Start producer and consumer, waiting out a broker that is not up yet."""
         assert self._producer is not None and self._consumer is not None
-        backoff = self._backoff()
+        backoff = self.settings.backoff()
         for client in (self._producer, self._consumer):
             while True:
                 try:
@@ -300,7 +298,7 @@ class IdempotentConsumer(Generic[E]):
         Raises ``_Abandon`` if stop is requested while it keeps failing transiently.
         """
         started = time.perf_counter()
-        backoff = self._backoff()
+        backoff = self.settings.backoff()
         unknown_attempts = 0
         extra = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
         while True:
@@ -384,7 +382,7 @@ class IdempotentConsumer(Generic[E]):
     async def _mark_done(self, key: str) -> None:
         """Write ``done`` after the side effect, retrying only this write: re-running the
         handler because Redis blinked would repeat the side effect (a second email)."""
-        backoff = self._backoff()
+        backoff = self.settings.backoff()
         while True:
             try:
                 await self.store.mark_done(key)
@@ -413,7 +411,7 @@ class IdempotentConsumer(Generic[E]):
             retry_count=retry_count,
             consumer_group=self.settings.group_id,
         )
-        backoff = self._backoff()
+        backoff = self.settings.backoff()
         while True:
             try:
                 await send_to_dlq(self._producer, self.dlq_topic, dlq_record)
@@ -488,11 +486,6 @@ class IdempotentConsumer(Generic[E]):
             )
 
     # ------------------------------------------------------------------ helpers
-
-    def _backoff(self) -> Backoff:
-        return Backoff(
-            initial=self.settings.backoff_initial_seconds, maximum=self.settings.backoff_max_seconds
-        )
 
     def _failpoint(self, name: str) -> None:
         if self.settings.failpoint == name:

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.backoff import Backoff
+
 # Defaults point at the embedded stack (`python -m stack up`); SecantusDB advertises a
 # single-node replica set named "secantus". A real deployment sets MONGO_URI to its own set.
 DEFAULT_MONGO_URI = "mongodb://127.0.0.1:27017/?replicaSet=secantus"
@@ -56,6 +58,15 @@ class ServiceSettings(InfraSettings):
     # Test-only crash points ("after_kafka_ack", ...): the process exits at that instant so the
     # failure-injection suite can prove recovery. Never allowed in production.
     failpoint: str | None = None
+    # Retry pacing while a dependency (Kafka, MongoDB, Redis, SMTP) is down: capped exponential
+    # backoff with jitter. The cap keeps recovery within seconds of the dependency's return
+    # without a busy loop or a log line per attempt.
+    backoff_initial_seconds: float = Field(default=0.1, gt=0, le=60)
+    backoff_max_seconds: float = Field(default=5.0, gt=0, le=300)
+
+    def backoff(self) -> Backoff:
+        """A fresh :class:`~shared.backoff.Backoff` with this service's pacing."""
+        return Backoff(initial=self.backoff_initial_seconds, maximum=self.backoff_max_seconds)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> ServiceSettings:

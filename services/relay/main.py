@@ -24,7 +24,7 @@ from services.relay.metrics import RelayMetrics
 from services.relay.publisher import BatchResult, Fenced, Publisher
 from services.relay.settings import RelaySettings
 from services.relay.wakeup import Wakeup
-from shared.backoff import Backoff, wait_or_stop
+from shared.backoff import wait_or_stop
 from shared.contracts import OutboxStatus
 from shared.errors import FaultKind, classify
 from shared.health import HealthServer
@@ -108,7 +108,7 @@ class Relay:
 
     # -- main loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
+        backoff = self.settings.backoff()
         while not stop.is_set():
             try:
                 await ensure_indexes(self.outbox, self.settings.published_ttl_days)
@@ -156,7 +156,7 @@ class Relay:
             asyncio.create_task(self._keep_lease(lost, leading), name="relay-lease"),
             asyncio.create_task(wakeup.run(leading), name="relay-wakeup"),
         ]
-        backoff = Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
+        backoff = self.settings.backoff()
         try:
             while not stop.is_set() and not lost.is_set() and self.lease.is_held():
                 wake.clear()

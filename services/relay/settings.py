@@ -35,8 +35,6 @@ class RelaySettings(ServiceSettings):
     batch_size: int = Field(default=500, ge=1, le=10_000)
     # The change stream wakes the relay at once; the sweep only catches what the stream missed.
     sweep_interval_seconds: float = Field(default=1.0, gt=0, le=60)
-    backoff_initial_seconds: float = Field(default=0.1, gt=0, le=10)
-    backoff_max_seconds: float = Field(default=5.0, gt=0, le=300)
     # Failures of unknown cause an event may have before it is parked as Failed. Errors known to
     # be permanent (too large, unserialisable) fail it at once: the same bytes fail the same way.
     max_attempts: int = Field(default=5, ge=1, le=1000)
