@@ -191,22 +191,18 @@ class RelayWorld:
             for tp, offset in self.start_offsets.items():
                 consumer.seek(tp, offset)
 
-            async def enough() -> bool:
-                batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            def collect(batches: dict[Any, list[Any]]) -> None:
                 for tp, messages in batches.items():
                     for m in messages:
                         key = m.key.decode() if m.key else ""
                         if key in wanted:
                             headers = decode_headers(m.headers)
-                            records.append(
-                                Record(
-                                    key,
-                                    headers["idempotencyKey"],
-                                    int(headers["aggregateVersion"]),
-                                    tp.partition,
-                                    m.offset,
-                                )
-                            )
+                            version = int(headers["aggregateVersion"])
+                            event_id = headers["idempotencyKey"]
+                            records.append(Record(key, event_id, version, tp.partition, m.offset))
+
+            async def enough() -> bool:
+                collect(await consumer.getmany(timeout_ms=200, max_records=5000))
                 return len(records) >= at_least
 
             await wait_until(
@@ -216,21 +212,7 @@ class RelayWorld:
                 message=f"at least {at_least} records on {ORDER_CREATED_TOPIC}",
             )
             # Whatever else is already there (duplicates) is part of the answer too.
-            extra = await consumer.getmany(timeout_ms=500, max_records=5000)
-            for tp, messages in extra.items():
-                for m in messages:
-                    key = m.key.decode() if m.key else ""
-                    if key in wanted:
-                        headers = decode_headers(m.headers)
-                        records.append(
-                            Record(
-                                key,
-                                headers["idempotencyKey"],
-                                int(headers["aggregateVersion"]),
-                                tp.partition,
-                                m.offset,
-                            )
-                        )
+            collect(await consumer.getmany(timeout_ms=500, max_records=5000))
         finally:
             await consumer.stop()
         return records
