@@ -3,9 +3,10 @@
 * ``PERMANENT``: the message can never be processed (bad JSON, schema violation). Retrying is
   pointless; it goes straight to the DLQ.
 * ``TRANSIENT``: something the message does not control is down or slow (Kafka, Redis, MongoDB,
-  SMTP unreachable, timeouts, "not primary"). Back off and retry without limit; never the DLQ.
-* ``UNKNOWN``: any other exception (a bug, an unexpected reply). Retried a bounded number of
-  times, then the DLQ, so one bad message cannot stall its partition forever.
+  SMTP unreachable, timeouts, "not primary", any SMTP 4xx reply, including a refused RCPT).
+  Back off and retry without limit; never the DLQ.
+* ``UNKNOWN``: any other exception (a bug, an unexpected reply, an SMTP 5xx). Retried a bounded
+  number of times, then the DLQ, so one bad message cannot stall its partition forever.
 """
 
 from __future__ import annotations
@@ -90,4 +91,12 @@ def _classify_smtp(exc: BaseException) -> FaultKind | None:
         return FaultKind.TRANSIENT
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return FaultKind.TRANSIENT if exc.code in _SMTP_TRANSIENT_CODES else FaultKind.UNKNOWN
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        # Raised when every RCPT was refused (nothing was sent); it is not an
+        # SMTPResponseException, so its codes are those of the refusals it carries. One 4xx
+        # (a greylisting 450) means a later attempt can succeed: retry, never the DLQ.
+        codes = [refusal.code for refusal in exc.recipients]
+        if any(code in _SMTP_TRANSIENT_CODES for code in codes):
+            return FaultKind.TRANSIENT
+        return FaultKind.UNKNOWN
     return None
