@@ -32,6 +32,7 @@ from shared.kafka import encode_headers, ensure_topics, make_producer
 from shared.mongo import MongoClient, make_mongo_client
 from shared.redis import make_redis
 from stack import Stack
+from tests.background import finish_service_tasks
 
 TOPIC_PARTITIONS = 3
 
@@ -213,15 +214,14 @@ async def pipeline(stack: Stack) -> AsyncIterator[Pipeline]:
     finally:
         for _, stop in p.tasks.values():
             stop.set()
-        for task, _ in p.tasks.values():
-            try:
-                await asyncio.wait_for(task, timeout=30)
-            except BaseException:  # a failed test must not hide behind its teardown
-                task.cancel()
-        await producer.stop()
-        await mongo.drop_database(database)
-        await mongo.close()
-        await redis.aclose()
+        try:
+            # A consumer that crashed during the test fails it here, by name.
+            await finish_service_tasks({n: t for n, (t, _) in p.tasks.items()}, timeout=30)
+        finally:
+            await producer.stop()
+            await mongo.drop_database(database)
+            await mongo.close()
+            await redis.aclose()
 
 
 def poison_values(event: OrderCreated) -> Sequence[tuple[str, bytes, str]]:

@@ -190,12 +190,15 @@ async def test_email_crash_after_marking_before_commit_sends_once(
     pipeline: Pipeline, stack: Stack
 ) -> None:
     p = pipeline
+    event = order_event()
     stack.start("email", env={**p.env(), "EMAIL_FAILPOINT": FAILPOINT_AFTER_MARK_DONE})
     try:
-        event_id = await p.send(order_event())
+        event_id = await p.send(event)
         await _wait_exit(stack, "email")
         stack.start("email", env=p.env())
-        marker_id = await p.send(order_event())
+        # Same key, same partition, behind the redelivered record: "marker done" proves the
+        # restarted consumer has consumed (and skipped) the redelivery first.
+        marker_id = await p.send(order_event(), key=event.order_id)
         await wait_until(lambda: _done(p, marker_id, "email"), timeout=TIMEOUT, message="marker")
     finally:
         stack.stop("email")
