@@ -8,6 +8,8 @@ side effect -> outcome label); this module does everything else, the same way fo
   is committed only after its record's work (or its DLQ write) is done; a crash re-delivers
   at most the records finished since the last commit, and the dedup keys absorb them.
 * **Dedup**: the claim/mark protocol of :mod:`shared.idempotency`, one key space per service.
+* **Replays**: a record carrying ``replayFor`` (a DLQ replay, see :mod:`shared.dlq`) is acted on
+  only by the group it names; every other group skips it and commits past it.
 * **Failures** (classified once by :func:`shared.errors.classify`): a poison message (or a record
   without an ``idempotencyKey`` header) goes straight to the DLQ; a transient fault is retried
   with backoff without limit and nothing past the record is committed; any other exception is
@@ -57,6 +59,9 @@ Record: TypeAlias = "ConsumerRecord[Any, Any]"
 FAILPOINT_AFTER_SIDE_EFFECT = "after_side_effect"  # side effect done, `done` not written
 FAILPOINT_AFTER_MARK_DONE = "after_mark_done"  # `done` written, offset not committed
 FAILPOINT_EXIT_CODE = 86
+
+# Outcome label of a record replayed from the DLQ for another consumer group (not ours to act on).
+OUTCOME_OTHER_GROUPS_REPLAY = "skipped_other_groups_replay"
 
 
 class ConsumerServiceSettings(ServiceSettings):
@@ -301,6 +306,13 @@ class IdempotentConsumer(Generic[E]):
         backoff = self.settings.backoff()
         unknown_attempts = 0
         extra = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        replay_for = decode_headers(record.headers).get(Header.REPLAY_FOR)
+        if replay_for is not None and replay_for != self.settings.group_id:
+            # An operator replayed another group's failure: it is that group's copy alone (our
+            # dedup key may have expired since we handled the event). Skipped, then committed.
+            self.metrics.outcome(OUTCOME_OTHER_GROUPS_REPLAY)
+            log.info("replay for another group skipped", extra={**extra, "group": replay_for})
+            return
         while True:
             try:
                 outcome = await self._attempt(record)

@@ -55,6 +55,9 @@ class Header:
     FAILED_AT: Final = "failedAt"
     # Set on a message an operator replayed from the DLQ: "<dlq partition>:<dlq offset>".
     REPLAYED_FROM: Final = "replayedFrom"
+    # Set on a replayed message: the one consumer group it is for (the group that dead-lettered
+    # it). Every other group skips it and commits past it.
+    REPLAY_FOR: Final = "replayFor"
 
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")

@@ -54,10 +54,10 @@ class IdempotencyStore:
         service: str,
         *,
         lease_seconds: int = 30,
-        ttl_seconds: int = IDEMPOTENCY_TTL_SECONDS,
+        ttl_seconds: int | None = IDEMPOTENCY_TTL_SECONDS,
         owner: str | None = None,
     ) -> None:
-        if lease_seconds <= 0 or ttl_seconds <= 0:
+        if lease_seconds <= 0 or (ttl_seconds is not None and ttl_seconds <= 0):
             raise ValueError("lease_seconds and ttl_seconds must be positive")
         self._redis = redis
         self.service = service
@@ -91,9 +91,10 @@ class IdempotencyStore:
         return Claim.BUSY
 
     async def mark_done(self, key: str) -> None:
-        """Record the work as finished for ``ttl_seconds`` (48 h): later deliveries are skipped."""
+        """Record the work as finished for ``ttl_seconds`` (48 h; ``None``: for good): later
+        deliveries are skipped."""
         self.round_trips += 1
-        await self._redis.setex(key, self.ttl_seconds, DONE)
+        await self._redis.set(key, DONE, ex=self.ttl_seconds)
 
     async def release(self, key: str) -> bool:
         """Drop our lease after a failed attempt; never touches ``done`` or another's lease.

@@ -16,12 +16,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared.contracts import Header
 from shared.kafka import REQUEST_TIMEOUT_MS, Headers, decode_headers
 
 # Headers a consumer adds to a DLQ record; a replay strips them so the republished message
-# looks like the original again (plus ``replayedFrom``).
+# looks like the original again (plus ``replayedFrom`` and ``replayFor``).
 DLQ_HEADERS = (
     Header.FAILURE_REASON,
     Header.RETRY_COUNT,
@@ -33,8 +34,10 @@ DLQ_HEADERS = (
 )
 
 # Redis key recording that one DLQ record was replayed: ``dlq:replayed:<dlq topic>:<p>:<o>``.
-# No expiry: "at most once per record" should outlive any retention of the DLQ topic.
+# It expires a day after the DLQ topic's retention (see ``replay_ledger_ttl``): once the record
+# itself is gone it cannot be replayed again, so the key is no longer needed.
 REPLAY_LEDGER_PREFIX = "dlq:replayed"
+REPLAY_LEDGER_MARGIN_SECONDS = 86_400
 
 # A failure reason is for humans; a multi-megabyte exception text would bloat every record.
 MAX_REASON_CHARS = 2_000
@@ -122,10 +125,15 @@ class StoredDlqRecord:
         return self.headers.get(Header.ORIGINAL_TOPIC, "")
 
     def replay_headers(self) -> Headers:
-        """The original headers, without the failure headers, plus ``replayedFrom``."""
-        dropped = {*DLQ_HEADERS, Header.REPLAYED_FROM}
+        """The original headers, without the failure headers, plus ``replayedFrom`` and
+        ``replayFor`` (the group that failed it: every other group skips the copy)."""
+        dropped = {*DLQ_HEADERS, Header.REPLAYED_FROM, Header.REPLAY_FOR}
         kept = [(name, raw) for name, raw in self.raw_headers if name not in dropped]
-        return [*kept, (Header.REPLAYED_FROM, self.ref.encode())]
+        return [
+            *kept,
+            (Header.REPLAYED_FROM, self.ref.encode()),
+            (Header.REPLAY_FOR, self.consumer_group.encode()),
+        ]
 
     def ledger_key(self) -> str:
         return f"{REPLAY_LEDGER_PREFIX}:{self.topic}:{self.ref}"
@@ -172,6 +180,35 @@ async def read_dlq(bootstrap_servers: str, dlq_topic: str) -> list[StoredDlqReco
         return sorted(records, key=lambda r: (r.partition, r.offset))
     finally:
         await consumer.stop()
+
+
+async def replay_ledger_ttl(bootstrap_servers: str, dlq_topic: str) -> int | None:
+    """How long a replay ledger key must live: the DLQ topic's ``retention.ms`` plus a day, or
+    ``None`` (never expire) when the topic keeps records for good or its retention is unknown.
+
+    The ledger is what stops a second replay of the same DLQ record; while the record can still
+    be read, the key must exist (the target group's 48 h dedup key may have expired by then).
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=REQUEST_TIMEOUT_MS
+    )
+    await admin.start()
+    try:
+        resource = ConfigResource(ConfigResourceType.TOPIC, dlq_topic, {"retention.ms": None})
+        responses = await admin.describe_configs([resource])
+    finally:
+        await admin.close()
+    for response in responses:
+        for error_code, _, _, name, entries in (r[:5] for r in response.resources):
+            if error_code != 0 or name != dlq_topic:
+                continue
+            for entry in entries:
+                if entry[0] == "retention.ms" and entry[1] is not None:
+                    retention_ms = int(entry[1])
+                    if retention_ms < 0:
+                        return None
+                    return retention_ms // 1000 + REPLAY_LEDGER_MARGIN_SECONDS
+    return None
 
 
 async def _partitions_of(bootstrap_servers: str, topic: str) -> list[int]:

@@ -6,9 +6,13 @@
 
 REF is ``partition:offset`` as printed by ``list`` (a bare offset is accepted when it is unique
 across partitions). ``replay`` republishes each selected record to its ``originalTopic`` with
-the original key, value and headers plus ``replayedFrom=<partition:offset>``, at most once per
-DLQ record (a ledger key in Redis is claimed before producing). Safe because every consumer is
-idempotent: the group that already handled the event skips it through its dedup key.
+the original key, value and headers plus ``replayedFrom=<partition:offset>`` and
+``replayFor=<consumerGroup>``: only the group that dead-lettered the record acts on the copy;
+every other group reading the topic skips it. Each DLQ record is replayed once: a ledger key in
+Redis is claimed for a short while (``DLQ_REPLAY_CLAIM_SECONDS``), the copy is sent, and only
+after Kafka acknowledged it is the key marked replayed. A run killed in between leaves a claim
+that expires (the record stays replayable); if the copy had gone out, the second copy is
+skipped by the target group's dedup key.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.contracts import ORDER_CREATED_DLQ_TOPIC, Header
-from shared.dlq import StoredDlqRecord, read_dlq
+from shared.dlq import StoredDlqRecord, read_dlq, replay_ledger_ttl
+from shared.idempotency import DONE, Claim, IdempotencyStore
 from shared.kafka import make_producer
 from shared.redis import make_redis
 from shared.settings import InfraSettings
@@ -34,6 +39,14 @@ class DlqSettings(InfraSettings):
     model_config = SettingsConfigDict(env_prefix="DLQ_", extra="ignore", frozen=True)
 
     topic: str = Field(default=ORDER_CREATED_DLQ_TOPIC, min_length=1)
+    # How long one run holds a record's ledger key while it sends the copy. A killed run blocks
+    # a new replay of that record for at most this long; the send itself is cut at 80 % of it,
+    # so a live run never outlives its claim.
+    replay_claim_seconds: int = Field(default=60, ge=2, le=3_600)
+
+
+# The ledger's "key space": a DLQ record's ledger key is claimed and marked like a dedup key.
+LEDGER_SERVICE = "dlq-replay"
 
 
 class CliError(Exception):
@@ -100,9 +113,21 @@ def format_record(record: StoredDlqRecord) -> str:
 async def replay(
     settings: DlqSettings, records: Sequence[StoredDlqRecord], *, dry_run: bool, out: TextIO
 ) -> int:
-    """Republish ``records``; returns how many were sent (dry run: would be sent)."""
+    """Republish ``records`` to their groups; returns how many were sent (dry run: would be).
+
+    Claim (short lease), send and wait for the ack, then mark replayed: a crash anywhere leaves
+    each record replayed or replayable, never "already replayed" without a copy sent.
+    """
     redis = make_redis(settings.redis_url)
     producer = None if dry_run else make_producer(settings.kafka_bootstrap_servers)
+    ledger = IdempotencyStore(
+        redis,
+        LEDGER_SERVICE,
+        lease_seconds=settings.replay_claim_seconds,
+        ttl_seconds=None
+        if dry_run
+        else await replay_ledger_ttl(settings.kafka_bootstrap_servers, settings.topic),
+    )
     sent = 0
     try:
         if producer is not None:
@@ -112,35 +137,53 @@ async def replay(
             if not target:
                 out.write(f"skip {record.ref}: no {Header.ORIGINAL_TOPIC} header\n")
                 continue
-            ledger = record.ledger_key()
+            if not record.consumer_group:
+                # Without a group the copy would reach every group reading the topic.
+                out.write(f"skip {record.ref}: no {Header.CONSUMER_GROUP} header\n")
+                continue
+            line = f"{record.ref} -> {target} for {record.consumer_group} key={_decode(record.key)}"
+            key = record.ledger_key()
             if dry_run:
-                already = await redis.exists(ledger)
-                verb = "already replayed" if already else "would replay"
-                out.write(f"{verb} {record.ref} -> {target} key={_decode(record.key)}\n")
-                sent += 0 if already else 1
+                state = await redis.get(key)
+                verb = "would replay" if state is None else _ledger_state(state == DONE, settings)
+                out.write(f"{verb} {line}\n")
+                sent += 1 if state is None else 0
                 continue
-            # Claim before producing: two operators replaying at once send one copy. If the
-            # send fails the claim is dropped so the replay can be tried again.
-            if not await redis.set(ledger, b"replaying", nx=True):
-                out.write(f"skip {record.ref}: already replayed\n")
+            claim = await ledger.claim(key)
+            if claim is not Claim.CLAIMED:
+                out.write(f"skip {record.ref}: {_ledger_state(claim is Claim.DONE, settings)}\n")
                 continue
+            assert producer is not None
             try:
-                assert producer is not None
-                await producer.send_and_wait(
-                    target, key=record.key, value=record.value, headers=record.replay_headers()
+                await asyncio.wait_for(
+                    producer.send_and_wait(
+                        target, key=record.key, value=record.value, headers=record.replay_headers()
+                    ),
+                    timeout=settings.replay_claim_seconds * 0.8,
                 )
             except BaseException:
                 with contextlib.suppress(Exception):
-                    await redis.delete(ledger)
+                    await ledger.release(key)  # not sent (or not known to be): replayable now
                 raise
-            await redis.set(ledger, b"replayed")
-            out.write(f"replayed {record.ref} -> {target} key={_decode(record.key)}\n")
+            # Marked only now, after Kafka's ack. A crash before this line leaves the claim to
+            # expire: the record is replayable, and a second copy is skipped by the dedup key.
+            await ledger.mark_done(key)
+            out.write(f"replayed {line}\n")
             sent += 1
     finally:
         if producer is not None:
             await producer.stop()
         await redis.aclose()
     return sent
+
+
+def _ledger_state(replayed: bool, settings: DlqSettings) -> str:
+    if replayed:
+        return "already replayed"
+    return (
+        "being replayed by another run (the claim of a run that died expires within "
+        f"{settings.replay_claim_seconds} s)"
+    )
 
 
 async def main_async(argv: Sequence[str] | None, out: TextIO = sys.stdout) -> int:
@@ -154,7 +197,10 @@ async def main_async(argv: Sequence[str] | None, out: TextIO = sys.stdout) -> in
     listing.add_argument("--group", help="only records from this consumer group")
     show = commands.add_parser("show", help="one record with all headers and its value")
     show.add_argument("ref", metavar="OFFSET", help="PARTITION:OFFSET as printed by list")
-    rep = commands.add_parser("replay", help="republish to the original topic, once per record")
+    rep = commands.add_parser(
+        "replay",
+        help="republish to the original topic for the group that failed it, once per record",
+    )
     rep.add_argument("--group", help="only records from this consumer group")
     which = rep.add_mutually_exclusive_group(required=True)
     which.add_argument("--offset", metavar="OFFSET", help="PARTITION:OFFSET of one record")

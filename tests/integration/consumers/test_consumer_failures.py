@@ -12,11 +12,19 @@ import sys
 from functools import partial
 
 import httpx
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from shared.consumer import FAILPOINT_AFTER_MARK_DONE, FAILPOINT_AFTER_SIDE_EFFECT
-from shared.contracts import EVENT_ORDER_CREATED, Header, idempotency_key
+from shared.contracts import (
+    EVENT_ORDER_CREATED,
+    IDEMPOTENCY_TTL_SECONDS,
+    Header,
+    idempotency_key,
+)
 from shared.dlq import StoredDlqRecord, build_dlq_record, send_to_dlq
 from shared.dlq.__main__ import DlqSettings, format_table, replay, select
+from shared.events import OrderCreated
+from shared.kafka import decode_headers, ensure_topics
 from stack import Stack
 from stack.config import free_port
 from tests.integration.consumers.conftest import Pipeline, event_headers, order_event, poison_values
@@ -26,6 +34,8 @@ TIMEOUT = 60
 # The issue's outage: long enough for many failed attempts with backoff on both consumers.
 REDIS_OUTAGE_SECONDS = 10
 SMTP_OUTAGE_SECONDS = 4
+# A killed replay's claim blocks a new replay this long (the production default is a minute).
+REPLAY_CLAIM_SECONDS = 6
 
 
 async def _done(p: Pipeline, event_id: str, service: str) -> bool:
@@ -117,15 +127,17 @@ async def test_email_retries_while_the_smtp_sink_is_down_and_delivers_after(
     assert await p.dlq() == []
 
 
-async def test_replay_of_a_fixed_dlq_record_takes_effect_once(pipeline: Pipeline) -> None:
-    """A record inventory dead-lettered (its cause since fixed) is replayed to the source topic;
-    inventory reserves once, email (which had succeeded) skips it, a second replay is refused."""
-    p = pipeline
-    event = order_event(sku="SKU-3", quantity=2)
-    event_id = "evt-replay-" + event.order_id
-    await p.redis.set(idempotency_key("email", EVENT_ORDER_CREATED, event_id), b"done")
+def _dlq_settings(p: Pipeline) -> DlqSettings:
+    c = p.stack.config
+    return DlqSettings(
+        kafka_bootstrap_servers=c.kafka_bootstrap, redis_url=c.redis_url, topic=p.dlq_topic
+    )
+
+
+async def _dead_letter(p: Pipeline, event: OrderCreated, event_id: str, *, target: str) -> None:
+    """What inventory writes when it gives up on ``event`` (read from ``target``)."""
     record = build_dlq_record(
-        topic=p.topic,
+        topic=target,
         partition=0,
         offset=42,
         key=event.order_id.encode(),
@@ -136,10 +148,19 @@ async def test_replay_of_a_fixed_dlq_record_takes_effect_once(pipeline: Pipeline
         consumer_group=p.inventory_group,
     )
     await send_to_dlq(p.producer, p.dlq_topic, record)
-    c = p.stack.config
-    settings = DlqSettings(
-        kafka_bootstrap_servers=c.kafka_bootstrap, redis_url=c.redis_url, topic=p.dlq_topic
-    )
+
+
+async def test_a_replay_takes_effect_only_in_the_group_that_dead_lettered_it(
+    pipeline: Pipeline,
+) -> None:
+    """Inventory dead-lettered the event on Friday; email's 48 h `done` key has expired by
+    Monday's replay. The replay reserves once, email ignores it (no second confirmation), and
+    a second replay is refused."""
+    p = pipeline
+    event = order_event(sku="SKU-3", quantity=2)
+    event_id = "evt-replay-" + event.order_id
+    await _dead_letter(p, event, event_id, target=p.topic)
+    settings = _dlq_settings(p)
     stored = select(await p.dlq(), group=p.inventory_group)
     assert len(stored) == 1 and stored[0].ref in format_table(stored)
 
@@ -151,13 +172,85 @@ async def test_replay_of_a_fixed_dlq_record_takes_effect_once(pipeline: Pipeline
     assert "already replayed" in out.getvalue()
 
     p.start()
-    marker_id = await p.send(order_event(), key=event.order_id)
+    marker_id = await p.send(order_event(), key=event.order_id)  # same partition, behind it
     for service in ("inventory", "email"):
         await wait_until(partial(_done, p, marker_id, service), timeout=TIMEOUT, message=service)
     [reservation] = await p.reservations(event.order_id)
     assert reservation["status"] == "reserved"
     assert await p.available("SKU-3") == 98
-    assert p.emails_for(event_id) == []  # the group that had succeeded skipped the replay
+    assert p.emails_for(event_id) == []  # not email's failure: email never handled the copy
+    assert not await p.redis.exists(idempotency_key("email", EVENT_ORDER_CREATED, event_id))
+    ledger_ttl = await p.redis.ttl(stored[0].ledger_key())
+    assert ledger_ttl > IDEMPOTENCY_TTL_SECONDS  # outlives the dedup keys: no second replay
+
+
+async def test_a_replay_killed_between_claim_and_send_leaves_the_record_replayable(
+    pipeline: Pipeline,
+) -> None:
+    """kill -9 of `python -m shared.dlq replay` while its send is in flight (the target topic does
+    not exist yet, so the send waits for metadata): the record is not "already replayed"; once
+    the dead run's short claim expires a new replay sends it, once."""
+    p = pipeline
+    target = f"{p.topic}.replay-target"  # created only after the kill
+    event = order_event()
+    event_id = "evt-killed-replay-" + event.order_id
+    await _dead_letter(p, event, event_id, target=target)
+    [record] = await p.dlq(p.inventory_group)
+    ledger = record.ledger_key()
+    c = p.stack.config
+    env = {
+        **os.environ,
+        **c.service_env(),
+        "DLQ_TOPIC": p.dlq_topic,
+        "DLQ_REPLAY_CLAIM_SECONDS": str(REPLAY_CLAIM_SECONDS),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "shared.dlq", "replay", "--offset", record.ref),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_until(lambda: p.redis.exists(ledger), timeout=TIMEOUT, message="the claim")
+    finally:
+        process.kill()
+        await process.wait()
+    await ensure_topics(c.kafka_bootstrap, [target], 1)
+
+    out = io.StringIO()
+    await replay(_dlq_settings(p), [record], dry_run=True, out=out)
+    assert "already replayed" not in out.getvalue()
+
+    async def replayed_once() -> bool:
+        return await replay(_dlq_settings(p), [record], dry_run=False, out=out) == 1
+
+    await wait_until(replayed_once, timeout=TIMEOUT, interval=0.5, message="the replay")
+    assert await replay(_dlq_settings(p), [record], dry_run=False, out=out) == 0
+    assert "already replayed" in out.getvalue()
+    [copy] = await _read_topic(c.kafka_bootstrap, target)
+    headers = decode_headers(copy.headers)
+    assert headers[Header.IDEMPOTENCY_KEY] == event_id
+    assert headers[Header.REPLAYED_FROM] == record.ref
+    assert headers[Header.REPLAY_FOR] == p.inventory_group
+
+
+async def _read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of a one-partition ``topic``, read without a group."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=1_000)
+            records.extend(batch.get(tp, []))
+        return records
+    finally:
+        await consumer.stop()
 
 
 async def _wait_exit(stack: Stack, name: str) -> None:
