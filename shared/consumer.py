@@ -8,6 +8,8 @@ side effect -> outcome label); this module does everything else, the same way fo
   is committed only after its record's work (or its DLQ write) is done; a crash re-delivers
   at most the records finished since the last commit, and the dedup keys absorb them.
 * **Dedup**: the claim/mark protocol of :mod:`shared.idempotency`, one key space per service.
+  The claim's lease is renewed while the handler runs, and the handler is bounded in time and
+  cut when its lease cannot be kept (:mod:`shared.claim_lease`).
 * **Replays**: a record carrying ``replayFor`` (a DLQ replay, see :mod:`shared.dlq`) is acted on
   only by the group it names; every other group skips it and commits past it.
 * **Failures** (classified once by :func:`shared.errors.classify`): a poison message (or a record
@@ -42,6 +44,7 @@ from pydantic import Field
 from redis.asyncio import Redis
 
 from shared.backoff import wait_or_stop
+from shared.claim_lease import run_under_lease
 from shared.contracts import EVENT_ORDER_CREATED, ORDER_CREATED_TOPIC, Header, dlq_topic_for
 from shared.dlq import build_dlq_record, failure_reason, send_to_dlq
 from shared.errors import FaultKind, PoisonMessage, TransientFault, classify
@@ -72,6 +75,10 @@ class ConsumerServiceSettings(ServiceSettings):
     # Longer than the slowest normal handling (MongoDB and SMTP time out within ~10 s), short
     # enough that an event whose consumer died mid-work is picked up again within a minute.
     claim_lease_seconds: int = Field(default=30, ge=1, le=3_600)
+    # One handler attempt, whole (aiosmtplib's timeout is per SMTP command: six commands at 10 s
+    # each would be a minute). The lease is renewed meanwhile, and the handler is cut sooner if
+    # its lease cannot be kept (shared.claim_lease). A cut attempt is retried as transient.
+    handler_timeout_seconds: float = Field(default=60.0, gt=0, le=3_600)
     # The budget for exceptions that are neither poison nor infrastructure.
     max_unknown_attempts: int = Field(default=3, ge=1, le=100)
     max_poll_records: int = Field(default=500, ge=1, le=10_000)
@@ -378,7 +385,12 @@ class IdempotentConsumer(Generic[E]):
             record.topic, record.partition, record.offset, record.key, headers, event_id
         )
         try:
-            outcome = await self._handler(event, delivery)
+            outcome = await run_under_lease(
+                self.store,
+                key,
+                self._handler(event, delivery),
+                timeout_seconds=self.settings.handler_timeout_seconds,
+            )
         except Exception:
             # Let the retry (here, or elsewhere after a rebalance) claim it at once. If Redis is
             # away the lease simply expires; our own retry recognises its own lease.

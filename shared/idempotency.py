@@ -10,7 +10,8 @@ For each event a consumer owns one Redis key, ``idem:{service}:{event_type}:{eve
 ``claim`` is one atomic ``SET key processing:<owner> NX GET EX <lease>``: it takes the lease
 when the key is absent and otherwise returns what is there, in a single round trip. Two
 consumers can never both see "absent" (the article's GET-then-SETEX race). After the side
-effect, ``mark_done`` overwrites the lease with ``SETEX key 172800 done``. If the work fails,
+effect, ``mark_done`` overwrites the lease with ``SETEX key 172800 done``. While the work runs,
+``renew`` extends the lease (only our own; :mod:`shared.claim_lease`). If the work fails,
 ``release`` deletes the lease (only our own) so a retry, here or in another instance after a
 rebalance, can claim it again at once. If the process dies while holding a lease, the lease
 expires after ``lease_seconds`` and the event is redone by whoever receives it next: the
@@ -23,9 +24,11 @@ Round trips per message: 2 on the happy path (claim + mark), 1 for a duplicate (
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from enum import StrEnum
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from shared.contracts import IDEMPOTENCY_TTL_SECONDS, idempotency_key
@@ -96,12 +99,20 @@ class IdempotencyStore:
         self.round_trips += 1
         await self._redis.set(key, DONE, ex=self.ttl_seconds)
 
+    async def renew(self, key: str) -> bool:
+        """Extend our lease on ``key`` to a full ``lease_seconds``; False when it is no longer
+        ours (expired, taken by another instance, or ``done``), and then nothing is changed."""
+        return await self._if_ours(key, lambda pipe: pipe.expire(key, self.lease_seconds))
+
     async def release(self, key: str) -> bool:
         """Drop our lease after a failed attempt; never touches ``done`` or another's lease.
+        True when a lease was deleted."""
+        return await self._if_ours(key, lambda pipe: pipe.delete(key))
 
-        Compare-and-delete under WATCH, so a lease that expired and was re-claimed by another
-        instance between our GET and DEL is left alone. True when a lease was deleted.
-        """
+    async def _if_ours(self, key: str, change: Callable[[Pipeline], object]) -> bool:
+        """Apply ``change`` to ``key`` only while it holds our lease: compare-and-set under
+        WATCH, so a lease that expired and was re-claimed by another instance between our GET
+        and the change is left alone. True when the change was applied."""
         async with self._redis.pipeline(transaction=True) as pipe:
             try:
                 self.round_trips += 1
@@ -110,7 +121,7 @@ class IdempotencyStore:
                 if await pipe.get(key) != self._token:
                     return False  # leaving the block resets the pipeline and drops the WATCH
                 pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.delete(key)
+                change(pipe)
                 self.round_trips += 1
                 await pipe.execute()
                 return True

@@ -96,3 +96,16 @@ async def test_dedup_costs_two_round_trips_per_new_event_and_one_per_duplicate(
     assert a.round_trips == 2
     await a.claim(key)
     assert a.round_trips == 3
+
+
+async def test_renew_extends_only_our_own_lease(redis: fakeredis.FakeAsyncRedis) -> None:
+    a, b = _store(redis, "a"), _store(redis, "b")
+    key = a.key(EVENT_ORDER_CREATED, "evt-8")
+    await a.claim(key)
+    await redis.expire(key, 3)  # most of the lease used up by a slow handler
+    assert await a.renew(key) is True
+    assert 25 < await redis.ttl(key) <= 30
+    assert await b.renew(key) is False  # not b's lease: untouched
+    await a.mark_done(key)
+    assert await a.renew(key) is False  # done is never turned back into a lease
+    assert await redis.get(key) == b"done"
