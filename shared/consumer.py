@@ -17,8 +17,10 @@ side effect -> outcome label); this module does everything else, the same way fo
   with backoff without limit and nothing past the record is committed; any other exception is
   tried ``max_unknown_attempts`` times, then the DLQ. The DLQ write is acknowledged by Kafka
   before the source offset is committed.
-* **Rebalance**: on revocation the listener waits (bounded) for the batch in flight and commits
-  what is finished; records of partitions no longer assigned are not started.
+* **Rebalance**: on revocation no new record is started; the listener waits (bounded) for the
+  records in flight and commits what is finished. A record finishing after that is not
+  recorded, and a commit names only partitions assigned at that moment, so one lost partition
+  never costs the others their offsets.
 * **Drain**: when ``stop`` is set, no new record is started; the one in flight finishes (within
   the drain budget), finished offsets are committed, and the clients are closed.
 * **Visibility**: Prometheus counters and a latency histogram, consumer lag per partition, and
@@ -169,6 +171,12 @@ class _State:
     # Next offset to commit per partition: offset + 1 of the last finished record.
     finished: dict[TopicPartition, int] = field(default_factory=dict)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Bumped when partitions are revoked. A batch belongs to the generation it was fetched in;
+    # its records finishing later are not recorded (aiokafka lists the old assignment until the
+    # new one arrives, so the assignment alone cannot tell).
+    generation: int = 0
+    # Set while the rebalance listener runs: no new record is started.
+    revoking: bool = False
 
 
 class IdempotentConsumer(Generic[E]):
@@ -294,13 +302,19 @@ class IdempotentConsumer(Generic[E]):
             await self._process_partition_records(tp, records)
 
     async def _process_partition_records(self, tp: TopicPartition, records: list[Record]) -> None:
-        assert self._consumer is not None
+        generation = self._state.generation
         for record in records:
-            if self._stop.is_set() or tp not in self._consumer.assignment():
-                return  # draining, or the partition moved to another instance: not started
+            if self._stop.is_set() or self._state.revoking:
+                return  # draining, or a rebalance is taking the partitions: not started
+            if self._state.generation != generation:
+                return  # revoked since this batch was fetched: someone else's now
             try:
                 await self._process_record(record)
             except _Abandon:
+                return
+            if self._state.generation != generation:
+                # Finished after the listener gave the partition up: it must not come back
+                # into the offsets to commit (a redelivery elsewhere is skipped by dedup).
                 return
             self._state.finished[tp] = record.offset + 1
 
@@ -462,10 +476,14 @@ class IdempotentConsumer(Generic[E]):
     # ------------------------------------------------------------------ offsets
 
     async def _commit_finished(self, only: set[TopicPartition] | None = None) -> None:
-        """Commit the finished offsets (all, or those of ``only``). A failed commit keeps them
-        for the next try; a commit refused after a rebalance drops them (no longer ours)."""
+        """Commit the finished offsets (all, or those of ``only``) of partitions assigned to us
+        now; offsets of partitions no longer assigned are dropped (not ours to commit). A
+        refused or failed commit keeps the rest for the next try."""
         if self._consumer is None:
             return
+        assigned = self._consumer.assignment()
+        for tp in [tp for tp in self._state.finished if tp not in assigned]:
+            del self._state.finished[tp]
         offsets = {
             tp: off for tp, off in self._state.finished.items() if only is None or tp in only
         }
@@ -474,7 +492,9 @@ class IdempotentConsumer(Generic[E]):
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance is under way: the listener commits (or drops) what it revokes.
             log.warning("commit refused after rebalance", extra={"reason": repr(exc)})
+            return
         except Exception as exc:
             log.warning("commit failed, will retry", extra={"reason": repr(exc)})
             return
@@ -483,10 +503,16 @@ class IdempotentConsumer(Generic[E]):
                 del self._state.finished[tp]
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Rebalance: let the batch in flight finish (bounded), commit the revoked partitions."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._state.idle.wait(), timeout=self.settings.drain_seconds)
-        await self._commit_finished(only=set(revoked))
+        """Rebalance: start nothing new, let the records in flight finish (bounded), commit the
+        revoked partitions, and forget them, including records that finish later."""
+        self._state.revoking = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._state.idle.wait(), timeout=self.settings.drain_seconds)
+            await self._commit_finished(only=set(revoked))
+        finally:
+            self._state.generation += 1
+            self._state.revoking = False
         for tp in revoked:
             self._state.finished.pop(tp, None)
             with contextlib.suppress(KeyError):

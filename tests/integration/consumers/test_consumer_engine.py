@@ -9,10 +9,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from redis.asyncio import Redis
 
 from shared.consumer import ConsumerServiceSettings, Delivery, IdempotentConsumer
@@ -192,3 +193,52 @@ async def test_a_handler_whose_lease_was_taken_is_cancelled_before_it_finishes(
     gate.opened.set()
     await wait_until(lambda: engine.done(event_id), timeout=TIMEOUT, message="done")
     assert gate.effects == 1
+
+
+async def test_a_rebalance_mid_batch_commits_only_partitions_still_owned(engine: Engine) -> None:
+    """A second member joins while a record of each partition is in flight; the rebalance
+    listener gives up waiting, the group moves one partition away, then both records finish.
+    Every commit names only partitions of the instance's assignment at that moment (the old
+    engine re-added the lost partition and its commit was refused, dropping the kept one's
+    offset with it), and the kept partition's committed offset reaches its end."""
+    gate = Gate()
+    first = await engine.send("p0", partition=0)
+    second = await engine.send("p1", partition=1)
+    a = engine.start("a", gate, drain_seconds=1.0)
+    await wait_until(lambda: len(gate.entered) == 2, timeout=TIMEOUT, message="both in flight")
+    kafka = a._consumer
+    assert kafka is not None
+    commits: list[tuple[set[TopicPartition], set[TopicPartition]]] = []
+    real_commit = kafka.commit
+
+    async def recording_commit(offsets: dict[TopicPartition, int]) -> None:
+        commits.append((set(offsets), kafka.assignment()))
+        await real_commit(offsets)
+
+    kafka.commit = recording_commit
+    other = AIOKafkaConsumer(
+        engine.topic,
+        bootstrap_servers=engine.stack.config.kafka_bootstrap,
+        group_id=engine.group,
+        enable_auto_commit=False,
+    )
+    await other.start()
+    try:
+        await wait_until(
+            lambda: len(kafka.assignment()) == 1 and len(other.assignment()) == 1,
+            timeout=TIMEOUT,
+            message="one partition each",
+        )
+        [kept] = kafka.assignment()
+        gate.opened.set()
+        for event_id in (first, second):
+            await wait_until(partial(engine.done, event_id), timeout=TIMEOUT, message="done")
+
+        async def kept_committed() -> bool:
+            return bool(await kafka.committed(kept) == 1)
+
+        await wait_until(kept_committed, timeout=TIMEOUT, message="kept partition committed")
+    finally:
+        await other.stop()
+    for named, assigned in commits:
+        assert named <= assigned, f"committed {named} while assigned {assigned}"
