@@ -17,7 +17,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from redis.asyncio import Redis
 
 from shared.consumer import ConsumerServiceSettings, Delivery, IdempotentConsumer
-from shared.contracts import EVENT_ORDER_CREATED, dlq_topic_for, idempotency_key
+from shared.contracts import EVENT_ORDER_CREATED, Header, dlq_topic_for, idempotency_key
+from shared.dlq import read_dlq
+from shared.errors import PoisonMessage
 from shared.idempotency import Claim, IdempotencyStore
 from shared.kafka import ensure_topics, make_producer
 from shared.redis import make_redis
@@ -82,10 +84,10 @@ class Engine:
         self.stops.append(stop)
         return consumer
 
-    async def send(self, value: str, *, partition: int = 0) -> str:
+    async def send(self, value: str, *, partition: int = 0, topic: str | None = None) -> str:
         event_id = uuid.uuid4().hex
         await self.producer.send_and_wait(
-            self.topic,
+            topic or self.topic,
             key=event_id.encode(),
             value=value.encode(),
             partition=partition,
@@ -108,6 +110,9 @@ async def engine(stack: Stack) -> AsyncIterator[Engine]:
     await ensure_topics(c.kafka_bootstrap, [topic, dlq_topic_for(topic)], 2)
     producer = make_producer(c.kafka_bootstrap)
     await producer.start()
+    # Waits until the broker's metadata lists the new topic, so a consumer subscribing next
+    # sees its partitions at once.
+    await producer.partitions_for(topic)
     redis = make_redis(c.redis_url)
     e = Engine(stack, topic, f"engine-{suffix}", producer, redis)
     try:
@@ -242,3 +247,48 @@ async def test_a_rebalance_mid_batch_commits_only_partitions_still_owned(engine:
         await other.stop()
     for named, assigned in commits:
         assert named <= assigned, f"committed {named} while assigned {assigned}"
+
+
+async def test_a_failing_dlq_write_is_retried_and_the_offset_waits_for_it(engine: Engine) -> None:
+    """The DLQ write fails (its topic does not exist yet: Kafka refuses every send) and later
+    succeeds. Until Kafka has acknowledged the DLQ copy, the poison record's offset is not
+    committed and nothing behind it is; then the copy is in the DLQ once and the record behind
+    the poison is processed. Nothing is lost on the way."""
+    topic = f"{engine.topic}.no-dlq-yet"
+    c = engine.stack.config
+    await ensure_topics(c.kafka_bootstrap, [topic], 1)  # the DLQ topic comes later
+    gate = Gate()
+    gate.opened.set()
+    # Produced first: a consumer subscribing before the broker's metadata lists a topic this
+    # new would wait minutes (metadata_max_age) to see it.
+    poison_id = await engine.send("poison", topic=topic)
+    good_id = await engine.send("good", topic=topic)
+    a = engine.start("a", _poison_or(gate), topic=topic)
+    retries = a.metrics.retries.labels(service=SERVICE, kind="transient")
+    await wait_until(lambda: retries._value.get() >= 1, timeout=TIMEOUT, message="a DLQ failure")
+    assert a._consumer is not None
+    tp = TopicPartition(topic, 0)
+    assert await a._consumer.committed(tp) is None  # nothing committed past the poison
+    assert gate.entered == []  # and the record behind it waits its turn
+
+    await ensure_topics(c.kafka_bootstrap, [dlq_topic_for(topic)], 1)
+    await wait_until(partial(engine.done, good_id), timeout=TIMEOUT, message="good processed")
+
+    async def committed_past_both() -> bool:
+        assert a._consumer is not None
+        return bool(await a._consumer.committed(tp) == 2)
+
+    await wait_until(committed_past_both, timeout=TIMEOUT, message="offsets committed")
+    copies = await read_dlq(c.kafka_bootstrap, dlq_topic_for(topic))
+    assert [r.headers.get(Header.IDEMPOTENCY_KEY) for r in copies] == [poison_id]
+    assert copies[0].headers[Header.FAILURE_REASON].startswith("PoisonMessage: ")
+    assert gate.effects == 1
+
+
+def _poison_or(gate: Gate) -> Callable[[str, Delivery], Any]:
+    async def handle(event: str, delivery: Delivery) -> str:
+        if event == "poison":
+            raise PoisonMessage("the test's poison")
+        return str(await gate(event, delivery))
+
+    return handle
