@@ -118,15 +118,15 @@ async def replay(
     Claim (short lease), send and wait for the ack, then mark replayed: a crash anywhere leaves
     each record replayed or replayable, never "already replayed" without a copy sent.
     """
+    ledger_ttl = (
+        None
+        if dry_run
+        else await replay_ledger_ttl(settings.kafka_bootstrap_servers, settings.topic)
+    )
     redis = make_redis(settings.redis_url)
     producer = None if dry_run else make_producer(settings.kafka_bootstrap_servers)
     ledger = IdempotencyStore(
-        redis,
-        LEDGER_SERVICE,
-        lease_seconds=settings.replay_claim_seconds,
-        ttl_seconds=None
-        if dry_run
-        else await replay_ledger_ttl(settings.kafka_bootstrap_servers, settings.topic),
+        redis, LEDGER_SERVICE, lease_seconds=settings.replay_claim_seconds, ttl_seconds=ledger_ttl
     )
     sent = 0
     try:

@@ -82,10 +82,17 @@ GOOD = json.dumps(
 ).encode()
 
 
-def _record(value: bytes | None = GOOD, event_id: str | None = "evt-1", offset: int = 7) -> Any:
+def _record(
+    value: bytes | None = GOOD,
+    event_id: str | None = "evt-1",
+    offset: int = 7,
+    replay_for: str | None = None,
+) -> Any:
     headers = [(Header.EVENT_TYPE, b"OrderCreated")]
     if event_id is not None:
         headers.append((Header.IDEMPOTENCY_KEY, event_id.encode()))
+    if replay_for is not None:
+        headers.append((Header.REPLAY_FOR, replay_for.encode()))
     return ConsumerRecord(
         topic=ORDER_CREATED_TOPIC,
         partition=2,
@@ -199,3 +206,18 @@ async def test_stop_during_a_transient_outage_abandons_the_record_uncommitted() 
     with pytest.raises(_Abandon):
         await asyncio.wait_for(task, timeout=2)
     assert producer.sent == []
+
+
+async def test_a_replay_for_another_group_is_skipped_without_touching_redis() -> None:
+    handler = Handler()
+    consumer, producer = _consumer(handler)
+    await consumer._process_record(_record(replay_for="some-other-group"))
+    assert (handler.calls, producer.sent) == (0, [])
+    assert await consumer.store.claim(consumer.store.key("OrderCreated", "evt-1")) == "claimed"
+
+
+async def test_a_replay_for_this_group_is_processed() -> None:
+    handler = Handler()
+    consumer, _ = _consumer(handler)
+    await consumer._process_record(_record(replay_for="unit-group"))
+    assert handler.effects == 1
