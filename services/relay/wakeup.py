@@ -25,11 +25,13 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from services.relay.metrics import RelayMetrics
 from shared.backoff import Backoff, wait_or_stop
+from shared.outbox import OUTBOX_COLLECTION
 
 log = logging.getLogger(__name__)
 
 TOKEN_COLLECTION = "relay_resume_token"
-TOKEN_ID = "outbox"
+# One token per watched collection, named after it.
+TOKEN_ID = OUTBOX_COLLECTION
 # How long one getMore waits on the server: bounds how late a stop request is noticed.
 MAX_AWAIT_MS = 500
 _PIPELINE = [{"$match": {"operationType": {"$in": ["insert", "invalidate"]}}}]
@@ -46,7 +48,7 @@ class Wakeup:
         backoff_max: float,
     ) -> None:
         self._db = db
-        self._outbox = db["outbox"]
+        self._outbox = db[OUTBOX_COLLECTION]
         self._tokens = db[TOKEN_COLLECTION]
         self.event = event
         self._metrics = metrics
