@@ -21,7 +21,7 @@ from services.relay.lease import Fenced, Lease
 from services.relay.metrics import RelayMetrics
 from services.relay.publisher import BatchResult, Publisher
 from services.relay.settings import RelaySettings
-from services.relay.wakeup import Wakeup
+from services.relay.wakeup import WAKE_CHANGE, Wakeup
 from shared.backoff import wait_or_stop
 from shared.contracts import OutboxStatus
 from shared.errors import FaultKind, classify
@@ -49,6 +49,7 @@ class Relay:
             self.db[LEASE_COLLECTION], settings.instance_id, settings.lease_ttl_seconds
         )
         self._state = "starting"
+        self.idle = False
 
     # -- health -----------------------------------------------------------------------------
     async def ready(self) -> dict[str, bool]:
@@ -116,7 +117,7 @@ class Relay:
             wake,
             self.metrics,
             save_interval=self.settings.resume_token_save_seconds,
-            backoff_max=self.settings.backoff_max_seconds,
+            backoff=self.settings.backoff(),
         )
         tasks = [
             asyncio.create_task(self._keep_lease(lost, leading), name="relay-lease"),
@@ -145,6 +146,10 @@ class Relay:
                 if result.selected >= self.settings.batch_size and result.published:
                     continue  # a backlog: next batch at once
                 await self._wait_for_work(stop, lost, wake)
+                if wake.is_set():
+                    self.metrics.wakeups.labels(source=wakeup.reason or WAKE_CHANGE).inc()
+                elif not (stop.is_set() or lost.is_set()):
+                    self.metrics.wakeups.labels(source="sweep").inc()
         finally:
             leading.set()
             # Both helpers watch ``leading``; a getMore in flight may need up to its await time.
@@ -185,7 +190,11 @@ class Relay:
     async def _wait_for_work(
         self, stop: asyncio.Event, lost: asyncio.Event, wake: asyncio.Event
     ) -> None:
-        await self._wait_any((stop, lost, wake), self.settings.sweep_interval_seconds)
+        self.idle = True  # nothing in flight: only a wake-up or the sweep starts the next round
+        try:
+            await self._wait_any((stop, lost, wake), self.settings.sweep_interval_seconds)
+        finally:
+            self.idle = False
 
     @staticmethod
     async def _wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
