@@ -49,6 +49,7 @@ from bench.memory import PeakMemory
 from shared.contracts import ALL_TOPICS, ORDER_CREATED_TOPIC, OutboxStatus
 from shared.kafka import ensure_topics
 from shared.mongo import MongoClient, make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION
 from stack import INFRA, Stack, StackConfig
 from stack.config import REPO_ROOT
 
@@ -333,7 +334,7 @@ async def drain_bounded(
     second: the profile showed that polling it every 200 ms cost the server a fifth of its time.
     ``progress`` (events drained so far) replaces that count when the runner can tell.
     """
-    outbox = client[database]["outbox"]
+    outbox = client[database][OUTBOX_COLLECTION]
     stop = asyncio.Event()
     started = time.perf_counter()
     task = asyncio.create_task(runner(stop))
@@ -380,14 +381,14 @@ async def phase_relay(run: Run) -> None:
     helper's (``bench.relay_drain``); the drains are time-bounded here."""
     from bench import article_relay, relay_drain
     from services.relay.main import Relay
-    from services.relay.main import ensure_indexes as ensure_relay_indexes
+    from shared.outbox import ensure_outbox_indexes
     from shared.settings import InfraSettings
 
     cfg = run.config
     plan = run.plan
     infra = InfraSettings(mongo_uri=cfg.mongo_uri, kafka_bootstrap_servers=cfg.kafka_bootstrap)
     client = make_mongo_client(cfg.mongo_uri, 30.0, "bench-relay")
-    settings_days = relay_drain.relay_settings(infra, "unused").published_ttl_days
+    ttl_seconds = relay_drain.relay_settings(infra, "unused").outbox_published_ttl_seconds
     # The relay helper's module may publish to a topic of its own: create it like its main does.
     own_topic = getattr(relay_drain, "BENCH_TOPIC", None)
     if isinstance(own_topic, str):
@@ -403,7 +404,7 @@ async def phase_relay(run: Run) -> None:
         # Indexes first, as in production (the order API creates them before any event exists).
         # Without this the relay's start-up builds them over the whole backlog, and the first
         # full profile showed that index build was 52% of the server's time in the "drain".
-        await ensure_relay_indexes(client[database]["outbox"], settings_days)
+        await ensure_outbox_indexes(client[database][OUTBOX_COLLECTION], ttl_seconds)
         await asyncio.wait_for(relay_drain.seed(client, database, plan.backlog), 300)
         seed_seconds = round(time.perf_counter() - seeded, 1)
         relay_under_test = Relay(relay_drain.relay_settings(infra, database), client)
@@ -427,14 +428,16 @@ async def phase_relay(run: Run) -> None:
         await _drop_quietly(client, database)
 
         database = f"bench_article_relay_{run.run_id}"
-        await ensure_relay_indexes(client[database]["outbox"], settings_days)
+        await ensure_outbox_indexes(client[database][OUTBOX_COLLECTION], ttl_seconds)
         await asyncio.wait_for(relay_drain.seed(client, database, plan.article_backlog), 120)
         article = await drain_bounded(
             client,
             database,
             plan.article_backlog,
             plan.article_timeout_seconds,
-            lambda stop: article_relay.run(client[database]["outbox"], cfg.kafka_bootstrap, stop),
+            lambda stop: article_relay.run(
+                client[database][OUTBOX_COLLECTION], cfg.kafka_bootstrap, stop
+            ),
         )
         run.results["article_relay"] = {
             **article,

@@ -16,6 +16,7 @@ from bench import article_relay
 from shared.lifecycle import stop_event_on_signals
 from shared.logging import configure_logging
 from shared.mongo import make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION
 from shared.settings import InfraSettings
 
 
@@ -24,7 +25,9 @@ async def _main(database: str) -> int:
     client = make_mongo_client(infra.mongo_uri, infra.mongo_timeout_seconds, "article-relay")
     stop = stop_event_on_signals()
     try:
-        await article_relay.run(client[database]["outbox"], infra.kafka_bootstrap_servers, stop)
+        await article_relay.run(
+            client[database][OUTBOX_COLLECTION], infra.kafka_bootstrap_servers, stop
+        )
     finally:
         await client.close()
     return 0

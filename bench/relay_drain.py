@@ -30,13 +30,14 @@ from typing import Any
 from bson import ObjectId
 
 from bench import article_relay
-from services.relay.main import Relay, ensure_indexes
+from services.relay.main import Relay
 from services.relay.publisher import OutboxEvent
 from services.relay.settings import RelaySettings
 from shared.contracts import AGGREGATE_ORDER, OutboxStatus, topic_for_event_type
 from shared.events import OrderCreated
 from shared.kafka import ensure_topics, make_producer
 from shared.mongo import MongoClient, make_mongo_client
+from shared.outbox import DEFAULT_PUBLISHED_TTL_SECONDS, OUTBOX_COLLECTION, ensure_outbox_indexes
 from shared.settings import InfraSettings
 
 PENDING = OutboxStatus.PENDING.value
@@ -78,7 +79,7 @@ def make_event(aggregate_id: str | None = None) -> dict[str, Any]:
 
 async def seed(client: MongoClient, database: str, count: int) -> list[dict[str, Any]]:
     docs = [make_event() for _ in range(count)]
-    outbox = client[database]["outbox"]
+    outbox = client[database][OUTBOX_COLLECTION]
     for start in range(0, count, 1000):
         await outbox.insert_many(docs[start : start + 1000])
     return docs
@@ -91,7 +92,7 @@ DRAIN_DEADLINE_SECONDS = 900.0
 async def wait_drained(
     client: MongoClient, database: str, *, poll: float = 0.5, within: float = DRAIN_DEADLINE_SECONDS
 ) -> None:
-    outbox = client[database]["outbox"]
+    outbox = client[database][OUTBOX_COLLECTION]
     deadline = time.monotonic() + within
     # Polling the database is the measurement itself: there is no event to wait on.
     while await outbox.count_documents({"status": PENDING}):
@@ -141,7 +142,9 @@ async def _timed_drain(
     """
     try:
         await seed(client, database, count)
-        await ensure_indexes(client[database]["outbox"], ttl_days=7.0)
+        await ensure_outbox_indexes(
+            client[database][OUTBOX_COLLECTION], DEFAULT_PUBLISHED_TTL_SECONDS
+        )
         stop = asyncio.Event()
         started = time.perf_counter()
         task = asyncio.create_task(relay(stop))
@@ -166,14 +169,16 @@ async def bench_article(infra: InfraSettings, client: MongoClient, count: int) -
     database = f"relay_bench_article_{uuid.uuid4().hex[:6]}"
 
     async def article(stop: asyncio.Event) -> None:
-        await article_relay.run(client[database]["outbox"], infra.kafka_bootstrap_servers, stop)
+        await article_relay.run(
+            client[database][OUTBOX_COLLECTION], infra.kafka_bootstrap_servers, stop
+        )
 
     return await _timed_drain(client, database, count, article)
 
 
 async def bench_latency(infra: InfraSettings, client: MongoClient, count: int) -> dict[str, float]:
     database = f"relay_bench_latency_{uuid.uuid4().hex[:6]}"
-    outbox = client[database]["outbox"]
+    outbox = client[database][OUTBOX_COLLECTION]
     try:
         relay = Relay(relay_settings(infra, database), client)
         stop = asyncio.Event()

@@ -52,6 +52,7 @@ from shared.dlq import build_dlq_record, failure_reason, send_to_dlq
 from shared.errors import FaultKind, PoisonMessage, TransientFault, classify
 from shared.idempotency import Claim, IdempotencyStore
 from shared.kafka import decode_headers, make_consumer, make_producer
+from shared.lifecycle import FAILPOINT_EXIT_CODE
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,6 @@ Record: TypeAlias = "ConsumerRecord[Any, Any]"
 # without cleanup, exactly like a kill -9.
 FAILPOINT_AFTER_SIDE_EFFECT = "after_side_effect"  # side effect done, `done` not written
 FAILPOINT_AFTER_MARK_DONE = "after_mark_done"  # `done` written, offset not committed
-FAILPOINT_EXIT_CODE = 86
 
 # Outcome label of a record replayed from the DLQ for another consumer group (not ours to act on).
 OUTCOME_OTHER_GROUPS_REPLAY = "skipped_other_groups_replay"

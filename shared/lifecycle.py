@@ -8,6 +8,10 @@ import signal
 
 log = logging.getLogger(__name__)
 
+# Exit code of a test failpoint (``*_FAILPOINT``): distinct from 0, 1 (fatal error), 2 (usage),
+# 137 and 143 (killed, terminated), so a test can tell "crashed where asked" from anything else.
+FAILPOINT_EXIT_CODE = 86
+
 
 def stop_event_on_signals() -> asyncio.Event:
     """An event set by the first SIGTERM or SIGINT; a second one exits at once.

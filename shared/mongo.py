@@ -6,11 +6,13 @@ Uses PyMongo's native asyncio API (``AsyncMongoClient``), the official successor
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import OperationFailure
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import ReadPreference
 from pymongo.write_concern import WriteConcern
@@ -81,4 +83,81 @@ async def transactions_supported(client: MongoClient) -> bool:
     hello = await client.admin.command("hello")
     return bool(hello.get("setName") or hello.get("msg") == "isdbgrid") and bool(
         hello.get("isWritablePrimary", hello.get("ismaster"))
+    )
+
+
+# MongoDB's answers when an index of that name or key pattern exists with other options:
+# IndexOptionsConflict and IndexKeySpecsConflict.
+INDEX_CONFLICT_CODES = frozenset({85, 86})
+# Options that change what an index guarantees or removes; two indexes that agree on these and
+# on the key pattern are the same index whatever their names.
+_MEANINGFUL_INDEX_OPTIONS = ("unique", "sparse", "expireAfterSeconds", "partialFilterExpression")
+
+
+class IndexConflict(RuntimeError):
+    """An existing index contradicts one a service needs (same name or keys, other options).
+
+    Never swallowed: a guarantee such as uniqueness must not depend on which service created
+    the index first. The message names the collection, both specifications and the fix.
+    """
+
+
+def _shape(spec: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Key pattern and meaningful options, normalised (absent ``unique`` is ``False``, a TTL
+    the server returns as a double is the same TTL)."""
+    options: list[tuple[str, Any]] = []
+    for name in _MEANINGFUL_INDEX_OPTIONS:
+        value = spec.get(name)
+        if name in ("unique", "sparse"):
+            value = bool(value)
+        elif name == "expireAfterSeconds" and value is not None:
+            value = int(value)
+        options.append((name, value))
+    return (_keys(spec), tuple(options))
+
+
+async def ensure_indexes(collection: AsyncCollection[Any], wanted: Sequence[IndexModel]) -> None:
+    """Create ``wanted`` on ``collection``: idempotent, and loud on a real conflict.
+
+    An index that already exists with the same name (or the same key pattern under another
+    name) and the same meaningful options counts as present. One with other options raises
+    :class:`IndexConflict`; it is never dropped or altered here, since doing that silently could
+    remove a guarantee another service relies on. Two services creating the same index at the
+    same moment is fine: the server treats an identical createIndexes as a no-op.
+    """
+    for model in wanted:
+        spec = model.document
+        for attempt in range(2):
+            existing = [dict(ix) async for ix in await collection.list_indexes()]
+            same = [ix for ix in existing if ix["name"] == spec["name"] or _keys(ix) == _keys(spec)]
+            if any(_shape(ix) == _shape(spec) for ix in same):
+                break
+            if same:
+                raise _conflict(collection, spec, same[0])
+            try:
+                await collection.create_indexes([model])
+                break
+            except OperationFailure as exc:
+                # Someone created a clashing index between our listing and our create: look
+                # again once, then report what is there.
+                if exc.code not in INDEX_CONFLICT_CODES or attempt == 1:
+                    raise
+        else:  # pragma: no cover - the loop always breaks or raises
+            raise AssertionError("unreachable")
+
+
+def _keys(spec: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    return tuple((field, int(order)) for field, order in spec["key"].items())
+
+
+def _conflict(
+    collection: AsyncCollection[Any], wanted: Mapping[str, Any], found: Mapping[str, Any]
+) -> IndexConflict:
+    def show(spec: Mapping[str, Any]) -> str:
+        options = {k: spec[k] for k in _MEANINGFUL_INDEX_OPTIONS if k in spec}
+        return f"{spec['name']} {dict(_keys(spec))} {options}"
+
+    return IndexConflict(
+        f"index conflict on {collection.full_name}: need {show(wanted)}, found {show(found)}. "
+        f"Drop the existing index (it is recreated at start-up) or change it with collMod."
     )

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.contracts import TOPIC_PARTITIONS
 from stack import probes
 from stack.config import ALL, HOST, INFRA, REPO_ROOT, SERVICES, StackConfig, free_port
 
@@ -199,13 +200,17 @@ class Stack:
         if wait:
             self._await_ready(instance, launch)
 
-    def stop(self, name: str, timeout: float | None = None) -> None:
-        """SIGTERM the component's process group, wait up to ``timeout``, then SIGKILL it."""
+    def stop(self, name: str, timeout: float | None = None) -> int | None:
+        """SIGTERM the component's process group, wait up to ``timeout``, then SIGKILL it.
+
+        Returns the exit code when this Stack started the process (None for one it only found
+        through its pid file, or that was not running).
+        """
         component = component_of(name)
         pid = self._pid(name)
         if pid is None:
             self._forget(name)
-            return
+            return None
         if timeout is None:
             timeout = STOP_TIMEOUTS.get(component, SERVICE_STOP_TIMEOUT)
         _signal_group(pid, signal.SIGTERM)
@@ -213,8 +218,10 @@ class Stack:
             _signal_group(pid, signal.SIGKILL)
             if not self._wait_exit(name, pid, 10.0):
                 raise StackError(name, f"pid {pid} survived SIGKILL", self.logs_path(name))
+        code = self._exit_code(name)  # read before _forget drops the process handle
         _signal_group(pid, signal.SIGKILL)  # stragglers left in the group, if any
         self._forget(name)
+        return code
 
     def kill(self, name: str) -> None:
         """SIGKILL the component's process group (a crash: no flush, no goodbye)."""
@@ -497,7 +504,7 @@ class Stack:
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": str(c.data_dir("kafka")),
-            "num.partitions": "6",
+            "num.partitions": str(TOPIC_PARTITIONS),
             # A single node cannot replicate: internal topics must accept replication factor 1.
             "offsets.topic.replication.factor": "1",
             "transaction.state.log.replication.factor": "1",
@@ -506,9 +513,9 @@ class Stack:
             "share.coordinator.state.topic.min.isr": "1",
             # The first consumer-group join and the first transactional producer each create an
             # internal topic; at the default 50 partitions that alone took 10-15 s on two busy
-            # cores. One node gains nothing from 50; 6 matches our topics.
-            "offsets.topic.num.partitions": "6",
-            "transaction.state.log.num.partitions": "6",
+            # cores. One node gains nothing from 50; as many as our topics have.
+            "offsets.topic.num.partitions": str(TOPIC_PARTITIONS),
+            "transaction.state.log.num.partitions": str(TOPIC_PARTITIONS),
             # A mistyped topic name must be an error, not a silently created topic.
             "auto.create.topics.enable": "false",
             # Tests start and stop consumers all the time; do not wait 3 s for more members.

@@ -25,14 +25,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.order.handlers import IdempotencyConflict, create_order, get_order, traceparent_for
 from services.order.metrics import OrderMetrics
-from services.order.models import Order, OutboxEvent, order_indexes, outbox_indexes
+from services.order.models import Order, OutboxEvent, order_indexes
 from services.order.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
     CreateOrderRequest,
@@ -44,16 +44,19 @@ from services.order.schemas import (
 from services.order.settings import OrderSettings
 from shared.backoff import Backoff
 from shared.errors import FaultKind, classify
-from shared.mongo import MongoClient, make_mongo_client, transactions_supported
+from shared.health import READY_TIMEOUT_SECONDS
+from shared.mongo import (
+    IndexConflict,
+    MongoClient,
+    ensure_indexes,
+    make_mongo_client,
+    transactions_supported,
+)
+from shared.outbox import ensure_outbox_indexes
 
 log = logging.getLogger(__name__)
 
 APP_NAME: Final = "order-api"
-# A readiness probe that hangs is a failed probe.
-READY_TIMEOUT_SECONDS: Final = 3.0
-# MongoDB's "same index, other options/name" errors: someone (the relay, an operator) created an
-# equivalent index first. Not fatal; the existing index does the job.
-_INDEX_CONFLICT_CODES: Final = frozenset({85, 86})
 
 
 @dataclass
@@ -64,6 +67,8 @@ class AppState:
     # Set once Beanie is bound and the indexes exist; until then requests get 503.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     first_attempt_done: asyncio.Event = field(default_factory=asyncio.Event)
+    # An error retrying cannot cure (an index conflict): the API never becomes ready.
+    fatal: Exception | None = None
 
 
 class ServiceUnavailable(Exception):
@@ -132,22 +137,11 @@ def _validation_fields(exc: RequestValidationError) -> list[FieldError]:
 
 
 async def _ensure_indexes(database: AsyncDatabase[dict[str, Any]], settings: OrderSettings) -> None:
-    """Create every index the order API and the relay's pending scan need; idempotent."""
-    plan = [
-        (Order.Settings.name, order_indexes()),
-        (OutboxEvent.Settings.name, outbox_indexes(settings.outbox_ttl_seconds)),
-    ]
-    for collection, indexes in plan:
-        for index in indexes:
-            try:
-                await database[collection].create_indexes([index])
-            except OperationFailure as exc:
-                if exc.code not in _INDEX_CONFLICT_CODES:
-                    raise
-                log.warning(
-                    "equivalent index exists with other options; keeping it",
-                    extra={"reason": str(exc.details), "component": collection},
-                )
+    """Create the orders' and the outbox's indexes; idempotent, and loud on a conflict."""
+    await ensure_indexes(database[Order.Settings.name], order_indexes())
+    await ensure_outbox_indexes(
+        database[OutboxEvent.Settings.name], settings.outbox_published_ttl_seconds
+    )
 
 
 async def _bootstrap(state: AppState) -> None:
@@ -162,6 +156,13 @@ async def _bootstrap(state: AppState) -> None:
                     database=database, document_models=[Order, OutboxEvent], skip_indexes=True
                 )
                 await _ensure_indexes(database, settings)
+        except IndexConflict as exc:
+            # Not retried: the existing index will not change by itself. At start-up this fails
+            # the lifespan (the process exits 1); later it is logged and /readyz stays 503.
+            log.critical("cannot create the indexes", extra={"reason": str(exc)})
+            state.fatal = exc
+            state.first_attempt_done.set()
+            return
         except PyMongoError as exc:
             state.first_attempt_done.set()
             delay = backoff.next_delay()
@@ -307,6 +308,9 @@ def create_app(settings: OrderSettings) -> FastAPI:
         # Wait for the first attempt so a healthy start is ready at once; a failed one goes on in
         # the background and the API answers 503 meanwhile.
         await state.first_attempt_done.wait()
+        if state.fatal is not None:
+            await client.close()
+            raise state.fatal
         try:
             yield
         finally:

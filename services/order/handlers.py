@@ -32,11 +32,12 @@ from services.order.schemas import (
 from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, OutboxStatus
 from shared.events import EventItem, OrderCreated
 from shared.mongo import MongoClient, run_in_transaction
+from shared.outbox import FIRST_VERSION
 
 log = logging.getLogger(__name__)
 
-# The creation of an order is its first event: the aggregate's version after it is 1.
-CREATED_VERSION = 1
+# The creation of an order is its first event: the aggregate's version after it is the first.
+CREATED_VERSION = FIRST_VERSION
 
 # W3C trace context, version 00: 32 hex trace id and 16 hex parent id, neither all zeros.
 _TRACEPARENT = re.compile(

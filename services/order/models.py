@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pymongo import ASCENDING, IndexModel
 
 from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, OutboxStatus
+from shared.outbox import FIRST_VERSION, OUTBOX_COLLECTION, OutboxField
 
 ORDERS_COLLECTION: Final = "orders"
-OUTBOX_COLLECTION: Final = "outbox"
 
 
 def _to_decimal(value: Any) -> Any:
@@ -62,22 +62,22 @@ class Order(Document):
 
 
 class OutboxEvent(Document):
-    """One event waiting for (or done with) the relay; the article's outbox schema plus
-    aggregateVersion and traceparent."""
+    """One event waiting for (or done with) the relay: the contract of ``shared.outbox`` (the
+    article's outbox schema plus aggregateVersion and traceparent) as a Beanie document."""
 
     model_config = ConfigDict(populate_by_name=True)
 
-    aggregate_type: str = Field(default=AGGREGATE_ORDER, alias="aggregateType")
-    aggregate_id: str = Field(alias="aggregateId")
-    aggregate_version: int = Field(alias="aggregateVersion", ge=1)
-    event_type: str = Field(default=EVENT_ORDER_CREATED, alias="eventType")
-    payload: str
-    status: OutboxStatus = OutboxStatus.PENDING
-    attempts: int = 0
-    created_at: datetime = Field(alias="createdAt")
-    published_at: datetime | None = Field(default=None, alias="publishedAt")
-    last_error: str | None = Field(default=None, alias="lastError")
-    traceparent: str | None = None
+    aggregate_type: str = Field(default=AGGREGATE_ORDER, alias=OutboxField.AGGREGATE_TYPE)
+    aggregate_id: str = Field(alias=OutboxField.AGGREGATE_ID)
+    aggregate_version: int = Field(alias=OutboxField.AGGREGATE_VERSION, ge=FIRST_VERSION)
+    event_type: str = Field(default=EVENT_ORDER_CREATED, alias=OutboxField.EVENT_TYPE)
+    payload: str = Field(alias=OutboxField.PAYLOAD)
+    status: OutboxStatus = Field(default=OutboxStatus.PENDING, alias=OutboxField.STATUS)
+    attempts: int = Field(default=0, alias=OutboxField.ATTEMPTS)
+    created_at: datetime = Field(alias=OutboxField.CREATED_AT)
+    published_at: datetime | None = Field(default=None, alias=OutboxField.PUBLISHED_AT)
+    last_error: str | None = Field(default=None, alias=OutboxField.LAST_ERROR)
+    traceparent: str | None = Field(default=None, alias=OutboxField.TRACEPARENT)
 
     class Settings:
         name = OUTBOX_COLLECTION
@@ -85,29 +85,7 @@ class OutboxEvent(Document):
         keep_nulls = True
 
 
-# Index names are fixed so the relay can create the same indexes idempotently at its own start.
-INDEX_OUTBOX_PENDING: Final = "status_1_createdAt_1"
-INDEX_OUTBOX_AGGREGATE_VERSION: Final = "aggregateId_1_aggregateVersion_1"
-INDEX_OUTBOX_PUBLISHED_TTL: Final = "publishedAt_ttl"
 INDEX_ORDERS_IDEMPOTENCY_KEY: Final = "idempotencyKey_unique"
-
-
-def outbox_indexes(ttl_seconds: int) -> list[IndexModel]:
-    """The outbox's indexes: the relay's pending scan, one event per aggregate version, and a
-    TTL on publishedAt (only Published events have it, so Pending/Failed never expire)."""
-    return [
-        IndexModel([("status", ASCENDING), ("createdAt", ASCENDING)], name=INDEX_OUTBOX_PENDING),
-        IndexModel(
-            [("aggregateId", ASCENDING), ("aggregateVersion", ASCENDING)],
-            name=INDEX_OUTBOX_AGGREGATE_VERSION,
-            unique=True,
-        ),
-        IndexModel(
-            [("publishedAt", ASCENDING)],
-            name=INDEX_OUTBOX_PUBLISHED_TTL,
-            expireAfterSeconds=ttl_seconds,
-        ),
-    ]
 
 
 def order_indexes() -> list[IndexModel]:

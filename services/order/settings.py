@@ -5,25 +5,20 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from shared.outbox import OutboxTtlSetting
 from shared.settings import ServiceSettings
-
-# Seven days: long enough to look at a published event while debugging a consumer or replaying
-# the DLQ, short enough that the outbox does not grow without bound. Pending and Failed events
-# have no publishedAt, so the TTL index never expires them.
-DEFAULT_OUTBOX_TTL_SECONDS = 7 * 24 * 3600
 
 # 64 KiB: a hundred order lines with long SKUs fit several times over; anything bigger is not an
 # order, and refusing it early keeps one client from making the API buffer megabytes.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
 
-class OrderSettings(ServiceSettings):
+class OrderSettings(ServiceSettings, OutboxTtlSetting):
     model_config = SettingsConfigDict(env_prefix="ORDER_", extra="ignore", frozen=True)
 
     port: int = Field(default=8000, ge=0, le=65535)
     # The contract names the database `orders`; tests point the API at their own database.
     database: str = Field(default="orders", min_length=1)
-    outbox_ttl_seconds: int = Field(default=DEFAULT_OUTBOX_TTL_SECONDS, ge=60)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     # Deadline of the database work of one request. Below the 5 s the contract promises for a
     # 503 so that routing, validation and the response itself fit inside the promise too.

@@ -22,7 +22,8 @@ from services.relay.settings import RelaySettings
 from shared.contracts import OutboxStatus
 from shared.lifecycle import stop_event_on_signals
 from shared.logging import configure_logging
-from shared.mongo import make_mongo_client
+from shared.mongo import IndexConflict, make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION, OutboxField
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -55,12 +56,13 @@ async def _run() -> int:
 async def retry(settings: RelaySettings, event_id: str | None, all_failed: bool) -> int:
     """Return Failed events to Pending; the exit code says whether anything was done."""
     client = make_mongo_client(settings.mongo_uri, settings.mongo_timeout_seconds, "relay-cli")
-    outbox = client[settings.database]["outbox"]
-    reset = {"$set": {"status": OutboxStatus.PENDING.value, "attempts": 0}}
+    outbox = client[settings.database][OUTBOX_COLLECTION]
+    f = OutboxField
+    reset = {"$set": {f.STATUS: OutboxStatus.PENDING.value, f.ATTEMPTS: 0}}
     failed = OutboxStatus.FAILED.value
     try:
         if all_failed:
-            result = await outbox.update_many({"status": failed}, reset)
+            result = await outbox.update_many({f.STATUS: failed}, reset)
             _say(f"{result.modified_count} failed event(s) put back to Pending")
             return EXIT_OK
         assert event_id is not None
@@ -69,16 +71,16 @@ async def retry(settings: RelaySettings, event_id: str | None, all_failed: bool)
         except (InvalidId, TypeError):
             _say(f"error: {event_id!r} is not an event id (expected 24 hex characters)", error=True)
             return EXIT_USAGE
-        result = await outbox.update_one({"_id": oid, "status": failed}, reset)
+        result = await outbox.update_one({f.ID: oid, f.STATUS: failed}, reset)
         if result.modified_count == 1:
             _say(f"event {event_id} put back to Pending")
             return EXIT_OK
-        doc = await outbox.find_one({"_id": oid}, {"status": 1})
+        doc = await outbox.find_one({f.ID: oid}, {f.STATUS: 1})
         if doc is None:
             _say(f"error: no outbox event {event_id} in database {settings.database!r}", error=True)
         else:
             _say(
-                f"error: event {event_id} is {doc.get('status')}, not {failed}; nothing to retry",
+                f"error: event {event_id} is {doc.get(f.STATUS)}, not {failed}; nothing to retry",
                 error=True,
             )
         return EXIT_ERROR
@@ -99,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         _say(f"error: invalid relay settings:\n{exc}", error=True)
         return EXIT_USAGE
+    except IndexConflict as exc:
+        _say(f"error: relay cannot start: {exc}", error=True)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 
 Only the holder publishes. The lease alone cannot stop a leader that was paused (GC, SIGSTOP, a
 network partition) and wakes up after a standby took over: it still believes it leads until its
-next renewal fails. That zombie is fenced in Kafka, not here: all relays share one
-``transactional_id``, so the new leader's producer bumps the producer epoch and the broker
-rejects the zombie's open and future transactions (see publisher.py and the README's relay section).
+next renewal fails. Such a zombie is fenced twice:
+
+* in Kafka: all relays share one ``transactional_id``, so the new leader's producer bumps the
+  producer epoch and the broker rejects the zombie's open and future transactions;
+* in MongoDB: every status write a leader makes goes through :meth:`Lease.write_fenced`, a
+  transaction conditional on this holder's epoch, so a deposed leader's writes abort (see that
+  method for why a read of the lease alone would not be enough).
 
 The holder considers the lease valid until ``renewal sent + ttl - margin`` on its own monotonic
 clock; a standby takes over when ``expiresAt`` (written with the holder's wall clock) has passed
@@ -14,21 +18,35 @@ fence makes that overlap harmless (duplicates at worst, never interleaved batche
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo import ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
+
+from shared.mongo import run_in_transaction
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 LEASE_ID = "outbox-relay"
+# The document every leader's status writes move to its epoch (see Lease.write_fenced).
+FENCE_ID = "outbox-relay-fence"
 # Stop publishing this long before the lease could expire for others: covers the time the
 # renewal took on the wire plus a little clock drift.
 SAFETY_MARGIN_FRACTION = 0.2
+
+
+class Fenced(Exception):
+    """This relay is no longer the leader (another relay took the lease or Kafka fenced our
+    producer): stop publishing and writing at once."""
 
 
 class Lease:
@@ -79,6 +97,12 @@ class Lease:
             except DuplicateKeyError:
                 return False  # someone holds a live lease
             doc = {"epoch": 1}
+        # The fence document must exist before a fenced write (an upsert inside the transaction
+        # could race another leader's into a duplicate key). Read first: a paused old leader's
+        # transaction may hold it, and a read never waits for that.
+        if await self._collection.find_one({"_id": FENCE_ID}, {"_id": 1}) is None:
+            with contextlib.suppress(DuplicateKeyError):
+                await self._collection.insert_one({"_id": FENCE_ID, "epoch": 0})
         self.epoch = int(doc["epoch"])
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN_FRACTION)
         log.info("lease acquired", extra={"component": "lease", "attempt": self.epoch})
@@ -117,3 +141,66 @@ class Lease:
     def forget(self) -> None:
         """Stop believing we hold the lease (it expired locally or renewals kept failing)."""
         self.epoch = None
+
+    async def confirm(self) -> None:
+        """Raise :class:`Fenced` unless the lease document still names this holder and epoch.
+
+        A plain read: it narrows a window (a deposed leader re-initialising the shared Kafka
+        transactional id and fencing the real leader), it does not close one. Writes are
+        protected by :meth:`write_fenced`.
+        """
+        epoch = self.epoch
+        if epoch is None:
+            raise Fenced("the lease is not held")
+        doc = await self._collection.find_one({"_id": LEASE_ID}, {"owner": 1, "epoch": 1})
+        if doc is None or doc.get("owner") != self.owner or doc.get("epoch") != epoch:
+            self.epoch = None
+            raise Fenced(f"lease epoch {epoch} is no longer current: {doc}")
+
+    async def write_fenced(self, work: Callable[[AsyncClientSession, int], Awaitable[T]]) -> T:
+        """Run ``work(session, epoch)`` (writes through ``session`` only) only while this holder's
+        epoch is current; otherwise nothing of it is written and :class:`Fenced` is raised.
+
+        One transaction that (1) reads the lease and refuses unless it still names this holder
+        and epoch, (2) runs ``work``, (3) moves the fence document to this epoch, refusing if a
+        newer epoch already wrote there. Why both:
+
+        * The read alone is not enough: MongoDB transactions detect write-write conflicts only,
+          so a transaction that read the lease at its snapshot could still commit after a new
+          leader started writing (write skew). The fence document is written by every leader's
+          every status write, so two leaders' writes always conflict: whichever comes second
+          retries from a fresh snapshot (WriteConflict is a TransientTransactionError) or waits,
+          and a deposed leader's retry then finds a newer epoch and aborts.
+        * The fence is a document of its own, not the lease: a takeover never waits for the old
+          leader's transaction. If the old leader is paused inside one (a few milliseconds
+          between its fence write and its commit), only the new leader's first status write
+          waits, until the old one resumes or the server aborts its transaction
+          (``transactionLifetimeLimitSeconds``); meanwhile nothing is lost, a batch may be
+          published twice.
+
+        So whatever a deposed leader commits comes from a transaction whose snapshot preceded
+        the takeover; after the takeover it writes nothing.
+        """
+        epoch = self.epoch
+        if epoch is None:
+            raise Fenced("the lease is not held")
+
+        async def fenced(session: AsyncClientSession) -> T:
+            lease = await self._collection.find_one({"_id": LEASE_ID}, session=session)
+            if lease is None or lease.get("owner") != self.owner or lease.get("epoch") != epoch:
+                raise Fenced(f"lease epoch {epoch} is no longer current; write aborted")
+            result = await work(session, epoch)
+            touched = await self._collection.update_one(
+                {"_id": FENCE_ID, "epoch": {"$lte": epoch}},
+                {"$set": {"epoch": epoch, "writtenAt": datetime.now(UTC)}},
+                session=session,
+            )
+            if touched.matched_count != 1:
+                raise Fenced(f"a leader newer than epoch {epoch} has written; write aborted")
+            return result
+
+        try:
+            return await run_in_transaction(self._collection.database.client, fenced)
+        except Fenced:
+            self.epoch = None
+            raise

@@ -14,60 +14,24 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
 
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
-from services.relay.lease import Lease
+from services.relay.lease import Fenced, Lease
 from services.relay.metrics import RelayMetrics
-from services.relay.publisher import BatchResult, Fenced, Publisher
+from services.relay.publisher import BatchResult, Publisher
 from services.relay.settings import RelaySettings
-from services.relay.wakeup import Wakeup
+from services.relay.wakeup import WAKE_CHANGE, Wakeup
 from shared.backoff import wait_or_stop
 from shared.contracts import OutboxStatus
 from shared.errors import FaultKind, classify
 from shared.health import HealthServer
 from shared.mongo import MongoClient, make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION, OutboxField, ensure_outbox_indexes
 
 log = logging.getLogger(__name__)
 
 LEASE_COLLECTION = "relay_lease"
-TTL_INDEX_NAME = "publishedAt_ttl"
-# Index option/key conflicts: another service created an equivalent index under another
-# name or with other options. Not worth failing start-up over; it is logged.
-_INDEX_CONFLICT_CODES = (85, 86)
-
-
-async def ensure_indexes(outbox: AsyncCollection[dict[str, Any]], ttl_days: float) -> None:
-    """Create the relay's indexes (idempotent: same name and spec as before is a no-op).
-
-    The TTL index only removes documents whose ``publishedAt`` is a date: Pending and Failed
-    events never have one, so they never expire.
-    """
-    specs: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
-        (
-            [("publishedAt", 1)],
-            {"name": TTL_INDEX_NAME, "expireAfterSeconds": int(ttl_days * 86_400)},
-        ),
-        # The pending scan: equality on status, then oldest first.
-        ([("status", 1), ("createdAt", 1)], {"name": "status_1_createdAt_1"}),
-        # Hold-back checks: an aggregate's unpublished events by version.
-        (
-            [("aggregateId", 1), ("aggregateVersion", 1)],
-            {"name": "aggregateId_1_aggregateVersion_1"},
-        ),
-    ]
-    for keys, options in specs:
-        try:
-            await outbox.create_index(keys, **options)
-        except OperationFailure as exc:
-            if exc.code not in _INDEX_CONFLICT_CODES:
-                raise
-            log.warning(
-                "an equivalent index exists with other options; keeping it",
-                extra={"reason": f"{options['name']}: {exc}"},
-            )
 
 
 class Relay:
@@ -79,12 +43,13 @@ class Relay:
         self.settings = settings
         self.client = client
         self.db = client[settings.database]
-        self.outbox = self.db["outbox"]
+        self.outbox = self.db[OUTBOX_COLLECTION]
         self.metrics = metrics or RelayMetrics()
         self.lease = Lease(
             self.db[LEASE_COLLECTION], settings.instance_id, settings.lease_ttl_seconds
         )
         self._state = "starting"
+        self.idle = False
 
     # -- health -----------------------------------------------------------------------------
     async def ready(self) -> dict[str, bool]:
@@ -111,7 +76,9 @@ class Relay:
         backoff = self.settings.backoff()
         while not stop.is_set():
             try:
-                await ensure_indexes(self.outbox, self.settings.published_ttl_days)
+                # The order API creates the same indexes; whichever starts first, they are one
+                # set. A conflicting index is not retried: it raises and the process exits 1.
+                await ensure_outbox_indexes(self.outbox, self.settings.outbox_published_ttl_seconds)
                 break
             except PyMongoError as exc:
                 self._set_state("mongo_unavailable", exc)
@@ -144,13 +111,13 @@ class Relay:
         lost = asyncio.Event()
         leading = asyncio.Event()  # set to end the helper tasks when we stop leading
         wake = asyncio.Event()
-        publisher = Publisher(self.outbox, self.settings, self.metrics)
+        publisher = Publisher(self.outbox, self.settings, self.metrics, self.lease)
         wakeup = Wakeup(
             self.db,
             wake,
             self.metrics,
             save_interval=self.settings.resume_token_save_seconds,
-            backoff_max=self.settings.backoff_max_seconds,
+            backoff=self.settings.backoff(),
         )
         tasks = [
             asyncio.create_task(self._keep_lease(lost, leading), name="relay-lease"),
@@ -179,6 +146,10 @@ class Relay:
                 if result.selected >= self.settings.batch_size and result.published:
                     continue  # a backlog: next batch at once
                 await self._wait_for_work(stop, lost, wake)
+                if wake.is_set():
+                    self.metrics.wakeups.labels(source=wakeup.reason or WAKE_CHANGE).inc()
+                elif not (stop.is_set() or lost.is_set()):
+                    self.metrics.wakeups.labels(source="sweep").inc()
         finally:
             leading.set()
             # Both helpers watch ``leading``; a getMore in flight may need up to its await time.
@@ -219,7 +190,11 @@ class Relay:
     async def _wait_for_work(
         self, stop: asyncio.Event, lost: asyncio.Event, wake: asyncio.Event
     ) -> None:
-        await self._wait_any((stop, lost, wake), self.settings.sweep_interval_seconds)
+        self.idle = True  # nothing in flight: only a wake-up or the sweep starts the next round
+        try:
+            await self._wait_any((stop, lost, wake), self.settings.sweep_interval_seconds)
+        finally:
+            self.idle = False
 
     @staticmethod
     async def _wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
@@ -235,17 +210,18 @@ class Relay:
         """Pending count, Failed count and oldest pending age, every metrics interval."""
         while True:
             try:
-                pending = OutboxStatus.PENDING.value
-                self.metrics.pending.set(await self.outbox.count_documents({"status": pending}))
+                f = OutboxField
+                pending = {f.STATUS: OutboxStatus.PENDING.value}
+                self.metrics.pending.set(await self.outbox.count_documents(pending))
                 self.metrics.failed.set(
-                    await self.outbox.count_documents({"status": OutboxStatus.FAILED.value})
+                    await self.outbox.count_documents({f.STATUS: OutboxStatus.FAILED.value})
                 )
                 oldest = await self.outbox.find_one(
-                    {"status": pending}, {"createdAt": 1}, sort=[("createdAt", 1)]
+                    pending, {f.CREATED_AT: 1}, sort=[(f.CREATED_AT, 1)]
                 )
                 age = 0.0
-                if oldest and isinstance(oldest.get("createdAt"), datetime):
-                    age = (datetime.now(UTC) - oldest["createdAt"]).total_seconds()
+                if oldest and isinstance(oldest.get(f.CREATED_AT), datetime):
+                    age = (datetime.now(UTC) - oldest[f.CREATED_AT]).total_seconds()
                 self.metrics.oldest_pending_age.set(max(0.0, age))
             except PyMongoError as exc:
                 if classify(exc) is not FaultKind.TRANSIENT:
@@ -277,4 +253,4 @@ async def serve(settings: RelaySettings, stop: asyncio.Event) -> int:
     return 0
 
 
-__all__ = ["BatchResult", "Relay", "ensure_indexes", "serve"]
+__all__ = ["BatchResult", "Relay", "serve"]

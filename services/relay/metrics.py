@@ -47,6 +47,13 @@ class RelayMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
+        self.wakeups = Counter(
+            "relay_wakeups",
+            "Idle waits of the publish loop ended, by what ended them: change_stream (an insert "
+            "notification), stream_opened (the stream (re)opened or broke), sweep (the interval)",
+            ["source"],
+            registry=self.registry,
+        )
         self.is_leader = Gauge(
             "relay_is_leader", "1 while this instance holds the lease", registry=self.registry
         )

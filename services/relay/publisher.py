@@ -16,8 +16,16 @@ Guarantees (the reasons are next to the code that keeps them):
   All relays share the id, so when a new leader's producer initialises it bumps the producer
   epoch: the broker aborts a zombie leader's open transaction and rejects its later ones
   (``ProducerFenced``). Consumers read with ``isolation_level=read_committed`` and never see an
-  aborted batch. The zombie may still write ``Published`` marks for batches it committed before
-  being fenced; those marks are true, and the mark only ever moves ``Pending`` to ``Published``.
+  aborted batch. A fencing error from anywhere (a producer call or a record's delivery) makes
+  the relay step down at once. Every status write (``Published``, ``Failed``, ``attempts``) is
+  one transaction conditional on the lease epoch (:meth:`Lease.write_fenced`): a deposed leader
+  writes nothing.
+* **Budget.** Only a fault attributable to the event itself spends its ``attempts`` (and can
+  make it ``Failed``): a record refused before it was queued, or a delivery error that hit it
+  alone while other records of the round went through. Transient faults and errors that hit the
+  whole round count in ``transientAttempts`` instead and the round is retried after a backoff.
+* **Malformed documents** (a field of the wrong type or missing) are marked ``Failed`` with the
+  reason; they never stop the relay.
 """
 
 from __future__ import annotations
@@ -27,23 +35,28 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import pymongo
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from bson import ObjectId
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.cursor import AsyncCursor
 
+from services.relay.lease import Fenced, Lease
 from services.relay.metrics import RelayMetrics
 from services.relay.settings import FAILPOINT_AFTER_KAFKA_ACK, RelaySettings
 from shared.contracts import Header, OutboxStatus, topic_for_event_type
 from shared.errors import FaultKind, TransientFault, classify
 from shared.kafka import REQUEST_TIMEOUT_MS, Headers, encode_headers, make_producer
+from shared.lifecycle import FAILPOINT_EXIT_CODE
+from shared.outbox import FIRST_VERSION, OutboxField
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +79,32 @@ _FENCED_ERRORS: tuple[type[BaseException], ...] = (
 KAFKA_DEADLINE_SECONDS = REQUEST_TIMEOUT_MS / 1000 + 5
 # Deadline of the Published mark of one batch (see _mark_published).
 MARK_DEADLINE_SECONDS = 30.0
-# The order API gives an aggregate's first event version 1: nothing can come before it.
-FIRST_VERSION = 1
 # Read-ahead limits of the backlog cursor (see Publisher.select_batch).
 CURSOR_MAX_BATCHES = 40
 CURSOR_MAX_AGE_SECONDS = 30.0
-FAILPOINT_EXIT_CODE = 86
 
 
 class PoisonEvent(Exception):
     """The outbox document itself cannot become a Kafka record (bad type, missing payload)."""
 
 
-class Fenced(Exception):
-    """Another relay's producer took over our transactional id: stop publishing at once."""
+class MalformedEvent(PoisonEvent):
+    """An outbox document the relay cannot even read (a field missing or of the wrong type)."""
+
+
+def is_fencing(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or what caused it) says another producer took our transactional id.
+
+    Checked on every producer call and on every record's delivery result: aiokafka fails all
+    pending futures with the sender's ``ProducerFenced`` when the broker refuses our epoch.
+    """
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (Fenced, *_FENCED_ERRORS)):
+            return True
+        exc = exc.cause if isinstance(exc, _BatchFault) else exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def classify_publish_error(exc: BaseException) -> FaultKind:
@@ -102,18 +127,29 @@ class OutboxEvent:
     traceparent: str | None
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> OutboxEvent:
-        return cls(
-            id=doc["_id"],
-            aggregate_type=str(doc.get("aggregateType", "")),
-            aggregate_id=str(doc.get("aggregateId", "")),
-            aggregate_version=int(doc.get("aggregateVersion") or 0),
-            event_type=str(doc.get("eventType", "")),
-            payload=doc.get("payload"),
-            attempts=int(doc.get("attempts") or 0),
-            created_at=doc.get("createdAt") or datetime.now(UTC),
-            traceparent=doc.get("traceparent"),
-        )
+    def from_doc(cls, doc: Mapping[str, Any]) -> OutboxEvent:
+        """Read an outbox document; raises :class:`MalformedEvent` naming the field at fault.
+
+        Strict on the fields the order API writes (the contract of ``shared.outbox``): a
+        version of ``"v2"`` or a Decimal128, a missing aggregate id, a creation time that is
+        not a date. Lenient only on the relay's own bookkeeping (``attempts``), which an
+        operator may have reset by hand.
+        """
+        f = OutboxField
+        try:
+            return cls(
+                id=doc[f.ID],
+                aggregate_type=_text(doc, f.AGGREGATE_TYPE),
+                aggregate_id=_text(doc, f.AGGREGATE_ID),
+                aggregate_version=_version(doc),
+                event_type=_text(doc, f.EVENT_TYPE),
+                payload=doc.get(f.PAYLOAD),
+                attempts=_count(doc, f.ATTEMPTS),
+                created_at=_moment(doc, f.CREATED_AT),
+                traceparent=_optional_text(doc, f.TRACEPARENT),
+            )
+        except KeyError as exc:  # only _id, which MongoDB always sets
+            raise MalformedEvent(f"{exc} is missing") from exc
 
     def to_record(self) -> tuple[str, bytes, bytes, Headers]:
         """``(topic, key, value, headers)``; raises ``PoisonEvent`` if that is impossible."""
@@ -140,6 +176,49 @@ class OutboxEvent:
         if self.traceparent:
             headers[Header.TRACEPARENT] = self.traceparent
         return topic, self.aggregate_id.encode(), value, encode_headers(headers)
+
+
+def _text(doc: Mapping[str, Any], name: str) -> str:
+    value = doc.get(name)
+    if not isinstance(value, str) or not value:
+        raise MalformedEvent(f"{name} must be a non-empty string, got {_shown(value)}")
+    return value
+
+
+def _optional_text(doc: Mapping[str, Any], name: str) -> str | None:
+    value = doc.get(name)
+    if value is not None and not isinstance(value, str):
+        raise MalformedEvent(f"{name} must be a string or null, got {_shown(value)}")
+    return value or None
+
+
+def _version(doc: Mapping[str, Any]) -> int:
+    name = OutboxField.AGGREGATE_VERSION
+    value = doc.get(name)
+    # bool is an int in Python; Int64 is one too and is what a driver may write for a long.
+    if not isinstance(value, int) or isinstance(value, bool) or value < FIRST_VERSION:
+        raise MalformedEvent(f"{name} must be an integer >= {FIRST_VERSION}, got {_shown(value)}")
+    return int(value)
+
+
+def _count(doc: Mapping[str, Any], name: str) -> int:
+    value = doc.get(name)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MalformedEvent(f"{name} must be an integer >= 0, got {_shown(value)}")
+    return int(value)
+
+
+def _moment(doc: Mapping[str, Any], name: str) -> datetime:
+    value = doc.get(name)
+    if not isinstance(value, datetime):
+        raise MalformedEvent(f"{name} must be a date, got {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:200]
 
 
 def _utc(moment: datetime) -> datetime:
@@ -185,6 +264,70 @@ def acknowledged(outcome: Sequence[BaseException | None], sent: Sequence[bool]) 
     return marked
 
 
+class Verdict(StrEnum):
+    """What one failed send does to its event."""
+
+    # Not the event's fault (Kafka away, an error that hit the whole round): transientAttempts.
+    TRANSIENT = "transient"
+    # The event's own fault, budget left: attempts + 1, stays Pending.
+    RETRY = "retry"
+    # The event's own fault, permanent or budget spent: Failed.
+    FAIL = "fail"
+
+
+def judge_failures(
+    outcome: Sequence[BaseException | None],
+    sent: Sequence[bool],
+    max_attempts: int,
+    attempts: Sequence[int],
+) -> dict[int, Verdict]:
+    """The verdict for every failed event of a round (index -> verdict); pure.
+
+    A fault spends an event's budget only when it is attributable to the event:
+
+    * refused before it was queued (``sent`` is False: too large, unserialisable), or
+    * a delivery error that hit this record alone (aiokafka fails every record of a partition's
+      batch with one error object; one object shared by several records is the batch's fault)
+      while some other record of the round was acknowledged (evidence that Kafka works).
+
+    Everything else (transient faults, one error for the whole round) is ``TRANSIENT``: a Kafka
+    outage followed by a non-retriable error on every record must not park healthy events.
+    """
+    delivered = [
+        was_sent and (error is None or isinstance(error, _Collateral))
+        for error, was_sent in zip(outcome, sent, strict=True)
+    ]
+    sharers: dict[int, int] = {}
+    for error in outcome:
+        if error is not None and not isinstance(error, _Collateral):
+            sharers[id(error)] = sharers.get(id(error), 0) + 1
+    verdicts: dict[int, Verdict] = {}
+    for index, error in enumerate(outcome):
+        if error is None or isinstance(error, _Collateral):
+            continue
+        kind = classify_publish_error(error)
+        if kind is FaultKind.TRANSIENT:
+            verdicts[index] = Verdict.TRANSIENT
+            continue
+        if sent[index]:
+            others_delivered = any(d for i, d in enumerate(delivered) if i != index)
+            if sharers[id(error)] > 1 or not others_delivered:
+                verdicts[index] = Verdict.TRANSIENT
+                continue
+        give_up = kind is FaultKind.PERMANENT or attempts[index] + 1 >= max_attempts
+        verdicts[index] = Verdict.FAIL if give_up else Verdict.RETRY
+    return verdicts
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """An outbox document that could not be read, with the reason (it becomes Failed)."""
+
+    id: Any
+    aggregate_id: str | None
+    reason: str
+
+
 @dataclass
 class BatchResult:
     selected: int = 0
@@ -201,11 +344,13 @@ class Publisher:
         outbox: AsyncCollection[dict[str, Any]],
         settings: RelaySettings,
         metrics: RelayMetrics,
+        lease: Lease,
         producer_factory: Callable[[], AIOKafkaProducer] | None = None,
     ) -> None:
         self._outbox = outbox
         self._settings = settings
         self._metrics = metrics
+        self._lease = lease
         self._producer_factory = producer_factory or self._default_producer
         self._producer: AIOKafkaProducer | None = None
         self._cursor: AsyncCursor[dict[str, Any]] | None = None
@@ -225,6 +370,11 @@ class Publisher:
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
+            # Initialising a producer with the shared transactional id fences whoever holds it.
+            # A leader that was deposed while paused must not do that to the real leader:
+            # confirm the lease first (a narrowing, not a guarantee; writes are fenced anyway).
+            if self._settings.transactional:
+                await self._lease.confirm()
             producer = self._producer_factory()
             try:
                 await asyncio.wait_for(producer.start(), KAFKA_DEADLINE_SECONDS)
@@ -245,8 +395,9 @@ class Publisher:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 5)
 
-    async def select_batch(self) -> list[OutboxEvent]:
-        """The next (up to) ``batch_size`` Pending events, oldest first.
+    async def select_batch(self) -> tuple[list[OutboxEvent], list[Malformed]]:
+        """The next (up to) ``batch_size`` Pending events, oldest first, and the documents among
+        them that could not be read.
 
         A backlog is read through one cursor, ``batch_size`` documents per getMore, instead of
         one query per batch: the scan (and, on servers that sort in memory, the sort) is paid
@@ -268,24 +419,33 @@ class Publisher:
         self._cursor_batches += 1
         if len(docs) < self._settings.batch_size:
             await self.drop_cursor()  # exhausted: the next round starts a fresh scan
-        return [OutboxEvent.from_doc(doc) for doc in docs if doc["_id"] not in self._published_ids]
+        events: list[OutboxEvent] = []
+        malformed: list[Malformed] = []
+        for doc in docs:
+            if doc[OutboxField.ID] in self._published_ids:
+                continue
+            event = _read(doc, malformed)
+            if event is not None:
+                events.append(event)
+        return events, malformed
 
     async def _open_cursor(self) -> AsyncCursor[dict[str, Any]]:
+        f = OutboxField
         # Aggregates with a Failed event are skipped entirely: their later events must wait, and
         # selecting them would let a long blocked backlog fill every batch and starve the rest.
         failed_aggregates = await self._outbox.distinct(
-            "aggregateId", {"status": OutboxStatus.FAILED.value}
+            f.AGGREGATE_ID, {f.STATUS: OutboxStatus.FAILED.value}
         )
-        query: dict[str, Any] = {"status": OutboxStatus.PENDING.value}
+        query: dict[str, Any] = {f.STATUS: OutboxStatus.PENDING.value}
         if failed_aggregates:
-            query["aggregateId"] = {"$nin": failed_aggregates}
+            query[f.AGGREGATE_ID] = {"$nin": failed_aggregates}
         self._published_ids.clear()
         # Sorted by the index {status: 1, createdAt: 1} alone, so MongoDB walks the index; a
         # tie-breaker (such as _id) would force an in-memory sort of the whole backlog. Ties
         # need no order: per-aggregate order comes from the version.
         return (
             self._outbox.find(query)
-            .sort([("status", 1), ("createdAt", 1)])
+            .sort([(f.STATUS, 1), (f.CREATED_AT, 1)])
             .batch_size(self._settings.batch_size)
         )
 
@@ -296,7 +456,7 @@ class Publisher:
                 await cursor.close()
 
     async def find_predecessors(
-        self, batch: Sequence[OutboxEvent]
+        self, batch: Sequence[OutboxEvent], malformed: list[Malformed]
     ) -> tuple[list[OutboxEvent], dict[str, int]]:
         """Unpublished earlier events of the batch's aggregates that are not in the batch.
 
@@ -304,8 +464,10 @@ class Publisher:
         and v4 never lets v4 overtake v2 and v3, and a batch made only of later versions still
         makes progress) and, per aggregate, the lowest Failed version (nothing at or after it
         may go). Only aggregates whose versions in the batch do not run ``1, 2, ... k`` can have
-        one; for the common case (an order's first event) no query is made.
+        one; for the common case (an order's first event) no query is made. An unreadable
+        predecessor is added to ``malformed`` and holds its whole aggregate back this round.
         """
+        f = OutboxField
         versions: dict[str, set[int]] = {}
         for event in batch:
             versions.setdefault(event.aggregate_id, set()).add(event.aggregate_version)
@@ -320,19 +482,25 @@ class Publisher:
             return [], {}
         cursor = self._outbox.find(
             {
-                "aggregateId": {"$in": suspects},
-                "aggregateVersion": {"$lt": max(highest[agg] for agg in suspects)},
-                "status": {"$ne": OutboxStatus.PUBLISHED.value},
-                "_id": {"$nin": [event.id for event in batch]},
+                f.AGGREGATE_ID: {"$in": suspects},
+                f.AGGREGATE_VERSION: {"$lt": max(highest[agg] for agg in suspects)},
+                f.STATUS: {"$ne": OutboxStatus.PUBLISHED.value},
+                f.ID: {"$nin": [event.id for event in batch] + [bad.id for bad in malformed]},
             }
         )
         extra: list[OutboxEvent] = []
         failed: dict[str, int] = {}
         async for doc in cursor:
-            event = OutboxEvent.from_doc(doc)
+            found = _read(doc, malformed)
+            if found is None:
+                aggregate = doc.get(f.AGGREGATE_ID)
+                if isinstance(aggregate, str):
+                    failed[aggregate] = 0  # which version it is is unknown: hold all back
+                continue
+            event = found
             if event.aggregate_version >= highest[event.aggregate_id]:
                 continue
-            if doc.get("status") == OutboxStatus.PENDING.value:
+            if doc.get(f.STATUS) == OutboxStatus.PENDING.value:
                 extra.append(event)
             elif event.aggregate_version < failed.get(
                 event.aggregate_id, event.aggregate_version + 1
@@ -341,7 +509,8 @@ class Publisher:
         return extra, failed
 
     async def publish_once(self) -> BatchResult:
-        """Publish one batch. MongoDB errors propagate; Kafka faults are reported in the result."""
+        """Publish one batch. MongoDB errors and :class:`Fenced` propagate; Kafka faults are
+        reported in the result."""
         try:
             result = await self._publish_once()
         except BaseException:
@@ -353,30 +522,36 @@ class Publisher:
         return result
 
     async def _publish_once(self) -> BatchResult:
-        batch = await self.select_batch()
-        result = BatchResult(selected=len(batch))
-        if not batch:
+        batch, malformed = await self.select_batch()
+        result = BatchResult(selected=len(batch) + len(malformed))
+        if not batch and not malformed:
             return result
-        predecessors, failed = await self.find_predecessors(batch)
+        predecessors, failed = await self.find_predecessors(batch, malformed)
+        for bad in malformed:
+            if bad.aggregate_id is not None:
+                # Its version cannot be trusted: the whole aggregate waits behind it (from the
+                # next round on it is skipped like any aggregate with a Failed event).
+                failed[bad.aggregate_id] = 0
         plan = plan_batch([*predecessors, *batch], failed)
-        if not plan:
-            return result
         sent = [False] * len(plan)
         outcome: list[BaseException | None] = [None] * len(plan)
-        try:
-            await self._send(plan, outcome, sent)
-        except Fenced:
-            raise
-        except Exception as exc:
-            # The producer could not start, begin, send or commit: nothing of this batch counts
-            # as published. A transaction in doubt is aborted by the next producer's init.
-            # Not the events' fault: record it as transient so no event is ever parked as
-            # Failed because of a batch-level problem.
-            await self._discard_producer()
-            fault = _BatchFault(exc)
-            for index in range(len(plan)):
-                if sent[index] or outcome[index] is None:
-                    sent[index], outcome[index] = True, fault
+        if plan:
+            try:
+                await self._send(plan, outcome, sent)
+            except Fenced:
+                raise
+            except Exception as exc:
+                # The producer could not start, begin, send or commit: nothing of this batch
+                # counts as published. A transaction in doubt is aborted by the next producer's
+                # init. Not the events' fault: recorded as transient, so no event is ever parked
+                # as Failed because of a batch-level problem.
+                await self._discard_producer()
+                if is_fencing(exc):
+                    raise Fenced(repr(exc)) from exc
+                fault = _BatchFault(exc)
+                for index in range(len(plan)):
+                    if sent[index] or outcome[index] is None:
+                        sent[index], outcome[index] = True, fault
         marked = acknowledged(outcome, sent)
         if marked and self._settings.failpoint == FAILPOINT_AFTER_KAFKA_ACK:
             log.critical(
@@ -384,11 +559,15 @@ class Publisher:
                 extra={"count": len(marked)},
             )
             os._exit(FAILPOINT_EXIT_CODE)
-        await self._mark_published([plan[index] for index in marked])
+        verdicts = judge_failures(
+            outcome, sent, self._settings.max_attempts, [event.attempts for event in plan]
+        )
+        await self._settle([plan[index] for index in marked], plan, outcome, verdicts, malformed)
         self._published_ids.update(plan[index].id for index in marked)
         result.published = len(marked)
-        self._metrics.batch_size.observe(sum(sent))
-        await self._record_failures(plan, outcome, result)
+        if plan:
+            self._metrics.batch_size.observe(sum(sent))
+        self._report(plan, outcome, verdicts, malformed, result)
         return result
 
     async def _send(
@@ -398,6 +577,7 @@ class Publisher:
 
         Raises on a fault that spoils the whole batch (producer start, transaction begin or
         commit, a transient refusal); the caller then treats every event as unsent-failed.
+        Raises :class:`Fenced` when any record's delivery says our producer was fenced.
         """
         producer = await self._ensure_producer()
         transactional = self._settings.transactional
@@ -436,6 +616,11 @@ class Publisher:
         failures = 0
         for index, delivery in zip(futures, settled, strict=True):
             if isinstance(delivery, BaseException):
+                if is_fencing(delivery):
+                    # Another relay initialised our transactional id: we are a zombie. Nothing
+                    # of this round is recorded (not even attempts); step down now.
+                    await self._discard_producer()
+                    raise Fenced(repr(delivery)) from delivery
                 outcome[index] = delivery
                 failures += 1
         if transactional:
@@ -458,83 +643,153 @@ class Publisher:
             await self._discard_producer()
             raise Fenced(repr(exc)) from exc
 
-    async def _mark_published(self, events: Sequence[OutboxEvent]) -> None:
-        if not events:
+    async def _settle(
+        self,
+        published: Sequence[OutboxEvent],
+        plan: Sequence[OutboxEvent],
+        outcome: Sequence[BaseException | None],
+        verdicts: Mapping[int, Verdict],
+        malformed: Sequence[Malformed],
+    ) -> None:
+        """Write what the round decided (marks, attempts, Failed) in one fenced transaction.
+
+        Every filter includes ``status: Pending``: a write can only move an event on from
+        Pending, never resurrect or overwrite anything else. The transaction is conditional on
+        our lease epoch (:meth:`Lease.write_fenced`): if another relay took over, nothing of it
+        is written and :class:`Fenced` is raised.
+        """
+        if not published and not verdicts and not malformed:
             return
+        f = OutboxField
+        pending = OutboxStatus.PENDING.value
+        failed = OutboxStatus.FAILED.value
         now = datetime.now(UTC)
-        # One write for the whole acknowledged prefix. The status filter means a mark can only
-        # move Pending -> Published: it never resurrects or overwrites anything else.
-        # The mark gets a longer deadline than ordinary reads: a mark that times out means the
+        transient_ids = [plan[i].id for i, v in verdicts.items() if v is Verdict.TRANSIENT]
+        transient_error = next(
+            (outcome[i] for i, v in verdicts.items() if v is Verdict.TRANSIENT), None
+        )
+
+        async def work(session: AsyncClientSession, epoch: int) -> None:
+            if published:
+                await self._outbox.update_many(
+                    {f.ID: {"$in": [event.id for event in published]}, f.STATUS: pending},
+                    {
+                        "$set": {
+                            f.STATUS: OutboxStatus.PUBLISHED.value,
+                            f.PUBLISHED_AT: now,
+                            f.RELAY_EPOCH: epoch,
+                        }
+                    },
+                    session=session,
+                )
+            for index, verdict in verdicts.items():
+                if verdict is Verdict.TRANSIENT:
+                    continue
+                update: dict[str, Any] = {
+                    f.LAST_ERROR: _describe(outcome[index]),
+                    f.RELAY_EPOCH: epoch,
+                }
+                if verdict is Verdict.FAIL:
+                    update[f.STATUS] = failed
+                await self._outbox.update_one(
+                    {f.ID: plan[index].id, f.STATUS: pending},
+                    {"$set": update, "$inc": {f.ATTEMPTS: 1}},
+                    session=session,
+                )
+            if transient_ids:
+                # Not the events' fault: they keep their budget; the count and the cause are on
+                # record for operators.
+                await self._outbox.update_many(
+                    {f.ID: {"$in": transient_ids}, f.STATUS: pending},
+                    {
+                        "$set": {f.LAST_ERROR: _describe(transient_error), f.RELAY_EPOCH: epoch},
+                        "$inc": {f.TRANSIENT_ATTEMPTS: 1},
+                    },
+                    session=session,
+                )
+            for bad in malformed:
+                await self._outbox.update_one(
+                    {f.ID: bad.id, f.STATUS: pending},
+                    {
+                        "$set": {
+                            f.STATUS: failed,
+                            f.LAST_ERROR: f"malformed: {bad.reason}",
+                            f.RELAY_EPOCH: epoch,
+                        }
+                    },
+                    session=session,
+                )
+
+        # The write gets a longer deadline than ordinary reads: a mark that times out means the
         # whole batch is published again, so on a slow server a 5 s deadline could turn into a
         # loop of re-publishing the same 500 events. Waiting longer here is the cheaper failure.
         with pymongo.timeout(max(MARK_DEADLINE_SECONDS, self._settings.mongo_timeout_seconds)):
-            await self._outbox.update_many(
-                {
-                    "_id": {"$in": [event.id for event in events]},
-                    "status": OutboxStatus.PENDING.value,
-                },
-                {"$set": {"status": OutboxStatus.PUBLISHED.value, "publishedAt": now}},
-            )
-        self._metrics.published.inc(len(events))
-        for event in events:
-            self._metrics.commit_to_publish.observe(
-                max(0.0, (now - _utc(event.created_at)).total_seconds())
-            )
+            await self._lease.write_fenced(work)
+        if published:
+            self._metrics.published.inc(len(published))
+            for event in published:
+                self._metrics.commit_to_publish.observe(
+                    max(0.0, (now - _utc(event.created_at)).total_seconds())
+                )
 
-    async def _record_failures(
+    def _report(
         self,
         plan: Sequence[OutboxEvent],
         outcome: Sequence[BaseException | None],
+        verdicts: Mapping[int, Verdict],
+        malformed: Sequence[Malformed],
         result: BatchResult,
     ) -> None:
-        transient_ids: list[ObjectId] = []
-        transient_error: BaseException | None = None
-        for event, error in zip(plan, outcome, strict=True):
-            if error is None or isinstance(error, _Collateral):
-                continue
-            kind = classify_publish_error(error)
-            self._metrics.publish_errors.labels(kind=kind.value).inc()
-            if kind is FaultKind.TRANSIENT:
-                transient_ids.append(event.id)
-                transient_error = transient_error or error
+        """Metrics, logs and the result of what :meth:`_settle` wrote."""
+        for index, verdict in verdicts.items():
+            event, error = plan[index], outcome[index]
+            assert error is not None
+            self._metrics.publish_errors.labels(kind=classify_publish_error(error).value).inc()
+            if verdict is Verdict.TRANSIENT:
+                result.transient = result.transient or error
                 continue
             result.errors.append((event, error))
-            attempts = event.attempts + 1
-            give_up = kind is FaultKind.PERMANENT or attempts >= self._settings.max_attempts
-            update: dict[str, Any] = {"lastError": _describe(error)}
-            if give_up:
-                update["status"] = OutboxStatus.FAILED.value
+            fields = {
+                "event_id": str(event.id),
+                "aggregate_id": event.aggregate_id,
+                "attempt": event.attempts + 1,
+                "reason": _describe(error),
+            }
+            if verdict is Verdict.FAIL:
                 result.failed += 1
                 self._metrics.events_failed.inc()
                 log.error(
                     "event can never be published; marked Failed (its aggregate waits)",
-                    extra={
-                        "event_id": str(event.id),
-                        "aggregate_id": event.aggregate_id,
-                        "attempt": attempts,
-                        "reason": _describe(error),
-                    },
+                    extra=fields,
                 )
             else:
-                log.warning(
-                    "publish failed; will retry",
-                    extra={
-                        "event_id": str(event.id),
-                        "attempt": attempts,
-                        "reason": _describe(error),
-                    },
-                )
-            await self._outbox.update_one(
-                {"_id": event.id, "status": OutboxStatus.PENDING.value},
-                {"$set": update, "$inc": {"attempts": 1}},
+                log.warning("publish failed; will retry", extra=fields)
+        for bad in malformed:
+            result.failed += 1
+            self._metrics.events_failed.inc()
+            self._metrics.publish_errors.labels(kind=FaultKind.PERMANENT.value).inc()
+            log.error(
+                "outbox document is malformed; marked Failed (its aggregate waits)",
+                extra={
+                    "event_id": str(bad.id),
+                    "aggregate_id": bad.aggregate_id,
+                    "reason": bad.reason,
+                },
             )
-        if transient_ids:
-            # Events stay Pending; the count and cause are on record for operators.
-            await self._outbox.update_many(
-                {"_id": {"$in": transient_ids}, "status": OutboxStatus.PENDING.value},
-                {"$set": {"lastError": _describe(transient_error)}, "$inc": {"attempts": 1}},
+
+
+def _read(doc: Mapping[str, Any], malformed: list[Malformed]) -> OutboxEvent | None:
+    """The event of ``doc``, or None after recording why it cannot be read."""
+    try:
+        return OutboxEvent.from_doc(doc)
+    except MalformedEvent as exc:
+        aggregate = doc.get(OutboxField.AGGREGATE_ID)
+        malformed.append(
+            Malformed(
+                doc.get(OutboxField.ID), aggregate if isinstance(aggregate, str) else None, str(exc)
             )
-            result.transient = transient_error
+        )
+        return None
 
 
 class _Collateral(Exception):

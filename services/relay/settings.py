@@ -9,6 +9,7 @@ import uuid
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.outbox import OutboxTtlSetting
 from shared.settings import ServiceSettings
 
 # The one failpoint the relay knows: exit right after Kafka acknowledged a batch and before the
@@ -23,7 +24,7 @@ def _default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class RelaySettings(ServiceSettings):
+class RelaySettings(ServiceSettings, OutboxTtlSetting):
     model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", frozen=True)
 
     port: int = Field(default=8001, ge=0, le=65535)
@@ -48,7 +49,6 @@ class RelaySettings(ServiceSettings):
     # An empty value turns transactions off (prefix marking only, no zombie fencing in Kafka).
     transactional_id: str = Field(default="outbox-relay")
 
-    published_ttl_days: float = Field(default=7.0, gt=0, le=3650)
     # How often pending-count and oldest-pending-age gauges are refreshed (one count each time).
     metrics_interval_seconds: float = Field(default=5.0, gt=0, le=300)
     # The resume token is written at most this often: a write per insert would double the load.

@@ -25,14 +25,19 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from services.relay.metrics import RelayMetrics
 from shared.backoff import Backoff, wait_or_stop
+from shared.outbox import OUTBOX_COLLECTION
 
 log = logging.getLogger(__name__)
 
 TOKEN_COLLECTION = "relay_resume_token"
-TOKEN_ID = "outbox"
+# One token per watched collection, named after it.
+TOKEN_ID = OUTBOX_COLLECTION
 # How long one getMore waits on the server: bounds how late a stop request is noticed.
 MAX_AWAIT_MS = 500
 _PIPELINE = [{"$match": {"operationType": {"$in": ["insert", "invalidate"]}}}]
+# Why the publish loop was woken (label of relay_wakeups_total; the loop adds "sweep").
+WAKE_CHANGE = "change_stream"  # an insert notification
+WAKE_STREAM_OPENED = "stream_opened"  # (re)opened or broken: whatever it missed needs a sweep
 
 
 class Wakeup:
@@ -43,21 +48,29 @@ class Wakeup:
         metrics: RelayMetrics,
         *,
         save_interval: float,
-        backoff_max: float,
+        backoff: Backoff,
     ) -> None:
         self._db = db
-        self._outbox = db["outbox"]
+        self._outbox = db[OUTBOX_COLLECTION]
         self._tokens = db[TOKEN_COLLECTION]
         self.event = event
         self._metrics = metrics
         self._save_interval = save_interval
-        self._backoff_max = backoff_max
+        # The service's own pacing (RELAY_BACKOFF_*), not a second copy of it.
+        self._backoff = backoff
         self._saved: Mapping[str, Any] | None = None
         self._saved_at = 0.0
+        # What set ``event`` first since the loop last cleared it.
+        self.reason: str | None = None
+
+    def _wake(self, reason: str) -> None:
+        if not self.event.is_set():
+            self.reason = reason
+        self.event.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch until ``stop`` is set. Never raises: a broken stream only costs latency."""
-        backoff = Backoff(maximum=self._backoff_max)
+        backoff = self._backoff
         token: Mapping[str, Any] | None = None
         loaded = False
         healthy = True
@@ -74,13 +87,13 @@ class Wakeup:
                         healthy = True
                     backoff.reset()
                     # The stream was closed for a while: let the publish loop sweep now.
-                    self.event.set()
+                    self._wake(WAKE_STREAM_OPENED)
                     while stream.alive and not stop.is_set():
                         change = await stream.try_next()
                         if change is not None:
                             if change.get("operationType") == "invalidate":
                                 break
-                            self.event.set()
+                            self._wake(WAKE_CHANGE)
                         if stream.resume_token is not None:
                             token = stream.resume_token
                             await self._maybe_save(token)
@@ -96,7 +109,7 @@ class Wakeup:
                 )
                 await self._drop_token()
                 token = None
-                self.event.set()
+                self._wake(WAKE_STREAM_OPENED)
             except OperationFailure as exc:
                 # With a token, a server-side refusal almost always means the token is unusable
                 # (ChangeStreamHistoryLost 286, InvalidResumeToken 260, ChangeStreamFatalError 280,
@@ -108,14 +121,14 @@ class Wakeup:
                     )
                     await self._drop_token_quietly()
                     token = None
-                    self.event.set()
+                    self._wake(WAKE_STREAM_OPENED)
                     continue
                 healthy = self._log_down(healthy, exc)
                 if await wait_or_stop(stop, backoff.next_delay()):
                     return
             except PyMongoError as exc:
                 healthy = self._log_down(healthy, exc)
-                self.event.set()
+                self._wake(WAKE_STREAM_OPENED)
                 if await wait_or_stop(stop, backoff.next_delay()):
                     return
 

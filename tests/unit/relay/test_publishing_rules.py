@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from aiokafka import errors as kafka_errors
-from bson import ObjectId
+from bson import Decimal128, ObjectId
+from bson.int64 import Int64
 from pydantic import ValidationError
 
+from services.relay.lease import Fenced
 from services.relay.publisher import (
+    MalformedEvent,
     OutboxEvent,
     PoisonEvent,
+    Verdict,
+    _BatchFault,
+    _Collateral,
     acknowledged,
     classify_publish_error,
+    is_fencing,
+    judge_failures,
     plan_batch,
 )
 from services.relay.settings import RelaySettings
@@ -151,3 +160,123 @@ def test_settings_defaults_match_the_documented_ones() -> None:
         5.0,
     )
     assert s.transactional and s.failpoint is None
+
+
+def outbox_doc(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "_id": ObjectId(),
+        "aggregateType": "Order",
+        "aggregateId": "order-1",
+        "aggregateVersion": 1,
+        "eventType": "OrderCreated",
+        "payload": "{}",
+        "status": "Pending",
+        "attempts": 0,
+        "createdAt": datetime(2025, 1, 2, tzinfo=UTC),
+        "publishedAt": None,
+        "lastError": None,
+        "traceparent": None,
+    }
+    doc.update(overrides)
+    return {k: v for k, v in doc.items() if v is not _ABSENT}
+
+
+_ABSENT = object()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"aggregateVersion": "v2"}, "aggregateVersion"),
+        ({"aggregateVersion": Decimal128("2")}, "aggregateVersion"),
+        ({"aggregateVersion": 2.0}, "aggregateVersion"),
+        ({"aggregateVersion": True}, "aggregateVersion"),
+        ({"aggregateVersion": 0}, "aggregateVersion"),
+        ({"aggregateVersion": _ABSENT}, "aggregateVersion"),
+        ({"aggregateId": _ABSENT}, "aggregateId"),
+        ({"aggregateId": 42}, "aggregateId"),
+        ({"eventType": None}, "eventType"),
+        ({"aggregateType": ["Order"]}, "aggregateType"),
+        ({"createdAt": "2025-01-02"}, "createdAt"),
+        ({"attempts": "3"}, "attempts"),
+        ({"traceparent": 7}, "traceparent"),
+    ],
+)
+def test_a_malformed_outbox_document_is_refused_naming_the_field(
+    overrides: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(MalformedEvent, match=field):
+        OutboxEvent.from_doc(outbox_doc(**overrides))
+
+
+def test_a_well_formed_outbox_document_is_read_as_is() -> None:
+    doc = outbox_doc(aggregateVersion=Int64(3), attempts=_ABSENT)
+    read = OutboxEvent.from_doc(doc)
+    assert (read.aggregate_version, read.attempts, read.aggregate_id) == (3, 0, "order-1")
+
+
+MAX = 5
+
+
+def test_a_transient_fault_never_spends_the_budget_even_on_the_last_attempt() -> None:
+    away = kafka_errors.KafkaConnectionError()
+    assert judge_failures([away, away], [True, True], MAX, [MAX - 1, 0]) == {
+        0: Verdict.TRANSIENT,
+        1: Verdict.TRANSIENT,
+    }
+    batch = _BatchFault(RuntimeError("commit failed"))
+    assert judge_failures([batch], [True], MAX, [MAX - 1]) == {0: Verdict.TRANSIENT}
+
+
+def test_one_non_retriable_error_on_every_record_of_the_round_is_not_the_events_fault() -> None:
+    # aiokafka fails every future of a partition's batch with one error object; when nothing of
+    # the round got through, the error says nothing about any single event.
+    shared = kafka_errors.UnknownError()
+    too_large = kafka_errors.MessageSizeTooLargeError()
+    verdicts = judge_failures(
+        [shared, shared, too_large], [True, True, True], MAX, [MAX - 1, MAX - 1, 0]
+    )
+    assert set(verdicts.values()) == {Verdict.TRANSIENT}
+
+
+def test_one_error_object_shared_by_several_records_is_the_batchs_fault() -> None:
+    shared = kafka_errors.UnknownError()
+    verdicts = judge_failures([None, shared, shared], [True, True, True], MAX, [0, MAX - 1, 0])
+    assert verdicts == {1: Verdict.TRANSIENT, 2: Verdict.TRANSIENT}
+
+
+def test_an_error_of_its_own_while_others_went_through_spends_the_events_budget() -> None:
+    own = RuntimeError("broker refused this record")
+    assert judge_failures([None, own], [True, True], MAX, [0, 0]) == {1: Verdict.RETRY}
+    assert judge_failures([None, own], [True, True], MAX, [0, MAX - 1]) == {1: Verdict.FAIL}
+    # Acknowledged inside an aborted transaction still shows Kafka works.
+    assert judge_failures([_Collateral(), own], [True, True], MAX, [0, 0]) == {1: Verdict.RETRY}
+
+
+def test_a_record_refused_before_queueing_is_its_own_fault() -> None:
+    too_large = kafka_errors.MessageSizeTooLargeError()
+    assert judge_failures([too_large], [False], MAX, [0]) == {0: Verdict.FAIL}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        kafka_errors.ProducerFenced(),
+        kafka_errors.InvalidProducerEpoch(),
+        _BatchFault(kafka_errors.ProducerFenced()),
+        Fenced("lease lost"),
+    ],
+)
+def test_fencing_is_recognised_wherever_it_comes_from(error: BaseException) -> None:
+    assert is_fencing(error)
+
+
+def test_a_fencing_error_wrapped_by_another_is_still_fencing() -> None:
+    try:
+        try:
+            raise kafka_errors.ProducerFenced()
+        except kafka_errors.ProducerFenced as exc:
+            raise kafka_errors.KafkaError("Unexpected error during batch delivery") from exc
+    except kafka_errors.KafkaError as wrapped:
+        assert is_fencing(wrapped)
+    assert not is_fencing(kafka_errors.KafkaConnectionError())

@@ -1,0 +1,120 @@
+"""The outbox contract: the one owner of what the order API writes and the relay reads.
+
+The order API inserts events into ``outbox`` inside the order's transaction; the relay reads
+them, publishes them and writes their status. Both import the collection name, the field
+names, the first aggregate version, the index list and the TTL setting from here, and both
+create the indexes through :func:`ensure_outbox_indexes`, so whichever service starts first
+the collection gets the same indexes (in particular the unique one on aggregate and version).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Final
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings
+from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+
+from shared.mongo import ensure_indexes
+
+OUTBOX_COLLECTION: Final = "outbox"
+# The order API gives an aggregate's first event version 1 (its ``version`` after creation);
+# versions then run 2, 3, ... with no gap. The relay relies on both to hold events back.
+FIRST_VERSION: Final = 1
+
+
+class OutboxField:
+    """Field names of an outbox document (camelCase in MongoDB)."""
+
+    ID: Final = "_id"
+    AGGREGATE_TYPE: Final = "aggregateType"
+    AGGREGATE_ID: Final = "aggregateId"
+    AGGREGATE_VERSION: Final = "aggregateVersion"
+    EVENT_TYPE: Final = "eventType"
+    PAYLOAD: Final = "payload"
+    STATUS: Final = "status"
+    # Faults attributable to the event itself (its budget: RELAY_MAX_ATTEMPTS, then Failed).
+    ATTEMPTS: Final = "attempts"
+    # Rounds lost to faults that were not the event's (Kafka away, a batch-wide error): for
+    # operators only, never brings the event closer to Failed.
+    TRANSIENT_ATTEMPTS: Final = "transientAttempts"
+    CREATED_AT: Final = "createdAt"
+    PUBLISHED_AT: Final = "publishedAt"
+    LAST_ERROR: Final = "lastError"
+    TRACEPARENT: Final = "traceparent"
+    # The lease epoch of the relay leader that last wrote the status fields above: which
+    # leader published (or failed) an event, and proof that a deposed one wrote nothing.
+    RELAY_EPOCH: Final = "relayEpoch"
+
+
+INDEX_PENDING: Final = "status_1_createdAt_1"
+INDEX_AGGREGATE_VERSION: Final = "aggregateId_1_aggregateVersion_1"
+INDEX_PUBLISHED_TTL: Final = "publishedAt_ttl"
+
+# Seven days: long enough to look at a published event while debugging a consumer or replaying
+# the DLQ, short enough that the outbox does not grow without bound. Pending and Failed events
+# have no publishedAt, so the TTL index never expires them.
+DEFAULT_PUBLISHED_TTL_SECONDS: Final = 7 * 24 * 3600
+PUBLISHED_TTL_ENV: Final = "OUTBOX_PUBLISHED_TTL_SECONDS"
+# The two settings this one replaced (in two units). Set, they would be silently ignored.
+_RETIRED_TTL_ENV: Final = ("ORDER_OUTBOX_TTL_SECONDS", "RELAY_PUBLISHED_TTL_DAYS")
+
+
+class OutboxTtlSetting(BaseSettings):
+    """The TTL of Published events: one un-prefixed variable read by the order API and the
+    relay alike (both create the TTL index, so they must agree on its value)."""
+
+    outbox_published_ttl_seconds: int = Field(
+        default=DEFAULT_PUBLISHED_TTL_SECONDS,
+        ge=60,
+        validation_alias=AliasChoices(PUBLISHED_TTL_ENV, PUBLISHED_TTL_ENV.lower()),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_retired_names(cls, data: Any) -> Any:
+        retired = [name for name in _RETIRED_TTL_ENV if name in os.environ]
+        if retired:
+            raise ValueError(
+                f"{', '.join(retired)} no longer exist: set {PUBLISHED_TTL_ENV} (seconds) instead"
+            )
+        return data
+
+
+def outbox_indexes(ttl_seconds: int) -> list[IndexModel]:
+    """The outbox's indexes.
+
+    * ``status_1_createdAt_1``: the relay's pending scan (equality on status, oldest first).
+    * ``aggregateId_1_aggregateVersion_1`` (unique): one event per aggregate version, and the
+      relay's hold-back query (an aggregate's unpublished events by version).
+    * ``publishedAt_ttl``: removes Published events ``ttl_seconds`` after publication; Pending
+      and Failed events have no ``publishedAt`` and never expire.
+    """
+    return [
+        IndexModel(
+            [(OutboxField.STATUS, ASCENDING), (OutboxField.CREATED_AT, ASCENDING)],
+            name=INDEX_PENDING,
+        ),
+        IndexModel(
+            [(OutboxField.AGGREGATE_ID, ASCENDING), (OutboxField.AGGREGATE_VERSION, ASCENDING)],
+            name=INDEX_AGGREGATE_VERSION,
+            unique=True,
+        ),
+        IndexModel(
+            [(OutboxField.PUBLISHED_AT, ASCENDING)],
+            name=INDEX_PUBLISHED_TTL,
+            expireAfterSeconds=ttl_seconds,
+        ),
+    ]
+
+
+async def ensure_outbox_indexes(outbox: AsyncCollection[Any], ttl_seconds: int) -> None:
+    """Create the outbox's indexes; idempotent, and loud on a real conflict.
+
+    Raises :class:`shared.mongo.IndexConflict` when an index with one of these names or key
+    patterns exists with other options (a non-unique aggregate index, another TTL): the
+    guarantee it stands for would otherwise depend on which service started first.
+    """
+    await ensure_indexes(outbox, outbox_indexes(ttl_seconds))
