@@ -9,20 +9,87 @@ the entry point, never as module-level singletons, so tests pass their own.
 
 from __future__ import annotations
 
-from typing import Literal
+import sys
+from typing import Literal, TypeVar
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.backoff import Backoff
+from shared.redaction import redact
 
 # Defaults point at the embedded stack (`python -m stack up`); SecantusDB advertises a
 # single-node replica set named "secantus". A real deployment sets MONGO_URI to its own set.
 DEFAULT_MONGO_URI = "mongodb://127.0.0.1:27017/?replicaSet=secantus"
 
 
+# What each URI setting must start with; anything else is refused at start-up, not at first use.
+_URI_SCHEMES = {
+    "mongo_uri": ("mongodb://", "mongodb+srv://"),
+    "redis_url": ("redis://", "rediss://", "unix://"),
+}
+
+S = TypeVar("S", bound=BaseSettings)
+
+
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
+
+
+def _variable(settings: type[BaseSettings], field: str) -> str:
+    """The environment variable that sets ``field`` (``MONGO_URI``, ``RELAY_PORT`` ...).
+
+    ``field`` is a field name, or the alias pydantic reports when the value came from it.
+    """
+    for name, candidate in settings.model_fields.items():
+        alias = candidate.validation_alias
+        if isinstance(alias, AliasChoices) and field in alias.choices:
+            field = name
+            break
+    info = settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        first = info.validation_alias.choices[0]
+        if isinstance(first, str):
+            return first
+    prefix = str(settings.model_config.get("env_prefix") or "")
+    return f"{prefix}{field}".upper()
+
+
+def describe_settings_error(settings: type[BaseSettings], error: ValidationError) -> str:
+    """One line per problem, naming the environment variable, with no input value in it.
+
+    pydantic's own message quotes the offending input, and for a check across fields the whole
+    input (every ``MONGO_URI``/``REDIS_URL`` with its password). This one never quotes an input;
+    a validator that wants to show a URI shows it through :func:`~shared.redaction.redact`.
+    """
+    lines = [f"invalid {settings.__name__} ({error.error_count()} problem(s)):"]
+    for problem in error.errors(include_url=False, include_input=False, include_context=False):
+        loc = problem["loc"]
+        where = _variable(settings, str(loc[0])) if loc else "settings"
+        where += "".join(f".{part}" for part in loc[1:])
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {redact(message)}")
+    return "\n".join(lines)
+
+
+def load_settings_or_exit(settings: type[S]) -> S:
+    """Build ``settings`` from the environment; on a validation error, say what is wrong on
+    stderr (redacted, see :func:`describe_settings_error`) and exit 2, without a traceback.
+
+    For entry points only: a library caller wants the ``ValidationError``.
+    """
+    try:
+        return settings()
+    except ValidationError as error:
+        sys.stderr.write(describe_settings_error(settings, error) + "\n")
+        raise SystemExit(2) from None
 
 
 class InfraSettings(BaseSettings):
@@ -45,6 +112,15 @@ class InfraSettings(BaseSettings):
     mongo_timeout_seconds: float = Field(
         default=5.0, gt=0, le=60, validation_alias=_env("MONGO_TIMEOUT_SECONDS")
     )
+
+    @field_validator(*_URI_SCHEMES, mode="after")
+    @classmethod
+    def _known_scheme(cls, value: str, info: ValidationInfo) -> str:
+        schemes = _URI_SCHEMES[str(info.field_name)]
+        if not value.startswith(schemes):
+            # The value is quoted through redact(): a URI here may carry a password.
+            raise ValueError(f"must start with {' or '.join(schemes)}, got {redact(value)!r}")
+        return value
 
 
 class ServiceSettings(InfraSettings):

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from services.relay.main import serve
@@ -23,6 +22,8 @@ from shared.contracts import OutboxStatus
 from shared.lifecycle import stop_event_on_signals
 from shared.logging import configure_logging
 from shared.mongo import make_mongo_client
+from shared.redaction import redact
+from shared.settings import load_settings_or_exit
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -45,8 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run() -> int:
-    settings = RelaySettings()
+async def _run(settings: RelaySettings) -> int:
     configure_logging("relay", settings.log_level)
     stop = stop_event_on_signals()
     return await serve(settings, stop)
@@ -83,7 +83,10 @@ async def retry(settings: RelaySettings, event_id: str | None, all_failed: bool)
             )
         return EXIT_ERROR
     except PyMongoError as exc:
-        _say(f"error: MongoDB unavailable at {settings.mongo_uri}: {exc}", error=True)
+        _say(
+            f"error: MongoDB unavailable at {redact(settings.mongo_uri)}: {redact(str(exc))}",
+            error=True,
+        )
         return EXIT_ERROR
     finally:
         await client.close()
@@ -91,14 +94,10 @@ async def retry(settings: RelaySettings, event_id: str | None, all_failed: bool)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "retry":
-            settings = RelaySettings()
-            return asyncio.run(retry(settings, args.event_id, args.all_failed))
-        return asyncio.run(_run())
-    except ValidationError as exc:
-        _say(f"error: invalid relay settings:\n{exc}", error=True)
-        return EXIT_USAGE
+    settings = load_settings_or_exit(RelaySettings)  # exits 2 (EXIT_USAGE) when invalid
+    if args.command == "retry":
+        return asyncio.run(retry(settings, args.event_id, args.all_failed))
+    return asyncio.run(_run(settings))
 
 
 if __name__ == "__main__":
