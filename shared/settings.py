@@ -132,8 +132,13 @@ class ServiceSettings(InfraSettings):
     # stop_grace_period is a few seconds longer so the drain is never cut short.
     drain_seconds: float = Field(default=30.0, gt=0, le=300)
     # Test-only crash points ("after_kafka_ack", ...): the process exits at that instant so the
-    # failure-injection suite can prove recovery. Never allowed in production.
+    # failure-injection suite can prove recovery. Armed only with the explicit opt-in below.
     failpoint: str | None = None
+    # The opt-in for failpoints. ENVIRONMENT cannot be it: its default and compose's value are
+    # "local", so a stray RELAY_FAILPOINT would crash a service mid-batch. Only the test stack
+    # (StackConfig.for_tests) sets it; `make up`, the demo and compose never do. Read without the
+    # service prefix because the test stack sets it for every service at once.
+    enable_failpoints: bool = Field(default=False, validation_alias=_env("ENABLE_FAILPOINTS"))
     # Retry pacing while a dependency (Kafka, MongoDB, Redis, SMTP) is down: capped exponential
     # backoff with jitter. The cap keeps recovery within seconds of the dependency's return
     # without a busy loop or a log line per attempt.
@@ -146,9 +151,14 @@ class ServiceSettings(InfraSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> ServiceSettings:
+        if self.failpoint and not self.enable_failpoints:
+            raise ValueError(
+                f"failpoint {self.failpoint!r} is set but failpoints are off: they need "
+                "ENABLE_FAILPOINTS=true, which only the test suite sets"
+            )
         if self.environment == "production":
-            if self.failpoint:
-                raise ValueError("failpoint must not be set when ENVIRONMENT=production")
+            if self.enable_failpoints:
+                raise ValueError("ENABLE_FAILPOINTS must not be set when ENVIRONMENT=production")
             if "replicaSet=" not in self.mongo_uri and not self.mongo_uri.startswith("mongodb+srv"):
                 raise ValueError(
                     "MONGO_URI must name a replica set in production: transactions need one"
