@@ -10,9 +10,12 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from shared.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,21 @@ ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 # A probe that hangs is a failed probe: readiness checks get this long in all.
 READY_TIMEOUT_SECONDS = 3.0
+
+
+def readiness_body(checks: Mapping[str, bool], reason: str | None = None) -> dict[str, Any]:
+    """The ``/readyz`` JSON of every service: status, each check, and why a probe failed.
+
+    ``reason`` is usually an exception's text, which can quote a connection URI: it is
+    redacted here, so no readiness body ever shows a password.
+    """
+    body: dict[str, Any] = {
+        "status": "ready" if all(checks.values()) else "not ready",
+        "checks": dict(checks),
+    }
+    if reason:
+        body["reason"] = redact(reason)
+    return body
 
 
 class HealthServer:
@@ -75,17 +93,18 @@ class HealthServer:
         if path == "/healthz":
             return "200 OK", "application/json", b'{"status":"ok"}'
         if path == "/readyz":
+            reason: str | None = None
             try:
                 checks = await asyncio.wait_for(self._ready(), timeout=READY_TIMEOUT_SECONDS)
             except Exception as exc:  # a probe failure is an answer, not a crash
                 checks = {"error": False}
-                log.warning("readiness check failed", extra={"reason": repr(exc)})
+                reason = repr(exc)
+                log.warning("readiness check failed", extra={"reason": reason})
             ok = all(checks.values())
-            body = json.dumps({"status": "ready" if ok else "not ready", "checks": checks})
             return (
                 ("200 OK" if ok else "503 Service Unavailable"),
                 "application/json",
-                body.encode(),
+                json.dumps(readiness_body(checks, reason)).encode(),
             )
         if path == "/metrics":
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)

@@ -1,6 +1,11 @@
 """Structured JSON-lines logging, so one event can be followed through all four services.
 
-Pass correlation fields through ``extra``: ``log.info("published", extra={"event_id": ...})``.
+Pass correlation fields through ``extra``, named for what they hold:
+``log.info("published", extra={"event_id": ..., "order_id": ..., "topic": ..., "partition": ...,
+"offset": ...})``. Every extra field reaches the line under its own name; the fields that
+follow one event everywhere are ``event_id``, ``order_id``, ``topic``, ``partition`` and
+``offset``. Every line goes through :func:`shared.redaction.redact`, so a connection URI in a
+message, a field or a traceback never shows its password.
 """
 
 from __future__ import annotations
@@ -9,26 +14,38 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
-# Fields we lift out of a record's ``extra`` into the JSON line.
-_CONTEXT_FIELDS = (
-    "event_id",
-    "order_id",
-    "aggregate_id",
-    "topic",
-    "partition",
-    "offset",
-    "group",
-    "attempt",
-    "delay",
-    "count",
-    "reason",
-    "status",
-    "duration_ms",
-    "component",
-)
+from shared.redaction import redact
+
+# The attributes every LogRecord has (plus the two the formatting machinery adds): anything
+# else on a record came from the caller's ``extra``.
+_BLANK_RECORD = logging.LogRecord("", logging.INFO, "", 0, "", (), None)
+_RECORD_ATTRIBUTES = frozenset(vars(_BLANK_RECORD)) | {"message", "asctime", "taskName"}
+# The line's own fields; an extra field of the same name is written as ``extra_<name>``.
+_LINE_FIELDS = frozenset({"ts", "level", "service", "logger", "msg", "exc"})
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it: structures stay structures, anything else becomes text
+    (never an exception: a log call must not fail because of what it logs)."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(item) for item in value]
+    try:
+        return redact(str(value))
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,15 +59,15 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "service": self._service,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
-        for field in _CONTEXT_FIELDS:
-            value = record.__dict__.get(field)
-            if value is not None:
-                line[field] = value
+        for name, value in record.__dict__.items():
+            if name in _RECORD_ATTRIBUTES or name.startswith("_") or value is None:
+                continue
+            line[f"extra_{name}" if name in _LINE_FIELDS else name] = _jsonable(value)
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+            line["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(line, default=_jsonable)
 
 
 class RateLimitFilter(logging.Filter):
@@ -97,3 +114,17 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     # the limit sits on the handler.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
     handler.addFilter(RateLimitFilter("aiokafka"))
+    # An exception nobody caught would otherwise be printed by Python as a plain traceback,
+    # URIs and all; as a log record it is one JSON line, redacted like every other.
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, traceback)
+        return
+    logging.getLogger("uncaught").critical(
+        "uncaught exception, exiting", exc_info=(kind, error, traceback)
+    )

@@ -2,7 +2,8 @@
 
 ``StackConfig.default()`` is what ``make up`` uses (well-known ports, data in ``.stack/`` of the
 repository); ``StackConfig.for_tests(root)`` picks free ports so the test suite never collides
-with a running ``make up``, and enables SecantusDB's test commands (``configureFailPoint``).
+with a running ``make up``, and enables SecantusDB's test commands (``configureFailPoint``) and
+the services' failpoints (``ENABLE_FAILPOINTS``); nothing else does.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ class StackConfig:
     root: Path
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     environment: str = "local"
+    # Test hooks, both off unless a test stack turns them on: SecantusDB's test commands
+    # (configureFailPoint) and the services' failpoints (ENABLE_FAILPOINTS).
     enable_test_commands: bool = False
+    enable_failpoints: bool = False
     kafka_libs: Path = REPO_ROOT / ".stack" / "kafka" / "libs"
     python: Path = Path(sys.executable)
     # Per-component readiness deadlines in seconds. Kafka's JVM is the slow one on two cores.
@@ -99,12 +103,14 @@ class StackConfig:
 
     @classmethod
     def for_tests(cls, root: Path) -> StackConfig:
-        """Free ports, ``ENVIRONMENT=test`` and test commands on; data and logs under ``root``."""
+        """Free ports, ``ENVIRONMENT=test``, test commands and failpoints on; data and logs
+        under ``root``."""
         return cls(
             root=Path(root).resolve(),
             ports=_free_ports(tuple(DEFAULT_PORTS)),
             environment="test",
             enable_test_commands=True,
+            enable_failpoints=True,
         )
 
     # -- paths -------------------------------------------------------------------------------
@@ -171,6 +177,8 @@ class StackConfig:
             "SMTP_PORT": str(self.smtp_port),
             "ENVIRONMENT": self.environment,
         }
+        if self.enable_failpoints:
+            env["ENABLE_FAILPOINTS"] = "true"
         for service in SERVICES:
             env[f"{service.upper()}_HOST"] = HOST
             env[f"{service.upper()}_PORT"] = str(self.ports[service])

@@ -289,16 +289,22 @@ async def run_scenario(demo: Demo, restart_broker: Callable[[str], Awaitable[Non
     return ok and poisoned and completed == len(demo.tracked)
 
 
+def demo_stack_config(root: Path) -> StackConfig:
+    """Free ports (a running `make up` is left alone) but no test hooks: the demo shows the
+    system as it runs, so test commands and failpoints stay off."""
+    return replace(
+        StackConfig.for_tests(root),
+        environment="local",
+        enable_test_commands=False,
+        enable_failpoints=False,
+        kafka_libs=StackConfig.default().kafka_libs,
+    )
+
+
 async def _embedded(args: argparse.Namespace) -> bool:
     root = REPO_ROOT / ".stack" / "demo"
     shutil.rmtree(root, ignore_errors=True)  # every demo starts from empty databases and topics
-    base = StackConfig.for_tests(root)
-    config = replace(
-        base,
-        environment="local",
-        enable_test_commands=False,
-        kafka_libs=StackConfig.default().kafka_libs,
-    )
+    config = demo_stack_config(root)
     stack = Stack(config)
     _say(f"starting the embedded stack under {root} (logs in {config.logs_root}) ...")
     started = time.monotonic()

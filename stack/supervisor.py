@@ -39,7 +39,10 @@ LOG_TAIL_LINES = 20
 STOP_TIMEOUTS = {"mongo": 20.0, "kafka": 40.0, "redis": 15.0, "smtp": 10.0}
 SERVICE_STOP_TIMEOUT = 40.0
 POLL_INTERVAL = 0.1
-_INSTANCE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+# A component name, or a service's extra instance: "relay-2", "relay-crash-1a2b3c". Strict,
+# because the name becomes a pid-file and log-file path ("relay-/../../x" must not).
+_INSTANCE_NAME = re.compile(r"(?P<component>[a-z]+)(?:-[a-z0-9]+)*")
+_INSTANCE_NAME_MAX = 48
 KAFKA_LOG4J_CONFIG = Path(__file__).resolve().parent / "kafka-log4j2.properties"
 
 
@@ -91,11 +94,23 @@ class _Launch:
 
 
 def component_of(instance: str) -> str:
-    """``relay-2`` -> ``relay``; ``mongo`` -> ``mongo``."""
-    for name in ALL:
-        if instance == name or instance.startswith(name + "-"):
-            return name
-    raise ValueError(f"unknown component {instance!r}; expected one of {', '.join(ALL)}")
+    """``relay-2`` -> ``relay``; ``mongo`` -> ``mongo``.
+
+    Raises ValueError naming ``instance`` unless it is a known component, or a service followed
+    by ``-<name>`` parts of ``a-z0-9`` (infrastructure components run once, under their name).
+    """
+    match = _INSTANCE_NAME.fullmatch(instance)
+    component = match["component"] if match else None
+    if component not in ALL:
+        raise ValueError(f"unknown component {instance!r}; expected one of {', '.join(ALL)}")
+    assert component is not None
+    if instance != component and (component in INFRA or len(instance) > _INSTANCE_NAME_MAX):
+        raise ValueError(
+            f"invalid instance name {instance!r}: {', '.join(INFRA)} run once under their own "
+            f"name; an extra service instance is <service>-<name>, <name> of a-z, 0-9 and "
+            f"single dashes, at most {_INSTANCE_NAME_MAX} characters (e.g. relay-2)"
+        )
+    return component
 
 
 def _pid_alive(pid: int) -> bool:
@@ -111,6 +126,21 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _identity(pid: int) -> tuple[str, int] | None:
+    """(boot id, start time in clock ticks since boot) of a live process, None if there is none.
+
+    A pid alone names whichever process holds it now; with its start time it names exactly
+    the process the stack started (a recycled pid starts later), across reboots too.
+    """
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime); fields are counted after the parenthesised command name.
+    return boot_id, int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _port_in_use(port: int) -> bool:
@@ -244,6 +274,7 @@ class Stack:
         return self._pid(name) is not None
 
     def logs_path(self, name: str) -> Path:
+        component_of(name)  # the name becomes a path: only well-formed names
         return self.config.log_path(name)
 
     def port_of(self, name: str) -> int:
@@ -286,8 +317,8 @@ class Stack:
         started: list[str],
     ) -> _Launch:
         instance = instance or component
-        if not _INSTANCE_NAME.match(instance):
-            raise ValueError(f"invalid instance name {instance!r}")
+        if component_of(instance) != component:
+            raise ValueError(f"instance {instance!r} is not an instance of {component}")
         launch = self._plan(component, instance, env)
         if self._pid(instance) is not None:
             return launch
@@ -323,8 +354,12 @@ class Stack:
                 start_new_session=True,
             )
         self._procs[instance] = proc
+        identity = _identity(proc.pid)
         record = {
             "pid": proc.pid,
+            # What later invocations check before signalling the pid (see _pid).
+            "boot_id": identity[0] if identity else None,
+            "started": identity[1] if identity else None,
             "component": component,
             "port": self.port_of(instance),
             "argv": launch.argv,
@@ -560,6 +595,7 @@ class Stack:
 
     # -- process bookkeeping ----------------------------------------------------------------------
     def _pid_file(self, instance: str) -> Path:
+        component_of(instance)  # the name becomes a path: only well-formed names
         return self.config.run_root / f"{instance}.json"
 
     def _read_pid_file(self, instance: str) -> dict[str, Any] | None:
@@ -575,10 +611,15 @@ class Stack:
         if proc is not None:
             return proc.pid if proc.poll() is None else None
         record = self._read_pid_file(instance)
-        if record is None:
+        if record is None or not isinstance(record.get("pid"), int):
             return None
-        pid = int(record["pid"])
-        # The process-group check guards against a recycled PID: ours lead their own group.
+        pid: int = record["pid"]
+        # Only the process this stack started: same pid *and* start time (a recycled pid, or a
+        # pid file naming some other process, is not ours and is never signalled). Ours also
+        # lead their own process group, which is what stop/kill signal.
+        identity = _identity(pid)
+        if identity is None or [*identity] != [record.get("boot_id"), record.get("started")]:
+            return None
         try:
             if os.getpgid(pid) != pid:
                 return None

@@ -9,6 +9,7 @@ import sys
 from services.email.main import run
 from services.email.settings import EmailSettings
 from shared.logging import configure_logging
+from shared.settings import load_settings_or_exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="consume order.created and send confirmations (the default)")
     parser.parse_args(argv)
-    settings = EmailSettings()
+    settings = load_settings_or_exit(EmailSettings)
     configure_logging("email", settings.log_level)
     return asyncio.run(run(settings))
 

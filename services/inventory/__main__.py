@@ -10,6 +10,8 @@ from pathlib import Path
 from services.inventory.main import SeedFileError, run, seed_stock
 from services.inventory.settings import InventorySettings
 from shared.logging import configure_logging
+from shared.redaction import redact
+from shared.settings import load_settings_or_exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     seed.add_argument("file", type=Path, help='{"SKU-1": 100, ...} or [{"sku", "available"}]')
     args = parser.parse_args(argv)
 
-    settings = InventorySettings()
+    settings = load_settings_or_exit(InventorySettings)
     configure_logging("inventory", settings.log_level)
     if args.command == "seed-stock":
         try:
@@ -29,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"seed-stock: {exc}\n")
             return 2
         except Exception as exc:  # e.g. MongoDB unreachable: say so in one line, exit non-zero
-            sys.stderr.write(f"seed-stock: could not write stock from {args.file}: {exc!r}\n")
+            reason = redact(repr(exc))
+            sys.stderr.write(f"seed-stock: could not write stock from {args.file}: {reason}\n")
             return 1
         sys.stdout.write(f"seeded {count} skus from {args.file}\n")
         return 0

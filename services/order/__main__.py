@@ -19,6 +19,7 @@ import uvicorn
 from services.order.app import create_app
 from services.order.settings import OrderSettings
 from shared.logging import configure_logging
+from shared.settings import load_settings_or_exit
 
 log = logging.getLogger("services.order")
 
@@ -49,7 +50,7 @@ class _Server(uvicorn.Server):
 
 
 def main() -> int:
-    settings = OrderSettings()
+    settings = load_settings_or_exit(OrderSettings)
     configure_logging("order", settings.log_level)
     config = uvicorn.Config(
         create_app(settings),

@@ -44,7 +44,7 @@ from services.order.schemas import (
 from services.order.settings import OrderSettings
 from shared.backoff import Backoff
 from shared.errors import FaultKind, classify
-from shared.health import READY_TIMEOUT_SECONDS
+from shared.health import READY_TIMEOUT_SECONDS, readiness_body
 from shared.mongo import (
     IndexConflict,
     MongoClient,
@@ -458,17 +458,16 @@ def create_app(settings: OrderSettings) -> FastAPI:
     )
     async def readyz(state: StateDep) -> JSONResponse:
         checks = {"indexes": state.ready.is_set(), "mongo": False, "transactions": False}
+        reason: str | None = None
         try:
             with pymongo.timeout(min(READY_TIMEOUT_SECONDS, state.settings.mongo_timeout_seconds)):
                 checks["transactions"] = await transactions_supported(state.client)
             checks["mongo"] = True
         except PyMongoError as exc:
-            log.warning("readiness check failed", extra={"reason": repr(exc)})
+            reason = repr(exc)
+            log.warning("readiness check failed", extra={"reason": reason})
         ok = all(checks.values())
-        return JSONResponse(
-            {"status": "ready" if ok else "not ready", "checks": checks},
-            status_code=200 if ok else 503,
-        )
+        return JSONResponse(readiness_body(checks, reason), status_code=200 if ok else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from services.relay.main import serve
@@ -24,6 +23,8 @@ from shared.lifecycle import stop_event_on_signals
 from shared.logging import configure_logging
 from shared.mongo import IndexConflict, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION, OutboxField
+from shared.redaction import redact
+from shared.settings import load_settings_or_exit
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -46,8 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run() -> int:
-    settings = RelaySettings()
+async def _run(settings: RelaySettings) -> int:
     configure_logging("relay", settings.log_level)
     stop = stop_event_on_signals()
     return await serve(settings, stop)
@@ -85,7 +85,10 @@ async def retry(settings: RelaySettings, event_id: str | None, all_failed: bool)
             )
         return EXIT_ERROR
     except PyMongoError as exc:
-        _say(f"error: MongoDB unavailable at {settings.mongo_uri}: {exc}", error=True)
+        _say(
+            f"error: MongoDB unavailable at {redact(settings.mongo_uri)}: {redact(str(exc))}",
+            error=True,
+        )
         return EXIT_ERROR
     finally:
         await client.close()
@@ -93,16 +96,13 @@ async def retry(settings: RelaySettings, event_id: str | None, all_failed: bool)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    settings = load_settings_or_exit(RelaySettings)  # exits 2 (EXIT_USAGE) when invalid
     try:
         if args.command == "retry":
-            settings = RelaySettings()
             return asyncio.run(retry(settings, args.event_id, args.all_failed))
-        return asyncio.run(_run())
-    except ValidationError as exc:
-        _say(f"error: invalid relay settings:\n{exc}", error=True)
-        return EXIT_USAGE
+        return asyncio.run(_run(settings))
     except IndexConflict as exc:
-        _say(f"error: relay cannot start: {exc}", error=True)
+        _say(f"error: relay cannot start: {redact(str(exc))}", error=True)
         return EXIT_ERROR
 
 

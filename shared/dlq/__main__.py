@@ -32,7 +32,7 @@ from shared.dlq import StoredDlqRecord, read_dlq, replay_ledger_ttl
 from shared.idempotency import DONE, Claim, IdempotencyStore
 from shared.kafka import make_producer
 from shared.redis import make_redis
-from shared.settings import InfraSettings
+from shared.settings import InfraSettings, load_settings_or_exit
 
 
 class DlqSettings(InfraSettings):
@@ -208,7 +208,7 @@ async def main_async(argv: Sequence[str] | None, out: TextIO = sys.stdout) -> in
     rep.add_argument("--dry-run", action="store_true", help="print, do not send")
     args = parser.parse_args(argv)
 
-    settings = DlqSettings()
+    settings = load_settings_or_exit(DlqSettings)
     records = await read_dlq(settings.kafka_bootstrap_servers, settings.topic)
     if args.command == "list":
         out.write(format_table(select(records, group=args.group)))

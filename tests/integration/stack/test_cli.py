@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from stack.config import StackConfig
 
@@ -61,3 +65,62 @@ def test_cli_names_an_unknown_component(tmp_path: Path) -> None:
     result = _cli(tmp_path, config, "stop", "mongodb")
     assert result.returncode == 2
     assert "unknown component 'mongodb'" in result.stderr
+
+
+@contextlib.contextmanager
+def _bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """A process the stack did not start, leading its own process group like a component."""
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "relay-/../../x",
+        "relay-",
+        "relay-A",
+        "relay_2",
+        "relay--2",
+        "relay-2/x",
+        "mongo-2",
+        "relays",
+    ],
+)
+def test_cli_refuses_a_malformed_instance_name_and_names_it(tmp_path: Path, name: str) -> None:
+    config = StackConfig.for_tests(tmp_path)
+    for action in ("stop", "kill", "start", "restart", "logs"):
+        result = _cli(tmp_path, config, action, name)
+        assert result.returncode == 2, (action, result.stdout, result.stderr)
+        assert repr(name) in result.stderr, (action, result.stderr)
+
+
+def test_cli_reads_no_pid_file_outside_its_run_directory(tmp_path: Path) -> None:
+    # relay-/../../x resolves to <root>/x.json once run/relay-/ exists: the old CLI read the
+    # pid there and signalled it.
+    config = StackConfig.for_tests(tmp_path)
+    (tmp_path / "run" / "relay-").mkdir(parents=True)
+    with _bystander() as bystander:
+        (tmp_path / "x.json").write_text(json.dumps({"pid": bystander.pid, "component": "relay"}))
+        result = _cli(tmp_path, config, "kill", "relay-/../../x")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert bystander.poll() is None, "the CLI signalled a process it did not start"
+
+
+def test_cli_never_signals_a_process_it_did_not_start(tmp_path: Path) -> None:
+    # A stale or planted pid file naming a live process group leader that is not ours (a
+    # recycled pid looks exactly like this): stop/kill must leave it alone.
+    config = StackConfig.for_tests(tmp_path)
+    (tmp_path / "run").mkdir()
+    with _bystander() as bystander:
+        record = {"pid": bystander.pid, "component": "redis", "port": config.port_of("redis")}
+        (tmp_path / "run" / "redis.json").write_text(json.dumps(record))
+        assert not _status(tmp_path, config)["redis"]["running"]
+        for action in ("kill", "stop"):
+            result = _cli(tmp_path, config, action, "redis")
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert bystander.poll() is None, f"`{action} redis` signalled a stranger"

@@ -141,8 +141,8 @@ def test_settings_refuse_a_renewal_interval_too_close_to_the_lease_ttl() -> None
 
 
 def test_settings_refuse_unknown_failpoints_and_any_failpoint_in_production() -> None:
-    with pytest.raises(ValidationError):
-        RelaySettings(failpoint="before_everything")
+    with pytest.raises(ValidationError, match="unknown failpoint"):
+        RelaySettings(failpoint="before_everything", enable_failpoints=True)
     with pytest.raises(ValidationError):
         RelaySettings(
             failpoint="after_kafka_ack",
