@@ -213,7 +213,7 @@ async def _main(args: argparse.Namespace) -> int:
         await ready.wait()
         if args.ready_file is not None:
             args.ready_file.write_text("ready\n")
-        log.info("article consumer assigned", extra={"component": config.group})
+        log.info("article consumer assigned", extra={"group": config.group})
 
     announcer = asyncio.create_task(announce())
     try:

@@ -383,6 +383,8 @@ class IdempotentConsumer(Generic[E]):
         key = self.store.key(self.event_type, event_id)
         extra = {
             "event_id": event_id,
+            # The key of every record on our topics is the order id (the outbox aggregate id).
+            "order_id": record.key.decode("utf-8", "replace") if record.key else None,
             "topic": record.topic,
             "partition": record.partition,
             "offset": record.offset,
@@ -601,7 +603,7 @@ async def run_consumer_service(
 
     health = HealthServer(settings.host, settings.port, ready, consumer.metrics.registry)
     await health.start()
-    log.info("health server listening", extra={"component": f"{settings.host}:{health.port}"})
+    log.info("health server listening", extra={"address": f"{settings.host}:{health.port}"})
     try:
         await consumer.run(stop)
     finally:

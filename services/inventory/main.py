@@ -114,5 +114,5 @@ async def seed_stock(settings: InventorySettings, path: Path) -> int:
         )
     finally:
         await mongo.close()
-    log.info("stock seeded", extra={"count": len(levels), "component": str(path)})
+    log.info("stock seeded", extra={"count": len(levels), "path": str(path)})
     return len(levels)

@@ -175,7 +175,7 @@ async def _bootstrap(state: AppState) -> None:
             continue
         state.ready.set()
         state.first_attempt_done.set()
-        log.info("order API bound to MongoDB", extra={"component": settings.database})
+        log.info("order API bound to MongoDB", extra={"database": settings.database})
         return
 
 

@@ -133,7 +133,7 @@ async def create_order(
         ]
         total = request.total()
 
-        async def work(session: AsyncClientSession) -> Order:
+        async def work(session: AsyncClientSession) -> tuple[Order, OutboxEvent]:
             # Runs again from scratch on TransientTransactionError: build fresh documents each
             # time so a retried attempt never reuses an id minted by the aborted one.
             order = Order(
@@ -172,10 +172,12 @@ async def create_order(
                 traceparent=traceparent,
             )
             await event.insert(session=session)
-            return order
+            return order, event
 
         try:
-            order = await run_in_transaction(client, work, on_retry=metrics.transaction_retries.inc)
+            order, event = await run_in_transaction(
+                client, work, on_retry=metrics.transaction_retries.inc
+            )
         except DuplicateKeyError:
             if idempotency_key is None:
                 raise
@@ -186,7 +188,8 @@ async def create_order(
             return replay
 
     metrics.orders_created.inc()
-    log.info("order created", extra={"order_id": str(order.id)})
+    # The event id is the trail the relay and both consumers log too.
+    log.info("order created", extra={"order_id": str(order.id), "event_id": str(event.id)})
     return CreateResult(order_out(order), replayed=False)
 
 

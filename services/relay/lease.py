@@ -105,7 +105,7 @@ class Lease:
                 await self._collection.insert_one({"_id": FENCE_ID, "epoch": 0})
         self.epoch = int(doc["epoch"])
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN_FRACTION)
-        log.info("lease acquired", extra={"component": "lease", "attempt": self.epoch})
+        log.info("lease acquired", extra={"component": "lease", "epoch": self.epoch})
         return True
 
     async def renew(self) -> bool:
@@ -122,7 +122,7 @@ class Lease:
             self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN_FRACTION)
             return True
         log.warning(
-            "lease lost to another relay", extra={"component": "lease", "attempt": self.epoch}
+            "lease lost to another relay", extra={"component": "lease", "epoch": self.epoch}
         )
         self.epoch = None
         return False
@@ -136,7 +136,7 @@ class Lease:
             {"_id": LEASE_ID, "owner": self.owner, "epoch": epoch},
             {"$set": {"expiresAt": datetime.fromtimestamp(0, UTC)}},
         )
-        log.info("lease released", extra={"component": "lease", "attempt": epoch})
+        log.info("lease released", extra={"component": "lease", "epoch": epoch})
 
     def forget(self) -> None:
         """Stop believing we hold the lease (it expired locally or renewals kept failing)."""

@@ -106,7 +106,7 @@ class Relay:
                 await gauges
 
     async def _lead(self, stop: asyncio.Event) -> None:
-        log.info("became leader", extra={"component": "lease", "attempt": self.lease.epoch})
+        log.info("became leader", extra={"component": "lease", "epoch": self.lease.epoch})
         self.metrics.is_leader.set(1)
         lost = asyncio.Event()
         leading = asyncio.Event()  # set to end the helper tasks when we stop leading
@@ -239,8 +239,8 @@ async def serve(settings: RelaySettings, stop: asyncio.Event) -> int:
     log.info(
         "relay started",
         extra={
-            "component": settings.instance_id,
-            "reason": f"health on {settings.host}:{health.port}",
+            "instance": settings.instance_id,
+            "address": f"{settings.host}:{health.port}",
         },
     )
     started = time.monotonic()

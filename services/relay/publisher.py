@@ -535,9 +535,10 @@ class Publisher:
         plan = plan_batch([*predecessors, *batch], failed)
         sent = [False] * len(plan)
         outcome: list[BaseException | None] = [None] * len(plan)
+        placed: dict[int, Any] = {}  # plan index -> the RecordMetadata Kafka acknowledged
         if plan:
             try:
-                await self._send(plan, outcome, sent)
+                await self._send(plan, outcome, sent, placed)
             except Fenced:
                 raise
             except Exception as exc:
@@ -563,6 +564,7 @@ class Publisher:
             outcome, sent, self._settings.max_attempts, [event.attempts for event in plan]
         )
         await self._settle([plan[index] for index in marked], plan, outcome, verdicts, malformed)
+        _log_published([(plan[index], placed.get(index)) for index in marked])
         self._published_ids.update(plan[index].id for index in marked)
         result.published = len(marked)
         if plan:
@@ -571,9 +573,14 @@ class Publisher:
         return result
 
     async def _send(
-        self, plan: list[OutboxEvent], outcome: list[BaseException | None], sent: list[bool]
+        self,
+        plan: list[OutboxEvent],
+        outcome: list[BaseException | None],
+        sent: list[bool],
+        placed: dict[int, Any] | None = None,
     ) -> None:
-        """Send ``plan`` with many records in flight, filling ``outcome``/``sent`` per event.
+        """Send ``plan`` with many records in flight, filling ``outcome``/``sent`` per event
+        (and ``placed`` with the metadata, partition and offset, of each acknowledged record).
 
         Raises on a fault that spoils the whole batch (producer start, transaction begin or
         commit, a transient refusal); the caller then treats every event as unsent-failed.
@@ -623,6 +630,8 @@ class Publisher:
                     raise Fenced(repr(delivery)) from delivery
                 outcome[index] = delivery
                 failures += 1
+            elif placed is not None:
+                placed[index] = delivery
         if transactional:
             if failures:
                 # A transaction with a failed send must be aborted; none of it becomes visible
@@ -776,6 +785,23 @@ class Publisher:
                     "reason": bad.reason,
                 },
             )
+
+
+def _log_published(published: Sequence[tuple[OutboxEvent, Any]]) -> None:
+    """One line per published event with where Kafka put it: the consumers log the same
+    topic, partition and offset, so one event can be followed by field across the services."""
+    for event, where in published:
+        log.info(
+            "published",
+            extra={
+                "event_id": str(event.id),
+                # Every aggregate of this outbox is an order (shared.contracts.AGGREGATE_ORDER).
+                "order_id": event.aggregate_id,
+                "topic": getattr(where, "topic", None),
+                "partition": getattr(where, "partition", None),
+                "offset": getattr(where, "offset", None),
+            },
+        )
 
 
 def _read(doc: Mapping[str, Any], malformed: list[Malformed]) -> OutboxEvent | None:
