@@ -360,7 +360,7 @@ class IdempotentConsumer(Generic[E]):
                     extra={
                         **extra,
                         "reason": reason,
-                        "status": kind.value,
+                        "fault": kind.value,
                         "delay": round(delay, 3),
                         "attempt": unknown_attempts,
                     },
@@ -470,7 +470,7 @@ class IdempotentConsumer(Generic[E]):
                 "partition": record.partition,
                 "offset": record.offset,
                 "reason": reason,
-                "status": kind.value,
+                "fault": kind.value,
                 "group": self.settings.group_id,
             },
         )
@@ -541,7 +541,7 @@ class IdempotentConsumer(Generic[E]):
 
     def _failpoint(self, name: str) -> None:
         if self.settings.failpoint == name:
-            log.warning("failpoint hit, exiting", extra={"reason": name})
+            log.warning("failpoint hit, exiting", extra={"failpoint": name})
             logging.shutdown()
             os._exit(FAILPOINT_EXIT_CODE)
 

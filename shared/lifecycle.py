@@ -24,9 +24,12 @@ def stop_event_on_signals() -> asyncio.Event:
 
     def _on_signal(signum: int) -> None:
         if stop.is_set():
-            log.warning("second signal, exiting without drain", extra={"reason": signum})
+            log.warning(
+                "second signal, exiting without drain",
+                extra={"signal": signal.Signals(signum).name},
+            )
             raise SystemExit(128 + signum)
-        log.info("stop requested, draining", extra={"reason": signal.Signals(signum).name})
+        log.info("stop requested, draining", extra={"signal": signal.Signals(signum).name})
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):

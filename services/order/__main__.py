@@ -45,7 +45,7 @@ class _Server(uvicorn.Server):
         if self.should_exit:
             self.force_exit = True
             return
-        log.info("stop requested, draining", extra={"reason": signal.Signals(signum).name})
+        log.info("stop requested, draining", extra={"signal": signal.Signals(signum).name})
         self.should_exit = True
 
 
