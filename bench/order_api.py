@@ -36,6 +36,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 
 from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, OutboxStatus
 from shared.mongo import make_mongo_client, run_in_transaction
+from shared.outbox import OUTBOX_COLLECTION
 
 CONCURRENCY: Final = 32
 RAW_DATABASE: Final = "bench_raw_txn"
@@ -90,7 +91,7 @@ async def measure_raw_txn(
             },
             session=session,
         )
-        await db.outbox.insert_one(
+        await db[OUTBOX_COLLECTION].insert_one(
             {
                 "aggregateType": AGGREGATE_ORDER,
                 "aggregateId": str(order_id),

@@ -16,6 +16,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Final
 
+from stack.config import SERVICES
+
 # The goals.
 GOAL_RELAY_VS_ARTICLE: Final = 20.0
 GOAL_RELAY_VS_RAW: Final = 0.5
@@ -23,7 +25,6 @@ GOAL_API_VS_RAW: Final = 0.8
 GOAL_E2E_P50_MS: Final = 30.0
 GOAL_E2E_P99_MS: Final = 150.0
 GOAL_SERVICE_RSS_MIB: Final = 150.0
-SERVICES: Final = ("order", "relay", "inventory", "email")
 
 
 def get(results: dict[str, Any], *path: str) -> Any:

@@ -17,8 +17,8 @@ import httpx
 import pytest_asyncio
 
 from shared.contracts import ORDER_CREATED_TOPIC
-from stack import Stack
-from tests.e2e.chaos.harness import ORDERS_DB, SERVICES, SKUS, Pipeline
+from stack import SERVICES, Stack
+from tests.e2e.chaos.harness import ORDERS_DB, SKUS, Pipeline
 from tests.waiting import wait_until
 
 FOLLOW_TIMEOUT_SECONDS = 60.0

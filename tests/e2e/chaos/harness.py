@@ -50,8 +50,9 @@ from shared.contracts import (
 )
 from shared.kafka import REQUEST_TIMEOUT_MS, decode_headers, make_producer
 from shared.mongo import MongoClient, make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION
 from shared.redis import make_redis
-from stack import INFRA, Stack
+from stack import INFRA, SERVICES, Stack
 from tests.e2e.chaos.invariants import (
     Attempt,
     DlqRow,
@@ -72,7 +73,6 @@ log = logging.getLogger("chaos")
 ORDERS_DB: Final = "chaos_orders"
 INVENTORY_DB: Final = "chaos_inventory"
 GROUPS: Final = (INVENTORY_GROUP, EMAIL_GROUP)
-SERVICES: Final = ("order", "relay", "inventory", "email")
 # The application names the services give their MongoDB clients: configureFailPoint's
 # ``appName`` filter aims a fault at one service and leaves the others (and this harness) alone.
 ORDER_APP_NAME: Final = "order-api"
@@ -723,7 +723,7 @@ class Chaos:
 
     async def outbox_status_counts(self, order_ids: Iterable[str]) -> dict[str, int]:
         counts: dict[str, int] = {}
-        cursor = self.pipeline.mongo[ORDERS_DB]["outbox"].find(
+        cursor = self.pipeline.mongo[ORDERS_DB][OUTBOX_COLLECTION].find(
             {"aggregateId": {"$in": list(order_ids)}}, {"status": 1}
         )
         async for doc in cursor:
@@ -754,7 +754,7 @@ class Chaos:
         async for doc in db["orders"].find({"userId": {"$in": users}}, {"userId": 1}):
             orders[str(doc["userId"])] = str(doc["_id"])
         outbox: list[OutboxRow] = []
-        async for doc in db["outbox"].find({"createdAt": {"$gte": self.started_at}}):
+        async for doc in db[OUTBOX_COLLECTION].find({"createdAt": {"$gte": self.started_at}}):
             user_id = None
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 user_id = json.loads(doc.get("payload") or "{}").get("userId")
@@ -821,7 +821,7 @@ class Chaos:
 
     async def _known_events(self, event_ids: set[str]) -> dict[str, str]:
         ids = [oid for oid in (_object_id(x) for x in event_ids) if oid is not None]
-        found = self.pipeline.mongo[ORDERS_DB]["outbox"].find(
+        found = self.pipeline.mongo[ORDERS_DB][OUTBOX_COLLECTION].find(
             {"_id": {"$in": ids}}, {"aggregateId": 1}
         )
         return {str(doc["_id"]): str(doc.get("aggregateId")) async for doc in found}

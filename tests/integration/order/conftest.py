@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from services.order.app import create_app
 from services.order.settings import OrderSettings
 from shared.mongo import MongoClient, make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
 
 TEST_DATABASE = "orders_api_it"
@@ -34,11 +35,15 @@ class Api:
     def db(self) -> Any:
         return self.mongo[self.settings.database]
 
+    @property
+    def outbox(self) -> Any:
+        return self.db[OUTBOX_COLLECTION]
+
     async def counts(self) -> tuple[int, int]:
         """(orders, outbox events) in the test database."""
         return (
             await self.db.orders.count_documents({}),
-            await self.db.outbox.count_documents({}),
+            await self.outbox.count_documents({}),
         )
 
 

@@ -56,7 +56,7 @@ async def test_transient_commit_error_retries_the_whole_transaction_once(
 
     assert response.status_code == 201, response.text
     assert await api.counts() == (1, 1)
-    event = await api.db.outbox.find_one({})
+    event = await api.outbox.find_one({})
     assert event is not None
     assert event["aggregateId"] == response.json()["id"]
     metrics = (await api.http.get("/metrics")).text

@@ -35,7 +35,7 @@ async def test_created_order_and_its_pending_event_are_stored_together(api: Api)
     assert order["total"] == Decimal128("25.30")
     assert order["version"] == 1
     assert "idempotencyKey" not in order
-    events = await api.db.outbox.find({"aggregateId": body["id"]}).to_list()
+    events = await api.outbox.find({"aggregateId": body["id"]}).to_list()
     assert len(events) == 1
     event = events[0]
     assert event["aggregateType"] == AGGREGATE_ORDER
@@ -59,7 +59,7 @@ async def test_invalid_traceparent_is_replaced_by_a_new_trace(api: Api) -> None:
         "/orders", json=order_body(), headers={"traceparent": "00-not-a-trace-01"}
     )
     assert response.status_code == 201
-    event = await api.db.outbox.find_one({"aggregateId": response.json()["id"]})
+    event = await api.outbox.find_one({"aggregateId": response.json()["id"]})
     assert event is not None
     assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", event["traceparent"])
 
@@ -77,7 +77,7 @@ async def test_get_order_shows_the_order_with_its_outbox_events(api: Api) -> Non
     assert events[0]["eventType"] == EVENT_ORDER_CREATED
     assert events[0]["status"] == "Pending"
     assert events[0]["publishedAt"] is None
-    stored = await api.db.outbox.find_one({"aggregateId": created["id"]})
+    stored = await api.outbox.find_one({"aggregateId": created["id"]})
     assert stored is not None
     assert events[0]["eventId"] == str(stored["_id"])
 
@@ -86,7 +86,7 @@ async def test_published_event_shows_as_published(api: Api) -> None:
     created = (await api.http.post("/orders", json=order_body())).json()
     published_at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     # Stand in for the relay: mark the event published.
-    await api.db.outbox.update_one(
+    await api.outbox.update_one(
         {"aggregateId": created["id"]},
         {"$set": {"status": OutboxStatus.PUBLISHED.value, "publishedAt": published_at}},
     )
@@ -128,7 +128,7 @@ async def test_health_readiness_and_metrics(api: Api) -> None:
 
 
 async def test_startup_creates_the_outbox_and_idempotency_indexes(api: Api) -> None:
-    outbox = await api.db.outbox.index_information()
+    outbox = await api.outbox.index_information()
     assert outbox["status_1_createdAt_1"]["key"] == [("status", 1), ("createdAt", 1)]
     assert outbox["aggregateId_1_aggregateVersion_1"]["unique"] is True
     assert outbox["publishedAt_ttl"]["expireAfterSeconds"] == 7 * 24 * 3600

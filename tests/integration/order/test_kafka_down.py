@@ -17,5 +17,5 @@ async def test_orders_are_accepted_while_kafka_is_stopped(api: Api, stack: Stack
     assert [r.status_code for r in responses] == [201, 201, 201]
     assert ready.status_code == 200
     assert await api.counts() == (3, 3)
-    pending = await api.db.outbox.count_documents({"status": "Pending"})
+    pending = await api.outbox.count_documents({"status": "Pending"})
     assert pending == 3

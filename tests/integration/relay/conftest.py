@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shared.mongo import make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
 from tests.integration.relay.relay_world import RelayWorld, end_offsets
 
@@ -29,7 +30,7 @@ async def world(stack: Stack) -> AsyncIterator[RelayWorld]:
     # The collection exists before any relay starts, as in production (the order API creates it).
     # Creating it implicitly from two connections at once (the relay's createIndexes and the
     # test's first insert) has hung the embedded server's storage layer.
-    await client[world.database].create_collection("outbox")
+    await client[world.database].create_collection(OUTBOX_COLLECTION)
     try:
         yield world
     finally:

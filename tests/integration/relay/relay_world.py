@@ -31,6 +31,7 @@ from shared.contracts import (
 from shared.events import EventItem, OrderCreated
 from shared.kafka import decode_headers
 from shared.mongo import MongoClient, make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
 from tests.waiting import wait_until
 
@@ -77,7 +78,7 @@ class RelayWorld:
 
     @property
     def outbox(self) -> Any:
-        return self.db["outbox"]
+        return self.db[OUTBOX_COLLECTION]
 
     def settings(self, **overrides: Any) -> RelaySettings:
         values: dict[str, Any] = {

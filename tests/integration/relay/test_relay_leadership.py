@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 from bson import ObjectId
 
 from services.relay.lease import LEASE_ID
+from services.relay.main import LEASE_COLLECTION
 from shared.contracts import ORDER_CREATED_TOPIC, OutboxStatus
 from shared.kafka import make_producer
 from tests.integration.relay.relay_world import (
@@ -29,7 +30,7 @@ from tests.waiting import wait_until
 
 
 async def leader_of(world: RelayWorld) -> str | None:
-    doc = await world.db["relay_lease"].find_one({"_id": LEASE_ID})
+    doc = await world.db[LEASE_COLLECTION].find_one({"_id": LEASE_ID})
     return None if doc is None else str(doc["owner"])
 
 
@@ -68,7 +69,7 @@ async def test_sigterm_finishes_the_batch_releases_the_lease_and_exits_zero(
     ids = [await world.insert(str(ObjectId()), 1) for _ in range(20)]
     await world.wait_published(ids, within=30)
     code = await asyncio.to_thread(world.stack.stop, instance)
-    doc = await world.db["relay_lease"].find_one({"_id": LEASE_ID})
+    doc = await world.db[LEASE_COLLECTION].find_one({"_id": LEASE_ID})
     assert doc["expiresAt"].year == 1970  # released, not left to expire
     assert code == 0  # a real exit code: this Stack started the process and waited for it
 
@@ -117,7 +118,7 @@ async def test_a_deposed_leader_writes_no_status_at_all(world: RelayWorld) -> No
         warm = await world.insert(str(ObjectId()), 1)
         await world.wait_published([warm], within=20)  # producer and change stream are up
         # Another relay takes the lease over (as after a pause of this one past its TTL).
-        await world.db["relay_lease"].update_one(
+        await world.db[LEASE_COLLECTION].update_one(
             {"_id": LEASE_ID},
             {
                 "$set": {"owner": "usurper", "expiresAt": datetime.now(UTC) + timedelta(60)},
@@ -186,7 +187,7 @@ async def test_a_leader_paused_past_its_lease_steps_down_on_resume_and_writes_no
 
     await write_version(1)
     await world.wait_published(ids, within=30)
-    old_epoch = (await world.db["relay_lease"].find_one({"_id": LEASE_ID}))["epoch"]
+    old_epoch = (await world.db[LEASE_COLLECTION].find_one({"_id": LEASE_ID}))["epoch"]
     pid = world.stack.pids()[first]
     await write_version(2)  # a batch on its way when the pause hits
     os.killpg(pid, signal.SIGSTOP)
@@ -195,7 +196,7 @@ async def test_a_leader_paused_past_its_lease_steps_down_on_resume_and_writes_no
         await wait_until(
             lambda: owner_is(world, second), timeout=20, message="standby took the lease"
         )
-        lease = await world.db["relay_lease"].find_one({"_id": LEASE_ID})
+        lease = await world.db[LEASE_COLLECTION].find_one({"_id": LEASE_ID})
         takeover_at, new_epoch = lease["acquiredAt"], lease["epoch"]
         assert new_epoch > old_epoch
         await write_version(4)

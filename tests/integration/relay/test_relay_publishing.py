@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from bson import ObjectId
 
+from services.relay.wakeup import TOKEN_COLLECTION, TOKEN_ID
 from shared.contracts import OutboxStatus
 from tests.integration.relay.relay_world import (
     RelayWorld,
@@ -59,7 +60,7 @@ async def test_a_new_event_is_published_by_the_change_stream_not_the_sweep(
             before["stream_opened"],
         )
         await wait_until(
-            lambda: world.db["relay_resume_token"].find_one({"_id": "outbox"}),
+            lambda: world.db[TOKEN_COLLECTION].find_one({"_id": TOKEN_ID}),
             timeout=10,
             message="resume token saved",
         )
@@ -71,8 +72,8 @@ _SOURCES = ("change_stream", "stream_opened", "sweep")
 async def test_an_unusable_resume_token_is_dropped_and_the_stream_reopened(
     world: RelayWorld,
 ) -> None:
-    await world.db["relay_resume_token"].insert_one(
-        {"_id": "outbox", "token": {"_data": "00DEADBEEF"}, "savedAt": datetime.now(UTC)}
+    await world.db[TOKEN_COLLECTION].insert_one(
+        {"_id": TOKEN_ID, "token": {"_data": "00DEADBEEF"}, "savedAt": datetime.now(UTC)}
     )
     async with running_relay(world.settings(sweep_interval_seconds=60)) as relay:
         await wait_until(lambda: relay.lease.is_held(), timeout=15, message="leadership")
@@ -86,7 +87,7 @@ async def test_an_unusable_resume_token_is_dropped_and_the_stream_reopened(
 
 def _token_not_garbage(world: RelayWorld):  # type: ignore[no-untyped-def]
     async def check() -> bool:
-        doc = await world.db["relay_resume_token"].find_one({"_id": "outbox"})
+        doc = await world.db[TOKEN_COLLECTION].find_one({"_id": TOKEN_ID})
         return doc is None or doc["token"] != {"_data": "00DEADBEEF"}
 
     return check
