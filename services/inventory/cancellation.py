@@ -23,13 +23,13 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.inventory.models import (
-    CREATED_VERSION,
     RESERVATIONS,
     STOCK,
     ReservationStatus,
     early_cancellation_document,
 )
 from shared.events import OrderCancelled
+from shared.outbox import FIRST_VERSION
 
 OUTCOME_RELEASED = "released"
 OUTCOME_CANCELLED = "cancelled"
@@ -65,7 +65,7 @@ async def apply_cancellation(
             early_cancellation_document(event, event_id, version, now), session=session
         )
         return OUTCOME_CANCEL_RECORDED
-    if int(current.get("version", CREATED_VERSION)) >= version:
+    if int(current.get("version", FIRST_VERSION)) >= version:
         return OUTCOME_STALE
     released = current["status"] == ReservationStatus.RESERVED.value
     if released:

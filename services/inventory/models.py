@@ -19,11 +19,10 @@ from pymongo import ASCENDING, IndexModel
 
 from shared.events import OrderCancelled, OrderCreated
 from shared.mongo import MongoClient
+from shared.outbox import FIRST_VERSION
 
 STOCK: Final = "stock"
 RESERVATIONS: Final = "reservations"
-# An order's creation is its first event (the order API's version 1).
-CREATED_VERSION: Final = 1
 
 
 class ReservationStatus(StrEnum):
@@ -69,7 +68,7 @@ def reservation_document(
         ],
         "status": status.value,
         "reason": reason,
-        "version": CREATED_VERSION,
+        "version": FIRST_VERSION,
         "createdAt": created_at,
     }
 
