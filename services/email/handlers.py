@@ -15,6 +15,7 @@ already knows as cancelled, whichever event comes first and however often either
 from __future__ import annotations
 
 import logging
+import math
 from email.message import EmailMessage
 from typing import Final
 
@@ -73,5 +74,8 @@ class ConfirmationSender:
 
 def make_sender(settings: EmailSettings, redis: Redis) -> ConfirmationSender:
     """The email handler with its per-order state in ``redis`` (the caller closes it)."""
-    states = OrderStates(redis, SERVICE, lease_seconds=settings.claim_lease_seconds)
+    # A confirmation is in flight for at most one handler attempt: the engine cuts an attempt
+    # after handler_timeout_seconds (whatever the claim lease, which it renews meanwhile).
+    in_flight = math.ceil(settings.handler_timeout_seconds)
+    states = OrderStates(redis, SERVICE, lease_seconds=in_flight)
     return ConfirmationSender(settings, states)

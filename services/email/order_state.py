@@ -3,14 +3,14 @@ never sent for an order it already knows as cancelled.
 
 ``order.created`` and ``order.cancelled`` are two topics: Kafka may deliver an order's cancel
 first, or a replayed creation after its cancel. One key per order
-(:func:`shared.contracts.order_state_key`) holds ``confirming`` (a confirmation is being sent, for
-at most a claim lease), ``confirmed`` or ``cancelled``; each transition is one Lua script, so it
-is atomic across instances:
+(:func:`shared.contracts.order_state_key`) holds ``confirming`` (a confirmation is being sent,
+for at most one handler attempt), ``confirmed`` or ``cancelled`` (kept as long as the dedup
+keys, 48 h); each transition is one Lua script, so it is atomic across instances:
 
 * a confirmation may begin unless the order is ``cancelled`` (then it is skipped for good);
 * a cancellation may begin unless a confirmation is being sent right now (then it is retried:
   sending the cancellation first and the confirmation after would be the wrong way round). A
-  sender that died mid-send holds ``confirming`` for one lease at most.
+  sender that died mid-send holds ``confirming`` for one handler timeout at most.
 """
 
 from __future__ import annotations
