@@ -112,6 +112,8 @@ class Delivery:
     key: bytes | None
     headers: Mapping[str, str]
     event_id: str
+    # The dedup key the engine holds a live ``processing`` claim on while the handler runs.
+    claim_key: str = ""
 
 
 Parser = Callable[[bytes | None], E]
@@ -431,7 +433,7 @@ class IdempotentConsumer(Generic[E]):
         if claim is Claim.BUSY:
             raise TransientFault(f"{key} is being processed by another instance")
         delivery = Delivery(
-            record.topic, record.partition, record.offset, record.key, headers, event_id
+            record.topic, record.partition, record.offset, record.key, headers, event_id, key
         )
         try:
             outcome = await run_under_lease(

@@ -15,7 +15,6 @@ already knows as cancelled, whichever event comes first and however often either
 from __future__ import annotations
 
 import logging
-import math
 from email.message import EmailMessage
 from typing import Final
 
@@ -53,7 +52,10 @@ class ConfirmationSender:
             await self._send(cancellation_email(event, delivery.event_id, self._settings.sender))
             log.info("cancellation sent", extra=extra)
             return OUTCOME_CANCELLATION_SENT
-        if await self._states.begin_confirmation(event.order_id) is OrderState.CANCELLED:
+        # The engine claimed this event before calling us: while that claim is live (renewed
+        # during a slow send, gone soon after a crash) the confirmation counts as in flight.
+        started = await self._states.begin_confirmation(event.order_id, delivery.claim_key)
+        if started is OrderState.CANCELLED:
             log.info("confirmation skipped: order already cancelled", extra=extra)
             return OUTCOME_SKIPPED_CANCELLED
         await self._send(confirmation_email(event, delivery.event_id, self._settings.sender))
@@ -74,8 +76,5 @@ class ConfirmationSender:
 
 def make_sender(settings: EmailSettings, redis: Redis) -> ConfirmationSender:
     """The email handler with its per-order state in ``redis`` (the caller closes it)."""
-    # A confirmation is in flight for at most one handler attempt: the engine cuts an attempt
-    # after handler_timeout_seconds (whatever the claim lease, which it renews meanwhile).
-    in_flight = math.ceil(settings.handler_timeout_seconds)
-    states = OrderStates(redis, SERVICE, lease_seconds=in_flight)
+    states = OrderStates(redis, SERVICE)
     return ConfirmationSender(settings, states)

@@ -12,9 +12,11 @@ from services.email.order_state import OrderState, OrderStates
 from shared.contracts import (
     EVENT_ORDER_CANCELLED,
     EVENT_ORDER_CREATED,
+    IDEMPOTENCY_TTL_SECONDS,
     Header,
     idempotency_key,
 )
+from shared.idempotency import Claim, IdempotencyStore
 from tests.integration.consumers.conftest import Pipeline, cancel_event, order_event
 from tests.waiting import wait_until
 
@@ -172,16 +174,31 @@ async def test_a_poison_cancel_goes_to_the_dlq_of_the_cancel_topic(pipeline: Pip
 async def test_email_holds_a_cancellation_while_a_confirmation_is_in_flight(
     pipeline: Pipeline,
 ) -> None:
-    """The per-order gate on the real Redis: confirmation and cancellation never overlap, and a
-    known cancellation stops every later confirmation."""
-    states = OrderStates(pipeline.redis, f"email-{uuid.uuid4().hex[:6]}", lease_seconds=30)
+    """The per-order gate on the real Redis: a cancellation waits while the confirmation's
+    dedup claim is live, not after it is gone, and a known cancellation stops every later
+    confirmation."""
+    redis = pipeline.redis
+    states = OrderStates(redis, f"email-{uuid.uuid4().hex[:6]}")
+    store = IdempotencyStore(redis, "email-gate-test", lease_seconds=30)
     order_id = uuid.uuid4().hex
+    claim = store.key(EVENT_ORDER_CREATED, uuid.uuid4().hex)
+    assert await store.claim(claim) is Claim.CLAIMED
 
-    assert await states.begin_confirmation(order_id) is OrderState.NONE
+    assert await states.begin_confirmation(order_id, claim) is OrderState.NONE
     assert await states.begin_cancellation(order_id) is OrderState.CONFIRMING
     assert await states.get(order_id) is OrderState.CONFIRMING  # the cancel changed nothing
     await states.end_confirmation(order_id)
     assert await states.begin_cancellation(order_id) is OrderState.CONFIRMED
-    assert await states.begin_confirmation(order_id) is OrderState.CANCELLED
+    assert await states.begin_confirmation(order_id, claim) is OrderState.CANCELLED
     assert await states.get(order_id) is OrderState.CANCELLED
-    assert 0 < await pipeline.redis.ttl(states.key(order_id)) <= 172_800
+    assert 0 < await redis.ttl(states.key(order_id)) <= IDEMPOTENCY_TTL_SECONDS
+
+    # A sender that died mid-send: its claim expires, and the cancellation goes ahead.
+    crashed = uuid.uuid4().hex
+    dead_claim = store.key(EVENT_ORDER_CREATED, uuid.uuid4().hex)
+    assert await store.claim(dead_claim) is Claim.CLAIMED
+    assert await states.begin_confirmation(crashed, dead_claim) is OrderState.NONE
+    assert await states.begin_cancellation(crashed) is OrderState.CONFIRMING
+    await redis.delete(dead_claim)  # what the lease's expiry does
+    assert await states.begin_cancellation(crashed) is OrderState.NONE
+    assert await states.get(crashed) is OrderState.CANCELLED
