@@ -134,3 +134,31 @@ async def test_cancel_is_documented_in_openapi(api: Api) -> None:
     assert {"200", "404", "409", "503"} <= set(operation["responses"])
     assert "OrderCancelled" in operation["description"]
     assert any(p["name"] == "Idempotency-Key" for p in operation["parameters"])
+
+
+async def test_concurrent_cancels_with_one_key_cancel_once_and_replay_the_rest(api: Api) -> None:
+    order = await _create(api)
+    headers = {"Idempotency-Key": "cancel-race"}
+
+    responses = await asyncio.gather(
+        *(api.http.post(f"/orders/{order['id']}/cancel", headers=headers) for _ in range(8))
+    )
+
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    replayed = [r.headers.get("idempotent-replayed") for r in responses]
+    assert replayed.count("true") == 7 and replayed.count(None) == 1
+    assert await api.counts() == (1, 2)
+
+
+async def test_one_key_racing_on_two_orders_of_a_user_cancels_only_one(api: Api) -> None:
+    one, two = await _create(api), await _create(api)
+    headers = {"Idempotency-Key": "cancel-one-of-two"}
+
+    first, second = await asyncio.gather(
+        api.http.post(f"/orders/{one['id']}/cancel", headers=headers),
+        api.http.post(f"/orders/{two['id']}/cancel", headers=headers),
+    )
+
+    assert sorted([first.status_code, second.status_code]) == [200, 409]
+    assert await api.db.orders.count_documents({"status": "cancelled"}) == 1
+    assert await api.counts() == (2, 3)
