@@ -464,12 +464,13 @@ async def phase_consumers(run: Run) -> None:
     """Each consumer's drain rate from one backlog on a private topic (the consumers helper's
     ``produce_backlog``/``drain``), then the article's consumer on the same backlog."""
     from bench import consumers_drain
-    from services.email.handlers import ConfirmationSender
+    from services.email.handlers import make_sender
     from services.email.settings import EmailSettings
     from services.inventory.handlers import ReservationHandler
     from services.inventory.models import STOCK, ensure_indexes
     from services.inventory.settings import InventorySettings
     from shared.contracts import TOPIC_PARTITIONS, dlq_topic_for
+    from shared.redis import make_redis
 
     cfg = run.config
     events = run.plan.consumer_backlog
@@ -479,6 +480,8 @@ async def phase_consumers(run: Run) -> None:
     await wait_for_topics(cfg.kafka_bootstrap, [topic], 60)
     await asyncio.wait_for(consumers_drain.produce_backlog(cfg.kafka_bootstrap, topic, events), 120)
     mongo = make_mongo_client(cfg.mongo_uri, 30.0, "bench-consumers")
+    # The email handler's per-order state (confirmation vs cancellation) lives in Redis.
+    states_redis = make_redis(cfg.redis_url)
     figures: dict[str, Any] = {"backlog": events, "topic_partitions": TOPIC_PARTITIONS}
     limit = run.plan.consumer_timeout_seconds
     try:
@@ -493,7 +496,7 @@ async def phase_consumers(run: Run) -> None:
         email = EmailSettings(group_id=f"bench-email-{run.run_id}", **common)
         plan: list[tuple[str, Any, Any]] = [
             ("inventory", inventory, ReservationHandler(mongo, database).handle),
-            ("email", email, ConfirmationSender(email).handle),
+            ("email", email, make_sender(email, states_redis).handle),
         ]
         for name, settings, handler in plan:
             recorders = run.start_profile(f"consumer_{name}", None)
@@ -506,6 +509,7 @@ async def phase_consumers(run: Run) -> None:
         run.results["consumers"] = figures
         await mongo.drop_database(database)
         await mongo.close()
+        await states_redis.aclose()
 
 
 async def consumer_drain_bounded(

@@ -42,7 +42,7 @@ from typing import Final, Literal
 
 from aiokafka import AIOKafkaConsumer
 
-from services.email.handlers import ConfirmationSender
+from services.email.handlers import make_sender
 from services.email.settings import EmailSettings
 from services.inventory.handlers import ReservationHandler
 from services.inventory.models import ensure_indexes
@@ -129,7 +129,7 @@ async def run_article_consumer(
     try:
         await ensure_indexes(mongo, config.database)
         reserve = ReservationHandler(mongo, config.database).handle
-        send = ConfirmationSender(email).handle
+        send = make_sender(email, redis).handle
         await consumer.start()
         while not stop.is_set():
             if limit is not None and stats.processed + stats.duplicates >= limit:

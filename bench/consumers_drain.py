@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from services.email.handlers import ConfirmationSender
+from services.email.handlers import make_sender
 from services.email.settings import EmailSettings
 from services.inventory.handlers import ReservationHandler
 from services.inventory.models import STOCK, ensure_indexes
@@ -142,6 +142,8 @@ async def main_async(events: int, email_events: int) -> list[dict[str, Any]]:
     await produce_backlog(infra.kafka_bootstrap_servers, topic, events)
 
     mongo = make_mongo_client(infra.mongo_uri, infra.mongo_timeout_seconds, "bench")
+    # The email handler's per-order state (confirmation vs cancellation) lives in Redis.
+    states_redis = make_redis(infra.redis_url)
     results = []
     try:
         await ensure_indexes(mongo, database)
@@ -171,7 +173,7 @@ async def main_async(events: int, email_events: int) -> list[dict[str, Any]]:
                 "email",
                 email,
                 f"bench-email-{suffix}",
-                ConfirmationSender(email).handle,
+                make_sender(email, states_redis).handle,
                 infra.redis_url,
                 email_events,
             )
@@ -180,6 +182,7 @@ async def main_async(events: int, email_events: int) -> list[dict[str, Any]]:
     finally:
         await mongo.drop_database(database)
         await mongo.close()
+        await states_redis.aclose()
     return results
 
 

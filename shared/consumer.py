@@ -3,6 +3,9 @@
 A service supplies a parser (bytes -> event, raising ``PoisonMessage``) and a handler (event ->
 side effect -> outcome label); this module does everything else, the same way for both:
 
+* **Topics**: one subscription per topic (:class:`Route`: the event type it carries and its
+  parser); the handler gets every topic's events and tells them apart by type. A record's DLQ
+  is the DLQ of the topic it came from.
 * **Poll and commit**: one consumer group, auto commit off, ``read_committed``. Partitions of a
   batch are processed concurrently, the records of one partition strictly in order. An offset
   is committed only after its record's work (or its DLQ write) is done; a crash re-delivers
@@ -47,7 +50,14 @@ from redis.asyncio import Redis
 
 from shared.backoff import wait_or_stop
 from shared.claim_lease import run_under_lease
-from shared.contracts import EVENT_ORDER_CREATED, ORDER_CREATED_TOPIC, Header, dlq_topic_for
+from shared.contracts import (
+    EVENT_ORDER_CANCELLED,
+    EVENT_ORDER_CREATED,
+    ORDER_CANCELLED_TOPIC,
+    ORDER_CREATED_TOPIC,
+    Header,
+    dlq_topic_for,
+)
 from shared.dlq import build_dlq_record, failure_reason, send_to_dlq
 from shared.errors import FaultKind, PoisonMessage, TransientFault, classify
 from shared.idempotency import Claim, IdempotencyStore
@@ -73,6 +83,8 @@ class ConsumerServiceSettings(ServiceSettings):
     """Knobs every consumer service has; each service subclasses it with its env prefix."""
 
     topic: str = ORDER_CREATED_TOPIC
+    # Order services also follow cancellations; tests point both at private topics.
+    cancelled_topic: str = ORDER_CANCELLED_TOPIC
     group_id: str = ""  # the subclass sets its contract group as the default
     # Longer than the slowest normal handling (MongoDB and SMTP time out within ~10 s), short
     # enough that an event whose consumer died mid-work is picked up again within a minute.
@@ -100,11 +112,33 @@ class Delivery:
     key: bytes | None
     headers: Mapping[str, str]
     event_id: str
+    # The dedup key the engine holds a live ``processing`` claim on while the handler runs.
+    claim_key: str = ""
 
 
 Parser = Callable[[bytes | None], E]
 Handler = Callable[[E, Delivery], Awaitable[str]]
 ReadyCheck = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Route(Generic[E]):
+    """What one subscribed topic carries: its event type (the dedup key space) and its parser."""
+
+    event_type: str
+    parse: Parser[E]
+
+
+def order_routes(
+    settings: ConsumerServiceSettings,
+    parse_created: Parser[E],
+    parse_cancelled: Parser[E],
+) -> dict[str, Route[E]]:
+    """The two order topics a service that follows an order's lifecycle subscribes to."""
+    return {
+        settings.topic: Route(EVENT_ORDER_CREATED, parse_created),
+        settings.cancelled_topic: Route(EVENT_ORDER_CANCELLED, parse_cancelled),
+    }
 
 
 class ConsumerMetrics:
@@ -192,18 +226,20 @@ class IdempotentConsumer(Generic[E]):
         handler: Handler[E],
         event_type: str = EVENT_ORDER_CREATED,
         metrics: ConsumerMetrics | None = None,
+        routes: Mapping[str, Route[E]] | None = None,
     ) -> None:
         if not settings.group_id:
             raise ValueError("settings.group_id must name the consumer group")
+        # Without routes: the one topic of the settings, carrying ``event_type``.
+        self.routes: dict[str, Route[E]] = dict(
+            routes or {settings.topic: Route(event_type, parse)}
+        )
         self._partition_slots = asyncio.Semaphore(settings.max_concurrent_partitions)
         self.settings = settings
         self.service = service
-        self.event_type = event_type
-        self.dlq_topic = dlq_topic_for(settings.topic)
         self.store = IdempotencyStore(redis, service, lease_seconds=settings.claim_lease_seconds)
         self.metrics = metrics or ConsumerMetrics(service)
         self._redis = redis
-        self._parse = parse
         self._handler = handler
         self._state = _State()
         self._state.idle.set()
@@ -226,9 +262,9 @@ class IdempotentConsumer(Generic[E]):
         try:
             if not await self._start_clients():
                 return
-            self._consumer.subscribe([s.topic], listener=_Listener(self))
+            self._consumer.subscribe(list(self.routes), listener=_Listener(self))
             self.started.set()
-            log.info("consuming", extra={"topic": s.topic, "group": s.group_id})
+            log.info("consuming", extra={"topic": ",".join(self.routes), "group": s.group_id})
             while not stop.is_set():
                 batch = await self._consumer.getmany(timeout_ms=500)
                 if batch:
@@ -378,9 +414,10 @@ class IdempotentConsumer(Generic[E]):
         event_id = headers.get(Header.IDEMPOTENCY_KEY, "").strip()
         if not event_id:
             raise PoisonMessage(f"missing {Header.IDEMPOTENCY_KEY} header")
+        route = self.routes[record.topic]
         # Parse before claiming: a poison record never touches Redis.
-        event = self._parse(record.value)
-        key = self.store.key(self.event_type, event_id)
+        event = route.parse(record.value)
+        key = self.store.key(route.event_type, event_id)
         extra = {
             "event_id": event_id,
             # The key of every record on our topics is the order id (the outbox aggregate id).
@@ -398,7 +435,7 @@ class IdempotentConsumer(Generic[E]):
         if claim is Claim.BUSY:
             raise TransientFault(f"{key} is being processed by another instance")
         delivery = Delivery(
-            record.topic, record.partition, record.offset, record.key, headers, event_id
+            record.topic, record.partition, record.offset, record.key, headers, event_id, key
         )
         try:
             outcome = await run_under_lease(
@@ -454,7 +491,7 @@ class IdempotentConsumer(Generic[E]):
         backoff = self.settings.backoff()
         while True:
             try:
-                await send_to_dlq(self._producer, self.dlq_topic, dlq_record)
+                await send_to_dlq(self._producer, dlq_topic_for(record.topic), dlq_record)
                 break
             except Exception as exc:
                 self.metrics.retry(FaultKind.TRANSIENT)
@@ -579,6 +616,7 @@ async def run_consumer_service(
     redis: Redis,
     extra_ready: Mapping[str, ReadyCheck] | None = None,
     stop: asyncio.Event | None = None,
+    routes: Mapping[str, Route[E]] | None = None,
 ) -> int:
     """Run a consumer service until SIGTERM/SIGINT (or ``stop``): health server, consumer loop,
     drain. Returns the exit code (0 after a clean drain). The caller owns ``redis`` and the
@@ -589,7 +627,7 @@ async def run_consumer_service(
 
     stop = stop or stop_event_on_signals()
     consumer = IdempotentConsumer(
-        settings, service=service, redis=redis, parse=parse, handler=handler
+        settings, service=service, redis=redis, parse=parse, handler=handler, routes=routes
     )
 
     async def ready() -> dict[str, bool]:

@@ -12,6 +12,7 @@ from typing import Final
 
 AGGREGATE_ORDER: Final = "Order"
 EVENT_ORDER_CREATED: Final = "OrderCreated"
+EVENT_ORDER_CANCELLED: Final = "OrderCancelled"
 
 # Six partitions: enough to show per-key ordering across partitions and a rebalance between two
 # consumers, few enough that a single-node broker on two cores stays quick to start.
@@ -86,7 +87,24 @@ def dlq_topic_for(topic: str) -> str:
 
 ORDER_CREATED_TOPIC: Final = topic_for_event_type(EVENT_ORDER_CREATED)
 ORDER_CREATED_DLQ_TOPIC: Final = dlq_topic_for(ORDER_CREATED_TOPIC)
-ALL_TOPICS: Final = (ORDER_CREATED_TOPIC, ORDER_CREATED_DLQ_TOPIC)
+ORDER_CANCELLED_TOPIC: Final = topic_for_event_type(EVENT_ORDER_CANCELLED)
+ORDER_CANCELLED_DLQ_TOPIC: Final = dlq_topic_for(ORDER_CANCELLED_TOPIC)
+# One topic per event type (the relay's naming rule), each with its own DLQ.
+ORDER_TOPICS: Final = (ORDER_CREATED_TOPIC, ORDER_CANCELLED_TOPIC)
+ALL_TOPICS: Final = (
+    ORDER_CREATED_TOPIC,
+    ORDER_CREATED_DLQ_TOPIC,
+    ORDER_CANCELLED_TOPIC,
+    ORDER_CANCELLED_DLQ_TOPIC,
+)
+
+
+def order_state_key(service: str, order_id: str) -> str:
+    """Redis key of what ``service`` knows about one order's lifecycle (e.g. email's
+    ``confirming``/``confirmed``/``cancelled``): ``order:email:<order id>``."""
+    if not service or ":" in service:
+        raise ValueError(f"service name must be non-empty and free of ':', got {service!r}")
+    return f"order:{service}:{order_id}"
 
 
 def idempotency_key(service: str, event_type: str, event_id: str) -> str:

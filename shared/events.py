@@ -1,20 +1,23 @@
-"""The ``OrderCreated`` event: the contract between the order API and its consumers.
+"""The order events (``OrderCreated``, ``OrderCancelled``): the contract between the order API
+and its consumers.
 
-The order API serialises it into the outbox ``payload``; the relay publishes that string as the
-Kafka value unchanged; consumers parse it with :func:`parse_order_created`, which raises
-:class:`~shared.errors.PoisonMessage` for anything that is not a valid event of a known version.
+The order API serialises them into the outbox ``payload``; the relay publishes that string as the
+Kafka value unchanged; consumers parse them with :func:`parse_order_created` and
+:func:`parse_order_cancelled`, which raise :class:`~shared.errors.PoisonMessage` for anything that
+is not a valid event of a known version.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.contracts import SCHEMA_VERSION
+from shared.contracts import SCHEMA_VERSION, Header
 from shared.errors import PoisonMessage
 
 Money = Annotated[Decimal, Field(ge=0, decimal_places=2, allow_inf_nan=False)]
@@ -47,11 +50,27 @@ class OrderCreated(_Strict):
         return self.model_dump_json(by_alias=True)
 
 
-def parse_order_created(value: bytes | None) -> OrderCreated:
-    """Parse a Kafka value into an event, or raise ``PoisonMessage`` naming what is wrong.
+class OrderCancelled(_Strict):
+    """The order was cancelled (its ``aggregateVersion`` is the one after creation). It carries
+    what the email needs; inventory releases what its own reservation recorded."""
 
-    Never retried: the same bytes fail the same way every time, so they belong in the DLQ.
-    """
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schemaVersion")
+    order_id: str = Field(alias="orderId", min_length=1)
+    user_id: str = Field(alias="userId", min_length=1)
+    customer_email: str = Field(alias="customerEmail", min_length=3)
+    total: Annotated[Money, Field(strict=False)]
+    cancelled_at: Annotated[datetime, Field(alias="cancelledAt", strict=False)]
+
+    def to_json(self) -> str:
+        """Compact JSON with camelCase keys, decimals as strings, times as ISO 8601 UTC."""
+        return self.model_dump_json(by_alias=True)
+
+
+OrderEvent: TypeAlias = OrderCreated | OrderCancelled
+_E = TypeVar("_E", OrderCreated, OrderCancelled)
+
+
+def _parse(model: type[_E], value: bytes | None) -> _E:
     if value is None:
         raise PoisonMessage("value is empty (tombstone)")
     try:
@@ -66,9 +85,31 @@ def parse_order_created(value: bytes | None) -> OrderCreated:
             f"unknown schemaVersion {version!r} (this consumer knows {SCHEMA_VERSION})"
         )
     try:
-        return OrderCreated.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise PoisonMessage(f"schema violation: {problems}") from exc
+
+
+def parse_order_created(value: bytes | None) -> OrderCreated:
+    """Parse a Kafka value into an event, or raise ``PoisonMessage`` naming what is wrong.
+
+    Never retried: the same bytes fail the same way every time, so they belong in the DLQ.
+    """
+    return _parse(OrderCreated, value)
+
+
+def parse_order_cancelled(value: bytes | None) -> OrderCancelled:
+    """Like :func:`parse_order_created`, for ``order.cancelled``."""
+    return _parse(OrderCancelled, value)
+
+
+def aggregate_version_of(headers: Mapping[str, str]) -> int:
+    """The record's ``aggregateVersion`` header (what the relay copies from the outbox), or
+    ``PoisonMessage``: a consumer that orders an aggregate's events cannot guess it."""
+    text = headers.get(Header.AGGREGATE_VERSION, "")
+    if not text.isdigit() or int(text) < 1:
+        raise PoisonMessage(f"{Header.AGGREGATE_VERSION} header must be a positive integer")
+    return int(text)

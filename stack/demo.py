@@ -6,9 +6,11 @@ then:
 
 1. creates orders over HTTP and shows each one travel: order written -> event published to
    ``order.created`` -> stock reserved -> confirmation email received;
-2. stops the Kafka broker, creates more orders while it is down (the API does not care), starts
+2. cancels the first of them and shows the cancellation travel the same four steps: order
+   cancelled -> event published to ``order.cancelled`` -> stock released -> cancellation email;
+3. stops the Kafka broker, creates more orders while it is down (the API does not care), starts
    the broker again and shows those orders complete too;
-3. produces a poison message straight into ``order.created`` and shows it land in
+4. produces a poison message straight into ``order.created`` and shows it land in
    ``order.created.dlq`` with its reason, once per consumer group.
 
 It prints a summary table, stops the stack, and exits 0 only if every order completed and the
@@ -37,7 +39,14 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from shared.contracts import ORDER_CREATED_DLQ_TOPIC, ORDER_CREATED_TOPIC, Header
+from shared.contracts import (
+    EVENT_ORDER_CANCELLED,
+    EVENT_ORDER_CREATED,
+    ORDER_CREATED_DLQ_TOPIC,
+    ORDER_CREATED_TOPIC,
+    Header,
+    topic_for_event_type,
+)
 from shared.mongo import MongoClient, make_mongo_client
 from stack.config import ALL, REPO_ROOT, StackConfig
 from stack.supervisor import Stack
@@ -57,6 +66,12 @@ class Tracked:
     started: float
     reached: dict[str, float] = field(default_factory=dict)
     event_id: str | None = None
+    # The event this row follows: the order's creation, or its cancellation.
+    event_type: str = EVENT_ORDER_CREATED
+
+    @property
+    def cancellation(self) -> bool:
+        return self.event_type == EVENT_ORDER_CANCELLED
 
     @property
     def complete(self) -> bool:
@@ -144,25 +159,45 @@ class Demo:
             _say(f"{self._clock()} order {order.order_id} written (total {order.total}, {note})")
         return created
 
+    async def cancel(self, order: Tracked) -> Tracked:
+        """Cancel ``order`` over HTTP; the returned row follows its OrderCancelled event."""
+        started = time.monotonic()
+        reply = await self._http.post(f"{self.endpoints.order_url}/orders/{order.order_id}/cancel")
+        if reply.status_code != 200 or reply.json().get("status") != "cancelled":
+            raise RuntimeError(
+                f"POST /orders/.../cancel answered {reply.status_code}: {reply.text}"
+            )
+        row = Tracked(
+            order.order_id, order.total, "cancellation", started, event_type=EVENT_ORDER_CANCELLED
+        )
+        row.reached["written"] = time.monotonic()
+        self.tracked.append(row)
+        _say(f"{self._clock()} order {order.order_id} cancelled (its OrderCancelled event written)")
+        return row
+
     async def _advance(self, order: Tracked, inbox: set[str]) -> None:
         if "published" not in order.reached:
             reply = await self._http.get(f"{self.endpoints.order_url}/orders/{order.order_id}")
             events = reply.json().get("events", []) if reply.status_code == 200 else []
-            if events:
-                order.event_id = events[0]["eventId"]
-            if events and all(e["status"] == "Published" for e in events):
-                self._reach(
-                    order, "published", f"event {order.event_id} published to {ORDER_CREATED_TOPIC}"
-                )
+            mine = [e for e in events if e["eventType"] == order.event_type]
+            if mine:
+                order.event_id = mine[0]["eventId"]
+            if mine and all(e["status"] == "Published" for e in events):
+                topic = topic_for_event_type(order.event_type)
+                self._reach(order, "published", f"event {order.event_id} published to {topic}")
         if "reserved" not in order.reached:
             reservation = await self._mongo.inventory.reservations.find_one(
                 {"orderId": order.order_id}
             )
-            if reservation is not None:
-                self._reach(order, "reserved", f"stock {reservation.get('status', '?')}")
+            status = None if reservation is None else reservation.get("status", "?")
+            if order.cancellation and status == "cancelled":
+                self._reach(order, "reserved", "stock released (reservation cancelled)")
+            elif not order.cancellation and status is not None:
+                self._reach(order, "reserved", f"stock {status}")
         event_id = order.event_id
         if "emailed" not in order.reached and event_id and any(event_id in m for m in inbox):
-            self._reach(order, "emailed", "confirmation email received")
+            kind = "cancellation" if order.cancellation else "confirmation"
+            self._reach(order, "emailed", f"{kind} email received")
 
     def _reach(self, order: Tracked, stage: str, text: str) -> None:
         order.reached[stage] = time.monotonic()
@@ -269,21 +304,24 @@ async def _seed_stock(env: dict[str, str]) -> None:
 async def run_scenario(demo: Demo, restart_broker: Callable[[str], Awaitable[None]] | None) -> bool:
     n = demo.orders_per_phase
     _say("\n== 1. the happy path ==")
-    ok = await demo.follow(await demo.create_orders(n, "happy path"))
+    happy = await demo.create_orders(n, "happy path")
+    ok = await demo.follow(happy)
+    _say("\n== 2. a cancellation ==")
+    ok = await demo.follow([await demo.cancel(happy[0])]) and ok
     if restart_broker is not None:
-        _say("\n== 2. the Kafka broker goes down; orders keep coming ==")
+        _say("\n== 3. the Kafka broker goes down; orders keep coming ==")
         await restart_broker("stop")
         during = await demo.create_orders(n, "created, broker down")
         await demo.show_pending(during)
         await restart_broker("start")
         ok = await demo.follow(during) and ok
-    _say("\n== 3. a poison message ==")
+    _say("\n== 4. a poison message ==")
     poisoned = await demo.poison()
     _say("\n== summary ==")
     _say(demo.summary())
     completed = sum(o.complete for o in demo.tracked)
     _say(
-        f"\n{completed}/{len(demo.tracked)} orders completed all four steps; "
+        f"\n{completed}/{len(demo.tracked)} orders and cancellations completed all four steps; "
         f"poison message dead-lettered by both consumers: {'yes' if poisoned else 'NO'}"
     )
     return ok and poisoned and completed == len(demo.tracked)

@@ -15,7 +15,9 @@ from shared.settings import load_settings_or_exit
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.email")
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("run", help="consume order.created and send confirmations (the default)")
+    commands.add_parser(
+        "run", help="consume order.created and order.cancelled and send their emails (the default)"
+    )
     parser.parse_args(argv)
     settings = load_settings_or_exit(EmailSettings)
     configure_logging("email", settings.log_level)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
-from services.email.handlers import ConfirmationSender
+from services.email.handlers import SERVICE, make_sender
 from services.email.settings import EmailSettings
-from shared.consumer import run_consumer_service
-from shared.events import parse_order_created
+from shared.consumer import Route, order_routes, run_consumer_service
+from shared.events import OrderEvent, parse_order_cancelled, parse_order_created
 from shared.redis import make_redis
-
-SERVICE = "email"
 
 
 async def run(settings: EmailSettings, stop: asyncio.Event | None = None) -> int:
-    """Consume ``order.created`` until SIGTERM (or ``stop``); 0 after a clean drain."""
+    """Consume ``order.created`` and ``order.cancelled`` until SIGTERM (or ``stop``); 0 after a
+    clean drain."""
     redis = make_redis(settings.redis_url)
+    routes: dict[str, Route[OrderEvent]] = order_routes(
+        settings, parse_order_created, parse_order_cancelled
+    )
 
     async def smtp_ready() -> bool:
         # A TCP connect is enough to know the relay host is there; a full SMTP hello on every
@@ -31,10 +33,11 @@ async def run(settings: EmailSettings, stop: asyncio.Event | None = None) -> int
             settings,
             service=SERVICE,
             parse=parse_order_created,
-            handler=ConfirmationSender(settings).handle,
+            handler=make_sender(settings, redis).handle,
             redis=redis,
             extra_ready={"smtp": smtp_ready},
             stop=stop,
+            routes=routes,
         )
     finally:
         await redis.aclose()

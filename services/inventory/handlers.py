@@ -1,4 +1,5 @@
-"""What happens to one ``OrderCreated`` event: reserve all its items, or none.
+"""What happens to one order event: ``OrderCreated`` reserves all its items, or none;
+``OrderCancelled`` gives them back (:mod:`services.inventory.cancellation`).
 
 The whole decision runs in one MongoDB transaction (snapshot reads, majority commit): read the
 stock of every SKU, and either decrement all of them and record ``reserved``, or record
@@ -17,6 +18,7 @@ from typing import Any
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
+from services.inventory.cancellation import apply_cancellation
 from services.inventory.models import (
     RESERVATIONS,
     STOCK,
@@ -24,12 +26,15 @@ from services.inventory.models import (
     reservation_document,
 )
 from shared.consumer import Delivery
-from shared.events import OrderCreated
+from shared.events import OrderCancelled, OrderCreated, OrderEvent, aggregate_version_of
 from shared.mongo import MongoClient, run_in_transaction
 
 log = logging.getLogger(__name__)
 
 OUTCOME_ALREADY_RESERVED = "already_recorded"
+# A create and a cancel of one order committing at once collide on the unique orderId: the
+# loser runs again and sees the winner. More rounds than this is not a race.
+_MAX_RACE_ROUNDS = 3
 
 
 class StockChangedError(Exception):
@@ -42,9 +47,39 @@ class ReservationHandler:
         self._client = client
         self._db = client[database]
 
-    async def handle(self, event: OrderCreated, delivery: Delivery) -> str:
+    async def handle(self, event: OrderEvent, delivery: Delivery) -> str:
+        """Apply one order event; returns the outcome label."""
+        if isinstance(event, OrderCancelled):
+            return await self.cancel(event, delivery)
+        return await self.reserve(event, delivery)
+
+    async def cancel(self, event: OrderCancelled, delivery: Delivery) -> str:
+        """Give back what the order reserved, or record the cancel for a creation still to
+        come; a replay changes nothing (see :mod:`services.inventory.cancellation`)."""
+        version = aggregate_version_of(delivery.headers)
+
+        async def work(session: AsyncClientSession) -> str:
+            return await apply_cancellation(self._db, session, event, delivery.event_id, version)
+
+        for _ in range(_MAX_RACE_ROUNDS):
+            try:
+                outcome = await run_in_transaction(self._client, work)
+                break
+            except DuplicateKeyError:
+                # The order's creation committed its reservation between our read and insert.
+                continue
+        else:
+            raise RuntimeError(f"cancel of {event.order_id} kept colliding with its creation")
+        log.info(
+            "cancellation",
+            extra={"order_id": event.order_id, "event_id": delivery.event_id, "status": outcome},
+        )
+        return outcome
+
+    async def reserve(self, event: OrderCreated, delivery: Delivery) -> str:
         """Reserve the event's items once. Returns ``reserved``, ``rejected`` or
-        ``already_recorded`` (a redelivery whose reservation MongoDB already holds)."""
+        ``already_recorded`` (a redelivery whose reservation MongoDB already holds, or a
+        creation whose cancel was recorded first: version 1 is below the record's)."""
         wanted = Counter[str]()
         for item in event.items:
             wanted[item.sku] += item.quantity  # an order may list one SKU on several lines

@@ -13,8 +13,8 @@ from pymongo import UpdateOne
 from services.inventory.handlers import ReservationHandler
 from services.inventory.models import STOCK, StockLevel, ensure_indexes
 from services.inventory.settings import InventorySettings
-from shared.consumer import run_consumer_service
-from shared.events import parse_order_created
+from shared.consumer import Route, order_routes, run_consumer_service
+from shared.events import OrderEvent, parse_order_cancelled, parse_order_created
 from shared.mongo import make_mongo_client
 from shared.redis import make_redis
 
@@ -24,13 +24,17 @@ SERVICE = "inventory"
 
 
 async def run(settings: InventorySettings, stop: asyncio.Event | None = None) -> int:
-    """Consume ``order.created`` until SIGTERM (or ``stop``); 0 after a clean drain."""
+    """Consume ``order.created`` and ``order.cancelled`` until SIGTERM (or ``stop``); 0 after a
+    clean drain."""
     mongo = make_mongo_client(settings.mongo_uri, settings.mongo_timeout_seconds, "inventory")
     redis = make_redis(settings.redis_url)
     try:
         # Before the first message: the unique orderId index is the exactly-once backstop.
         await ensure_indexes(mongo, settings.database)
         handler = ReservationHandler(mongo, settings.database)
+        routes: dict[str, Route[OrderEvent]] = order_routes(
+            settings, parse_order_created, parse_order_cancelled
+        )
 
         async def mongo_ready() -> bool:
             await mongo.admin.command("ping")
@@ -44,6 +48,7 @@ async def run(settings: InventorySettings, stop: asyncio.Event | None = None) ->
             redis=redis,
             extra_ready={"mongo": mongo_ready},
             stop=stop,
+            routes=routes,
         )
     finally:
         await redis.aclose()

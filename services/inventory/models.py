@@ -1,8 +1,10 @@
 """MongoDB documents of the inventory service (database ``inventory``).
 
 * ``stock``: ``{sku (unique), available: int}``.
-* ``reservations``: ``{orderId (unique), eventId, items, status, reason, createdAt}``. The unique
-  ``orderId`` is the exactly-once guarantee: Redis is the fast path, this index the backstop.
+* ``reservations``: ``{orderId (unique), eventId, items, status, reason, version, createdAt}``
+  (plus ``cancelEventId``, ``cancelledAt`` once cancelled). The unique ``orderId`` is the
+  exactly-once guarantee: Redis is the fast path, this index the backstop. ``version`` is the
+  order's ``aggregateVersion`` last applied: an event at or below it changes nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from bson.decimal128 import Decimal128
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, IndexModel
 
-from shared.events import OrderCreated
+from shared.events import OrderCancelled, OrderCreated
 from shared.mongo import MongoClient
+from shared.outbox import FIRST_VERSION
 
 STOCK: Final = "stock"
 RESERVATIONS: Final = "reservations"
@@ -25,6 +28,8 @@ RESERVATIONS: Final = "reservations"
 class ReservationStatus(StrEnum):
     RESERVED = "reserved"
     REJECTED = "rejected"
+    # Stock given back (if any was taken); also the record of a cancel seen before its order.
+    CANCELLED = "cancelled"
 
 
 class StockLevel(BaseModel):
@@ -63,5 +68,24 @@ def reservation_document(
         ],
         "status": status.value,
         "reason": reason,
+        "version": FIRST_VERSION,
         "createdAt": created_at,
+    }
+
+
+def early_cancellation_document(
+    event: OrderCancelled, event_id: str, version: int, now: datetime
+) -> dict[str, Any]:
+    """The record of a cancel that arrived before its order's creation: no stock taken, and the
+    creation that follows finds it and reserves nothing."""
+    return {
+        "orderId": event.order_id,
+        "eventId": None,
+        "items": [],
+        "status": ReservationStatus.CANCELLED.value,
+        "reason": "cancelled before its creation was seen",
+        "version": version,
+        "createdAt": now,
+        "cancelEventId": event_id,
+        "cancelledAt": now,
     }

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.order.cancel import cancel_order
 from services.order.handlers import IdempotencyConflict, create_order, get_order, traceparent_for
 from services.order.metrics import OrderMetrics
 from services.order.models import Order, OutboxEvent, order_indexes
@@ -284,6 +285,15 @@ def _unavailable(message: str) -> JSONResponse:
     return _error(503, "service_unavailable", message, headers={"Retry-After": "1"})
 
 
+def _order_not_found(order_id: str) -> JSONResponse:
+    return _error(
+        404,
+        "order_not_found",
+        f"no order with id {order_id!r}",
+        [FieldError(field="order_id", message="unknown order", type="not_found")],
+    )
+
+
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     413: {"model": ErrorOut, "description": "Body larger than 64 KiB; nothing read further."},
     422: {"model": ErrorOut, "description": "Invalid body or header; `fields` names each one."},
@@ -322,8 +332,8 @@ def create_app(settings: OrderSettings) -> FastAPI:
     app = FastAPI(
         title="Order API",
         version="1.0.0",
-        summary="Creates orders; each order and its OrderCreated outbox event are written in "
-        "one MongoDB transaction. Kafka is never touched here.",
+        summary="Creates and cancels orders; each change and its outbox event (OrderCreated, "
+        "OrderCancelled) are written in one MongoDB transaction. Kafka is never touched here.",
         lifespan=lifespan,
     )
 
@@ -426,6 +436,49 @@ def create_app(settings: OrderSettings) -> FastAPI:
             response.headers["Idempotent-Replayed"] = "true"
         return result.order
 
+    @app.post(
+        "/orders/{order_id}/cancel",
+        response_model=OrderOut,
+        summary="Cancel an order (and write its OrderCancelled outbox event, atomically)",
+        description="The order becomes `cancelled`, its version goes up by one and an "
+        "`OrderCancelled` event with that `aggregateVersion` is written in the same transaction. "
+        "Cancelling a cancelled order answers 200 with the same order and writes no second "
+        "event, so a plain retry is safe. An `Idempotency-Key` is scoped to the order's user: "
+        "the same key on the same order is a replay (header Idempotent-Replayed: true); the same "
+        "key used to cancel another order of that user is 409.",
+        responses={
+            200: {"description": "Cancelled now, or already cancelled (the same order)."},
+            404: {"model": ErrorOut, "description": "Unknown or malformed order id."},
+            409: {
+                "model": ErrorOut,
+                "description": "Idempotency-Key already used to cancel another order.",
+            },
+            422: _ERRORS[422],
+            503: _ERRORS[503],
+        },
+    )
+    async def post_cancel(
+        order_id: str,
+        response: Response,
+        state: StateDep,
+        idempotency_key: IdempotencyKeyHeader = None,
+        traceparent: TraceparentHeader = None,
+    ) -> OrderOut | JSONResponse:
+        require_ready(state)
+        result = await cancel_order(
+            state.client,
+            order_id,
+            idempotency_key=idempotency_key,
+            traceparent=traceparent_for(traceparent),
+            metrics=state.metrics,
+            deadline_seconds=state.settings.request_deadline_seconds,
+        )
+        if result is None:
+            return _order_not_found(order_id)
+        if result.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return result.order
+
     @app.get(
         "/orders/{order_id}",
         response_model=OrderWithEventsOut,
@@ -439,12 +492,7 @@ def create_app(settings: OrderSettings) -> FastAPI:
         require_ready(state)
         found = await get_order(order_id, deadline_seconds=state.settings.request_deadline_seconds)
         if found is None:
-            return _error(
-                404,
-                "order_not_found",
-                f"no order with id {order_id!r}",
-                [FieldError(field="order_id", message="unknown order", type="not_found")],
-            )
+            return _order_not_found(order_id)
         return found
 
     @app.get("/healthz", summary="The process is alive")

@@ -22,6 +22,7 @@ from pymongo.errors import DuplicateKeyError
 from services.order.metrics import OrderMetrics
 from services.order.models import Order, OrderLine, OutboxEvent
 from services.order.schemas import (
+    ORDER_STATUS_CANCELLED,
     ORDER_STATUS_CREATED,
     CreateOrderRequest,
     EventOut,
@@ -29,7 +30,7 @@ from services.order.schemas import (
     OrderOut,
     OrderWithEventsOut,
 )
-from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, OutboxStatus
+from shared.contracts import EVENT_ORDER_CREATED
 from shared.events import EventItem, OrderCreated
 from shared.mongo import MongoClient, run_in_transaction
 from shared.outbox import FIRST_VERSION
@@ -86,7 +87,9 @@ def order_out(order: Order) -> OrderOut:
             for line in order.items
         ],
         total=order.total,
+        status="cancelled" if order.status == ORDER_STATUS_CANCELLED else "created",
         created_at=order.created_at.astimezone(UTC),
+        cancelled_at=order.cancelled_at.astimezone(UTC) if order.cancelled_at else None,
     )
 
 
@@ -160,14 +163,11 @@ async def create_order(
                 ],
                 created_at=created_at,
             )
-            event = OutboxEvent(
-                aggregate_type=AGGREGATE_ORDER,
+            event = OutboxEvent.pending(
                 aggregate_id=str(order.id),
                 aggregate_version=order.version,
                 event_type=EVENT_ORDER_CREATED,
                 payload=payload.to_json(),
-                status=OutboxStatus.PENDING,
-                attempts=0,
                 created_at=created_at,
                 traceparent=traceparent,
             )

@@ -38,6 +38,11 @@ class OrderMetrics:
             "Orders committed together with their OrderCreated outbox event.",
             registry=self.registry,
         )
+        self.orders_cancelled = Counter(
+            "orders_cancelled_total",
+            "Orders cancelled together with their OrderCancelled outbox event.",
+            registry=self.registry,
+        )
         self.idempotent_replays = Counter(
             "orders_idempotent_replays_total",
             "Requests answered with an existing order because of their Idempotency-Key.",

@@ -53,6 +53,9 @@ class Order(Document):
     # only covers orders that have a key.
     idempotency_key: str | None = Field(default=None, alias="idempotencyKey")
     request_hash: str | None = Field(default=None, alias="requestHash")
+    # Set by POST /orders/{id}/cancel (absent until then, for the same partial-index reason).
+    cancelled_at: datetime | None = Field(default=None, alias="cancelledAt")
+    cancel_idempotency_key: str | None = Field(default=None, alias="cancelIdempotencyKey")
 
     _decimal = field_validator("total", mode="before")(_to_decimal)
 
@@ -79,6 +82,31 @@ class OutboxEvent(Document):
     last_error: str | None = Field(default=None, alias=OutboxField.LAST_ERROR)
     traceparent: str | None = Field(default=None, alias=OutboxField.TRACEPARENT)
 
+    @classmethod
+    def pending(
+        cls,
+        *,
+        aggregate_id: str,
+        aggregate_version: int,
+        event_type: str,
+        payload: str,
+        created_at: datetime,
+        traceparent: str,
+    ) -> OutboxEvent:
+        """A new event of an order, waiting for the relay: what every order transaction writes
+        next to its change."""
+        return cls(
+            aggregate_type=AGGREGATE_ORDER,
+            aggregate_id=aggregate_id,
+            aggregate_version=aggregate_version,
+            event_type=event_type,
+            payload=payload,
+            status=OutboxStatus.PENDING,
+            attempts=0,
+            created_at=created_at,
+            traceparent=traceparent,
+        )
+
     class Settings:
         name = OUTBOX_COLLECTION
         # The relay reads every field; explicit nulls keep the documented schema visible.
@@ -86,6 +114,7 @@ class OutboxEvent(Document):
 
 
 INDEX_ORDERS_IDEMPOTENCY_KEY: Final = "idempotencyKey_unique"
+INDEX_ORDERS_CANCEL_IDEMPOTENCY_KEY: Final = "userId_1_cancelIdempotencyKey_unique"
 
 
 def order_indexes() -> list[IndexModel]:
@@ -97,5 +126,13 @@ def order_indexes() -> list[IndexModel]:
             name=INDEX_ORDERS_IDEMPOTENCY_KEY,
             unique=True,
             partialFilterExpression={"idempotencyKey": {"$type": "string"}},
-        )
+        ),
+        # A cancel's Idempotency-Key is unique per user: reusing it to cancel another order of
+        # the same user is a conflict, decided by this index between concurrent requests.
+        IndexModel(
+            [("userId", ASCENDING), ("cancelIdempotencyKey", ASCENDING)],
+            name=INDEX_ORDERS_CANCEL_IDEMPOTENCY_KEY,
+            unique=True,
+            partialFilterExpression={"cancelIdempotencyKey": {"$type": "string"}},
+        ),
     ]

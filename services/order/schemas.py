@@ -34,6 +34,7 @@ MAX_QUANTITY: Final = 10_000
 MAX_UNIT_PRICE: Final = Decimal("1000000000")
 MONEY_PLACES: Final = 2
 ORDER_STATUS_CREATED: Final = "created"
+ORDER_STATUS_CANCELLED: Final = "cancelled"
 
 # Plain digits with at most two decimals: no sign, exponent, spaces or thousands separators.
 _MONEY_TEXT = re.compile(r"^[0-9]+(\.[0-9]{1,2})?$")
@@ -155,8 +156,11 @@ class OrderOut(_Out):
     customer_email: str = Field(alias="customerEmail")
     items: list[OrderItemOut]
     total: MoneyOut = Field(description="Sum of quantity x unitPrice, exact.")
-    status: Literal["created"] = ORDER_STATUS_CREATED
+    status: Literal["created", "cancelled"] = ORDER_STATUS_CREATED
     created_at: datetime = Field(alias="createdAt", description="UTC, millisecond precision.")
+    cancelled_at: datetime | None = Field(
+        default=None, alias="cancelledAt", description="UTC; null unless cancelled."
+    )
 
 
 class EventOut(_Out):

@@ -4,8 +4,9 @@ collector that reads back what every component holds so :mod:`.invariants` can j
 * :class:`Pipeline` runs order, relay, inventory and email on the session's embedded ``stack``,
   in databases of their own (``chaos_orders``, ``chaos_inventory``) with short timings, and puts
   every service back to its default configuration between scenarios.
-* :class:`LoadGenerator` posts orders over HTTP at a steady rate while a fault is injected and
-  remembers exactly what each request was told.
+* :class:`LoadGenerator` posts orders over HTTP at a steady rate while a fault is injected (and,
+  if asked, cancels a share of them soon after, some within milliseconds) and remembers exactly
+  what each request was told.
 * :class:`Chaos` is one scenario: it marks where the scenario began in Kafka and in the SMTP
   sink, injects faults through the stack supervisor, then polls (bounded) until every invariant
   holds or the deadline turns what is left into violations.
@@ -44,8 +45,11 @@ from bson.errors import InvalidId
 from shared.contracts import (
     EMAIL_GROUP,
     INVENTORY_GROUP,
+    ORDER_CANCELLED_DLQ_TOPIC,
+    ORDER_CANCELLED_TOPIC,
     ORDER_CREATED_DLQ_TOPIC,
     ORDER_CREATED_TOPIC,
+    ORDER_TOPICS,
     Header,
 )
 from shared.kafka import REQUEST_TIMEOUT_MS, decode_headers, make_producer
@@ -90,6 +94,10 @@ SETTLE_POLL_SECONDS: Final = 1.0
 INJECTED_HEADER: Final = "chaosInjected"
 _EVENT_ID = re.compile(r"[0-9a-f]{24}")
 _HARNESS_TIMEOUT_SECONDS: Final = 5.0
+# How long after its 201 a cancelled order's cancel is sent, in turn: at once, within
+# milliseconds (racing the relay, which may publish both events in one batch), and later (the
+# creation long consumed).
+CANCEL_DELAYS: Final = (0.0, 0.002, 0.01, 0.05, 0.3, 1.0)
 
 
 def _service_overrides() -> dict[str, dict[str, str]]:
@@ -153,9 +161,13 @@ class LoadGenerator:
         timeout: float = 8.0,
         max_in_flight: int = 64,
         items: list[dict[str, Any]] | None = None,
+        cancel_share: float = 0.0,
     ) -> None:
         self.base_url = base_url
         self.items = items
+        # The fraction of accepted orders cancelled after one of CANCEL_DELAYS (deterministic:
+        # spread evenly over the sequence, delays taken in turn).
+        self.cancel_share = cancel_share
         self.tag = tag
         self.rate = rate
         self.timeout = timeout
@@ -258,11 +270,43 @@ class LoadGenerator:
             attempt.error = f"{type(exc).__name__}: {exc}"[:300]
         finally:
             attempt.elapsed = time.monotonic() - started
-            attempt.done = True
+            attempt.done = attempt.order_id is None or not self._cancels(attempt)
+        if not attempt.done:
+            try:
+                await self._cancel(attempt)
+            finally:
+                attempt.done = True
+
+    def _cancels(self, attempt: Attempt) -> bool:
+        share = self.cancel_share
+        return int((attempt.seq + 1) * share) > int(attempt.seq * share)
+
+    async def _cancel(self, attempt: Attempt) -> None:
+        """``POST /orders/{id}/cancel`` after this attempt's turn of CANCEL_DELAYS."""
+        assert self._client is not None
+        delay = CANCEL_DELAYS[int(attempt.seq * self.cancel_share) % len(CANCEL_DELAYS)]
+        if delay:
+            # Load shape, not synchronisation: how soon after its creation an order is cancelled.
+            await asyncio.sleep(delay)
+        attempt.cancel_sent = True
+        try:
+            response = await self._client.post(
+                f"/orders/{attempt.order_id}/cancel",
+                headers={"Idempotency-Key": f"{attempt.idempotency_key}-cancel"},
+            )
+            attempt.cancel_status = response.status_code
+            if response.status_code != 200:
+                attempt.cancel_error = response.text[:300]
+        except httpx.HTTPError as exc:
+            attempt.cancel_error = f"{type(exc).__name__}: {exc}"[:300]
 
     @property
     def accepted(self) -> int:
         return sum(a.accepted for a in self.attempts)
+
+    @property
+    def cancels_accepted(self) -> int:
+        return sum(a.cancel_accepted for a in self.attempts)
 
     def last_error(self) -> str:
         failed = [a for a in self.attempts if a.done and not a.accepted]
@@ -512,7 +556,8 @@ class Pipeline:
                 await self.stop(name)
         await self.mongo.drop_database(ORDERS_DB)
         await self.mongo.drop_database(INVENTORY_DB)
-        await reset_groups_to_end(self.bootstrap, GROUPS, ORDER_CREATED_TOPIC)
+        for topic in ORDER_TOPICS:
+            await reset_groups_to_end(self.bootstrap, GROUPS, topic)
         await self.seed_stock({sku: AMPLE_STOCK for sku in SKUS})
         await self.restore()
 
@@ -617,7 +662,9 @@ class Chaos:
         self.loads: list[LoadGenerator] = []
         self.extra_attempts: list[Attempt] = []
         self.orders_tail = TopicTail(pipeline.bootstrap, ORDER_CREATED_TOPIC)
+        self.cancels_tail = TopicTail(pipeline.bootstrap, ORDER_CANCELLED_TOPIC)
         self.dlq_tail = TopicTail(pipeline.bootstrap, ORDER_CREATED_DLQ_TOPIC)
+        self.cancels_dlq_tail = TopicTail(pipeline.bootstrap, ORDER_CANCELLED_DLQ_TOPIC)
         self.inbox = Inbox(pipeline.smtp_dir)
         self.started_at = datetime.now(UTC)
         self.recovered_at: float | None = None
@@ -626,21 +673,32 @@ class Chaos:
     async def begin(self) -> None:
         # A second of slack: createdAt is stamped by the API process, a different clock read.
         self.started_at = datetime.now(UTC) - timedelta(seconds=1)
-        await self.orders_tail.mark_start()
-        await self.dlq_tail.mark_start()
+        for tail in self._tails:
+            await tail.mark_start()
         self.inbox.mark_start()
+
+    @property
+    def _tails(self) -> tuple[TopicTail, ...]:
+        return (self.orders_tail, self.cancels_tail, self.dlq_tail, self.cancels_dlq_tail)
 
     # -- load and faults ---------------------------------------------------------------------
     def load(
-        self, rate: float = 6.0, *, timeout: float = 8.0, items: list[dict[str, Any]] | None = None
+        self,
+        rate: float = 6.0,
+        *,
+        timeout: float = 8.0,
+        items: list[dict[str, Any]] | None = None,
+        cancel_share: float = 0.0,
     ) -> LoadGenerator:
-        """A load generator for this scenario (``rate=0``: only explicit ``burst`` calls)."""
+        """A load generator for this scenario (``rate=0``: only explicit ``burst`` calls;
+        ``cancel_share``: the fraction of its orders cancelled soon after creation)."""
         generator = LoadGenerator(
             self.pipeline.order_url,
             f"{self.tag}-{len(self.loads)}",
             rate=rate,
             timeout=timeout,
             items=items,
+            cancel_share=cancel_share,
         )
         self.loads.append(generator)
         return generator
@@ -718,7 +776,8 @@ class Chaos:
                 group=(h := decode_headers(r.headers)).get(Header.CONSUMER_GROUP, ""),
                 reason=h.get(Header.FAILURE_REASON, ""),
             )
-            for r in await self.dlq_tail.catch_up()
+            for tail in (self.dlq_tail, self.cancels_dlq_tail)
+            for r in await tail.catch_up()
         ]
 
     async def outbox_status_counts(self, order_ids: Iterable[str]) -> dict[str, int]:
@@ -729,6 +788,18 @@ class Chaos:
         async for doc in cursor:
             counts[str(doc["status"])] = counts.get(str(doc["status"]), 0) + 1
         return counts
+
+    async def pending_events(self, event_type: str) -> int:
+        """Outbox events of ``event_type`` created in this scenario and still Pending."""
+        return int(
+            await self.pipeline.mongo[ORDERS_DB]["outbox"].count_documents(
+                {
+                    "eventType": event_type,
+                    "status": "Pending",
+                    "createdAt": {"$gte": self.started_at},
+                }
+            )
+        )
 
     async def metric(self, instance: str, name: str) -> float | None:
         """One sample of a Prometheus metric from the instance's /metrics (None: absent)."""
@@ -751,8 +822,11 @@ class Chaos:
         attempts = self.attempts
         users = [a.user_id for a in attempts]
         orders: dict[str, str] = {}
-        async for doc in db["orders"].find({"userId": {"$in": users}}, {"userId": 1}):
+        cancelled: set[str] = set()
+        async for doc in db["orders"].find({"userId": {"$in": users}}, {"userId": 1, "status": 1}):
             orders[str(doc["userId"])] = str(doc["_id"])
+            if doc.get("status") == "cancelled":
+                cancelled.add(str(doc["_id"]))
         outbox: list[OutboxRow] = []
         async for doc in db[OUTBOX_COLLECTION].find({"createdAt": {"$gte": self.started_at}}):
             user_id = None
@@ -767,6 +841,7 @@ class Chaos:
                     user_id=user_id,
                     attempts=int(doc.get("attempts") or 0),
                     last_error=doc.get("lastError"),
+                    event_type=str(doc.get("eventType")),
                 )
             )
         reservations = [
@@ -774,11 +849,16 @@ class Chaos:
                 order_id=str(doc.get("orderId")),
                 event_id=doc.get("eventId"),
                 status=str(doc.get("status")),
+                items=tuple((str(i["sku"]), int(i["quantity"])) for i in doc.get("items", [])),
             )
             async for doc in inventory["reservations"].find(
-                {}, {"orderId": 1, "eventId": 1, "status": 1}
+                {}, {"orderId": 1, "eventId": 1, "status": 1, "items": 1}
             )
         ]
+        stock = {
+            str(doc["sku"]): int(doc["available"])
+            async for doc in inventory["stock"].find({"sku": {"$in": list(SKUS)}})
+        }
         existing = await self._existing_orders({r.order_id for r in reservations})
         emails = self.inbox.scan()
         known_events = await self._known_events({e.event_id for e in emails if e.event_id})
@@ -791,16 +871,23 @@ class Chaos:
                 aggregate_version=_int_or_none(h.get(Header.AGGREGATE_VERSION)),
                 replayed_from=h.get(Header.REPLAYED_FROM),
                 injected=INJECTED_HEADER in h,
+                topic=r.topic,
+                timestamp=r.timestamp,
             )
-            for r in await self.orders_tail.catch_up()
+            # Read one after the other: a v2 whose v1 committed after order.created was read
+            # is merely pending (invariant 3 compares send times only when both are here).
+            for tail in (self.orders_tail, self.cancels_tail)
+            for r in await tail.catch_up()
         ]
         dlq = await self.dlq_rows()
         uncommitted: dict[str, int] = {}
         for group in GROUPS:
-            committed = await committed_offsets(self.pipeline.bootstrap, group, ORDER_CREATED_TOPIC)
-            uncommitted[group] = sum(
-                1 for r in self.orders_tail.records if r.offset >= committed.get(r.partition, 0)
-            )
+            uncommitted[group] = 0
+            for tail in (self.orders_tail, self.cancels_tail):
+                committed = await committed_offsets(self.pipeline.bootstrap, group, tail.topic)
+                uncommitted[group] += sum(
+                    1 for r in tail.records if r.offset >= committed.get(r.partition, 0)
+                )
         return Snapshot(
             attempts=attempts,
             orders=orders,
@@ -812,6 +899,10 @@ class Chaos:
             published=published,
             dlq=dlq,
             uncommitted=uncommitted,
+            cancelled=cancelled,
+            # Seeded once per module by prepare(); nothing but reservations moves it since.
+            initial_stock=dict.fromkeys(SKUS, AMPLE_STOCK),
+            stock=stock,
         )
 
     async def _existing_orders(self, order_ids: set[str]) -> set[str]:

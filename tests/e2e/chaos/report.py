@@ -25,6 +25,7 @@ class Counts:
     """
 
     orders_created: int = 0
+    orders_cancelled: int = 0
     requests_failed: int = 0
     events_published: int = 0
     kafka_records: int = 0
@@ -67,7 +68,7 @@ class ScenarioResult:
 RESULTS: list[ScenarioResult] = []
 
 COLUMNS = (
-    "scenario", "orders", "failed req", "published", "reservations", "emails",
+    "scenario", "orders", "cancelled", "failed req", "published", "reservations", "emails",
     "dup relay/resv/email", "DLQ", "settle", "verdict",
 )  # fmt: skip
 
@@ -77,6 +78,7 @@ def _cells(r: ScenarioResult) -> list[str]:
     return [
         r.scenario,
         str(c.orders_created),
+        str(c.orders_cancelled),
         str(c.requests_failed),
         str(c.events_published),
         str(c.reservations),
@@ -92,7 +94,8 @@ def format_line(r: ScenarioResult) -> str:
     """One line for the terminal: ``scenario  orders=.. published=.. ... PASS``."""
     c = r.counts
     return (
-        f"{r.scenario:<36} orders={c.orders_created:<4} failed={c.requests_failed:<3} "
+        f"{r.scenario:<36} orders={c.orders_created:<4} cancelled={c.orders_cancelled:<4} "
+        f"failed={c.requests_failed:<3} "
         f"published={c.events_published:<4} reservations={c.reservations:<4} "
         f"emails={c.emails:<4} dup={r.duplicates:<8} dlq={c.dlq_records:<3} "
         f"settle={r.settle:<6} {r.verdict}"

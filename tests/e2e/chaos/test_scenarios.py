@@ -18,6 +18,7 @@ import pytest
 
 from shared.contracts import (
     EMAIL_GROUP,
+    EVENT_ORDER_CANCELLED,
     EVENT_ORDER_CREATED,
     INVENTORY_GROUP,
     Header,
@@ -44,6 +45,8 @@ SMTP_OUTAGE_SECONDS = 8.0
 # A dead relay leader is replaced within its lease TTL (4 s in this suite) plus one renewal
 # interval; the rest is slack for a loaded two-core machine.
 TAKEOVER_BUDGET_SECONDS = 10.0
+# Share of orders a cancellation scenario cancels soon after creating them.
+CANCEL_SHARE = 0.5
 
 
 async def test_baseline(chaos: Chaos) -> None:
@@ -126,6 +129,37 @@ async def test_relay_killed_at_random_instants(chaos: Chaos) -> None:
         await load.wait_more_accepted(10)
     chaos.recovered()
     await chaos.verify()
+
+
+async def test_cancellations_racing_creations_while_the_relay_is_killed_at_random(
+    chaos: Chaos,
+) -> None:
+    """cancels racing creations, relay SIGKILL"""
+    seed = int(time.time())
+    rng = random.Random(seed)
+    chaos.note(f"random seed {seed}")
+    # Half the orders are cancelled, from at once to a second after their 201: some cancels
+    # reach the outbox before the relay saw the creation, and the two travel on two topics.
+    async with chaos.load(rate=LOAD_RATE, cancel_share=CANCEL_SHARE) as load:
+        for kill in range(3):
+            await load.wait_more_accepted(5)
+            await chaos.hold(rng.uniform(0.05, 1.5))
+            await chaos.kill("relay")
+            # The proof needs cancels queued behind (or next to) their creations across the
+            # crash: while the relay is dead they can only accumulate.
+            queued = await wait_until(
+                lambda: chaos.pending_events(EVENT_ORDER_CANCELLED),
+                timeout=15,
+                interval=0.1,
+                message="an OrderCancelled event pending while the relay is dead",
+            )
+            chaos.note(f"kill {kill + 1}: {queued} OrderCancelled event(s) pending")
+            await chaos.start("relay")
+        await load.wait_more_accepted(8)
+    chaos.recovered()
+    chaos.note(f"{load.cancels_accepted} cancels answered 200")
+    evaluation = await chaos.verify()
+    assert evaluation.counts.orders_cancelled >= 5, "too few cancellations to prove anything"
 
 
 async def test_standby_relay_takes_over_when_the_leader_dies(chaos: Chaos) -> None:

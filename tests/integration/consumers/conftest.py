@@ -25,9 +25,15 @@ from services.email.settings import EmailSettings
 from services.inventory.main import run as run_inventory
 from services.inventory.models import RESERVATIONS, STOCK, ensure_indexes
 from services.inventory.settings import InventorySettings
-from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, Header, dlq_topic_for
+from shared.contracts import (
+    AGGREGATE_ORDER,
+    EVENT_ORDER_CANCELLED,
+    EVENT_ORDER_CREATED,
+    Header,
+    dlq_topic_for,
+)
 from shared.dlq import StoredDlqRecord, read_dlq
-from shared.events import EventItem, OrderCreated
+from shared.events import EventItem, OrderCancelled, OrderCreated
 from shared.kafka import encode_headers, ensure_topics, make_producer
 from shared.mongo import MongoClient, make_mongo_client
 from shared.redis import make_redis
@@ -62,12 +68,29 @@ def order_event(
     )
 
 
-def event_headers(event_id: str | None, order_id: str) -> list[tuple[str, bytes]]:
+def cancel_event(created: OrderCreated) -> OrderCancelled:
+    """The cancellation of ``created`` (what POST /orders/{id}/cancel writes)."""
+    return OrderCancelled(
+        order_id=created.order_id,
+        user_id=created.user_id,
+        customer_email=created.customer_email,
+        total=created.total,
+        cancelled_at=datetime.now(UTC),
+    )
+
+
+def event_headers(
+    event_id: str | None,
+    order_id: str,
+    *,
+    event_type: str = EVENT_ORDER_CREATED,
+    version: int = 1,
+) -> list[tuple[str, bytes]]:
     headers = {
-        Header.EVENT_TYPE: EVENT_ORDER_CREATED,
+        Header.EVENT_TYPE: event_type,
         Header.AGGREGATE_TYPE: AGGREGATE_ORDER,
         Header.AGGREGATE_ID: order_id,
-        Header.AGGREGATE_VERSION: "1",
+        Header.AGGREGATE_VERSION: str(version),
         Header.OCCURRED_AT: datetime.now(UTC).isoformat(),
     }
     if event_id is not None:
@@ -81,6 +104,7 @@ class Pipeline:
 
     stack: Stack
     topic: str
+    cancelled_topic: str
     database: str
     inventory_group: str
     email_group: str
@@ -97,9 +121,11 @@ class Pipeline:
         """Environment for service processes started with ``stack.start``."""
         return {
             "INVENTORY_TOPIC": self.topic,
+            "INVENTORY_CANCELLED_TOPIC": self.cancelled_topic,
             "INVENTORY_GROUP_ID": self.inventory_group,
             "INVENTORY_DATABASE": self.database,
             "EMAIL_TOPIC": self.topic,
+            "EMAIL_CANCELLED_TOPIC": self.cancelled_topic,
             "EMAIL_GROUP_ID": self.email_group,
         }
 
@@ -107,6 +133,7 @@ class Pipeline:
         return InventorySettings(
             **self._infra(),
             topic=self.topic,
+            cancelled_topic=self.cancelled_topic,
             group_id=self.inventory_group,
             database=self.database,
             port=0,
@@ -115,7 +142,12 @@ class Pipeline:
 
     def email_settings(self, **overrides: Any) -> EmailSettings:
         return EmailSettings(
-            **self._infra(), topic=self.topic, group_id=self.email_group, port=0, **overrides
+            **self._infra(),
+            topic=self.topic,
+            cancelled_topic=self.cancelled_topic,
+            group_id=self.email_group,
+            port=0,
+            **overrides,
         )
 
     def _infra(self) -> dict[str, Any]:
@@ -166,6 +198,21 @@ class Pipeline:
         )
         return event_id or ""
 
+    async def send_cancel(
+        self, event: OrderCancelled, *, event_id: str | None = None, version: int = 2
+    ) -> str:
+        """Produce one ``OrderCancelled`` record on the private cancel topic; returns its id."""
+        event_id = event_id or uuid.uuid4().hex
+        await self.producer.send_and_wait(
+            self.cancelled_topic,
+            key=event.order_id.encode(),
+            value=event.to_json().encode(),
+            headers=event_headers(
+                event_id, event.order_id, event_type=EVENT_ORDER_CANCELLED, version=version
+            ),
+        )
+        return event_id
+
     async def reservations(self, order_id: str) -> list[dict[str, Any]]:
         cursor = self.mongo[self.database][RESERVATIONS].find({"orderId": order_id})
         return [doc async for doc in cursor]
@@ -186,8 +233,23 @@ class Pipeline:
                     found.append(message)
         return found
 
-    async def dlq(self, group: str | None = None) -> list[StoredDlqRecord]:
-        records = await read_dlq(self.stack.config.kafka_bootstrap, self.dlq_topic)
+    def subjects_for(self, order_id: str) -> list[str]:
+        """Subjects of the emails about ``order_id``, in the order the sink received them (its
+        file names start with a nanosecond timestamp)."""
+        subjects = []
+        for path in sorted(Path(self.stack.config.smtp_dir).glob("*.eml")):
+            message = message_from_bytes(path.read_bytes())
+            subject = str(message["Subject"] or "")
+            if order_id in subject:
+                subjects.append(subject)
+        return subjects
+
+    async def dlq(
+        self, group: str | None = None, *, source_topic: str | None = None
+    ) -> list[StoredDlqRecord]:
+        """The DLQ records of ``source_topic`` (default: the creation topic)."""
+        dlq_topic = dlq_topic_for(source_topic or self.topic)
+        records = await read_dlq(self.stack.config.kafka_bootstrap, dlq_topic)
         return [r for r in records if group is None or r.consumer_group == group]
 
 
@@ -195,8 +257,13 @@ class Pipeline:
 async def pipeline(stack: Stack) -> AsyncIterator[Pipeline]:
     suffix = uuid.uuid4().hex[:10]
     topic = f"test.consumers.{suffix}"
+    cancelled_topic = f"test.consumers.cancelled.{suffix}"
     c = stack.config
-    await ensure_topics(c.kafka_bootstrap, [topic, dlq_topic_for(topic)], TOPIC_PARTITIONS)
+    await ensure_topics(
+        c.kafka_bootstrap,
+        [topic, dlq_topic_for(topic), cancelled_topic, dlq_topic_for(cancelled_topic)],
+        TOPIC_PARTITIONS,
+    )
     producer = make_producer(c.kafka_bootstrap)
     await producer.start()
     mongo = make_mongo_client(c.mongo_uri, 5.0, "consumer-tests")
@@ -207,7 +274,15 @@ async def pipeline(stack: Stack) -> AsyncIterator[Pipeline]:
         [{"sku": f"SKU-{n}", "available": 100} for n in range(1, 4)]
     )
     p = Pipeline(
-        stack, topic, database, f"inventory-{suffix}", f"email-{suffix}", producer, mongo, redis
+        stack,
+        topic,
+        cancelled_topic,
+        database,
+        f"inventory-{suffix}",
+        f"email-{suffix}",
+        producer,
+        mongo,
+        redis,
     )
     try:
         yield p

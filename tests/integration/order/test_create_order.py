@@ -28,7 +28,17 @@ async def test_created_order_and_its_pending_event_are_stored_together(api: Api)
     assert body["total"] == "25.30"  # 2 x 12.50 + 3 x 0.10, exactly
     assert body["status"] == "created"
     assert body["items"][1] == {"sku": "SKU-B", "quantity": 3, "unitPrice": "0.10"}
-    assert set(body) == {"id", "userId", "customerEmail", "items", "total", "status", "createdAt"}
+    assert set(body) == {
+        "id",
+        "userId",
+        "customerEmail",
+        "items",
+        "total",
+        "status",
+        "createdAt",
+        "cancelledAt",
+    }
+    assert body["cancelledAt"] is None
 
     order = await api.db.orders.find_one({"_id": ObjectId(body["id"])})
     assert order is not None

@@ -1,0 +1,168 @@
+"""What happens to one cancel request: the order becomes ``cancelled`` and its ``OrderCancelled``
+event is written, in ONE MongoDB transaction.
+
+The order's ``version`` goes up by one and the event carries the new value as its
+``aggregateVersion``, so consumers can tell which of an order's events came last whatever order
+Kafka delivers them in (the two events travel on two topics). Cancelling is idempotent by
+itself: a cancelled order is answered as it is and no second event is written. Two concurrent
+cancels write to the same order document inside their transactions, so one of them hits a
+write conflict, is retried from scratch and finds the order already cancelled; the unique
+``(aggregateId, aggregateVersion)`` index on the outbox is the backstop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pymongo
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.errors import DuplicateKeyError
+
+from services.order.handlers import IdempotencyConflict, order_out, utc_now_ms
+from services.order.metrics import OrderMetrics
+from services.order.models import Order, OutboxEvent
+from services.order.schemas import ORDER_STATUS_CANCELLED, ORDER_STATUS_CREATED, OrderOut
+from shared.contracts import EVENT_ORDER_CANCELLED
+from shared.events import OrderCancelled
+from shared.mongo import MongoClient, run_in_transaction
+
+log = logging.getLogger(__name__)
+
+# A failed duplicate-key race is re-run once the winner's commit is visible; more than this many
+# rounds means something other than a race is wrong.
+_MAX_RACE_ROUNDS = 3
+
+
+class OrderChangedError(Exception):
+    """The conditional update matched nothing inside the transaction (cannot happen under
+    snapshot isolation; aborting keeps 'order and event together' true if it ever does)."""
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    order: OrderOut
+    # This request cancelled the order now (False: it was cancelled before).
+    cancelled_now: bool
+    # The cancel was made earlier by a request with the same Idempotency-Key.
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    order: Order
+    cancelled_now: bool
+
+
+async def _key_used_elsewhere(
+    key: str, user_id: str, oid: ObjectId, session: AsyncClientSession | None = None
+) -> str | None:
+    """The id of another order of ``user_id`` that a cancel with ``key`` already cancelled."""
+    other = await Order.find_one(
+        Order.user_id == user_id,
+        Order.cancel_idempotency_key == key,
+        {"_id": {"$ne": oid}},
+        session=session,
+    )
+    return None if other is None else str(other.id)
+
+
+async def cancel_order(
+    client: MongoClient,
+    order_id: str,
+    *,
+    idempotency_key: str | None,
+    traceparent: str,
+    metrics: OrderMetrics,
+    deadline_seconds: float,
+) -> CancelResult | None:
+    """Cancel the order and write its pending ``OrderCancelled`` event, atomically.
+
+    Returns None for an unknown or malformed id. A cancelled order is returned unchanged (no
+    event). An ``idempotency_key`` is scoped to the order's user: the same key on the same order
+    is a replay; the same key on another order of that user raises :class:`IdempotencyConflict`.
+    All database work shares one deadline, after which PyMongo raises a timeout (503).
+    """
+    try:
+        oid = ObjectId(order_id)
+    except (InvalidId, TypeError):
+        return None
+
+    async def work(session: AsyncClientSession) -> _Outcome | None:
+        order = await Order.get(oid, session=session)
+        if order is None:
+            return None
+        if idempotency_key is not None and order.cancel_idempotency_key != idempotency_key:
+            other = await _key_used_elsewhere(idempotency_key, order.user_id, oid, session)
+            if other is not None:
+                raise IdempotencyConflict(idempotency_key, other)
+        if order.status != ORDER_STATUS_CREATED:
+            return _Outcome(order, cancelled_now=False)
+        cancelled_at = utc_now_ms()
+        version = order.version + 1
+        changes: dict[str, object] = {
+            "status": ORDER_STATUS_CANCELLED,
+            "version": version,
+            "cancelledAt": cancelled_at,
+        }
+        if idempotency_key is not None:
+            changes["cancelIdempotencyKey"] = idempotency_key
+        # The version in the filter: the event below must follow exactly the version we read.
+        result = await Order.get_pymongo_collection().update_one(
+            {"_id": oid, "version": order.version, "status": ORDER_STATUS_CREATED},
+            {"$set": changes},
+            session=session,
+        )
+        if result.modified_count != 1:
+            raise OrderChangedError(f"order {order_id} changed during the transaction")
+        payload = OrderCancelled(
+            order_id=order_id,
+            user_id=order.user_id,
+            customer_email=order.customer_email,
+            total=order.total,
+            cancelled_at=cancelled_at,
+        )
+        await OutboxEvent.pending(
+            aggregate_id=order_id,
+            aggregate_version=version,
+            event_type=EVENT_ORDER_CANCELLED,
+            payload=payload.to_json(),
+            created_at=cancelled_at,
+            traceparent=traceparent,
+        ).insert(session=session)
+        order.status = ORDER_STATUS_CANCELLED
+        order.version = version
+        order.cancelled_at = cancelled_at
+        order.cancel_idempotency_key = idempotency_key or order.cancel_idempotency_key
+        return _Outcome(order, cancelled_now=True)
+
+    outcome: _Outcome | None = None
+    with pymongo.timeout(deadline_seconds):
+        for _ in range(_MAX_RACE_ROUNDS):
+            try:
+                outcome = await run_in_transaction(
+                    client, work, on_retry=metrics.transaction_retries.inc
+                )
+                break
+            except DuplicateKeyError:
+                # A concurrent cancel committed first (the outbox's version index, or this key on
+                # the user's other order): run again, now seeing its commit.
+                continue
+        else:
+            raise RuntimeError(f"cancel of {order_id} kept colliding with concurrent commits")
+    if outcome is None:
+        return None
+    order = outcome.order
+    replayed = (
+        not outcome.cancelled_now
+        and idempotency_key is not None
+        and order.cancel_idempotency_key == idempotency_key
+    )
+    if outcome.cancelled_now:
+        metrics.orders_cancelled.inc()
+        log.info("order cancelled", extra={"order_id": order_id})
+    elif replayed:
+        metrics.idempotent_replays.inc()
+    return CancelResult(order_out(order), cancelled_now=outcome.cancelled_now, replayed=replayed)
