@@ -97,7 +97,7 @@ async def cancel_order(
         if idempotency_key is not None and order.cancel_idempotency_key != idempotency_key:
             other = await _key_used_elsewhere(idempotency_key, order.user_id, oid, session)
             if other is not None:
-                raise IdempotencyConflict(idempotency_key, other)
+                raise IdempotencyConflict(idempotency_key)
         if order.status != ORDER_STATUS_CREATED:
             return _Outcome(order, cancelled_now=False)
         cancelled_at = utc_now_ms()

@@ -47,12 +47,15 @@ _TRACEPARENT = re.compile(
 
 
 class IdempotencyConflict(Exception):
-    """The Idempotency-Key was already used for a request with a different body."""
+    """The caller already used this Idempotency-Key for a request with a different body.
 
-    def __init__(self, key: str, order_id: str) -> None:
+    It carries no order id on purpose: the answer to a mistaken or guessed key must not point
+    at an order.
+    """
+
+    def __init__(self, key: str) -> None:
         super().__init__(f"Idempotency-Key {key!r} was used for a different request")
         self.key = key
-        self.order_id = order_id
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,16 @@ def order_out(order: Order) -> OrderOut:
     )
 
 
-async def _replay(key: str, fingerprint: str, metrics: OrderMetrics) -> CreateResult | None:
-    existing = await Order.find_one(Order.idempotency_key == key)
+async def _replay(
+    user_id: str, key: str, fingerprint: str, metrics: OrderMetrics
+) -> CreateResult | None:
+    # Keys are scoped to the caller (as payment APIs scope them to the account): another user's
+    # order made with the same key is neither replayed nor a conflict.
+    existing = await Order.find_one(Order.user_id == user_id, Order.idempotency_key == key)
     if existing is None:
         return None
     if existing.request_hash != fingerprint:
-        raise IdempotencyConflict(key, str(existing.id))
+        raise IdempotencyConflict(key)
     metrics.idempotent_replays.inc()
     return CreateResult(order_out(existing), replayed=True)
 
@@ -114,18 +121,19 @@ async def create_order(
 ) -> CreateResult:
     """Insert the order and its pending ``OrderCreated`` outbox event in one transaction.
 
-    With an ``idempotency_key`` the same request returns the first order (``replayed``) and a
-    different request raises :class:`IdempotencyConflict`. Concurrent requests with one key
-    race on the unique index inside their transactions: exactly one commits, the others get a
-    DuplicateKeyError (or a write conflict, retried until the winner's order is visible) and
-    replay the winner. All database work shares one deadline (``pymongo.timeout``), after which
-    PyMongo raises a timeout error the app turns into 503.
+    An ``idempotency_key`` belongs to the request's ``userId``: with it, the same request of the
+    same user returns that user's first order (``replayed``) and a different request raises
+    :class:`IdempotencyConflict`; other users' keys play no part. Concurrent requests of one user
+    with one key race on the unique (userId, idempotencyKey) index inside their transactions:
+    exactly one commits, the others get a DuplicateKeyError (or a write conflict, retried until
+    the winner's order is visible) and replay the winner. All database work shares one deadline
+    (``pymongo.timeout``), after which PyMongo raises a timeout error the app turns into 503.
     """
     fingerprint = request.fingerprint()
     with pymongo.timeout(deadline_seconds):
         if idempotency_key is not None:
             # Fast path for the common retry; the unique index below is what makes it safe.
-            replay = await _replay(idempotency_key, fingerprint, metrics)
+            replay = await _replay(request.user_id, idempotency_key, fingerprint, metrics)
             if replay is not None:
                 return replay
 
@@ -182,7 +190,7 @@ async def create_order(
             if idempotency_key is None:
                 raise
             # Another request with this key committed first: answer with its order.
-            replay = await _replay(idempotency_key, fingerprint, metrics)
+            replay = await _replay(request.user_id, idempotency_key, fingerprint, metrics)
             if replay is None:  # pragma: no cover - the winner's commit is visible by now
                 raise
             return replay

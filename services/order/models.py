@@ -113,16 +113,21 @@ class OutboxEvent(Document):
         keep_nulls = True
 
 
-INDEX_ORDERS_IDEMPOTENCY_KEY: Final = "idempotencyKey_unique"
+INDEX_ORDERS_IDEMPOTENCY_KEY: Final = "userId_1_idempotencyKey_1_unique"
 INDEX_ORDERS_CANCEL_IDEMPOTENCY_KEY: Final = "userId_1_cancelIdempotencyKey_unique"
+# The key spec of the index that made keys global (before they were scoped to the user); the
+# API drops it at start-up (services.order.indexes).
+LEGACY_IDEMPOTENCY_KEY_SPEC: Final = {"idempotencyKey": 1}
 
 
 def order_indexes() -> list[IndexModel]:
-    """A unique Idempotency-Key among the orders that have one: the arbiter between concurrent
-    requests with the same key (the loser's insert fails inside its transaction)."""
+    """Unique (userId, key) among the orders that have a create (or cancel) Idempotency-Key:
+    the arbiter between concurrent requests of one user with one key (the loser's write fails
+    inside its transaction). Scoped to the user, so one user's key never collides with
+    another's."""
     return [
         IndexModel(
-            [("idempotencyKey", ASCENDING)],
+            [("userId", ASCENDING), ("idempotencyKey", ASCENDING)],
             name=INDEX_ORDERS_IDEMPOTENCY_KEY,
             unique=True,
             partialFilterExpression={"idempotencyKey": {"$type": "string"}},

@@ -1,9 +1,11 @@
 """The HTTP contract of the order API: request and response bodies, and money rules.
 
-Validation is strict: a quantity of ``"2"`` or ``2.5`` is refused rather than coerced, unknown
-fields are refused rather than ignored, and a price must be a decimal *string* (a JSON number is
-a binary float on most clients, so ``0.1`` may already be ``0.1000000000000000055`` before it
-reaches us: money never travels that way).
+Validation is strict: a quantity of ``"2"`` or ``2.5`` is refused rather than coerced (``2.0`` is
+accepted: JSON Schema, and so the published OpenAPI document, counts it as an integer), unknown
+fields are refused rather than ignored, identifiers follow :mod:`shared.identifiers` (no control
+or bidi characters, not blank), and a price must be a decimal *string* (a JSON number is a binary
+float on most clients, so ``0.1`` may already be ``0.1000000000000000055`` before it reaches us:
+money never travels that way).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
@@ -26,6 +29,7 @@ from pydantic import (
 )
 
 from shared.contracts import OutboxStatus
+from shared.identifiers import Identifier
 
 MAX_ITEMS: Final = 100
 MAX_QUANTITY: Final = 10_000
@@ -37,7 +41,9 @@ ORDER_STATUS_CREATED: Final = "created"
 ORDER_STATUS_CANCELLED: Final = "cancelled"
 
 # Plain digits with at most two decimals: no sign, exponent, spaces or thousands separators.
-_MONEY_TEXT = re.compile(r"^[0-9]+(\.[0-9]{1,2})?$")
+# Checked with fullmatch: `$` alone would let a trailing newline through ("12.50\n").
+MONEY_PATTERN: Final = r"^[0-9]+(\.[0-9]{1,2})?$"
+_MONEY_TEXT = re.compile(MONEY_PATTERN)
 _CENT: Final = Decimal("0.01")
 IDEMPOTENCY_KEY_PATTERN: Final = r"^[\x20-\x7e]{1,255}$"
 
@@ -72,7 +78,7 @@ def parse_money(value: object) -> Decimal:
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -MONEY_PLACES:
         raise ValueError(f"must have at most {MONEY_PLACES} decimal places")
-    if not _MONEY_TEXT.match(text):
+    if not _MONEY_TEXT.fullmatch(text):
         # "1e2", "+5", " 5", "5." are numbers, but not how this API writes money.
         raise ValueError(f'must be plain digits with at most {MONEY_PLACES} decimals, like "12.50"')
     if amount > MAX_UNIT_PRICE:
@@ -88,7 +94,7 @@ def format_money(amount: Decimal) -> str:
 
 _MONEY_SCHEMA = {
     "type": "string",
-    "pattern": r"^[0-9]+(\.[0-9]{1,2})?$",
+    "pattern": MONEY_PATTERN,
     "examples": ["12.50"],
     "description": "Decimal string, non-negative, at most two decimal places.",
 }
@@ -111,14 +117,27 @@ class _StrictIn(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
+def _integral_number(value: object) -> object:
+    # JSON Schema's "integer" is any number without a fractional part, so a client generated from
+    # the OpenAPI document (or a JavaScript one, which has no int/float distinction) may send 2.0.
+    # It means 2; 2.5, "2" and true still reach the strict int check and are refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# A whole number of units; 2.0 counts (see above).
+Quantity = Annotated[int, BeforeValidator(_integral_number)]
+
+
 class OrderItemIn(_StrictIn):
-    sku: str = Field(min_length=1, max_length=64, description="Stock keeping unit.")
-    quantity: int = Field(ge=1, le=MAX_QUANTITY, description="Whole units, 1..10000.")
+    sku: Identifier = Field(min_length=1, max_length=64, description="Stock keeping unit.")
+    quantity: Quantity = Field(ge=1, le=MAX_QUANTITY, description="Whole units, 1..10000.")
     unit_price: MoneyIn = Field(alias="unitPrice", description="Price of one unit.")
 
 
 class CreateOrderRequest(_StrictIn):
-    user_id: str = Field(alias="userId", min_length=1, max_length=128)
+    user_id: Identifier = Field(alias="userId", min_length=1, max_length=128)
     customer_email: EmailStr = Field(alias="customerEmail", max_length=254)
     items: list[OrderItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
 

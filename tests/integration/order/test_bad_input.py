@@ -28,6 +28,8 @@ CASES: list[tuple[str, Any, str]] = [
     ("unknown item field", order_body(items=[_item(colour="red")]), "items.0.colour"),
     ("quantity as string", order_body(items=[_item(quantity="2")]), "items.0.quantity"),
     ("fractional quantity", order_body(items=[_item(quantity=2.5)]), "items.0.quantity"),
+    ("NaN quantity", order_body(items=[_item(quantity=float("nan"))]), "items.0.quantity"),
+    ("quantity 1e300", order_body(items=[_item(quantity=1e300)]), "items.0.quantity"),
     ("boolean quantity", order_body(items=[_item(quantity=True)]), "items.0.quantity"),
     ("zero quantity", order_body(items=[_item(quantity=0)]), "items.0.quantity"),
     ("quantity over 10000", order_body(items=[_item(quantity=10_001)]), "items.0.quantity"),
@@ -40,6 +42,27 @@ CASES: list[tuple[str, Any, str]] = [
     ("price as JSON number", order_body(items=[_item(unitPrice=12.5)]), "items.0.unitPrice"),
     ("price not a number", order_body(items=[_item(unitPrice="twelve")]), "items.0.unitPrice"),
     ("empty sku", order_body(items=[_item(sku="")]), "items.0.sku"),
+    ("blank sku", order_body(items=[_item(sku="   ")]), "items.0.sku"),
+    ("NUL sku", order_body(items=[_item(sku="\u0000")]), "items.0.sku"),
+    ("bidi override sku", order_body(items=[_item(sku="\u202e")]), "items.0.sku"),
+    ("bidi isolate in sku", order_body(items=[_item(sku="SKU-\u2066A")]), "items.0.sku"),
+    ("lone surrogate sku", order_body(items=[_item(sku="SKU-\ud800")]), "items.0.sku"),
+    ("blank userId", order_body(userId=" \t "), "userId"),
+    ("control character in userId", order_body(userId="user-1\u0007"), "userId"),
+    ("newline in userId", order_body(userId="user-1\nadmin"), "userId"),
+    ("C1 control in userId", order_body(userId="user\u0085"), "userId"),
+    ("bidi override in userId", order_body(userId="user\u202e1"), "userId"),
+    (
+        "price with trailing newline",
+        order_body(items=[_item(unitPrice="12.50\n")]),
+        "items.0.unitPrice",
+    ),
+    ("bidi override in email", order_body(customerEmail="a\u202eb@example.com"), "customerEmail"),
+    (
+        "control character in email",
+        order_body(customerEmail="a\u0000b@example.com"),
+        "customerEmail",
+    ),
     ("invalid email", order_body(customerEmail="not-an-email"), "customerEmail"),
     ("userId not a string", order_body(userId=42), "userId"),
     ("items not a list", order_body(items={"sku": "A"}), "items"),
@@ -56,7 +79,10 @@ async def empty(api: Api) -> AsyncIterator[Api]:
 
 @pytest.mark.parametrize(("body", "field"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 async def test_invalid_body_is_422_naming_the_field(empty: Api, body: Any, field: str) -> None:
-    response = await empty.http.post("/orders", json=body)
+    # json.dumps escapes non-ASCII ("\\u202e"), so even a lone surrogate travels as valid JSON.
+    response = await empty.http.post(
+        "/orders", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
 
     assert response.status_code == 422, response.text
     error = response.json()
@@ -76,6 +102,31 @@ async def test_body_that_is_not_json_is_422(empty: Api) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe=P\x00", b'{"userId": "caf\xe9"}', b"[" * 5000 + b"]" * 5000],
+    ids=["not UTF-8", "Latin-1 inside JSON", "nested too deep"],
+)
+async def test_unparseable_body_is_422_json_invalid(empty: Api, content: bytes) -> None:
+    response = await empty.http.post(
+        "/orders", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"][0]["field"] == "body"
+    assert response.json()["fields"][0]["type"] == "json_invalid"
+
+
+@pytest.mark.parametrize(("quantity", "stored"), [(2.0, 2), (1476.0, 1476), (1e4, 10_000)], ids=str)
+async def test_integral_number_quantity_is_accepted_as_json_schema_integer(
+    api: Api, quantity: float, stored: int
+) -> None:
+    # JSON Schema (and so the published OpenAPI document) counts 2.0 as an integer.
+    body = order_body(items=[_item(quantity=quantity)])
+    response = await api.http.post("/orders", json=body)
+    assert response.status_code == 201, response.text
+    assert response.json()["items"][0]["quantity"] == stored
+
+
 async def test_empty_body_is_422(empty: Api) -> None:
     response = await empty.http.post("/orders", content=b"")
     assert response.status_code == 422
@@ -88,6 +139,9 @@ async def test_body_over_64_kib_is_413(empty: Api) -> None:
     assert response.status_code == 413
     assert response.json()["error"] == "payload_too_large"
     assert response.json()["fields"][0]["field"] == "body"
+    # Refused before routing, yet counted under its route template.
+    metrics = (await empty.http.get("/metrics")).text
+    assert 'http_requests_total{method="POST",route="/orders",status="413"} 1.0' in metrics
 
 
 async def test_chunked_body_over_64_kib_is_413(empty: Api) -> None:

@@ -143,7 +143,13 @@ async def test_startup_creates_the_outbox_and_idempotency_indexes(api: Api) -> N
     assert outbox["aggregateId_1_aggregateVersion_1"]["unique"] is True
     assert outbox["publishedAt_ttl"]["expireAfterSeconds"] == 7 * 24 * 3600
     orders = await api.db.orders.index_information()
-    assert orders["idempotencyKey_unique"]["unique"] is True
+    # Keys are scoped to the caller: unique per (userId, idempotencyKey), not globally.
+    assert orders["userId_1_idempotencyKey_1_unique"]["key"] == [
+        ("userId", 1),
+        ("idempotencyKey", 1),
+    ]
+    assert orders["userId_1_idempotencyKey_1_unique"]["unique"] is True
+    assert "idempotencyKey_unique" not in orders
 
 
 async def test_openapi_documents_every_answer(api: Api) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from services.order.app import create_app
 from services.order.settings import OrderSettings
 from stack import Stack
 from tests.integration.order.conftest import TEST_DATABASE, Api, order_body
+from tests.waiting import wait_until
 
 PROMISE_SECONDS = 5.0
 
@@ -136,3 +138,32 @@ async def test_mongodb_vanishing_mid_flight_gives_503_within_5_seconds(
     assert ready.status_code == 503
     # Only the order from before the cut exists, with its event: nothing half-written.
     assert await api.counts() == (1, 1)
+
+
+async def test_start_up_retries_are_paced_by_the_backoff_settings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = OrderSettings(
+        mongo_uri=f"mongodb://127.0.0.1:{_closed_port()}/?replicaSet=secantus",
+        database=TEST_DATABASE,
+        mongo_timeout_seconds=0.3,
+        backoff_initial_seconds=0.01,
+        backoff_max_seconds=0.02,
+    )
+    app = create_app(settings)
+
+    def retry_delays() -> list[float]:
+        return [
+            float(record.__dict__["delay"])
+            for record in caplog.records
+            if record.getMessage().startswith("MongoDB not available at start-up")
+        ]
+
+    with caplog.at_level(logging.WARNING):
+        async with app.router.lifespan_context(app):
+            await wait_until(
+                lambda: len(retry_delays()) >= 3, timeout=30, message="three start-up retries"
+            )
+
+    # ORDER_BACKOFF_MAX_SECONDS caps every pause (plus the 20% jitter), the first one included.
+    assert all(delay <= 0.02 * 1.2 for delay in retry_delays()), retry_delays()

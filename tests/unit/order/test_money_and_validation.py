@@ -42,6 +42,8 @@ def test_money_strings_parse_exactly(text: str, expected: str) -> None:
         ("12.500", "2 decimal places"),
         ("1e2", "plain digits"),
         ("+5", "plain digits"),
+        ("12.50\n", "plain digits"),
+        ("12.50\r\n", "plain digits"),
         ("abc", "decimal string"),
         ("1000000000.01", "exceed"),
     ],
@@ -88,7 +90,8 @@ def test_valid_request_computes_its_total() -> None:
     ("overrides", "loc"),
     [
         ({"items": [{"sku": "A", "quantity": "2", "unitPrice": "1"}]}, ("items", 0, "quantity")),
-        ({"items": [{"sku": "A", "quantity": 2.0, "unitPrice": "1"}]}, ("items", 0, "quantity")),
+        ({"items": [{"sku": "A", "quantity": 2.5, "unitPrice": "1"}]}, ("items", 0, "quantity")),
+        ({"items": [{"sku": "A", "quantity": True, "unitPrice": "1"}]}, ("items", 0, "quantity")),
         ({"items": [{"sku": "A", "quantity": 10_001, "unitPrice": "1"}]}, ("items", 0, "quantity")),
         ({"items": []}, ("items",)),
         ({"items": [{"sku": "A", "quantity": 1, "unitPrice": "1"}] * 101}, ("items",)),

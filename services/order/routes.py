@@ -1,0 +1,189 @@
+"""The order API's routes: ``orders`` (create, cancel, read), ``probes`` (health, ready, metrics).
+
+Each route does HTTP only (headers, status, Location) and hands the work to
+:mod:`services.order.handlers`; errors are raised and mapped by :mod:`services.order.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import pymongo
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pymongo.errors import PyMongoError
+
+from services.order.cancel import cancel_order
+from services.order.errors import INVALID, TOO_LARGE, UNAVAILABLE, order_not_found
+from services.order.handlers import create_order, get_order, traceparent_for
+from services.order.json_body import JsonRoute
+from services.order.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    CreateOrderRequest,
+    ErrorOut,
+    OrderOut,
+    OrderWithEventsOut,
+)
+from services.order.state import ReadyStateDep, StateDep
+from shared.health import READY_TIMEOUT_SECONDS, readiness_body
+from shared.mongo import transactions_supported
+
+log = logging.getLogger(__name__)
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="1-255 printable ASCII characters, scoped to the request's userId. Same "
+        "user, key and body: the original order (200, Idempotent-Replayed: true); same user and "
+        "key, other body: 409. Another user's key never matches.",
+    ),
+]
+TraceparentHeader = Annotated[
+    str | None,
+    Header(
+        description="W3C trace context. Stored with the outbox event (the relay puts it into "
+        "the Kafka headers); a new trace is started when absent or invalid."
+    ),
+]
+
+orders = APIRouter(route_class=JsonRoute)
+probes = APIRouter()
+
+
+@orders.post(
+    "/orders",
+    status_code=201,
+    response_model=OrderOut,
+    summary="Create an order (and its OrderCreated outbox event, atomically)",
+    responses={
+        200: {
+            "model": OrderOut,
+            "description": "Idempotent replay: the order this user first created with this "
+            "Idempotency-Key and body; header Idempotent-Replayed: true.",
+        },
+        201: {"description": "Created; Location: /orders/{id}."},
+        409: {
+            "model": ErrorOut,
+            "description": "This user already used the Idempotency-Key with another body "
+            "(the answer names no order).",
+        },
+        413: TOO_LARGE,
+        422: INVALID,
+        503: UNAVAILABLE,
+    },
+)
+async def post_order(
+    body: CreateOrderRequest,
+    response: Response,
+    state: ReadyStateDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+    traceparent: TraceparentHeader = None,
+) -> OrderOut:
+    result = await create_order(
+        state.client,
+        body,
+        idempotency_key=idempotency_key,
+        traceparent=traceparent_for(traceparent),
+        metrics=state.metrics,
+        deadline_seconds=state.settings.request_deadline_seconds,
+    )
+    response.headers["Location"] = f"/orders/{result.order.id}"
+    if result.replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return result.order
+
+
+@orders.post(
+    "/orders/{order_id}/cancel",
+    response_model=OrderOut,
+    summary="Cancel an order (and write its OrderCancelled outbox event, atomically)",
+    description="The order becomes `cancelled`, its version goes up by one and an "
+    "`OrderCancelled` event with that `aggregateVersion` is written in the same transaction. "
+    "Cancelling a cancelled order answers 200 with the same order and writes no second "
+    "event, so a plain retry is safe. An `Idempotency-Key` is scoped to the order's user: "
+    "the same key on the same order is a replay (header Idempotent-Replayed: true); the same "
+    "key used to cancel another order of that user is 409 (naming no order).",
+    responses={
+        200: {"description": "Cancelled now, or already cancelled (the same order)."},
+        404: {"model": ErrorOut, "description": "Unknown or malformed order id."},
+        409: {
+            "model": ErrorOut,
+            "description": "Idempotency-Key already used to cancel another order.",
+        },
+        413: TOO_LARGE,
+        422: INVALID,
+        503: UNAVAILABLE,
+    },
+)
+async def post_cancel(
+    order_id: str,
+    response: Response,
+    state: ReadyStateDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+    traceparent: TraceparentHeader = None,
+) -> OrderOut | JSONResponse:
+    result = await cancel_order(
+        state.client,
+        order_id,
+        idempotency_key=idempotency_key,
+        traceparent=traceparent_for(traceparent),
+        metrics=state.metrics,
+        deadline_seconds=state.settings.request_deadline_seconds,
+    )
+    if result is None:
+        return order_not_found(order_id)
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return result.order
+
+
+@orders.get(
+    "/orders/{order_id}",
+    response_model=OrderWithEventsOut,
+    summary="An order and its outbox events (watch Pending become Published)",
+    responses={
+        404: {"model": ErrorOut, "description": "Unknown or malformed order id."},
+        503: UNAVAILABLE,
+    },
+)
+async def read_order(order_id: str, state: ReadyStateDep) -> OrderWithEventsOut | JSONResponse:
+    found = await get_order(order_id, deadline_seconds=state.settings.request_deadline_seconds)
+    if found is None:
+        return order_not_found(order_id)
+    return found
+
+
+@probes.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@probes.get(
+    "/readyz",
+    summary="MongoDB reachable, transaction-capable, indexes in place",
+    responses={503: {"description": "Not ready; `checks` says what is missing."}},
+)
+async def readyz(state: StateDep) -> JSONResponse:
+    checks = {"indexes": state.ready.is_set(), "mongo": False, "transactions": False}
+    reason: str | None = None
+    try:
+        with pymongo.timeout(min(READY_TIMEOUT_SECONDS, state.settings.mongo_timeout_seconds)):
+            checks["transactions"] = await transactions_supported(state.client)
+        checks["mongo"] = True
+    except PyMongoError as exc:
+        reason = repr(exc)
+        log.warning("readiness check failed", extra={"reason": reason})
+    ok = all(checks.values())
+    return JSONResponse(readiness_body(checks, reason), status_code=200 if ok else 503)
+
+
+@probes.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def prometheus(state: StateDep) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
