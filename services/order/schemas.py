@@ -17,6 +17,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Final, Literal
 
+import email_validator
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -42,8 +43,17 @@ ORDER_STATUS_CANCELLED: Final = "cancelled"
 
 # Plain digits with at most two decimals: no sign, exponent, spaces or thousands separators.
 # Checked with fullmatch: `$` alone would let a trailing newline through ("12.50\n").
-MONEY_PATTERN: Final = r"^[0-9]+(\.[0-9]{1,2})?$"
-_MONEY_TEXT = re.compile(MONEY_PATTERN)
+_MONEY_TEXT = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
+# The same rule with the cap, as a pattern for the published schema (a string has no JSON Schema
+# "maximum"): up to 9 integer digits after any leading zeros, or the cap itself. Built from
+# MAX_UNIT_PRICE, which must therefore stay a power of ten.
+_CAP_DIGITS: Final = len(str(int(MAX_UNIT_PRICE))) - 1
+if Decimal(10) ** _CAP_DIGITS != MAX_UNIT_PRICE:  # pragma: no cover - a guard for editors
+    raise ValueError("MAX_UNIT_PRICE must be a power of ten for MONEY_PATTERN")
+MONEY_PATTERN: Final = (
+    f"^0*(?:[0-9]{{1,{_CAP_DIGITS}}}(?:\\.[0-9]{{1,{MONEY_PLACES}}})?"
+    f"|{int(MAX_UNIT_PRICE)}(?:\\.0{{1,{MONEY_PLACES}}})?)$"
+)
 _CENT: Final = Decimal("0.01")
 IDEMPOTENCY_KEY_PATTERN: Final = r"^[\x20-\x7e]{1,255}$"
 
@@ -96,14 +106,22 @@ _MONEY_SCHEMA = {
     "type": "string",
     "pattern": MONEY_PATTERN,
     "examples": ["12.50"],
-    "description": "Decimal string, non-negative, at most two decimal places.",
+    "description": "Decimal string, non-negative, at most two decimal places, at most "
+    f"{int(MAX_UNIT_PRICE)}.",
 }
 
 MoneyIn = Annotated[Decimal, PlainValidator(parse_money), WithJsonSchema(_MONEY_SCHEMA)]
 MoneyOut = Annotated[
     Decimal,
     PlainSerializer(format_money, return_type=str),
-    WithJsonSchema({**_MONEY_SCHEMA, "pattern": r"^[0-9]+\.[0-9]{2}$", "examples": ["25.00"]}),
+    WithJsonSchema(
+        {
+            **_MONEY_SCHEMA,
+            "pattern": r"^[0-9]+\.[0-9]{2}$",
+            "examples": ["25.00"],
+            "description": "Decimal string with two decimal places.",
+        }
+    ),
 ]
 
 
@@ -115,6 +133,21 @@ def compute_total(lines: list[tuple[int, Decimal]]) -> Decimal:
 class _StrictIn(BaseModel):
     # strict: "2" is not 2; forbid: a misspelt field ("quantiy") is an error, not a silent default.
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+def _any_case(word: str) -> str:
+    # ECMA-262 patterns (JSON Schema) have no inline (?i) flag: spell each letter's two cases.
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# email-validator (behind EmailStr) refuses addresses in special-use domains (RFC 6761: .test,
+# .localhost, .invalid ...), which the "email" format allows; the published pattern says so, with
+# the library's own list, so a client generated from the schema never builds one.
+EMAIL_DOMAIN_PATTERN: Final = (
+    "^.*@(?!(?:.*\\.)?(?:"
+    + "|".join(_any_case(name) for name in email_validator.SPECIAL_USE_DOMAIN_NAMES)
+    + ")$).*$"
+)
 
 
 def _integral_number(value: object) -> object:
@@ -138,7 +171,13 @@ class OrderItemIn(_StrictIn):
 
 class CreateOrderRequest(_StrictIn):
     user_id: Identifier = Field(alias="userId", min_length=1, max_length=128)
-    customer_email: EmailStr = Field(alias="customerEmail", max_length=254)
+    customer_email: EmailStr = Field(
+        alias="customerEmail",
+        max_length=254,
+        json_schema_extra={"pattern": EMAIL_DOMAIN_PATTERN},
+        description="An address a mail server could deliver to: no quoted local part, IP "
+        "literal or special-use domain (.test, .localhost, .invalid, .local, .onion, .arpa).",
+    )
     items: list[OrderItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
 
     def total(self) -> Decimal:

@@ -10,7 +10,13 @@ import pytest
 from pydantic import ValidationError
 
 from services.order.handlers import traceparent_for
-from services.order.schemas import CreateOrderRequest, compute_total, format_money, parse_money
+from services.order.schemas import (
+    MONEY_PATTERN,
+    CreateOrderRequest,
+    compute_total,
+    format_money,
+    parse_money,
+)
 
 
 @pytest.mark.parametrize(
@@ -138,3 +144,38 @@ def test_missing_or_invalid_traceparent_starts_a_new_trace(incoming: str | None)
     out = traceparent_for(incoming)
     assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", out)
     assert "0" * 32 not in out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0",
+        "0.5",
+        "12.50",
+        "00066.10",
+        "999999999.99",
+        "1000000000",
+        "1000000000.0",
+        "1000000000.00",
+        "0001000000000",
+        "1000000000.01",
+        "1000000001",
+        "9999999999",
+        "12.50\n",
+        "12.505",
+        ".5",
+        "5.",
+        "-1",
+        "1e3",
+        "",
+    ],
+)
+def test_published_money_pattern_agrees_with_the_parser(text: str) -> None:
+    # A client generated from the OpenAPI document builds prices from MONEY_PATTERN: whatever it
+    # matches must be accepted, and nothing else.
+    try:
+        parse_money(text)
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert (re.fullmatch(MONEY_PATTERN, text) is not None) == accepted
