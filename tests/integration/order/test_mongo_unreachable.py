@@ -7,7 +7,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -22,10 +22,13 @@ from tests.waiting import wait_until
 PROMISE_SECONDS = 5.0
 
 
-def _closed_port() -> int:
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port nobody listens on, held for the whole test: bound but not listening, so connecting
+    is refused, and no other process (another test stack on this machine) can take it meanwhile."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 class CuttableProxy:
@@ -77,9 +80,9 @@ class CuttableProxy:
 
 
 @pytest.fixture
-async def unreachable_api() -> AsyncIterator[httpx.AsyncClient]:
+async def unreachable_api(closed_port: int) -> AsyncIterator[httpx.AsyncClient]:
     settings = OrderSettings(
-        mongo_uri=f"mongodb://127.0.0.1:{_closed_port()}/?replicaSet=secantus",
+        mongo_uri=f"mongodb://127.0.0.1:{closed_port}/?replicaSet=secantus",
         database=TEST_DATABASE,
     )
     app = create_app(settings)
@@ -141,10 +144,10 @@ async def test_mongodb_vanishing_mid_flight_gives_503_within_5_seconds(
 
 
 async def test_start_up_retries_are_paced_by_the_backoff_settings(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, closed_port: int
 ) -> None:
     settings = OrderSettings(
-        mongo_uri=f"mongodb://127.0.0.1:{_closed_port()}/?replicaSet=secantus",
+        mongo_uri=f"mongodb://127.0.0.1:{closed_port}/?replicaSet=secantus",
         database=TEST_DATABASE,
         mongo_timeout_seconds=0.3,
         backoff_initial_seconds=0.01,
