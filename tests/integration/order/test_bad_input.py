@@ -104,8 +104,13 @@ async def test_body_that_is_not_json_is_422(empty: Api) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    [b"\xff\xfe=P\x00", b'{"userId": "caf\xe9"}', b"[" * 5000 + b"]" * 5000],
-    ids=["not UTF-8", "Latin-1 inside JSON", "nested too deep"],
+    [
+        b"\xff\xfe=P\x00",
+        b'{"userId": "caf\xe9"}',
+        b"[" * 5000 + b"]" * 5000,
+        json.dumps(order_body()).encode("utf-16"),
+    ],
+    ids=["not UTF-8", "Latin-1 inside JSON", "nested too deep", "UTF-16 (RFC 8259: UTF-8 only)"],
 )
 async def test_unparseable_body_is_422_json_invalid(empty: Api, content: bytes) -> None:
     response = await empty.http.post(
@@ -114,6 +119,15 @@ async def test_unparseable_body_is_422_json_invalid(empty: Api, content: bytes) 
     assert response.status_code == 422, response.text
     assert response.json()["fields"][0]["field"] == "body"
     assert response.json()["fields"][0]["type"] == "json_invalid"
+
+
+async def test_body_with_a_utf8_byte_order_mark_is_accepted(api: Api) -> None:
+    # RFC 8259 lets a parser ignore a BOM, and the API always has.
+    content = b"\xef\xbb\xbf" + json.dumps(order_body()).encode()
+    response = await api.http.post(
+        "/orders", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 201, response.text
 
 
 @pytest.mark.parametrize(("quantity", "stored"), [(2.0, 2), (1476.0, 1476), (1e4, 10_000)], ids=str)
