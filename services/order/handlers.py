@@ -189,10 +189,14 @@ async def create_order(
         except DuplicateKeyError:
             if idempotency_key is None:
                 raise
-            # Another request with this key committed first: answer with its order.
+            # Another request with this key committed first: answer with its order (the
+            # winner's commit is visible by now).
             replay = await _replay(request.user_id, idempotency_key, fingerprint, metrics)
-            if replay is None:  # pragma: no cover - the winner's commit is visible by now
-                raise
+            if replay is None:
+                # Not this user's order: the old global index refused it, rebuilt by an instance
+                # of the previous version mid-rollout (see services.order.indexes). The key is
+                # taken as far as that index goes; say so as the previous version did.
+                raise IdempotencyConflict(idempotency_key) from None
             return replay
 
     metrics.orders_created.inc()

@@ -71,3 +71,26 @@ async def test_old_global_key_index_is_replaced_by_the_per_user_one_at_start_up(
     assert any("idempotencyKey_unique" in record.getMessage() for record in caplog.records), [
         record.getMessage() for record in caplog.records
     ]
+
+
+async def test_global_index_recreated_by_an_old_instance_answers_409_not_500(
+    stack: Stack, mongo: MongoClient
+) -> None:
+    # Mid-rollout: an instance of the old version restarts and builds the global index again
+    # while this one runs. Another user's reuse of a key is then refused by that index; the
+    # answer is the old behaviour (409, naming no order), never a 500.
+    settings = OrderSettings(mongo_uri=stack.config.mongo_uri, database=TEST_DATABASE)
+    await mongo.drop_database(TEST_DATABASE)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        await mongo[TEST_DATABASE].orders.create_indexes([OLD_INDEX])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://order.test") as http:
+            headers = {"Idempotency-Key": "checkout-1"}
+            alice = await http.post("/orders", json=order_body(userId="alice"), headers=headers)
+            bob = await http.post("/orders", json=order_body(userId="bob"), headers=headers)
+
+    assert alice.status_code == 201, alice.text
+    assert bob.status_code == 409, bob.text
+    assert bob.json()["error"] == "idempotency_key_reused"
+    assert alice.json()["id"] not in bob.text
