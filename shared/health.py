@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from shared.redaction import redact
 
@@ -23,6 +23,17 @@ ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 # A probe that hangs is a failed probe: readiness checks get this long in all.
 READY_TIMEOUT_SECONDS = 3.0
+
+# The gauge an alert reads (deploy/prometheus/alerts.yml ServiceNotReady): Prometheus scrapes
+# /metrics, not /readyz, so each scrape samples the readiness answer into this series.
+READY_METRIC = "service_ready"
+
+
+def readiness_gauge(registry: CollectorRegistry) -> Gauge:
+    """``service_ready`` (1 when every readiness check passes) in ``registry``."""
+    return Gauge(
+        READY_METRIC, "1 when every readiness check passes (sampled at scrape)", registry=registry
+    )
 
 
 def readiness_body(checks: Mapping[str, bool], reason: str | None = None) -> dict[str, Any]:
@@ -47,6 +58,7 @@ class HealthServer:
         self._host, self._port = host, port
         self._ready = ready
         self._registry = registry
+        self._ready_gauge = readiness_gauge(registry)
         self._server: asyncio.Server | None = None
 
     @property
@@ -87,19 +99,22 @@ class HealthServer:
         finally:
             writer.close()
 
+    async def _checks(self) -> tuple[dict[str, bool], str | None]:
+        """The readiness checks, and why the probe itself failed (a hang or a crash), if it did."""
+        try:
+            return await asyncio.wait_for(self._ready(), timeout=READY_TIMEOUT_SECONDS), None
+        except Exception as exc:  # a probe failure is an answer, not a crash
+            reason = repr(exc)
+            log.warning("readiness check failed", extra={"reason": reason})
+            return {"error": False}, reason
+
     async def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
         if method != "GET":
             return "405 Method Not Allowed", "application/json", b'{"detail":"GET only"}'
         if path == "/healthz":
             return "200 OK", "application/json", b'{"status":"ok"}'
         if path == "/readyz":
-            reason: str | None = None
-            try:
-                checks = await asyncio.wait_for(self._ready(), timeout=READY_TIMEOUT_SECONDS)
-            except Exception as exc:  # a probe failure is an answer, not a crash
-                checks = {"error": False}
-                reason = repr(exc)
-                log.warning("readiness check failed", extra={"reason": reason})
+            checks, reason = await self._checks()
             ok = all(checks.values())
             return (
                 ("200 OK" if ok else "503 Service Unavailable"),
@@ -107,5 +122,7 @@ class HealthServer:
                 json.dumps(readiness_body(checks, reason)).encode(),
             )
         if path == "/metrics":
+            checks, _ = await self._checks()
+            self._ready_gauge.set(1 if all(checks.values()) else 0)
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
         return "404 Not Found", "application/json", b'{"detail":"not found"}'

@@ -22,3 +22,15 @@ REDIS_VERSION: Final = "7.0.15"
 # version to match; this is the MongoDB release line compose runs (official image mongo:<this>),
 # the one the services' transactions and change streams are written against.
 MONGO_IMAGE_VERSION: Final = "8.0"
+
+# Prometheus: the official image prom/prometheus:v<this> in docker-compose.yml, and promtool from
+# the Go module proxy at the matching module version (Prometheus 3.x tags its Go module v0.3xx.y:
+# 3.16.0 is v0.316.0), built by `make setup` (stack/gotools.py) for the alert-rule tests.
+PROMETHEUS_VERSION: Final = "3.16.0"
+PROMETHEUS_MODULE_VERSION: Final = "v0.316.0"
+
+# Jaeger v2 (the OpenTelemetry-collector based all-in-one): built from the Go module proxy for the
+# embedded stack (`python -m stack up --with jaeger`); the official image jaegertracing/jaeger in
+# docker-compose.yml. The Go module keeps v1 tags: v1.76.0 is the release of Jaeger v2.13.0.
+JAEGER_MODULE_VERSION: Final = "v1.76.0"
+JAEGER_IMAGE_VERSION: Final = "2.13.0"

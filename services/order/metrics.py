@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from shared.health import readiness_gauge
+
 # Buckets around what a two-insert majority transaction costs (milliseconds on a local replica
 # set) up to the 5 s deadline after which the API answers 503.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -53,3 +55,4 @@ class OrderMetrics:
             "Extra attempts of the order transaction (TransientTransactionError).",
             registry=self.registry,
         )
+        self.ready = readiness_gauge(self.registry)

@@ -26,7 +26,7 @@ from services.order.schemas import (
     OrderOut,
     OrderWithEventsOut,
 )
-from services.order.state import ReadyStateDep, StateDep
+from services.order.state import AppState, ReadyStateDep, StateDep
 from shared.health import READY_TIMEOUT_SECONDS, readiness_body
 from shared.mongo import transactions_supported
 
@@ -171,6 +171,22 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "Not ready; `checks` says what is missing."}},
 )
 async def readyz(state: StateDep) -> JSONResponse:
+    checks, reason = await _ready_checks(state)
+    ok = all(checks.values())
+    return JSONResponse(readiness_body(checks, reason), status_code=200 if ok else 503)
+
+
+@probes.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def prometheus(state: StateDep) -> Response:
+    # Prometheus scrapes /metrics, not /readyz: sample readiness for the ServiceNotReady alert.
+    checks, _ = await _ready_checks(state)
+    state.metrics.ready.set(1 if all(checks.values()) else 0)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _ready_checks(state: AppState) -> tuple[dict[str, bool], str | None]:
+    """What /readyz answers: indexes in place, MongoDB reachable and transaction-capable; and
+    why the MongoDB probe failed, if it did."""
     checks = {"indexes": state.ready.is_set(), "mongo": False, "transactions": False}
     reason: str | None = None
     try:
@@ -180,10 +196,4 @@ async def readyz(state: StateDep) -> JSONResponse:
     except PyMongoError as exc:
         reason = repr(exc)
         log.warning("readiness check failed", extra={"reason": reason})
-    ok = all(checks.values())
-    return JSONResponse(readiness_body(checks, reason), status_code=200 if ok else 503)
-
-
-@probes.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def prometheus(state: StateDep) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return checks, reason

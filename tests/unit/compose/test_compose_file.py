@@ -324,17 +324,28 @@ def _published(model: dict[str, Any]) -> dict[tuple[str, int], str]:
     }
 
 
-def test_only_the_api_and_the_mail_inbox_are_published_on_loopback(
+def test_only_the_api_the_mail_inbox_and_prometheus_are_published_on_loopback(
     compose: dict[str, Any],
 ) -> None:
-    assert _published(compose) == {("order", 8000): "127.0.0.1", ("mailpit", 8025): "127.0.0.1"}
+    assert _published(compose) == {
+        ("order", 8000): "127.0.0.1",
+        ("mailpit", 8025): "127.0.0.1",
+        ("prometheus", 9090): "127.0.0.1",
+    }
 
 
 def test_override_publishes_the_servers_on_loopback_only(
     compose_with_override: dict[str, Any],
 ) -> None:
     published = _published(compose_with_override)
-    assert {name for name, _ in published} == {"order", "mailpit", "mongo", "kafka", "redis"}
+    assert {name for name, _ in published} == {
+        "order",
+        "mailpit",
+        "prometheus",
+        "mongo",
+        "kafka",
+        "redis",
+    }
     assert set(published.values()) == {"127.0.0.1"}
 
 

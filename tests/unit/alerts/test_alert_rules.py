@@ -1,0 +1,157 @@
+"""deploy/prometheus/alerts.yml is valid, each rule is tested firing and not firing, and every
+series a rule reads is one the services really export.
+
+promtool comes from the Go module proxy (stack/gotools.py; `make setup` builds it once).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from services.order.metrics import OrderMetrics
+from services.relay.metrics import RelayMetrics
+from shared.consumer import ConsumerMetrics
+from shared.health import readiness_gauge
+from stack.gotools import PROMTOOL, ensure
+
+REPO = Path(__file__).resolve().parents[3]
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+ALERTS = PROMETHEUS_DIR / "alerts.yml"
+CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yml"))
+
+# Series Prometheus itself adds to every target.
+PROMETHEUS_BUILTINS = {"up"}
+# Anything in an expression that looks like a metric name from our services.
+_OUR_SERIES = re.compile(r"\b(?:relay|consumer|service|order|orders|http)_[a-z_]+\b")
+
+
+@pytest.fixture(scope="module")
+def promtool() -> Path:
+    return ensure(PROMTOOL)
+
+
+def _run(
+    promtool: Path, *args: str | Path, cwd: Path = PROMETHEUS_DIR
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(promtool), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load(ALERTS.read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def _alert_names() -> set[str]:
+    return {rule["alert"] for rule in _rules()}
+
+
+def _tested_alerts(test_file: Path) -> set[str]:
+    doc = yaml.safe_load(test_file.read_text())
+    return {case["alertname"] for test in doc["tests"] for case in test["alert_rule_test"]}
+
+
+def _exported_series() -> set[str]:
+    """Sample names on the services' /metrics (counters with _total, histogram parts ...)."""
+    registries = [
+        RelayMetrics().registry,
+        ConsumerMetrics("inventory").registry,
+        OrderMetrics().registry,
+    ]
+    health = CollectorRegistry()
+    readiness_gauge(health)
+    registries.append(health)
+    names: set[str] = set()
+    for registry in registries:
+        for family in registry.collect():
+            if family.type == "counter":
+                names |= {family.name + "_total"}
+            elif family.type == "histogram":
+                names |= {family.name + s for s in ("_bucket", "_sum", "_count")}
+            else:
+                names.add(family.name)
+    return names
+
+
+def test_alert_rules_pass_promtool_check(promtool: Path) -> None:
+    checked = _run(promtool, "check", "rules", ALERTS)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"{len(_rules())} rules found" in checked.stdout
+
+
+def test_prometheus_config_loads_the_rules_and_passes_promtool_check(promtool: Path) -> None:
+    config = yaml.safe_load(CONFIG.read_text())
+    assert config["rule_files"] == [ALERTS.name]
+    checked = _run(promtool, "check", "config", CONFIG)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_promtool_check_rejects_a_broken_rule(promtool: Path, tmp_path: Path) -> None:
+    # The check above can fail: a misspelt function is refused.
+    broken = tmp_path / "alerts.yml"
+    broken.write_text(ALERTS.read_text().replace("max(relay_oldest", "maxx(relay_oldest"))
+    assert _run(promtool, "check", "rules", broken).returncode != 0
+
+
+def test_every_alert_has_its_own_test_file() -> None:
+    tested = [_tested_alerts(f) for f in RULE_TESTS]
+    assert all(len(alerts) == 1 for alerts in tested), dict(zip(RULE_TESTS, tested, strict=True))
+    assert sorted(a for alerts in tested for a in alerts) == sorted(_alert_names())
+
+
+@pytest.mark.parametrize("test_file", RULE_TESTS, ids=[f.name.split(".")[0] for f in RULE_TESTS])
+def test_alert_fires_when_it_should_and_not_otherwise(promtool: Path, test_file: Path) -> None:
+    doc = yaml.safe_load(test_file.read_text())
+    cases = [case for test in doc["tests"] for case in test["alert_rule_test"]]
+    assert any(case.get("exp_alerts") for case in cases), "no case where the alert fires"
+    assert any(not case.get("exp_alerts") for case in cases), "no case where it stays quiet"
+    tested = _run(promtool, "test", "rules", test_file.name, cwd=test_file.parent)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_promtool_test_fails_when_an_expected_alert_does_not_fire(
+    promtool: Path, tmp_path: Path
+) -> None:
+    # Proves the rule tests can fail: the same Failed-events test against a threshold of 5.
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(
+        ALERTS.read_text().replace("max(relay_failed_events) > 0", "max(relay_failed_events) > 5")
+    )
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    shutil.copy(PROMETHEUS_DIR / "tests" / "failed_events.test.yml", tests)
+    tested = _run(promtool, "test", "rules", "failed_events.test.yml", cwd=tests)
+    assert tested.returncode != 0
+    assert "OutboxFailedEvents" in tested.stdout + tested.stderr
+
+
+def test_alert_rules_read_only_series_the_services_export() -> None:
+    exported = _exported_series() | PROMETHEUS_BUILTINS
+    used = {name for rule in _rules() for name in _OUR_SERIES.findall(rule["expr"])}
+    assert used, "the pattern found no series at all"
+    assert used <= exported, f"not exported by any service: {sorted(used - exported)}"
+    # The rules cover the facts the issue names.
+    for series in (
+        "relay_oldest_pending_age_seconds",
+        "relay_failed_events",
+        "relay_is_leader",
+        "consumer_lag",
+        "consumer_dlq_routed_total",
+        "service_ready",
+    ):
+        assert series in used, series

@@ -1,0 +1,56 @@
+"""Compose's Prometheus runs the version promtool is built from, loads deploy/prometheus (with
+the alert rules) and scrapes every long-running service on the port its settings listen on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stack.versions import PROMETHEUS_MODULE_VERSION, PROMETHEUS_VERSION
+from tests.unit.compose.compose_helpers import REPO, python_services, settings_class_of
+
+Services = dict[str, dict[str, Any]]
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+SCRAPED = ("order", "relay", "inventory", "email")
+
+
+def _scrape_targets() -> dict[str, list[str]]:
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    targets: dict[str, list[str]] = {}
+    for job in config["scrape_configs"]:
+        found = [t for static in job.get("static_configs", []) for t in static["targets"]]
+        for dns in job.get("dns_sd_configs", []):
+            found += [f"{name}:{dns['port']}" for name in dns["names"]]
+        targets[job["job_name"]] = found
+    return targets
+
+
+def test_prometheus_image_is_the_release_promtool_is_built_from(services: Services) -> None:
+    assert services["prometheus"]["image"] == f"prom/prometheus:v{PROMETHEUS_VERSION}"
+    major, minor, patch = PROMETHEUS_VERSION.split(".")
+    assert major == "3"  # 3.x tags its Go module v0.3xx.y
+    assert f"v0.{int(major) * 100 + int(minor)}.{patch}" == PROMETHEUS_MODULE_VERSION
+
+
+def test_prometheus_loads_the_checked_rules_and_config(services: Services) -> None:
+    spec = services["prometheus"]
+    mounts = {v["target"]: v for v in spec["volumes"]}
+    config_mount = mounts["/etc/prometheus"]
+    assert Path(config_mount["source"]) == PROMETHEUS_DIR
+    assert config_mount["read_only"] is True
+    assert "--config.file=/etc/prometheus/prometheus.yml" in spec["command"]
+
+
+@pytest.mark.parametrize("service", SCRAPED)
+def test_every_long_running_service_is_scraped_on_its_settings_port(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, service: str
+) -> None:
+    spec = next(s for s in python_services(compose) if s.name == service)
+    with monkeypatch.context() as patch:
+        for name, value in spec.environment.items():
+            patch.setenv(name, value)
+        port = settings_class_of(spec.module)().port
+    assert _scrape_targets()[service] == [f"{service}:{port}"]
