@@ -13,17 +13,17 @@ KAFKA_LIBS := .stack/kafka/libs
 SETUP_STAMP := $(VENV)/.installed
 KAFKA_STAMP := $(KAFKA_LIBS)/.resolved
 
-.PHONY: help setup redis-server promtool up down demo test test-unit test-integration test-e2e chaos \
+.PHONY: help setup redis-server chromium promtool jaeger up down demo test test-unit test-integration test-e2e chaos \
 	bench lint
 
 help:
-	@echo "make setup            .venv + dev install, Kafka jars, redis-server, promtool"
+	@echo "make setup            .venv + dev install, Kafka jars, redis-server, chromium, promtool"
 	@echo "make demo             start everything, send orders, show them travel, stop"
 	@echo "make test             the whole suite (unit, integration, e2e, chaos)"
 	@echo "make test-unit | test-integration | test-e2e | chaos | bench | lint"
-	@echo "make up               embedded stack + four services in the foreground (Ctrl-C stops)"
+	@echo "make up               embedded stack, four services and the console (Ctrl-C stops)"
 
-setup: $(SETUP_STAMP) $(KAFKA_STAMP) redis-server promtool
+setup: $(SETUP_STAMP) $(KAFKA_STAMP) redis-server chromium promtool
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,11 +65,31 @@ redis-server:
 	    exit 1; \
 	  fi; }
 
+# Debian's chromium for the console's browser tests (Playwright drives it; no browser download).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "setup: installing Debian's chromium with apt-get (console browser tests)"; \
+	    apt-get update -qq && apt-get install -y -qq chromium; \
+	  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+	    sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
+	  else \
+	    echo "setup: chromium is missing and cannot be installed here (no apt-get or not" \
+	         "root): install it so that /usr/bin/chromium exists, then rerun make." >&2; \
+	    exit 1; \
+	  fi; }
+
 # promtool from the Go module proxy into .stack/bin (alert-rule tests); stamped with its version,
 # so this is a no-op once built (the first build takes minutes: 34 min measured on two cores
-# shared with six other builds, most of it compiling Prometheus's dependencies).
+# shared with six other builds, most of it compiling Prometheus's dependencies). Jaeger is built the same
+# way, by the trace test, the first time it runs.
 promtool: $(SETUP_STAMP)
 	$(BIN)/python -m stack.gotools promtool
+
+# Jaeger v2 for the trace test and `python -m stack up --with jaeger` (a 120 MB binary, minutes to
+# build once, then stamped): needed by the tests, so not by `make demo` or `make up`.
+jaeger: $(SETUP_STAMP)
+	$(BIN)/python -m stack.gotools jaeger
 
 up: setup
 	$(BIN)/python -m stack up
@@ -86,13 +106,13 @@ define run_pytest
 	$(PYTEST) $(1) || { rc=$$?; [ $$rc -ne 5 ] || echo "make: pytest collected no tests" >&2; exit $$rc; }
 endef
 
-test: setup
+test: setup jaeger
 	$(call run_pytest,tests)
 
 test-unit: setup
 	$(call run_pytest,tests/unit)
 
-test-integration: setup
+test-integration: setup jaeger
 	$(call run_pytest,tests/integration)
 
 test-e2e: setup

@@ -1,6 +1,8 @@
 """``python -m stack``: run the embedded stack from a terminal.
 
-    up [--detach] [COMPONENT ...]   start (default: infra + every service that exists), wait ready
+    up [--detach] [--with jaeger] [COMPONENT ...]
+                                    start (default: infra, every service that exists and the
+                                    console; --with jaeger adds the trace backend), wait ready
     down [--wipe]                   stop everything (services first); --wipe deletes all data
     status [--json]                 running / ready / pid / port / log of every component
     logs COMPONENT [-n N] [-f]      the component's log
@@ -22,8 +24,9 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from stack.config import ALL, INFRA, SERVICES, StackConfig
-from stack.supervisor import Stack, StackError, component_of, service_exists, tail
+from stack.config import ALL, INFRA, KNOWN, OPERATOR, SERVICES, StackConfig
+from stack.gotools import JAEGER, GoToolError, ensure
+from stack.supervisor import Stack, StackError, component_of, console_token, service_exists, tail
 
 
 class _StopRequested(BaseException):
@@ -51,23 +54,40 @@ def _print_status(stack: Stack) -> None:
 
 
 def _default_components() -> list[str]:
-    missing = [s for s in SERVICES if not service_exists(s)]
+    missing = [s for s in SERVICES + OPERATOR if not service_exists(s)]
     for name in missing:
         print(f"note: services/{name} has no __main__.py yet; not starting it", file=sys.stderr)
-    return [*INFRA, *(s for s in SERVICES if s not in missing)]
+    return [*INFRA, *(s for s in SERVICES + OPERATOR if s not in missing)]
 
 
 def cmd_up(stack: Stack, args: argparse.Namespace) -> int:
     names = args.components or _default_components()
-    unknown = [n for n in names if n not in ALL]
+    names += [n for n in args.with_ or [] if n not in names]
+    unknown = [n for n in names if n not in KNOWN]
     if unknown:
-        print(f"error: unknown component(s) {', '.join(unknown)}; known: {', '.join(ALL)}")
+        print(f"error: unknown component(s) {', '.join(unknown)}; known: {', '.join(KNOWN)}")
         return 2
+    if "jaeger" in names and not JAEGER.installed():
+        print(f"building Jaeger {JAEGER.version} from the Go module proxy (once; a few minutes)")
+        try:
+            ensure(JAEGER)
+        except GoToolError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     started_at = time.monotonic()
 
     def _raise_stop(signum: int, frame: FrameType | None) -> None:
         raise _StopRequested(signal.Signals(signum).name)
 
+    if "console" in names:
+        token, generated = console_token(stack.config)
+        if generated:
+            # Printed once, at generation; later starts reuse it from the file.
+            print(
+                f"console token (shown once; kept in {stack.config.console_token_path}, mode "
+                f"0600):\n  {token}\nopen http://127.0.0.1:{stack.config.port_of('console')}/ "
+                "and sign in with it"
+            )
     if not args.detach:
         signal.signal(signal.SIGINT, _raise_stop)
         signal.signal(signal.SIGTERM, _raise_stop)
@@ -170,6 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start and wait until ready")
     up.add_argument("--detach", action="store_true", help="return once ready")
     up.add_argument("components", nargs="*", metavar="COMPONENT", help=", ".join(ALL))
+    up.add_argument(
+        "--with",
+        dest="with_",
+        action="append",
+        choices=["jaeger"],
+        help="also start an optional component: jaeger (traces; UI on 127.0.0.1:16686)",
+    )
     down = commands.add_parser("down", help="stop everything")
     down.add_argument("--wipe", action="store_true", help="also delete all data")
     status = commands.add_parser("status", help="show what runs")

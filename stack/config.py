@@ -8,6 +8,7 @@ the services' failpoints (``ENABLE_FAILPOINTS``); nothing else does.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -22,7 +23,13 @@ REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 
 INFRA: Final = ("mongo", "kafka", "redis", "smtp")
 SERVICES: Final = ("order", "relay", "inventory", "email")
-ALL: Final = INFRA + SERVICES
+# What an operator opens: started by `make up` with the rest, not part of the pipeline.
+OPERATOR: Final = ("console",)
+ALL: Final = INFRA + SERVICES + OPERATOR
+# Started only when asked for (`python -m stack up --with jaeger`): the trace backend, a binary
+# built from the Go module proxy (stack/gotools.py), never part of `make demo`.
+OPTIONAL: Final = ("jaeger",)
+KNOWN: Final = ALL + OPTIONAL
 
 HOST: Final = "127.0.0.1"
 
@@ -36,6 +43,11 @@ DEFAULT_PORTS: Final = {
     "relay": 8001,
     "inventory": 8002,
     "email": 8003,
+    "console": 8004,
+    # Jaeger: the UI and query API, its gRPC query port, and the OTLP/HTTP receiver.
+    "jaeger": 16686,
+    "jaeger_grpc": 16685,
+    "jaeger_otlp": 4318,
 }
 
 
@@ -179,7 +191,32 @@ class StackConfig:
         }
         if self.enable_failpoints:
             env["ENABLE_FAILPOINTS"] = "true"
-        for service in SERVICES:
+        for service in SERVICES + OPERATOR:
             env[f"{service.upper()}_HOST"] = HOST
             env[f"{service.upper()}_PORT"] = str(self.ports[service])
         return env
+
+    def console_env(self) -> dict[str, str]:
+        """Where the console finds the services of this stack and the SMTP sink's files."""
+        url = {name: f"http://{HOST}:{self.ports[name]}" for name in SERVICES}
+        return {
+            "CONSOLE_ORDER_URL": url["order"],
+            "CONSOLE_RELAY_URLS": json.dumps([url["relay"]]),
+            "CONSOLE_INVENTORY_URL": url["inventory"],
+            "CONSOLE_EMAIL_URL": url["email"],
+            "CONSOLE_SMTP_DIR": str(self.smtp_dir),
+        }
+
+    @property
+    def otlp_endpoint(self) -> str:
+        """Where the services send spans when the stack runs Jaeger."""
+        return f"http://{HOST}:{self.ports['jaeger_otlp']}"
+
+    @property
+    def jaeger_url(self) -> str:
+        return f"http://{HOST}:{self.ports['jaeger']}"
+
+    @property
+    def console_token_path(self) -> Path:
+        """The generated console token (mode 0600), reused by later starts of this stack."""
+        return self.root / "conf" / "console-token"

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -31,12 +32,65 @@ from typing import Any
 
 from shared.contracts import TOPIC_PARTITIONS
 from stack import probes
-from stack.config import ALL, HOST, INFRA, REPO_ROOT, SERVICES, StackConfig, free_port
+from stack.config import (
+    ALL,
+    HOST,
+    INFRA,
+    KNOWN,
+    OPTIONAL,
+    REPO_ROOT,
+    SERVICES,
+    StackConfig,
+    free_port,
+)
+
+CONSOLE_TOKEN_ENV = "CONSOLE_TOKEN"
+
+# Jaeger v2 is an OpenTelemetry collector: this is its all-in-one configuration trimmed to what the
+# stack uses (no Jaeger/Zipkin receivers, no sampling or debug endpoints, no self-metrics port).
+JAEGER_CONFIG = """\
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: info
+extensions:
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: "{host}:{ui}"
+    grpc:
+      endpoint: "{host}:{grpc}"
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 100000
+receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: "{host}:{otlp}"
+processors:
+  batch:
+    timeout: 200ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+"""
 
 LOG_TAIL_LINES = 20
 # How long SIGTERM may take before SIGKILL. Services drain in-flight work for up to
 # ORDER_DRAIN_SECONDS etc. (30 s by default), so they get a little longer than that.
-STOP_TIMEOUTS = {"mongo": 20.0, "kafka": 40.0, "redis": 15.0, "smtp": 10.0}
+STOP_TIMEOUTS = {"mongo": 20.0, "kafka": 40.0, "redis": 15.0, "smtp": 10.0, "jaeger": 15.0}
 SERVICE_STOP_TIMEOUT = 40.0
 POLL_INTERVAL = 0.1
 # A component name, or a service's extra instance: "relay-2", "relay-crash-1a2b3c". Strict,
@@ -101,10 +155,12 @@ def component_of(instance: str) -> str:
     """
     match = _INSTANCE_NAME.fullmatch(instance)
     component = match["component"] if match else None
-    if component not in ALL:
-        raise ValueError(f"unknown component {instance!r}; expected one of {', '.join(ALL)}")
+    if component not in KNOWN:
+        raise ValueError(f"unknown component {instance!r}; expected one of {', '.join(KNOWN)}")
     assert component is not None
-    if instance != component and (component in INFRA or len(instance) > _INSTANCE_NAME_MAX):
+    if instance != component and (
+        component in INFRA + OPTIONAL or len(instance) > _INSTANCE_NAME_MAX
+    ):
         raise ValueError(
             f"invalid instance name {instance!r}: {', '.join(INFRA)} run once under their own "
             f"name; an extra service instance is <service>-<name>, <name> of a-z, 0-9 and "
@@ -157,6 +213,25 @@ def kafka_cluster_id() -> str:
             return text
 
 
+def console_token(config: StackConfig) -> tuple[str, bool]:
+    """The token the stack's console runs with, and whether it was generated just now.
+
+    ``CONSOLE_TOKEN`` from the environment wins; otherwise the one generated for this stack
+    earlier (``<root>/conf/console-token``, readable by its owner only), or a new one.
+    """
+    if token := os.environ.get(CONSOLE_TOKEN_ENV):
+        return token, False
+    path = config.console_token_path
+    if path.is_file():
+        return path.read_text().strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, True
+
+
 def service_exists(name: str) -> bool:
     return (REPO_ROOT / "services" / name / "__main__.py").is_file()
 
@@ -183,8 +258,9 @@ class Stack:
         wanted = list(dict.fromkeys(names))
         for name in wanted:
             component_of(name)
-        infra: list[str] = [n for n in INFRA if n in wanted]
-        services: list[str] = [n for n in wanted if n not in INFRA]
+        # Jaeger starts with the infrastructure, so the services find it when they start.
+        infra: list[str] = [n for n in INFRA + OPTIONAL if n in wanted]
+        services: list[str] = [n for n in wanted if n not in infra]
         started: list[str] = []
         try:
             # Launch every infra process before waiting on any: Kafka's JVM start-up overlaps
@@ -224,7 +300,7 @@ class Stack:
         """
         component = component_of(name)
         instance = instance or name
-        if instance != component and component in INFRA:
+        if instance != component and component in INFRA + OPTIONAL:
             raise ValueError(f"{component} runs as one instance only, got instance={instance!r}")
         launch = self._launch(component, instance, env, [])
         if wait:
@@ -478,12 +554,39 @@ class Stack:
                 timeout,
                 stop_timeout,
             )
+        if component == "jaeger":
+            from stack.gotools import JAEGER  # not at import: `python -m stack.gotools` runs first
+
+            if not JAEGER.installed():
+                raise StackError(
+                    "jaeger",
+                    f"{JAEGER.binary} is not built: `python -m stack.gotools jaeger` builds it "
+                    "from the Go module proxy (a few minutes, once)",
+                )
+            port = c.port_of("jaeger")
+            argv = [str(JAEGER.binary), "--config", str(self._jaeger_config())]
+            return _Launch(
+                argv,
+                c.root,
+                base_env,
+                lambda: probes.http_ready(HOST, port, "/api/services"),
+                timeout,
+                stop_timeout,
+            )
         # A service: python -m services.<name>, configured entirely through its environment.
         if not service_exists(component):
             raise StackError(
                 instance, f"services/{component}/__main__.py does not exist (not written yet?)"
             )
         service_env = {**base_env, **c.service_env()}
+        if self.is_running("jaeger"):
+            # Tracing is off unless an endpoint is set (shared/tracing.py).
+            service_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = c.otlp_endpoint
+        if component == "console":
+            service_env.update(c.console_env())
+            service_env[CONSOLE_TOKEN_ENV] = console_token(c)[0]
+            if self.is_running("jaeger"):
+                service_env["CONSOLE_JAEGER_URL"] = c.jaeger_url
         prefix = component.upper()
         if env and f"{prefix}_PORT" in env:
             port = int(env[f"{prefix}_PORT"])
@@ -522,6 +625,22 @@ class Stack:
         if not path.exists():
             path.write_text("# flags on the command line; this file only disables discovery\n")
         self.config.data_dir("mongo").mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _jaeger_config(self) -> Path:
+        """Jaeger v2's all-in-one pipeline (OTLP/HTTP in, memory store, query API and UI) on
+        this stack's ports, listening on 127.0.0.1 only."""
+        c = self.config
+        path = c.root / "conf" / "jaeger.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            JAEGER_CONFIG.format(
+                host=HOST,
+                otlp=c.port_of("jaeger_otlp"),
+                ui=c.port_of("jaeger"),
+                grpc=c.port_of("jaeger_grpc"),
+            )
+        )
         return path
 
     # -- kafka ------------------------------------------------------------------------------------
@@ -662,7 +781,7 @@ class Stack:
     @staticmethod
     def _shutdown_order(instances: Iterable[str]) -> list[str]:
         # Services first (they drain into the infrastructure), then infra in reverse start order.
-        rank = {name: i for i, name in enumerate(reversed(ALL))}
+        rank = {name: i for i, name in enumerate(reversed(KNOWN))}
         return sorted(instances, key=lambda i: rank[component_of(i)])
 
 

@@ -12,17 +12,15 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from bson import ObjectId
-from bson.errors import InvalidId
 from pymongo.errors import PyMongoError
 
 from services.relay.main import serve
+from services.relay.retry import RetryRefused, retry_all_failed, retry_event
 from services.relay.settings import RelaySettings
-from shared.contracts import OutboxStatus
 from shared.lifecycle import stop_event_on_signals
 from shared.logging import configure_logging
 from shared.mongo import IndexConflict, make_mongo_client
-from shared.outbox import OUTBOX_COLLECTION, OutboxField
+from shared.outbox import OUTBOX_COLLECTION
 from shared.redaction import redact
 from shared.settings import load_settings_or_exit
 
@@ -57,33 +55,19 @@ async def retry(settings: RelaySettings, event_id: str | None, all_failed: bool)
     """Return Failed events to Pending; the exit code says whether anything was done."""
     client = make_mongo_client(settings.mongo_uri, settings.mongo_timeout_seconds, "relay-cli")
     outbox = client[settings.database][OUTBOX_COLLECTION]
-    f = OutboxField
-    reset = {"$set": {f.STATUS: OutboxStatus.PENDING.value, f.ATTEMPTS: 0}}
-    failed = OutboxStatus.FAILED.value
     try:
         if all_failed:
-            result = await outbox.update_many({f.STATUS: failed}, reset)
-            _say(f"{result.modified_count} failed event(s) put back to Pending")
+            count = await retry_all_failed(outbox)
+            _say(f"{count} failed event(s) put back to Pending")
             return EXIT_OK
         assert event_id is not None
         try:
-            oid = ObjectId(event_id)
-        except (InvalidId, TypeError):
-            _say(f"error: {event_id!r} is not an event id (expected 24 hex characters)", error=True)
-            return EXIT_USAGE
-        result = await outbox.update_one({f.ID: oid, f.STATUS: failed}, reset)
-        if result.modified_count == 1:
-            _say(f"event {event_id} put back to Pending")
-            return EXIT_OK
-        doc = await outbox.find_one({f.ID: oid}, {f.STATUS: 1})
-        if doc is None:
-            _say(f"error: no outbox event {event_id} in database {settings.database!r}", error=True)
-        else:
-            _say(
-                f"error: event {event_id} is {doc.get(f.STATUS)}, not {failed}; nothing to retry",
-                error=True,
-            )
-        return EXIT_ERROR
+            await retry_event(outbox, event_id)
+        except RetryRefused as refused:
+            _say(f"error: {refused}", error=True)
+            return EXIT_USAGE if refused.bad_id else EXIT_ERROR
+        _say(f"event {event_id} put back to Pending")
+        return EXIT_OK
     except PyMongoError as exc:
         _say(
             f"error: MongoDB unavailable at {redact(settings.mongo_uri)}: {redact(str(exc))}",
