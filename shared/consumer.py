@@ -64,6 +64,7 @@ from shared.idempotency import Claim, IdempotencyStore
 from shared.kafka import decode_headers, make_consumer, make_producer
 from shared.lifecycle import FAILPOINT_EXIT_CODE
 from shared.settings import ServiceSettings
+from shared.tracing import record_span
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +346,15 @@ class IdempotentConsumer(Generic[E]):
             if self._state.generation != generation:
                 return  # revoked since this batch was fetched: someone else's now
             try:
-                await self._process_record(record)
+                # A child of the record's traceparent: the trace of the order it belongs to.
+                with record_span(
+                    self.service,
+                    decode_headers(record.headers).get(Header.TRACEPARENT),
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                ):
+                    await self._process_record(record)
             except _Abandon:
                 return
             if self._state.generation != generation:

@@ -10,6 +10,7 @@ from services.email.main import run
 from services.email.settings import EmailSettings
 from shared.logging import configure_logging
 from shared.settings import load_settings_or_exit
+from shared.tracing import traced
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     settings = load_settings_or_exit(EmailSettings)
     configure_logging("email", settings.log_level)
-    return asyncio.run(run(settings))
+    with traced("email"):
+        return asyncio.run(run(settings))
 
 
 if __name__ == "__main__":

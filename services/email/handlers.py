@@ -27,6 +27,7 @@ from services.email.settings import EmailSettings
 from shared.consumer import Delivery
 from shared.errors import TransientFault
 from shared.events import OrderCancelled, OrderEvent
+from shared.tracing import step_span
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,15 @@ class ConfirmationSender:
         return OUTCOME_SENT
 
     async def _send(self, message: EmailMessage) -> None:
-        await aiosmtplib.send(
-            message,
-            hostname=self._settings.smtp_host,
-            port=self._settings.smtp_port,
-            timeout=self._settings.smtp_timeout_seconds,
-            start_tls=False,
-            use_tls=False,
-        )
+        with step_span("smtp send", **{"messaging.message.id": str(message["Message-ID"])}):
+            await aiosmtplib.send(
+                message,
+                hostname=self._settings.smtp_host,
+                port=self._settings.smtp_port,
+                timeout=self._settings.smtp_timeout_seconds,
+                start_tls=False,
+                use_tls=False,
+            )
 
 
 def make_sender(settings: EmailSettings, redis: Redis) -> ConfirmationSender:

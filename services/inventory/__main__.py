@@ -12,6 +12,7 @@ from services.inventory.settings import InventorySettings
 from shared.logging import configure_logging
 from shared.redaction import redact
 from shared.settings import load_settings_or_exit
+from shared.tracing import traced
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         sys.stdout.write(f"seeded {count} skus from {args.file}\n")
         return 0
-    return asyncio.run(run(settings))
+    with traced("inventory"):
+        return asyncio.run(run(settings))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from services.inventory.models import (
 from shared.consumer import Delivery
 from shared.events import OrderCancelled, OrderCreated, OrderEvent, aggregate_version_of
 from shared.mongo import MongoClient, run_in_transaction
+from shared.tracing import step_span
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ class ReservationHandler:
             return status.value
 
         try:
-            outcome = await run_in_transaction(self._client, work)
+            with step_span("inventory reservation transaction"):
+                outcome = await run_in_transaction(self._client, work)
         except DuplicateKeyError:
             # Another delivery committed the same orderId between our read and our insert.
             outcome = OUTCOME_ALREADY_RESERVED

@@ -13,13 +13,17 @@ from services.order.app import create_app
 from services.order.settings import OrderSettings
 from shared.logging import configure_logging
 from shared.settings import load_settings_or_exit
+from shared.tracing import instrument_fastapi, traced
 from shared.uvicorn_server import serve
 
 
 def main() -> int:
     settings = load_settings_or_exit(OrderSettings)
     configure_logging("order", settings.log_level)
-    return serve(create_app(settings), settings)
+    with traced("order"):
+        app = create_app(settings)
+        instrument_fastapi(app)
+        return serve(app, settings)
 
 
 if __name__ == "__main__":

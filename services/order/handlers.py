@@ -34,6 +34,7 @@ from shared.contracts import EVENT_ORDER_CREATED
 from shared.events import EventItem, OrderCreated
 from shared.mongo import MongoClient, run_in_transaction
 from shared.outbox import FIRST_VERSION
+from shared.tracing import current_traceparent, step_span
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,13 @@ class CreateResult:
 
 def traceparent_for(incoming: str | None) -> str:
     """The trace context to store with the event: the caller's trace with this request as the
-    parent span, or a new sampled trace when the caller sent none or an invalid one."""
+    parent span, or a new sampled trace when the caller sent none or an invalid one.
+
+    With tracing on it is the context of this request's own server span (whose parent is the
+    caller's, if any): the relay's and the consumers' spans then hang under the span that
+    really wrote the event."""
+    if current := current_traceparent():
+        return current
     match = _TRACEPARENT.match(incoming.strip().lower()) if incoming else None
     if match and set(match["trace"]) != {"0"} and set(match["parent"]) != {"0"}:
         return f"00-{match['trace']}-{secrets.token_hex(8)}-{match['flags']}"
@@ -183,9 +190,10 @@ async def create_order(
             return order, event
 
         try:
-            order, event = await run_in_transaction(
-                client, work, on_retry=metrics.transaction_retries.inc
-            )
+            with step_span("order transaction"):
+                order, event = await run_in_transaction(
+                    client, work, on_retry=metrics.transaction_retries.inc
+                )
         except DuplicateKeyError:
             if idempotency_key is None:
                 raise

@@ -23,6 +23,7 @@ from shared.mongo import IndexConflict, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from shared.redaction import redact
 from shared.settings import load_settings_or_exit
+from shared.tracing import traced
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -84,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "retry":
             return asyncio.run(retry(settings, args.event_id, args.all_failed))
-        return asyncio.run(_run(settings))
+        with traced("relay"):
+            return asyncio.run(_run(settings))
     except IndexConflict as exc:
         _say(f"error: relay cannot start: {redact(str(exc))}", error=True)
         return EXIT_ERROR

@@ -45,6 +45,7 @@ import pymongo
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from bson import ObjectId
+from opentelemetry.trace import Span
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.cursor import AsyncCursor
@@ -57,6 +58,7 @@ from shared.errors import FaultKind, TransientFault, classify
 from shared.kafka import REQUEST_TIMEOUT_MS, Headers, encode_headers, make_producer
 from shared.lifecycle import FAILPOINT_EXIT_CODE
 from shared.outbox import FIRST_VERSION, OutboxField
+from shared.tracing import batch_span, end_span, event_span
 
 log = logging.getLogger(__name__)
 
@@ -586,6 +588,25 @@ class Publisher:
         commit, a transient refusal); the caller then treats every event as unsent-failed.
         Raises :class:`Fenced` when any record's delivery says our producer was fenced.
         """
+        # One span per event (child of the event's stored traceparent, linked to the batch's
+        # span), ended with the event's outcome; those a failure left open end here too.
+        spans: dict[int, Span] = {}
+        with batch_span(len(plan)) as batch:
+            try:
+                await self._send_events(plan, outcome, sent, placed, spans, batch)
+            finally:
+                for index, span in spans.items():
+                    end_span(span, outcome[index])
+
+    async def _send_events(
+        self,
+        plan: list[OutboxEvent],
+        outcome: list[BaseException | None],
+        sent: list[bool],
+        placed: dict[int, Any] | None,
+        spans: dict[int, Span],
+        batch: Span,
+    ) -> None:
         producer = await self._ensure_producer()
         transactional = self._settings.transactional
         futures: dict[int, asyncio.Future[Any]] = {}
@@ -597,6 +618,7 @@ class Publisher:
                 continue  # an earlier event of this aggregate was refused: never overtake it
             try:
                 topic, key, value, headers = event.to_record()
+                spans[index] = event_span(event.traceparent, topic, str(event.id), batch)
                 futures[index] = await self._guard(
                     producer.send(topic, value=value, key=key, headers=headers)
                 )

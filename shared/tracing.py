@@ -1,0 +1,189 @@
+"""OpenTelemetry tracing for the four services: one trace from ``POST /orders`` to the email.
+
+* The order API's request span (FastAPI instrumentation) is the trace's root; its W3C context is
+  what the outbox event stores as ``traceparent`` (:func:`current_traceparent`).
+* The relay publishes each event in a span whose parent is that stored context, linked to the
+  span of the batch it travelled in (:func:`event_span` inside :func:`batch_span`).
+* A consumer handles a record in a span whose parent is the record's ``traceparent`` header
+  (:func:`record_span`); the reservation transaction and the SMTP send are its children.
+
+Off unless an OTLP endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``): then no SDK is installed, the API's no-op tracer is
+used and each span call costs a function call; nothing is exported, buffered or sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_VARIABLES: Final = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+TRACER_NAME: Final = "outbox-reference"
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+# Set once the SDK is installed; the per-record helpers return at once while it is False.
+_enabled = False
+
+
+class Tracing:
+    """The SDK provider of this process (``None`` when tracing is off); flush it on exit."""
+
+    def __init__(self, provider: Any | None) -> None:
+        self._provider = provider
+
+    @property
+    def enabled(self) -> bool:
+        return self._provider is not None
+
+    def shutdown(self) -> None:
+        """Export what is buffered (bounded by the exporter's timeout) and stop."""
+        if self._provider is not None:
+            self._provider.shutdown()
+
+
+def configure_tracing(service: str) -> Tracing:
+    """Install the SDK with an OTLP/HTTP exporter when an endpoint is configured; else nothing.
+
+    The standard ``OTEL_*`` variables configure the exporter (endpoint, headers, timeout);
+    ``service`` becomes the ``service.name`` resource attribute.
+    """
+    global _enabled
+    if not any(os.environ.get(name) for name in ENDPOINT_VARIABLES):
+        return Tracing(None)
+    # Imported here so a process with tracing off never loads the SDK or the exporter.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _enabled = True
+    log.info("tracing on", extra={"component": service})
+    return Tracing(provider)
+
+
+@contextlib.contextmanager
+def traced(service: str) -> Iterator[Tracing]:
+    """Tracing for the lifetime of a process's main: configured on entry, flushed on exit."""
+    tracing = configure_tracing(service)
+    try:
+        yield tracing
+    finally:
+        tracing.shutdown()
+
+
+def instrument_fastapi(app: Any) -> None:
+    """Server spans for every request of ``app`` (when tracing is on)."""
+    if not _enabled:
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span, or ``None`` when no span is recording."""
+    if not _enabled:
+        return None
+    span = trace.get_current_span()
+    if not span.get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def context_of(traceparent: str | None) -> otel_context.Context | None:
+    """The context a ``traceparent`` names (``None`` for a missing or malformed one)."""
+    if not traceparent:
+        return None
+    extracted = _PROPAGATOR.extract({"traceparent": traceparent})
+    if not trace.get_current_span(extracted).get_span_context().is_valid:
+        return None
+    return extracted
+
+
+@contextlib.contextmanager
+def batch_span(size: int) -> Iterator[Span]:
+    """The relay's span of one batch (its own trace: it carries events of many orders)."""
+    if not _enabled:
+        yield trace.INVALID_SPAN
+        return
+    with tracer().start_as_current_span(
+        "relay publish batch",
+        context=otel_context.Context(),
+        kind=SpanKind.INTERNAL,
+        attributes={"messaging.batch.message_count": size},
+    ) as span:
+        yield span
+
+
+def event_span(traceparent: str | None, topic: str, event_id: str, batch: Span) -> Span:
+    """An unstarted-context span for publishing one event: child of the event's stored context,
+    linked to ``batch``. The caller ends it (``end_span``) once Kafka answered."""
+    if not _enabled:
+        return trace.INVALID_SPAN
+    return tracer().start_span(
+        f"publish {topic}",
+        context=context_of(traceparent) or otel_context.Context(),
+        kind=SpanKind.PRODUCER,
+        links=[Link(batch.get_span_context())],
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "messaging.message.id": event_id,
+        },
+    )
+
+
+def end_span(span: Span, error: BaseException | None) -> None:
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+    span.end()
+
+
+@contextlib.contextmanager
+def record_span(
+    service: str, traceparent: str | None, topic: str, partition: int, offset: int
+) -> Iterator[Span]:
+    """A consumer's handling of one record, as a child of the record's ``traceparent``."""
+    if not _enabled:
+        yield trace.INVALID_SPAN
+        return
+    with tracer().start_as_current_span(
+        f"{service} process {topic}",
+        context=context_of(traceparent) or otel_context.Context(),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "messaging.kafka.destination.partition": partition,
+            "messaging.kafka.message.offset": offset,
+        },
+    ) as span:
+        yield span
+
+
+@contextlib.contextmanager
+def step_span(name: str, **attributes: str | int) -> Iterator[Span]:
+    """A child of the current span for one step (a transaction, an SMTP send)."""
+    if not _enabled:
+        yield trace.INVALID_SPAN
+        return
+    with tracer().start_as_current_span(name, attributes=attributes) as span:
+        yield span
