@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from shared.contracts import OutboxStatus, dlq_topic_for
 from shared.dlq import StoredDlqRecord, read_dlq
+from shared.idempotency import DONE
 from shared.kafka import encode_headers, ensure_topics, make_producer
 from shared.mongo import MongoClient, make_mongo_client
 from shared.redis import make_redis
@@ -282,7 +283,7 @@ async def test_a_poison_record_is_previewed_and_replayed_from_the_page_without_r
     assert f"replayed {record.ref} -> {world.topic}" in await world.page.inner_text(
         "#replay-output"
     )
-    assert await world.redis.get(record.ledger_key()) == b"replayed"
+    assert await world.redis.get(record.ledger_key()) == DONE  # the CLI's ledger, marked done
     # The same ledger as the CLI: a second replay of the record sends nothing.
     await world.page.goto(world.url + "/dlq")
     await (
