@@ -108,6 +108,11 @@ class InfraSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias=_env("LOG_LEVEL")
     )
+    # OTLP/HTTP collector (e.g. Jaeger's http://127.0.0.1:4318); unset = tracing off
+    # (shared/tracing.py). The standard OpenTelemetry variable name.
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
     # Every network call has a deadline: a dead dependency must surface as an error, not a hang.
     mongo_timeout_seconds: float = Field(
         default=5.0, gt=0, le=60, validation_alias=_env("MONGO_TIMEOUT_SECONDS")

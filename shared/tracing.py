@@ -7,16 +7,15 @@
 * A consumer handles a record in a span whose parent is the record's ``traceparent`` header
   (:func:`record_span`); the reservation transaction and the SMTP send are its children.
 
-Off unless an OTLP endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``): then no SDK is installed, the API's no-op tracer is
-used and each span call costs a function call; nothing is exported, buffered or sent.
+Off unless an OTLP endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT``, read by the
+services' settings): then no SDK is imported or installed, and every helper here returns at once
+with the API's invalid span; nothing is exported, buffered or sent.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -27,7 +26,6 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 log = logging.getLogger(__name__)
 
-ENDPOINT_VARIABLES: Final = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 TRACER_NAME: Final = "outbox-reference"
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 # Set once the SDK is installed; the per-record helpers return at once while it is False.
@@ -50,14 +48,12 @@ class Tracing:
             self._provider.shutdown()
 
 
-def configure_tracing(service: str) -> Tracing:
-    """Install the SDK with an OTLP/HTTP exporter when an endpoint is configured; else nothing.
-
-    The standard ``OTEL_*`` variables configure the exporter (endpoint, headers, timeout);
-    ``service`` becomes the ``service.name`` resource attribute.
-    """
+def configure_tracing(service: str, endpoint: str | None) -> Tracing:
+    """Install the SDK with an OTLP/HTTP exporter to ``endpoint`` (the collector's base URL);
+    with no endpoint, nothing. ``service`` becomes the ``service.name`` resource attribute; the
+    standard ``OTEL_BSP_*`` variables tune the batch processor."""
     global _enabled
-    if not any(os.environ.get(name) for name in ENDPOINT_VARIABLES):
+    if not endpoint:
         return Tracing(None)
     # Imported here so a process with tracing off never loads the SDK or the exporter.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -66,7 +62,8 @@ def configure_tracing(service: str) -> Tracing:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    exporter = OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _enabled = True
     log.info("tracing on", extra={"component": service})
@@ -74,9 +71,9 @@ def configure_tracing(service: str) -> Tracing:
 
 
 @contextlib.contextmanager
-def traced(service: str) -> Iterator[Tracing]:
+def traced(service: str, endpoint: str | None) -> Iterator[Tracing]:
     """Tracing for the lifetime of a process's main: configured on entry, flushed on exit."""
-    tracing = configure_tracing(service)
+    tracing = configure_tracing(service, endpoint)
     try:
         yield tracing
     finally:

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     settings = load_settings_or_exit(EmailSettings)
     configure_logging("email", settings.log_level)
-    with traced("email"):
+    with traced("email", settings.otel_exporter_otlp_endpoint):
         return asyncio.run(run(settings))
 
 

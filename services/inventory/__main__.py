@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         sys.stdout.write(f"seeded {count} skus from {args.file}\n")
         return 0
-    with traced("inventory"):
+    with traced("inventory", settings.otel_exporter_otlp_endpoint):
         return asyncio.run(run(settings))
 
 

@@ -20,7 +20,7 @@ from shared.uvicorn_server import serve
 def main() -> int:
     settings = load_settings_or_exit(OrderSettings)
     configure_logging("order", settings.log_level)
-    with traced("order"):
+    with traced("order", settings.otel_exporter_otlp_endpoint):
         app = create_app(settings)
         instrument_fastapi(app)
         return serve(app, settings)

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "retry":
             return asyncio.run(retry(settings, args.event_id, args.all_failed))
-        with traced("relay"):
+        with traced("relay", settings.otel_exporter_otlp_endpoint):
             return asyncio.run(_run(settings))
     except IndexConflict as exc:
         _say(f"error: relay cannot start: {redact(str(exc))}", error=True)

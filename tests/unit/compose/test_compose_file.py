@@ -324,13 +324,14 @@ def _published(model: dict[str, Any]) -> dict[tuple[str, int], str]:
     }
 
 
-def test_only_the_api_the_mail_inbox_and_prometheus_are_published_on_loopback(
+def test_only_the_api_mail_inbox_prometheus_and_jaeger_ui_are_published_on_loopback(
     compose: dict[str, Any],
 ) -> None:
     assert _published(compose) == {
         ("order", 8000): "127.0.0.1",
         ("mailpit", 8025): "127.0.0.1",
         ("prometheus", 9090): "127.0.0.1",
+        ("jaeger", 16686): "127.0.0.1",
     }
 
 
@@ -342,6 +343,7 @@ def test_override_publishes_the_servers_on_loopback_only(
         "order",
         "mailpit",
         "prometheus",
+        "jaeger",
         "mongo",
         "kafka",
         "redis",

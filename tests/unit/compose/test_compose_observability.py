@@ -1,5 +1,6 @@
 """Compose's Prometheus runs the version promtool is built from, loads deploy/prometheus (with
-the alert rules) and scrapes every long-running service on the port its settings listen on."""
+the alert rules) and scrapes every long-running service on the port its settings listen on; its
+Jaeger is the release the embedded stack builds, and every service sends it traces."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stack.versions import PROMETHEUS_MODULE_VERSION, PROMETHEUS_VERSION
+from stack.versions import JAEGER_IMAGE_VERSION, PROMETHEUS_MODULE_VERSION, PROMETHEUS_VERSION
 from tests.unit.compose.compose_helpers import REPO, python_services, settings_class_of
 
 Services = dict[str, dict[str, Any]]
@@ -54,3 +55,12 @@ def test_every_long_running_service_is_scraped_on_its_settings_port(
             patch.setenv(name, value)
         port = settings_class_of(spec.module)().port
     assert _scrape_targets()[service] == [f"{service}:{port}"]
+
+
+def test_jaeger_is_the_release_the_embedded_stack_builds_and_every_service_traces_to_it(
+    services: Services,
+) -> None:
+    assert services["jaeger"]["image"] == f"jaegertracing/jaeger:{JAEGER_IMAGE_VERSION}"
+    for name in SCRAPED:
+        env = services[name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318", name

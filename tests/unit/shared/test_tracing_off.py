@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
 from opentelemetry import trace
 
 from shared import tracing
 
 
-def test_without_an_endpoint_tracing_is_off_and_costs_nothing(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    for name in tracing.ENDPOINT_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    configured = tracing.configure_tracing("unit")
+def test_without_an_endpoint_tracing_is_off_and_costs_nothing() -> None:
+    configured = tracing.configure_tracing("unit", None)
     assert not configured.enabled
     assert tracing.current_traceparent() is None
     with tracing.batch_span(3) as batch:
