@@ -349,7 +349,7 @@ class IdempotentConsumer(Generic[E]):
                 # A child of the record's traceparent: the trace of the order it belongs to.
                 with record_span(
                     self.service,
-                    decode_headers(record.headers).get(Header.TRACEPARENT),
+                    record.headers,
                     record.topic,
                     record.partition,
                     record.offset,

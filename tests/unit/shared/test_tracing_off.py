@@ -15,7 +15,7 @@ def test_without_an_endpoint_tracing_is_off_and_costs_nothing() -> None:
         assert batch is trace.INVALID_SPAN
         span = tracing.event_span("00-" + "1" * 32 + "-" + "2" * 16 + "-01", "t", "e", batch)
         assert span is trace.INVALID_SPAN
-    with tracing.record_span("svc", None, "t", 0, 0) as record:
+    with tracing.record_span("svc", [], "t", 0, 0) as record:
         assert record is trace.INVALID_SPAN
     configured.shutdown()
 
