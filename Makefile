@@ -13,17 +13,22 @@ KAFKA_LIBS := .stack/kafka/libs
 SETUP_STAMP := $(VENV)/.installed
 KAFKA_STAMP := $(KAFKA_LIBS)/.resolved
 
-.PHONY: help setup redis-server chromium promtool jaeger up down demo test test-unit test-integration test-e2e chaos \
+.PHONY: help setup test-tools redis-server chromium promtool jaeger up down demo test test-unit test-integration test-e2e chaos \
 	bench lint
 
 help:
-	@echo "make setup            .venv + dev install, Kafka jars, redis-server, chromium, promtool"
+	@echo "make setup            .venv + dev install, Kafka jars, redis-server (idempotent)"
+	@echo "make test-tools       what only the tests need: chromium, promtool, jaeger"
 	@echo "make demo             start everything, send orders, show them travel, stop"
 	@echo "make test             the whole suite (unit, integration, e2e, chaos)"
 	@echo "make test-unit | test-integration | test-e2e | chaos | bench | lint"
 	@echo "make up               embedded stack, four services and the console (Ctrl-C stops)"
 
-setup: $(SETUP_STAMP) $(KAFKA_STAMP) redis-server chromium promtool
+setup: $(SETUP_STAMP) $(KAFKA_STAMP) redis-server
+
+# Only the suite needs these (browser tests, alert-rule tests, the trace test): `make demo` and
+# `make up` never wait for a Chromium install or a Go build.
+test-tools: setup chromium promtool jaeger
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -106,13 +111,13 @@ define run_pytest
 	$(PYTEST) $(1) || { rc=$$?; [ $$rc -ne 5 ] || echo "make: pytest collected no tests" >&2; exit $$rc; }
 endef
 
-test: setup jaeger
+test: test-tools
 	$(call run_pytest,tests)
 
-test-unit: setup
+test-unit: test-tools
 	$(call run_pytest,tests/unit)
 
-test-integration: setup jaeger
+test-integration: test-tools
 	$(call run_pytest,tests/integration)
 
 test-e2e: setup
