@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -174,32 +175,42 @@ async def test_fencing_reported_by_a_records_delivery_makes_the_relay_step_down(
 async def test_a_leader_paused_past_its_lease_steps_down_on_resume_and_writes_nothing(
     world: RelayWorld,
 ) -> None:
-    first = await world.start_process("paused")
+    # Small batches over a backlog: the leader is in the middle of a round (records queued,
+    # a transaction open, or a mark under way) at almost any instant it is paused.
+    first = await world.start_process("paused", RELAY_BATCH_SIZE="10")
     await wait_until(lambda: owner_is(world, first), timeout=15, message="first relay leads")
-    second = await world.start_process("standby")
-    aggregates = [str(ObjectId()) for _ in range(40)]
+    second = await world.start_process("standby", RELAY_BATCH_SIZE="10")
+    aggregates = [str(ObjectId()) for _ in range(100)]
     ids: list[ObjectId] = []
 
-    async def write_version(version: int) -> None:
-        docs = [world.event_doc(ObjectId(), agg, version) for agg in aggregates]
+    async def write_versions(*versions: int) -> None:
+        docs = [world.event_doc(ObjectId(), agg, v) for v in versions for agg in aggregates]
         await world.outbox.insert_many(docs)
         ids.extend(d["_id"] for d in docs)
 
-    await write_version(1)
-    await world.wait_published(ids, within=30)
+    async def published() -> int:
+        return int(
+            await world.outbox.count_documents(
+                {"_id": {"$in": ids}, "status": OutboxStatus.PUBLISHED.value}
+            )
+        )
+
+    await write_versions(1, 2, 3, 4)
+    await wait_until(
+        lambda: _at_least(published, 60), timeout=30, interval=0.02, message="publishing"
+    )
     old_epoch = (await world.db[LEASE_COLLECTION].find_one({"_id": LEASE_ID}))["epoch"]
     pid = world.stack.pids()[first]
-    await write_version(2)  # a batch on its way when the pause hits
     os.killpg(pid, signal.SIGSTOP)
     try:
-        await write_version(3)
+        assert await published() < len(ids), "the backlog was done before the pause"
         await wait_until(
             lambda: owner_is(world, second), timeout=20, message="standby took the lease"
         )
         lease = await world.db[LEASE_COLLECTION].find_one({"_id": LEASE_ID})
         takeover_at, new_epoch = lease["acquiredAt"], lease["epoch"]
         assert new_epoch > old_epoch
-        await write_version(4)
+        await write_versions(5)
     finally:
         os.killpg(pid, signal.SIGCONT)
     port = world.stack.port_of(first)
@@ -210,8 +221,7 @@ async def test_a_leader_paused_past_its_lease_steps_down_on_resume_and_writes_no
         return "relay_is_leader 0.0" in metrics
 
     await wait_until(old_leader_stepped_down, timeout=30, message="old leader stepped down")
-    await write_version(5)
-    await world.wait_published(ids, within=60)
+    await world.wait_published(ids, within=90)
     assert await leader_of(world) == second
 
     docs = await world.outbox.find({"_id": {"$in": ids}}).to_list()
@@ -230,3 +240,7 @@ async def test_a_leader_paused_past_its_lease_steps_down_on_resume_and_writes_no
     assert {r.event_id for r in records} == {str(i) for i in ids}  # nothing lost
     for agg, versions in by_key(records).items():
         assert first_occurrences(versions) == [1, 2, 3, 4, 5], agg
+
+
+async def _at_least(count: Callable[[], Awaitable[int]], wanted: int) -> bool:
+    return await count() >= wanted
