@@ -792,7 +792,7 @@ class Chaos:
     async def pending_events(self, event_type: str) -> int:
         """Outbox events of ``event_type`` created in this scenario and still Pending."""
         return int(
-            await self.pipeline.mongo[ORDERS_DB]["outbox"].count_documents(
+            await self.pipeline.mongo[ORDERS_DB][OUTBOX_COLLECTION].count_documents(
                 {
                     "eventType": event_type,
                     "status": "Pending",

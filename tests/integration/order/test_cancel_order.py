@@ -20,7 +20,7 @@ async def _create(api: Api, **overrides: Any) -> dict[str, Any]:
 
 
 async def _events(api: Api, order_id: str) -> list[dict[str, Any]]:
-    cursor = api.db.outbox.find({"aggregateId": order_id}).sort("aggregateVersion", 1)
+    cursor = api.outbox.find({"aggregateId": order_id}).sort("aggregateVersion", 1)
     return [doc async for doc in cursor]
 
 
