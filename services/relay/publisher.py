@@ -295,10 +295,12 @@ def judge_failures(
     Everything else (transient faults, one error for the whole round) is ``TRANSIENT``: a Kafka
     outage followed by a non-retriable error on every record must not park healthy events.
     """
-    delivered = [
+    # Acknowledged by Kafka, even inside a transaction that was then aborted for another record.
+    # A failed record is never among them, so "another record got through" is just "any".
+    some_delivered = any(
         was_sent and (error is None or isinstance(error, _Collateral))
         for error, was_sent in zip(outcome, sent, strict=True)
-    ]
+    )
     sharers: dict[int, int] = {}
     for error in outcome:
         if error is not None and not isinstance(error, _Collateral):
@@ -311,11 +313,10 @@ def judge_failures(
         if kind is FaultKind.TRANSIENT:
             verdicts[index] = Verdict.TRANSIENT
             continue
-        if sent[index]:
-            others_delivered = any(d for i, d in enumerate(delivered) if i != index)
-            if sharers[id(error)] > 1 or not others_delivered:
-                verdicts[index] = Verdict.TRANSIENT
-                continue
+        # A delivery error (sent) must be this record's alone, with Kafka otherwise working.
+        if sent[index] and (sharers[id(error)] > 1 or not some_delivered):
+            verdicts[index] = Verdict.TRANSIENT
+            continue
         give_up = kind is FaultKind.PERMANENT or attempts[index] + 1 >= max_attempts
         verdicts[index] = Verdict.FAIL if give_up else Verdict.RETRY
     return verdicts
