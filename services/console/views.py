@@ -24,15 +24,17 @@ from bson import ObjectId
 from bson.errors import InvalidId
 
 from services.console.settings import ConsoleSettings
+from services.relay.lease import LEASE_COLLECTION, LEASE_ID
 from shared.contracts import ORDER_CREATED_TOPIC, TOPIC_PARTITIONS, Header, OutboxStatus
 from shared.dlq import StoredDlqRecord
 from shared.kafka import REQUEST_TIMEOUT_MS
 from shared.mongo import MongoClient
+from shared.outbox import OUTBOX_COLLECTION
 from shared.redaction import redact
 
 PROBE_TIMEOUT_SECONDS = 2.0
-LEASE_COLLECTION = "relay_lease"
-OUTBOX = "outbox"
+# The relay's and the order API's collections, named by their owners.
+OUTBOX = OUTBOX_COLLECTION
 ORDERS = "orders"
 RESERVATIONS = "reservations"
 # A page of Failed events; more than this is a systemic problem the count already shows.
@@ -123,7 +125,8 @@ async def _probe(client: httpx.AsyncClient, name: str, url: str) -> Readiness:
 
 
 async def leader(client: MongoClient, settings: ConsoleSettings) -> Leader:
-    doc = await client[settings.orders_database][LEASE_COLLECTION].find_one({})
+    # The lease document, not whichever comes first: the collection also holds the fence.
+    doc = await client[settings.orders_database][LEASE_COLLECTION].find_one({"_id": LEASE_ID})
     if doc is None:
         return Leader(None, None, None)
     return Leader(doc.get("owner"), doc.get("epoch"), _utc(doc.get("expiresAt")))

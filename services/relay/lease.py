@@ -36,6 +36,7 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+LEASE_COLLECTION = "relay_lease"
 LEASE_ID = "outbox-relay"
 # The document every leader's status writes move to its epoch (see Lease.write_fenced).
 FENCE_ID = "outbox-relay-fence"

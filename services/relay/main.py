@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from pymongo.errors import PyMongoError
 
-from services.relay.lease import Fenced, Lease
+from services.relay.lease import LEASE_COLLECTION, Fenced, Lease
 from services.relay.metrics import RelayMetrics
 from services.relay.publisher import BatchResult, Publisher
 from services.relay.settings import RelaySettings
@@ -30,8 +30,6 @@ from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION, OutboxField, ensure_outbox_indexes
 
 log = logging.getLogger(__name__)
-
-LEASE_COLLECTION = "relay_lease"
 
 
 class Relay:

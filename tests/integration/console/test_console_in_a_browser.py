@@ -27,6 +27,7 @@ from shared.dlq import StoredDlqRecord, read_dlq
 from shared.idempotency import DONE
 from shared.kafka import encode_headers, ensure_topics, make_producer
 from shared.mongo import MongoClient, make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION
 from shared.redis import make_redis
 from stack import Stack
 from tests.waiting import wait_until
@@ -201,7 +202,7 @@ async def test_overview_shows_a_backlog_made_on_purpose(world: World) -> None:
 
 async def test_a_failed_event_retried_with_the_button_becomes_published(world: World) -> None:
     order_id = await _place_order(world, 99)
-    outbox = world.mongo[world.database]["outbox"]
+    outbox = world.mongo[world.database][OUTBOX_COLLECTION]
     event = await outbox.find_one({"aggregateId": order_id})
     assert event is not None
     # What the relay does after RELAY_MAX_ATTEMPTS, with an error text that holds a password.
@@ -297,7 +298,7 @@ async def test_a_poison_record_is_previewed_and_replayed_from_the_page_without_r
 
 async def test_an_order_timeline_lists_each_step(world: World) -> None:
     order_id = await _place_order(world, 7)
-    outbox = world.mongo[world.database]["outbox"]
+    outbox = world.mongo[world.database][OUTBOX_COLLECTION]
 
     async def published() -> bool:
         doc = await outbox.find_one({"aggregateId": order_id})

@@ -16,8 +16,9 @@ import pytest
 from aiokafka.errors import KafkaError
 from bson import ObjectId
 
-from services.relay.lease import LEASE_ID
-from services.relay.main import LEASE_COLLECTION
+from services.console import views as console_views
+from services.console.settings import ConsoleSettings
+from services.relay.lease import FENCE_ID, LEASE_COLLECTION, LEASE_ID
 from shared.contracts import ORDER_CREATED_TOPIC, OutboxStatus
 from shared.kafka import make_producer
 from tests.integration.relay.relay_world import (
@@ -244,3 +245,14 @@ async def test_a_leader_paused_past_its_lease_steps_down_on_resume_and_writes_no
 
 async def _at_least(count: Callable[[], Awaitable[int]], wanted: int) -> bool:
     return await count() >= wanted
+
+
+async def test_the_console_names_the_leader_next_to_the_fence_document(world: RelayWorld) -> None:
+    # The lease collection holds the lease and the fence of status writes: the console must
+    # read the lease, not whichever document comes first.
+    await world.db[LEASE_COLLECTION].insert_one({"_id": FENCE_ID, "epoch": 0})
+    async with running_relay(world.settings(instance_id="shown")) as relay:
+        await wait_until(lambda: relay.lease.is_held(), timeout=15, message="leadership")
+        settings = ConsoleSettings(token="t" * 40, orders_database=world.database)
+        shown = await console_views.leader(world.mongo, settings)
+        assert (shown.owner, shown.epoch) == ("shown", relay.lease.epoch)

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.contracts import ORDER_CREATED_TOPIC, TOPIC_PARTITIONS, OutboxStatus
 from shared.mongo import make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
 from stack.gotools import JAEGER, ensure
 from tests.waiting import wait_until
@@ -110,7 +111,9 @@ async def test_one_order_is_one_trace_across_the_four_services(
 
         mongo = make_mongo_client(stack.config.mongo_uri, 5.0, "trace-test")
         try:
-            event = await mongo[env["ORDER_DATABASE"]]["outbox"].find_one({"aggregateId": order_id})
+            event = await mongo[env["ORDER_DATABASE"]][OUTBOX_COLLECTION].find_one(
+                {"aggregateId": order_id}
+            )
             assert event is not None
             await wait_until(
                 lambda: _published(mongo, env["ORDER_DATABASE"], order_id),
@@ -167,5 +170,5 @@ async def test_one_order_is_one_trace_across_the_four_services(
 
 
 async def _published(mongo: Any, database: str, order_id: str) -> bool:
-    doc = await mongo[database]["outbox"].find_one({"aggregateId": order_id})
+    doc = await mongo[database][OUTBOX_COLLECTION].find_one({"aggregateId": order_id})
     return doc is not None and doc["status"] == OutboxStatus.PUBLISHED.value
