@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -32,8 +33,11 @@ _LINE_FIELDS = frozenset({"ts", "level", "service", "logger", "msg", "exc"})
 def _jsonable(value: Any) -> Any:
     """``value`` as JSON can hold it: structures stay structures, anything else becomes text
     (never an exception: a log call must not fail because of what it logs)."""
-    if value is None or isinstance(value, bool | int | float):
+    if value is None or isinstance(value, bool | int):
         return value
+    if isinstance(value, float):
+        # NaN and infinities have no JSON form (json.dumps would write bare NaN: invalid JSON).
+        return value if math.isfinite(value) else str(value)
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, datetime):

@@ -69,7 +69,7 @@ def configure_tracing(service: str, endpoint: str | None) -> Tracing:
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _enabled = True
-    log.info("tracing on", extra={"component": service})
+    log.info("tracing on", extra={"endpoint": endpoint})
     return Tracing(provider)
 
 

@@ -54,6 +54,7 @@ class CancelResult:
 class _Outcome:
     order: Order
     cancelled_now: bool
+    event_id: str | None = None  # the OrderCancelled outbox event this call wrote
 
 
 async def _key_used_elsewhere(
@@ -124,7 +125,7 @@ async def cancel_order(
             total=order.total,
             cancelled_at=cancelled_at,
         )
-        await OutboxEvent.pending(
+        event = await OutboxEvent.pending(
             aggregate_id=order_id,
             aggregate_version=version,
             event_type=EVENT_ORDER_CANCELLED,
@@ -136,7 +137,7 @@ async def cancel_order(
         order.version = version
         order.cancelled_at = cancelled_at
         order.cancel_idempotency_key = idempotency_key or order.cancel_idempotency_key
-        return _Outcome(order, cancelled_now=True)
+        return _Outcome(order, cancelled_now=True, event_id=str(event.id))
 
     outcome: _Outcome | None = None
     with pymongo.timeout(deadline_seconds):
@@ -162,7 +163,7 @@ async def cancel_order(
     )
     if outcome.cancelled_now:
         metrics.orders_cancelled.inc()
-        log.info("order cancelled", extra={"order_id": order_id})
+        log.info("order cancelled", extra={"order_id": order_id, "event_id": outcome.event_id})
     elif replayed:
         metrics.idempotent_replays.inc()
     return CancelResult(order_out(order), cancelled_now=outcome.cancelled_now, replayed=replayed)

@@ -57,6 +57,7 @@ from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from shared.redis import make_redis
 from stack import INFRA, SERVICES, Stack
+from stack.supervisor import component_of
 from tests.e2e.chaos.invariants import (
     Attempt,
     DlqRow,
@@ -132,10 +133,6 @@ def _service_overrides() -> dict[str, dict[str, str]]:
             "EMAIL_SMTP_TIMEOUT_SECONDS": "5",
         },
     }
-
-
-def component_of(instance: str) -> str:
-    return next(s for s in (*SERVICES, *INFRA) if instance == s or instance.startswith(s + "-"))
 
 
 # ---------------------------------------------------------------------------------------------

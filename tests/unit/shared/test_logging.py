@@ -72,6 +72,7 @@ def test_structured_extra_values_stay_structured_and_others_become_text() -> Non
         offsets={"0": 5, "1": 9},
         ids=["a", "b"],
         ratio=0.5,
+        lag=float("nan"),
         ok=True,
         when=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
         amount=Decimal("12.50"),
@@ -80,6 +81,7 @@ def test_structured_extra_values_stay_structured_and_others_become_text() -> Non
     assert line["offsets"] == {"0": 5, "1": 9}
     assert line["ids"] == ["a", "b"]
     assert line["ratio"] == 0.5 and line["ok"] is True
+    assert line["lag"] == "nan"  # NaN has no JSON form; the line must stay parseable
     assert line["when"] == "2026-01-02T03:04:05+00:00"
     assert line["amount"] == "12.50"
     assert line["odd"] == "<unprintable Unprintable>"
