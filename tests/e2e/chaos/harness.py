@@ -56,7 +56,7 @@ from shared.kafka import REQUEST_TIMEOUT_MS, decode_headers, make_producer
 from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from shared.redis import make_redis
-from stack import INFRA, SERVICES, Stack
+from stack import FAULT_PROXY, INFRA, SERVICES, Stack
 from tests.e2e.chaos.invariants import (
     Attempt,
     DlqRow,
@@ -135,7 +135,9 @@ def _service_overrides() -> dict[str, dict[str, str]]:
 
 
 def component_of(instance: str) -> str:
-    return next(s for s in (*SERVICES, *INFRA) if instance == s or instance.startswith(s + "-"))
+    return next(
+        s for s in (*SERVICES, *INFRA, FAULT_PROXY) if instance == s or instance.startswith(s + "-")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,10 +597,16 @@ class Pipeline:
         return proc.returncode, out.decode("utf-8", "replace")
 
     async def restore(self) -> None:
-        """Infra up, extra instances gone, the four services running with the suite defaults."""
+        """Infra up, nothing paused, the fault proxy clean, extra instances gone, the four
+        services running with the suite defaults."""
+        for instance, entry in self.stack.status().items():
+            if entry["paused"]:
+                await asyncio.to_thread(self.stack.resume, instance)
         for name in INFRA:
             if not self.is_running(name):
                 await self.start(name)
+        if self.is_running(FAULT_PROXY):
+            await asyncio.to_thread(self.stack.toxiproxy().reset)
         await self.disarm_mongo_failpoints()
         for instance in list(self.stack.status()):
             if component_of(instance) in SERVICES and instance not in SERVICES:
