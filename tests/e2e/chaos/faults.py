@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from shared.kafka import REQUEST_TIMEOUT_MS
 from stack.toxiproxy import Toxiproxy
 from tests.e2e.chaos.harness import Chaos, _partitions
+from tests.e2e.chaos.invariants import Evaluation
 from tests.waiting import wait_until
 
 T = TypeVar("T")
@@ -65,6 +66,19 @@ async def wait_leader(chaos: Chaos, instance: str, *, within: float = 20.0) -> N
         interval=0.1,
         message=f"{instance} to lead",
     )
+
+
+def judge(chaos: Chaos, evaluation: Evaluation, problems: list[str], *, evidence: str) -> None:
+    """Fail the scenario on the invariants' violations and on ``problems`` of its own, all of
+    them recorded in the report row."""
+    chaos.result.violations += problems
+    broken = evaluation.violations + problems
+    if broken:
+        raise AssertionError(
+            f"{chaos.name}: {len(broken)} guarantee(s) broken:\n  "
+            + "\n  ".join(broken)
+            + (f"\nevidence:\n{evidence}" if problems else "")
+        )
 
 
 def log_size(chaos: Chaos, instance: str) -> int:
