@@ -104,8 +104,8 @@ async def test_relay_leader_paused_past_its_lease_mid_batch(chaos: Chaos) -> Non
     ):
         await load.wait_accepted(5)
         for _ in range(CATCH_ATTEMPTS):
-            published = await chaos.metric("relay", "relay_published_total")
-            failed = await chaos.metric("relay", "relay_events_failed_total")
+            published = await chaos.metric("relay", "relay_published_total") or 0.0
+            failed = await chaos.metric("relay", "relay_events_failed_total") or 0.0
             await pause(chaos, "relay")
             in_flight = await open_txn.ranges()
             if in_flight:
