@@ -58,6 +58,10 @@ SESSION_TIMEOUT_SECONDS = 10.0
 # Slow SMTP: a claim lease of 1 s, and every SMTP reply 200 ms late (seven replies per email).
 CLAIM_LEASE_SECONDS = 1
 SMTP_REPLY_DELAY_MS = 200
+# The relays' slow Kafka link in the paused-leader scenario (each way), and how long a request
+# sent just before the pause may still take to arrive.
+KAFKA_LINK_DELAY_MS = 150
+IN_TRANSIT_SECONDS = 4 * KAFKA_LINK_DELAY_MS / 1000
 # Attempts at catching the relay with a Kafka transaction open (each a pause or a cut of a few
 # tens of milliseconds when it misses).
 CATCH_ATTEMPTS = 60
@@ -96,7 +100,7 @@ async def test_relay_leader_paused_past_its_lease_mid_batch(chaos: Chaos) -> Non
     # be caught, and the new leader's first Kafka call (the one that fences the old producer)
     # takes several slow round trips, so the resumed leader gets its chance to act first.
     await _proxied_leader_with_standby(chaos, ["kafka"], standby_proxied=True)
-    await in_thread(proxy(chaos).latency, "kafka", 150)
+    await in_thread(proxy(chaos).latency, "kafka", KAFKA_LINK_DELAY_MS)
     rng = random.Random()
     async with (
         chaos.load(rate=LOAD_RATE) as load,
@@ -107,6 +111,10 @@ async def test_relay_leader_paused_past_its_lease_mid_batch(chaos: Chaos) -> Non
             published = await chaos.metric("relay", "relay_published_total") or 0.0
             failed = await chaos.metric("relay", "relay_events_failed_total") or 0.0
             await pause(chaos, "relay")
+            # A commit the leader sent just before it froze may still be on the slow link; a
+            # transaction still open after that long is one the frozen leader has not
+            # committed.
+            await chaos.hold(IN_TRANSIT_SECONDS)
             in_flight = await open_txn.ranges()
             if in_flight:
                 break
