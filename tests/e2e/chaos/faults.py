@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.kafka import REQUEST_TIMEOUT_MS
 from stack.toxiproxy import Toxiproxy
@@ -94,15 +94,16 @@ def log_since(chaos: Chaos, instance: str, offset: int) -> str:
 
 
 class OpenTransaction:
-    """Records on ``topic`` written inside a Kafka transaction that is still open.
+    """Records on ``topics`` written inside a Kafka transaction that is still open.
 
     A partition's last stable offset (what a ``read_committed`` consumer may read up to) stays
     below its high watermark while a transaction that wrote there is neither committed nor
     aborted: the difference is exactly the in-flight batch of a transactional producer.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self._topic = topic
+    def __init__(self, bootstrap: str, topics: Iterable[str]) -> None:
+        self._topics = list(topics)
+        self._tps: list[TopicPartition] = []
         self._consumers = {
             level: AIOKafkaConsumer(
                 bootstrap_servers=bootstrap,
@@ -116,7 +117,8 @@ class OpenTransaction:
     async def __aenter__(self) -> OpenTransaction:
         for consumer in self._consumers.values():
             await consumer.start()
-        self._tps = await _partitions(self._consumers["read_committed"], self._topic)
+        for topic in self._topics:
+            self._tps += await _partitions(self._consumers["read_committed"], topic)
         return self
 
     async def __aexit__(
@@ -128,14 +130,16 @@ class OpenTransaction:
         for consumer in self._consumers.values():
             await consumer.stop()
 
-    async def ranges(self) -> dict[int, range]:
-        """Per partition, the offsets written by a transaction still open right now."""
+    async def ranges(self) -> dict[tuple[str, int], range]:
+        """Per (topic, partition), the offsets written by a transaction still open right now."""
         # The high watermark first: a commit between the two reads can then only make a range
         # smaller (a miss, retried), never show a transaction that was not open.
         high = await self._consumers["read_uncommitted"].end_offsets(self._tps)
         stable = await self._consumers["read_committed"].end_offsets(self._tps)
         return {
-            tp.partition: range(stable[tp], high[tp]) for tp in self._tps if high[tp] > stable[tp]
+            (tp.topic, tp.partition): range(stable[tp], high[tp])
+            for tp in self._tps
+            if high[tp] > stable[tp]
         }
 
     async def records(self) -> int:

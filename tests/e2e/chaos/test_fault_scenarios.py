@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.contracts import ORDER_CREATED_TOPIC
+from shared.contracts import ORDER_TOPICS
 from shared.outbox import OutboxField
 from stack import FAULT_PROXY, Stack
 from stack.toxiproxy import Toxiproxy
@@ -105,7 +105,7 @@ async def test_relay_leader_paused_past_its_lease_mid_batch(chaos: Chaos) -> Non
     rng = random.Random()
     async with (
         chaos.load(rate=LOAD_RATE) as load,
-        OpenTransaction(chaos.pipeline.bootstrap, ORDER_CREATED_TOPIC) as open_txn,
+        OpenTransaction(chaos.pipeline.bootstrap, ORDER_TOPICS) as open_txn,
     ):
         await load.wait_accepted(5)
         for _ in range(CATCH_ATTEMPTS):
@@ -152,9 +152,10 @@ async def test_relay_leader_paused_past_its_lease_mid_batch(chaos: Chaos) -> Non
     evaluation = await chaos.settle()
     # Nor a publish: the transaction it had open when paused was aborted, never committed.
     committed = [
-        f"{r.partition}:{r.offset}"
-        for r in chaos.orders_tail.records
-        if r.offset in in_flight.get(r.partition, range(0))
+        f"{r.topic}/{r.partition}:{r.offset}"
+        for tail in (chaos.orders_tail, chaos.cancels_tail)
+        for r in tail.records
+        if r.offset in in_flight.get((r.topic, r.partition), range(0))
     ]
     if committed:
         zombie.append(f"the paused leader's open transaction was committed ({committed})")
@@ -213,7 +214,7 @@ async def test_relay_kafka_link_cut_mid_transaction_three_times(chaos: Chaos) ->
     cuts = 0
     async with (
         chaos.load(rate=LOAD_RATE) as load,
-        OpenTransaction(chaos.pipeline.bootstrap, ORDER_CREATED_TOPIC) as open_txn,
+        OpenTransaction(chaos.pipeline.bootstrap, ORDER_TOPICS) as open_txn,
     ):
         await load.wait_accepted(5)
         for _ in range(CATCH_ATTEMPTS):
