@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.contracts import ORDER_TOPICS
+from shared.contracts import ORDER_TOPICS, TOPIC_PARTITIONS
 from shared.outbox import OutboxField
 from stack import FAULT_PROXY, Stack
 from stack.toxiproxy import Toxiproxy
@@ -40,6 +40,9 @@ from tests.waiting import wait_until
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("fault_proxy")]
 
 LOAD_RATE = 4
+# Orders cancelled soon after creation (from at once to a second after the 201): every scenario
+# runs with both of an order's events flowing, on two topics.
+CANCEL_SHARE = 0.3
 # Fixed by the issue.
 KAFKA_PAUSE_SECONDS = 15.0
 KAFKA_AWAY_SECONDS = 60.0
@@ -104,7 +107,7 @@ async def test_relay_leader_paused_past_its_lease_mid_batch(chaos: Chaos) -> Non
     await in_thread(proxy(chaos).latency, "kafka", KAFKA_LINK_DELAY_MS)
     rng = random.Random()
     async with (
-        chaos.load(rate=LOAD_RATE) as load,
+        chaos.load(rate=LOAD_RATE, cancel_share=CANCEL_SHARE) as load,
         OpenTransaction(chaos.pipeline.bootstrap, ORDER_TOPICS) as open_txn,
     ):
         await load.wait_accepted(5)
@@ -176,7 +179,7 @@ def _step_down_reason(log: str) -> str:
 async def test_relay_leader_partitioned_from_mongo_past_its_lease(chaos: Chaos) -> None:
     """relay leader cut from MongoDB only"""
     await _proxied_leader_with_standby(chaos, ["mongo"])
-    async with chaos.load(rate=LOAD_RATE) as load:
+    async with chaos.load(rate=LOAD_RATE, cancel_share=CANCEL_SHARE) as load:
         await load.wait_accepted(5)
         toxics = await in_thread(proxy(chaos).black_hole, "mongo")
         cut_at = time.monotonic()
@@ -213,7 +216,7 @@ async def test_relay_kafka_link_cut_mid_transaction_three_times(chaos: Chaos) ->
     rng = random.Random()
     cuts = 0
     async with (
-        chaos.load(rate=LOAD_RATE) as load,
+        chaos.load(rate=LOAD_RATE, cancel_share=CANCEL_SHARE) as load,
         OpenTransaction(chaos.pipeline.bootstrap, ORDER_TOPICS) as open_txn,
     ):
         await load.wait_accepted(5)
@@ -241,7 +244,7 @@ async def test_relay_kafka_link_cut_mid_transaction_three_times(chaos: Chaos) ->
 
 async def test_kafka_paused_for_15s(chaos: Chaos) -> None:
     """kafka paused 15 s"""
-    async with chaos.load(rate=LOAD_RATE) as load:
+    async with chaos.load(rate=LOAD_RATE, cancel_share=CANCEL_SHARE) as load:
         await load.wait_accepted(8)
         await pause(chaos, "kafka")
         chaos.note("kafka paused (SIGSTOP): requests time out instead of being refused")
@@ -258,7 +261,7 @@ async def test_relay_kafka_link_away_for_60s_fails_no_event(chaos: Chaos) -> Non
     await wait_leader(chaos, "relay")
     # A slower load: a minute of orders at full rate is a backlog that only lengthens the
     # consumers' catch-up, not the proof.
-    async with chaos.load(rate=1.5) as load:
+    async with chaos.load(rate=1.5, cancel_share=CANCEL_SHARE) as load:
         await load.wait_accepted(3)
         await in_thread(proxy(chaos).set_enabled, "kafka", False)
         await chaos.hold(KAFKA_AWAY_SECONDS)
@@ -292,7 +295,7 @@ async def test_mongo_paused_8s_under_the_api(chaos: Chaos) -> None:
     # A commit in flight when the server froze has an unknown outcome: the API answers 503 and
     # says so; such an order may exist and must then be complete (checked).
     chaos.expect.strict_server_errors = False
-    async with chaos.load(rate=LOAD_RATE, timeout=15.0) as load:
+    async with chaos.load(rate=LOAD_RATE, timeout=15.0, cancel_share=CANCEL_SHARE) as load:
         await load.wait_accepted(5)
         await pause(chaos, "mongo")
         await chaos.hold(MONGO_PAUSE_SECONDS)
@@ -307,6 +310,10 @@ async def test_mongo_paused_8s_under_the_api(chaos: Chaos) -> None:
     chaos.note(f"{len(refused)} requests answered 503; slowest answer {slowest:.1f}s")
     assert not late, f"{len(late)} requests over {budget:.1f}s: {late[:3]}"
     assert all(a.status in (200, 201, 503) for a in chaos.attempts), "an answer other than 503"
+    cancels = [a for a in chaos.attempts if a.cancel_sent]
+    assert all(a.cancel_status in (200, 503) for a in cancels), [
+        (a.cancel_status, a.cancel_error) for a in cancels if a.cancel_status not in (200, 503)
+    ]
     assert refused, "no request met the frozen server"
 
 
@@ -315,15 +322,17 @@ async def test_mongo_paused_8s_under_the_api(chaos: Chaos) -> None:
 
 async def test_inventory_paused_past_its_session_timeout(chaos: Chaos) -> None:
     """inventory paused past session timeout"""
+    # Both order topics: the group's partitions all go to the one member left.
+    every = TOPIC_PARTITIONS * len(ORDER_TOPICS)
     await chaos.start("inventory-2")
-    async with chaos.load(rate=LOAD_RATE) as load:
+    async with chaos.load(rate=LOAD_RATE, cancel_share=CANCEL_SHARE) as load:
         await load.wait_accepted(8)
         offset = log_size(chaos, "inventory-2")
         await pause(chaos, "inventory")
         paused_at = time.monotonic()
         # The group evicts the silent member and gives inventory-2 every partition.
         await wait_until(
-            lambda: '"count": 6' in _assignments(log_since(chaos, "inventory-2", offset)),
+            lambda: f'"count": {every}' in _assignments(log_since(chaos, "inventory-2", offset)),
             timeout=SESSION_TIMEOUT_SECONDS + 30,
             interval=0.2,
             message="inventory-2 to receive every partition",
@@ -356,7 +365,7 @@ async def test_slow_smtp_longer_than_the_claim_lease_with_a_rebalance(chaos: Cha
     await in_thread(proxy(chaos).add_toxic, "smtp", "latency", {"latency": SMTP_REPLY_DELAY_MS})
     # One order a second: every email takes longer than that, so a backlog builds for the
     # rebalance to move, without making the scenario slow.
-    async with chaos.load(rate=1) as load:
+    async with chaos.load(rate=1, cancel_share=CANCEL_SHARE) as load:
         await load.wait_accepted(3)
         await start_proxied(chaos, "email-2", ["smtp"], slow)
         await load.wait_more_accepted(3)
@@ -380,7 +389,7 @@ async def test_latency_on_every_consumer_link_for_20s(chaos: Chaos) -> None:
     for service in ("inventory", "email"):
         await start_proxied(chaos, service, ["kafka", "mongo", "redis", "smtp"])
     toxiproxy = proxy(chaos)
-    async with chaos.load(rate=LOAD_RATE) as load:
+    async with chaos.load(rate=LOAD_RATE, cancel_share=CANCEL_SHARE) as load:
         await load.wait_accepted(5)
         toxics = {
             server: await in_thread(toxiproxy.add_toxic, server, "latency", {"latency": LATENCY_MS})
