@@ -57,6 +57,9 @@ from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from shared.redis import make_redis
 from stack import FAULT_PROXY, INFRA, SERVICES, Stack
+
+# The supervisor's rule, which knows every component (the console and the optional ones too).
+from stack.supervisor import component_of
 from tests.e2e.chaos.invariants import (
     Attempt,
     DlqRow,
@@ -132,12 +135,6 @@ def _service_overrides() -> dict[str, dict[str, str]]:
             "EMAIL_SMTP_TIMEOUT_SECONDS": "5",
         },
     }
-
-
-def component_of(instance: str) -> str:
-    return next(
-        s for s in (*SERVICES, *INFRA, FAULT_PROXY) if instance == s or instance.startswith(s + "-")
-    )
 
 
 # ---------------------------------------------------------------------------------------------
