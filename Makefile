@@ -13,12 +13,12 @@ KAFKA_LIBS := .stack/kafka/libs
 SETUP_STAMP := $(VENV)/.installed
 KAFKA_STAMP := $(KAFKA_LIBS)/.resolved
 
-.PHONY: help setup test-tools redis-server chromium promtool jaeger up down demo test test-unit test-integration test-e2e chaos \
+.PHONY: help setup test-tools redis-server chromium promtool jaeger toxiproxy up down demo test test-unit test-integration test-e2e chaos \
 	bench lint
 
 help:
 	@echo "make setup            .venv + dev install, Kafka jars, redis-server (idempotent)"
-	@echo "make test-tools       what only the tests need: chromium, promtool, jaeger"
+	@echo "make test-tools       what only the tests need: chromium, promtool, jaeger, toxiproxy"
 	@echo "make demo             start everything, send orders, show them travel, stop"
 	@echo "make test             the whole suite (unit, integration, e2e, chaos)"
 	@echo "make test-unit | test-integration | test-e2e | chaos | bench | lint"
@@ -28,7 +28,7 @@ setup: $(SETUP_STAMP) $(KAFKA_STAMP) redis-server
 
 # Only the suite needs these (browser tests, alert-rule tests, the trace test): `make demo` and
 # `make up` never wait for a Chromium install or a Go build.
-test-tools: setup chromium promtool jaeger
+test-tools: setup chromium promtool jaeger toxiproxy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,11 @@ promtool: $(SETUP_STAMP)
 jaeger: $(SETUP_STAMP)
 	$(BIN)/python -m stack.gotools jaeger
 
+# Toxiproxy, the fault proxy of the failure-injection suite (about 20 s to build once, then
+# stamped): needed by the tests, so not by `make demo` or `make up`.
+toxiproxy: $(SETUP_STAMP)
+	$(BIN)/python -m stack.gotools toxiproxy-server
+
 up: setup
 	$(BIN)/python -m stack up
 
@@ -120,10 +125,10 @@ test-unit: test-tools
 test-integration: test-tools
 	$(call run_pytest,tests/integration)
 
-test-e2e: setup
+test-e2e: setup toxiproxy
 	$(call run_pytest,tests/e2e)
 
-chaos: setup
+chaos: setup toxiproxy
 	$(call run_pytest,-m chaos tests)
 
 bench: setup

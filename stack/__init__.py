@@ -2,7 +2,7 @@
 four services, started and supervised as local processes. ``python -m stack --help``.
 """
 
-from stack.config import ALL, INFRA, SERVICES, StackConfig
+from stack.config import ALL, FAULT_PROXY, INFRA, SERVICES, StackConfig
 from stack.supervisor import Stack, StackError
 
-__all__ = ["ALL", "INFRA", "SERVICES", "Stack", "StackConfig", "StackError"]
+__all__ = ["ALL", "FAULT_PROXY", "INFRA", "SERVICES", "Stack", "StackConfig", "StackError"]

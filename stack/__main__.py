@@ -7,6 +7,7 @@
     status [--json]                 running / ready / pid / port / log of every component
     logs COMPONENT [-n N] [-f]      the component's log
     start|stop|kill|restart NAME    one component (kill = SIGKILL), for failure injection
+    pause|resume NAME               SIGSTOP / SIGCONT one component (a frozen process)
 
 Without ``--detach``, ``up`` stays in the foreground and Ctrl-C (or SIGTERM) stops every
 component cleanly. ``--root`` / ``STACK_ROOT`` and ``STACK_<NAME>_PORT`` move the stack.
@@ -43,7 +44,9 @@ def _config(args: argparse.Namespace) -> StackConfig:
 def _print_status(stack: Stack) -> None:
     rows = [("COMPONENT", "STATE", "PID", "PORT", "LOG")]
     for name, entry in stack.status(probe=True).items():
-        if entry["running"]:
+        if entry["paused"]:
+            state = "paused"
+        elif entry["running"]:
             state = "ready" if entry["ready"] else "starting/unready"
         else:
             state = "stopped"
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("component")
     logs.add_argument("-n", "--lines", type=int, default=100)
     logs.add_argument("-f", "--follow", action="store_true")
-    for action in ("start", "stop", "kill", "restart"):
+    for action in ("start", "stop", "kill", "restart", "pause", "resume"):
         one = commands.add_parser(action, help=f"{action} one component")
         one.add_argument("component")
     args = parser.parse_args(argv)

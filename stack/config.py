@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
@@ -22,14 +23,21 @@ MONGO_REPLICA_SET: Final = "secantus"
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 
 INFRA: Final = ("mongo", "kafka", "redis", "smtp")
+# Toxiproxy, the TCP fault proxy: started only when asked for (a fault test, `stack up
+# toxiproxy`), never by default. Services reach a server through it only when told to (see
+# ``proxied_env``); everything else keeps the direct path.
+FAULT_PROXY: Final = "toxiproxy"
 SERVICES: Final = ("order", "relay", "inventory", "email")
 # What an operator opens: started by `make up` with the rest, not part of the pipeline.
 OPERATOR: Final = ("console",)
 ALL: Final = INFRA + SERVICES + OPERATOR
-# Started only when asked for (`python -m stack up --with jaeger`): the trace backend, a binary
-# built from the Go module proxy (stack/gotools.py), never part of `make demo`.
-OPTIONAL: Final = ("jaeger",)
+# Started only when asked for (`python -m stack up --with jaeger`, a fault test): the trace
+# backend and the fault proxy, binaries built from the Go module proxy (stack/gotools.py), never
+# part of `make demo`.
+OPTIONAL: Final = ("jaeger", FAULT_PROXY)
 KNOWN: Final = ALL + OPTIONAL
+# The servers a service can be routed to through the fault proxy, one proxy each.
+PROXIED: Final = ("mongo", "kafka", "redis", "smtp")
 
 HOST: Final = "127.0.0.1"
 
@@ -39,6 +47,15 @@ DEFAULT_PORTS: Final = {
     "kafka_controller": 9093,
     "redis": 6379,
     "smtp": 1025,
+    # Toxiproxy's HTTP API, and the address each proxy listens on (named "<server>_proxy").
+    "toxiproxy": 8474,
+    "mongo_proxy": 27018,
+    "kafka_proxy": 19092,
+    "redis_proxy": 16379,
+    "smtp_proxy": 11025,
+    # Kafka's own listener for proxied clients: it advertises kafka_proxy, so a client that
+    # bootstrapped through the proxy is told to keep talking to the proxy, not to 9092.
+    "kafka_proxied": 9094,
     "order": 8000,
     "relay": 8001,
     "inventory": 8002,
@@ -87,7 +104,13 @@ class StackConfig:
     python: Path = Path(sys.executable)
     # Per-component readiness deadlines in seconds. Kafka's JVM is the slow one on two cores.
     ready_timeouts: dict[str, float] = field(
-        default_factory=lambda: {"mongo": 30.0, "kafka": 120.0, "redis": 20.0, "smtp": 20.0}
+        default_factory=lambda: {
+            "mongo": 30.0,
+            "kafka": 120.0,
+            "redis": 20.0,
+            "smtp": 20.0,
+            "toxiproxy": 20.0,
+        }
     )
     service_ready_timeout: float = 60.0
     # -Xmx512m bounds the broker's heap (idle RSS ~350 MB). C1-only JIT and the serial GC cut
@@ -178,6 +201,42 @@ class StackConfig:
     def smtp_dir(self) -> Path:
         """Where the SMTP sink writes one ``.eml`` file per received message."""
         return self.data_dir("smtp")
+
+    @property
+    def toxiproxy_url(self) -> str:
+        return f"http://{HOST}:{self.ports['toxiproxy']}"
+
+    def proxy_address(self, server: str) -> tuple[str, int]:
+        """Where the fault proxy in front of ``server`` (one of :data:`PROXIED`) listens."""
+        if server not in PROXIED:
+            raise ValueError(f"no proxy for {server!r}; proxied servers: {', '.join(PROXIED)}")
+        return HOST, self.port_of(f"{server}_proxy")
+
+    def proxy_upstream(self, server: str) -> tuple[str, int]:
+        """Where the proxy in front of ``server`` forwards to: Kafka's own proxied listener,
+        the server's port for the others."""
+        return HOST, self.port_of("kafka_proxied" if server == "kafka" else server)
+
+    def proxied_env(self, servers: Iterable[str] = PROXIED) -> dict[str, str]:
+        """Environment overrides that route a service to ``servers`` through the fault proxy.
+
+        MongoDB is reached with ``directConnection=true``: replica-set discovery would otherwise
+        replace the proxy's address with the member address the server advertises (the real
+        port) and the fault would miss. A direct connection to the primary still runs
+        transactions and change streams, on SecantusDB and on a real replica set alike.
+        """
+        env: dict[str, str] = {}
+        for server in servers:
+            host, port = self.proxy_address(server)
+            if server == "mongo":
+                env["MONGO_URI"] = f"mongodb://{host}:{port}/?directConnection=true"
+            elif server == "kafka":
+                env["KAFKA_BOOTSTRAP_SERVERS"] = f"{host}:{port}"
+            elif server == "redis":
+                env["REDIS_URL"] = f"redis://{host}:{port}/0"
+            else:
+                env["SMTP_HOST"], env["SMTP_PORT"] = host, str(port)
+        return env
 
     def service_env(self) -> dict[str, str]:
         """Environment variables pointing a service process at this stack (see shared.settings)."""

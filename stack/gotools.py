@@ -1,5 +1,6 @@
 """Go programs the project builds from the Go module proxy into ``.stack/bin``: promtool (the
-alert-rule checks) and Jaeger (the optional trace backend of ``python -m stack up --with jaeger``).
+alert-rule checks), Jaeger (the optional trace backend of ``python -m stack up --with jaeger``)
+and Toxiproxy (the fault proxy of the failure-injection suite).
 
     python -m stack.gotools promtool jaeger     # install what is missing or out of date
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from stack.config import REPO_ROOT
-from stack.versions import JAEGER_MODULE_VERSION, PROMETHEUS_MODULE_VERSION
+from stack.versions import JAEGER_MODULE_VERSION, PROMETHEUS_MODULE_VERSION, TOXIPROXY_VERSION
 
 BIN_DIR: Final = REPO_ROOT / ".stack" / "bin"
 # A throwaway module per tool for `go get -tool` (Jaeger's go.mod has replace directives, which
@@ -60,7 +61,12 @@ PROMTOOL: Final = GoTool(
 JAEGER: Final = GoTool(
     "jaeger", "github.com/jaegertracing/jaeger/cmd/jaeger", JAEGER_MODULE_VERSION, True
 )
-TOOLS: Final = {tool.name: tool for tool in (PROMTOOL, JAEGER)}
+# Toxiproxy, the fault proxy of the failure-injection suite. Built in a scratch module so the
+# binary is named for what it is (`go install` would call it "server").
+TOXIPROXY: Final = GoTool(
+    "toxiproxy-server", "github.com/Shopify/toxiproxy/v2/cmd/server", TOXIPROXY_VERSION, True
+)
+TOOLS: Final = {tool.name: tool for tool in (PROMTOOL, JAEGER, TOXIPROXY)}
 
 
 class GoToolError(RuntimeError):

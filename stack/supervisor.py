@@ -34,15 +34,18 @@ from shared.contracts import TOPIC_PARTITIONS
 from stack import probes
 from stack.config import (
     ALL,
+    FAULT_PROXY,
     HOST,
     INFRA,
     KNOWN,
     OPTIONAL,
+    PROXIED,
     REPO_ROOT,
     SERVICES,
     StackConfig,
     free_port,
 )
+from stack.toxiproxy import Toxiproxy
 
 CONSOLE_TOKEN_ENV = "CONSOLE_TOKEN"
 
@@ -90,7 +93,14 @@ exporters:
 LOG_TAIL_LINES = 20
 # How long SIGTERM may take before SIGKILL. Services drain in-flight work for up to
 # ORDER_DRAIN_SECONDS etc. (30 s by default), so they get a little longer than that.
-STOP_TIMEOUTS = {"mongo": 20.0, "kafka": 40.0, "redis": 15.0, "smtp": 10.0, "jaeger": 15.0}
+STOP_TIMEOUTS = {
+    "mongo": 20.0,
+    "kafka": 40.0,
+    "redis": 15.0,
+    "smtp": 10.0,
+    "jaeger": 15.0,
+    "toxiproxy": 10.0,
+}
 SERVICE_STOP_TIMEOUT = 40.0
 POLL_INTERVAL = 0.1
 # A component name, or a service's extra instance: "relay-2", "relay-crash-1a2b3c". Strict,
@@ -169,6 +179,18 @@ def component_of(instance: str) -> str:
     return component
 
 
+# /proc/<pid>/stat states of a process stopped by a signal (T) or traced while stopped (t).
+_STOPPED_STATES = ("T", "t")
+
+
+def _process_state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -177,11 +199,7 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     # A zombie still answers kill(0); it is dead for our purposes.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    return _process_state(pid) not in ("Z", "X", "?")
 
 
 def _identity(pid: int) -> tuple[str, int] | None:
@@ -320,6 +338,8 @@ class Stack:
         if timeout is None:
             timeout = STOP_TIMEOUTS.get(component, SERVICE_STOP_TIMEOUT)
         _signal_group(pid, signal.SIGTERM)
+        # A paused process keeps SIGTERM pending until it runs again.
+        _signal_group(pid, signal.SIGCONT)
         if not self._wait_exit(name, pid, timeout):
             _signal_group(pid, signal.SIGKILL)
             if not self._wait_exit(name, pid, 10.0):
@@ -340,6 +360,42 @@ class Stack:
         if not self._wait_exit(name, pid, 10.0):
             raise StackError(name, f"pid {pid} survived SIGKILL", self.logs_path(name))
         self._forget(name)
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP the component's process group: it stays up, holds its sockets and answers
+        nothing (a GC pause, a frozen VM), until :meth:`resume`."""
+        self._signal_running(name, signal.SIGSTOP)
+        self._wait_state(name, paused=True)
+
+    def resume(self, name: str) -> None:
+        """SIGCONT the component's process group: it carries on where it was paused."""
+        self._signal_running(name, signal.SIGCONT)
+        self._wait_state(name, paused=False)
+
+    def is_paused(self, name: str) -> bool:
+        pid = self._pid(name)
+        return pid is not None and _process_state(pid) in _STOPPED_STATES
+
+    def _signal_running(self, name: str, signum: signal.Signals) -> None:
+        component_of(name)  # refuse unknown names instead of silently doing nothing
+        pid = self._pid(name)
+        if pid is None:
+            raise StackError(name, "is not running", self.logs_path(name))
+        _signal_group(pid, signum)
+
+    def _wait_state(self, name: str, *, paused: bool, timeout: float = 5.0) -> None:
+        # Signals are delivered asynchronously: the caller's next step (a fault's clock, a
+        # resume) must start from the state it asked for.
+        deadline = time.monotonic() + timeout
+        while self.is_paused(name) != paused:
+            if time.monotonic() > deadline:
+                state = "paused" if paused else "running"
+                raise StackError(name, f"not {state} {timeout:.0f}s after the signal")
+            time.sleep(POLL_INTERVAL / 10)
+
+    def toxiproxy(self) -> Toxiproxy:
+        """A client for the fault proxy's API (start the ``toxiproxy`` component first)."""
+        return Toxiproxy(self.config.toxiproxy_url)
 
     def restart(self, name: str, env: Mapping[str, str] | None = None) -> None:
         self.stop(name)
@@ -371,6 +427,7 @@ class Stack:
             entry: dict[str, Any] = {
                 "component": component_of(instance),
                 "running": pid is not None,
+                "paused": pid is not None and _process_state(pid) in _STOPPED_STATES,
                 "pid": pid,
                 "port": self.port_of(instance),
                 "log": str(self.logs_path(instance)),
@@ -470,7 +527,9 @@ class Stack:
     def _ports_of(self, component: str, instance: str) -> list[int]:
         ports = [self.port_of(instance)]
         if component == "kafka":
-            ports.append(self.config.port_of("kafka_controller"))
+            ports += [self.config.port_of("kafka_controller"), self.config.port_of("kafka_proxied")]
+        if component == FAULT_PROXY:
+            ports += [self.config.proxy_address(server)[1] for server in PROXIED]
         return ports
 
     def _plan(self, component: str, instance: str, env: Mapping[str, str] | None) -> _Launch:
@@ -540,6 +599,8 @@ class Stack:
                 timeout,
                 stop_timeout,
             )
+        if component == FAULT_PROXY:
+            return self._plan_toxiproxy(base_env, timeout, stop_timeout)
         if component == "smtp":
             port = c.port_of("smtp")
             argv = [
@@ -608,6 +669,45 @@ class Stack:
             stop_timeout,
         )
 
+    def _plan_toxiproxy(self, env: dict[str, str], timeout: float, stop_timeout: float) -> _Launch:
+        from stack.gotools import TOXIPROXY  # not at import: `python -m stack.gotools` runs first
+
+        c = self.config
+        if not TOXIPROXY.installed():
+            raise StackError(
+                FAULT_PROXY,
+                f"{TOXIPROXY.binary} is not built: `python -m stack.gotools toxiproxy-server` "
+                "(or `make test-tools`) builds it",
+            )
+        argv = [str(TOXIPROXY.binary), "-host", HOST, "-port", str(c.port_of(FAULT_PROXY))]
+        client = self.toxiproxy()
+        routes = {
+            server: (
+                "{}:{}".format(*c.proxy_address(server)),
+                "{}:{}".format(*c.proxy_upstream(server)),
+            )
+            for server in PROXIED
+        }
+
+        def create_proxies() -> bool:
+            # One proxy per server, created once; a server that is down only makes its
+            # proxy's connections fail, like a direct connection would.
+            try:
+                client.ensure_proxies(routes)
+            except Exception:
+                return False
+            return True
+
+        return _Launch(
+            argv,
+            c.root,
+            env,
+            lambda: probes.http_ready(HOST, c.port_of(FAULT_PROXY), "/version"),
+            timeout,
+            stop_timeout,
+            after_ready=create_proxies,
+        )
+
     def _venv_bin(self, name: str) -> Path:
         candidate = self.config.python.parent / name
         if candidate.exists():
@@ -647,15 +747,24 @@ class Stack:
     def _kafka_properties(self) -> Path:
         c = self.config
         port, controller = c.port_of("kafka"), c.port_of("kafka_controller")
+        proxied, via_proxy = c.port_of("kafka_proxied"), c.proxy_address("kafka")[1]
         props = {
             # One combined broker+controller node (KRaft, no ZooKeeper).
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{HOST}:{controller}",
-            "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+            # PROXIED is a listener of its own for clients routed through the fault proxy:
+            # metadata answers advertise the listener a request came in on, so a client that
+            # bootstrapped through the proxy is sent back to the proxy, never around it.
+            "listeners": (
+                f"PLAINTEXT://{HOST}:{port},PROXIED://{HOST}:{proxied},"
+                f"CONTROLLER://{HOST}:{controller}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{port},PROXIED://{HOST}:{via_proxy}",
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": (
+                "PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT,CONTROLLER:PLAINTEXT"
+            ),
             "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": str(c.data_dir("kafka")),
             "num.partitions": str(TOPIC_PARTITIONS),
@@ -798,4 +907,13 @@ def _signal_group(pid: int, signum: signal.Signals) -> None:
         os.killpg(pid, signum)
 
 
-__all__ = ["INFRA", "SERVICES", "Stack", "StackError", "component_of", "service_exists", "tail"]
+__all__ = [
+    "FAULT_PROXY",
+    "INFRA",
+    "SERVICES",
+    "Stack",
+    "StackError",
+    "component_of",
+    "service_exists",
+    "tail",
+]

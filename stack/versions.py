@@ -34,3 +34,7 @@ PROMETHEUS_MODULE_VERSION: Final = "v0.316.0"
 # docker-compose.yml. The Go module keeps v1 tags: v1.76.0 is the release of Jaeger v2.13.0.
 JAEGER_MODULE_VERSION: Final = "v1.76.0"
 JAEGER_IMAGE_VERSION: Final = "2.13.0"
+
+# Toxiproxy (Shopify's TCP fault proxy): built from the Go module proxy (stack/gotools.py) for the
+# failure-injection suite's proxied links; not part of the compose file.
+TOXIPROXY_VERSION: Final = "v2.12.0"

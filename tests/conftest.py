@@ -47,11 +47,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(autouse=True)
 def _restore_stopped_infra(request: pytest.FixtureRequest) -> None:
-    """Before each test that uses ``stack``: restart any infra component an earlier test left
-    stopped or killed, so one failed chaos test does not fail every test after it."""
+    """Before each test that uses ``stack``: resume or restart any infra component an earlier
+    test left paused, stopped or killed, so one failed chaos test does not fail every test
+    after it."""
     if "stack" not in request.fixturenames:
         return
     running: Stack = request.getfixturevalue("stack")
     for name in INFRA:
+        if running.is_paused(name):
+            running.resume(name)
         if not running.is_running(name):
             running.start(name)

@@ -665,6 +665,15 @@ class Publisher:
                     if outcome[index] is None:
                         outcome[index] = _Collateral()
                 return
+            if not self._lease.is_held():
+                # Our lease ran out while the batch was in flight (the process was paused, or
+                # the sends were slow): a standby may lead already and its producer may not have
+                # fenced ours yet. Committing now would publish as a deposed leader; abort, and
+                # leave the events Pending for whoever leads.
+                with contextlib.suppress(Exception):
+                    await self._guard(producer.abort_transaction())
+                await self._discard_producer()
+                raise Fenced("the lease lapsed before the commit; batch aborted")
             await self._guard(producer.commit_transaction())
 
     async def _guard(self, awaitable: Any) -> Any:

@@ -56,7 +56,9 @@ from shared.kafka import REQUEST_TIMEOUT_MS, decode_headers, make_producer
 from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from shared.redis import make_redis
-from stack import INFRA, SERVICES, Stack
+from stack import FAULT_PROXY, INFRA, SERVICES, Stack
+
+# The supervisor's rule, which knows every component (the console and the optional ones too).
 from stack.supervisor import component_of
 from tests.e2e.chaos.invariants import (
     Attempt,
@@ -592,10 +594,16 @@ class Pipeline:
         return proc.returncode, out.decode("utf-8", "replace")
 
     async def restore(self) -> None:
-        """Infra up, extra instances gone, the four services running with the suite defaults."""
+        """Infra up, nothing paused, the fault proxy clean, extra instances gone, the four
+        services running with the suite defaults."""
+        for instance, entry in self.stack.status().items():
+            if entry["paused"]:
+                await asyncio.to_thread(self.stack.resume, instance)
         for name in INFRA:
             if not self.is_running(name):
                 await self.start(name)
+        if self.is_running(FAULT_PROXY):
+            await asyncio.to_thread(self.stack.toxiproxy().reset)
         await self.disarm_mongo_failpoints()
         for instance in list(self.stack.status()):
             if component_of(instance) in SERVICES and instance not in SERVICES:
