@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from shared.contracts import ORDER_TOPICS, TOPIC_PARTITIONS
-from shared.outbox import OutboxField
+from shared.outbox import OUTBOX_COLLECTION, OutboxField
 from stack import FAULT_PROXY, Stack
 from stack.toxiproxy import Toxiproxy
 from tests.e2e.chaos.faults import (
@@ -273,7 +273,7 @@ async def test_relay_kafka_link_away_for_60s_fails_no_event(chaos: Chaos) -> Non
     # failed rounds than the limit that fails an unpublishable event, none was Failed (the
     # invariants), and no round was charged to an event's own budget.
     rounds, charged = 0, 0
-    async for doc in chaos.pipeline.mongo[ORDERS_DB]["outbox"].find(
+    async for doc in chaos.pipeline.mongo[ORDERS_DB][OUTBOX_COLLECTION].find(
         {OutboxField.CREATED_AT: {"$gte": chaos.started_at}}
     ):
         rounds = max(rounds, int(doc.get(OutboxField.TRANSIENT_ATTEMPTS) or 0))
