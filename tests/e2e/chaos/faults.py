@@ -55,6 +55,19 @@ async def start_proxied(
     chaos.note(f"{instance} started through the fault proxy to {', '.join(servers)}")
 
 
+async def metric(chaos: Chaos, instance: str, name: str, *, within: float = 15.0) -> float:
+    """A counter or gauge of ``instance`` (0 when absent). A health port that is slow to answer
+    (a loaded machine, a process catching up after a fault) is asked again, within ``within``."""
+    found: list[float] = []
+
+    async def read() -> bool:
+        found[:] = [await chaos.metric(instance, name) or 0.0]
+        return True
+
+    await wait_until(read, timeout=within, interval=0.2, message=f"{instance} {name}")
+    return found[0]
+
+
 async def is_leader(chaos: Chaos, instance: str) -> bool:
     return await chaos.metric(instance, "relay_is_leader") == 1.0
 

@@ -28,6 +28,7 @@ from tests.e2e.chaos.faults import (
     judge,
     log_since,
     log_size,
+    metric,
     pause,
     proxy,
     resume,
@@ -112,8 +113,8 @@ async def test_relay_leader_paused_past_its_lease_mid_batch(chaos: Chaos) -> Non
     ):
         await load.wait_accepted(5)
         for _ in range(CATCH_ATTEMPTS):
-            published = await chaos.metric("relay", "relay_published_total") or 0.0
-            failed = await chaos.metric("relay", "relay_events_failed_total") or 0.0
+            published = await metric(chaos, "relay", "relay_published_total")
+            failed = await metric(chaos, "relay", "relay_events_failed_total")
             await pause(chaos, "relay")
             # A commit the leader sent just before it froze may still be on the slow link; a
             # transaction still open after that long is one the frozen leader has not
@@ -145,11 +146,11 @@ async def test_relay_leader_paused_past_its_lease_mid_batch(chaos: Chaos) -> Non
     # Neither a Published mark nor a Failed status from the zombie: its counters did not move.
     zombie = [
         f"the resumed leader wrote {after - before:.0f} {what} status(es) after losing its lease"
-        for what, metric, before in (
+        for what, series, before in (
             ("Published", "relay_published_total", published),
             ("Failed", "relay_events_failed_total", failed),
         )
-        if (after := await chaos.metric("relay", metric) or 0.0) != before
+        if (after := await metric(chaos, "relay", series)) != before
     ]
     chaos.recovered()
     evaluation = await chaos.settle()
@@ -187,8 +188,8 @@ async def test_relay_leader_partitioned_from_mongo_past_its_lease(chaos: Chaos) 
         await wait_leader(chaos, "relay-2")
         chaos.note(f"relay-2 took over {time.monotonic() - cut_at:.1f}s after the partition")
         # Whatever the old leader marks from here on would be a zombie's write.
-        published = await chaos.metric("relay", "relay_published_total")
-        failed = await chaos.metric("relay", "relay_events_failed_total")
+        published = await metric(chaos, "relay", "relay_published_total")
+        failed = await metric(chaos, "relay", "relay_events_failed_total")
         await load.wait_more_accepted(8)
         for name in toxics:
             await in_thread(proxy(chaos).remove_toxic, "mongo", name)
@@ -201,8 +202,8 @@ async def test_relay_leader_partitioned_from_mongo_past_its_lease(chaos: Chaos) 
         )
         assert await is_leader(chaos, "relay-2"), "the healed zombie took the lease back"
         await load.wait_more_accepted(5)
-    assert await chaos.metric("relay", "relay_published_total") == published
-    assert await chaos.metric("relay", "relay_events_failed_total") == failed
+    assert await metric(chaos, "relay", "relay_published_total") == published
+    assert await metric(chaos, "relay", "relay_events_failed_total") == failed
     chaos.recovered()
     await chaos.verify()
 
@@ -373,8 +374,8 @@ async def test_slow_smtp_longer_than_the_claim_lease_with_a_rebalance(chaos: Cha
         await load.wait_more_accepted(2)
     chaos.recovered()
     evaluation = await chaos.verify(within=90)
-    total = await chaos.metric("email", "consumer_processing_seconds_sum") or 0.0
-    count = await chaos.metric("email", "consumer_processing_seconds_count") or 0.0
+    total = await metric(chaos, "email", "consumer_processing_seconds_sum")
+    count = await metric(chaos, "email", "consumer_processing_seconds_count")
     assert count, "the slow email consumer processed nothing"
     chaos.note(
         f"an email took {total / count:.1f}s on average (claim lease {CLAIM_LEASE_SECONDS}s); "
