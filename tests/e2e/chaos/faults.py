@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from shared.health import READY_TIMEOUT_SECONDS
 from shared.kafka import REQUEST_TIMEOUT_MS
 from stack.toxiproxy import Toxiproxy
 from tests.e2e.chaos.harness import Chaos, _partitions
@@ -56,12 +57,14 @@ async def start_proxied(
 
 
 async def metric(chaos: Chaos, instance: str, name: str, *, within: float = 15.0) -> float:
-    """A counter or gauge of ``instance`` (0 when absent). A health port that is slow to answer
-    (a loaded machine, a process catching up after a fault) is asked again, within ``within``."""
+    """A counter or gauge of ``instance`` (0 when absent), asked again within ``within`` when
+    the health port is slow. /metrics runs the readiness checks first (up to
+    ``READY_TIMEOUT_SECONDS``), so a service cut from a dependency answers it that much later."""
     found: list[float] = []
 
     async def read() -> bool:
-        found[:] = [await chaos.metric(instance, name) or 0.0]
+        value = await chaos.metric(instance, name, http_timeout=READY_TIMEOUT_SECONDS + 2)
+        found[:] = [value or 0.0]
         return True
 
     await wait_until(read, timeout=within, interval=0.2, message=f"{instance} {name}")

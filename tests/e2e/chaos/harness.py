@@ -806,10 +806,10 @@ class Chaos:
             )
         )
 
-    async def metric(self, instance: str, name: str) -> float | None:
+    async def metric(self, instance: str, name: str, *, http_timeout: float = 2.0) -> float | None:
         """One sample of a Prometheus metric from the instance's /metrics (None: absent)."""
         url = f"http://127.0.0.1:{self.pipeline.port_of(instance)}/metrics"
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        async with httpx.AsyncClient(timeout=http_timeout) as client:
             text = (await client.get(url)).text
         for line in text.splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
