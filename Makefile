@@ -13,7 +13,7 @@ KAFKA_LIBS := .stack/kafka/libs
 SETUP_STAMP := $(VENV)/.installed
 KAFKA_STAMP := $(KAFKA_LIBS)/.resolved
 
-.PHONY: help setup test-tools redis-server chromium promtool jaeger toxiproxy up down demo test test-unit test-integration test-e2e chaos \
+.PHONY: help setup test-tools redis-server wrk chromium promtool jaeger toxiproxy up down demo test test-unit test-integration test-e2e chaos \
 	bench lint
 
 help:
@@ -131,7 +131,23 @@ test-e2e: setup toxiproxy
 chaos: setup toxiproxy
 	$(call run_pytest,-m chaos tests)
 
-bench: setup
+# wrk (Debian's package) is the bench's HTTP load generator: only `make bench` needs it, so it is
+# installed here and not by `setup`. Without it the bench still runs, says wrk did not run, and
+# takes the API's ratio from httpx.
+wrk:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "bench: installing Debian's wrk with apt-get"; \
+	    apt-get update -qq && apt-get install -y -qq wrk; \
+	  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+	    sudo apt-get update -qq && sudo apt-get install -y -qq wrk; \
+	  else \
+	    echo "bench: wrk is missing and cannot be installed here; the API figure will come" \
+	         "from httpx only (install wrk 4.x to measure it the issue's way)." >&2; \
+	  fi; }
+
+# Every phase, the capacity ramp included. The ramp alone: `.venv/bin/python -m bench capacity`.
+bench: setup wrk
 	$(BIN)/python -m bench
 
 lint: setup

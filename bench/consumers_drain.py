@@ -1,43 +1,36 @@
-"""Consumer throughput from a backlog, and the Redis cost of the dedup check.
+"""Consumers phase: each consumer's drain rate from a backlog, and its Redis cost per message.
 
-``python -m bench.consumers_drain [--events 20000]`` against ``KAFKA_BOOTSTRAP_SERVERS`` /
-``MONGO_URI`` / ``REDIS_URL`` / ``SMTP_HOST:SMTP_PORT`` (the embedded stack by default). It
-produces ``--events`` order.created records to a private topic (6 partitions), then lets each
-consumer, in-process and with its real handler, drain the backlog from a fresh consumer group:
-
-1. **inventory**: claim, one MongoDB transaction per event (reservation + stock decrement), mark.
-2. **duplicates**: inventory again on the same backlog with a new group: every record is a
-   duplicate, so this is the cost of recognising one (one Redis round trip, nothing else).
-3. **email**: claim, one SMTP conversation per event (the sink fsyncs one .eml per message),
-   mark; timed on the first ``--email-events`` records of the backlog (default: all).
-
-For each: messages per second over the drain (first record done to last) and from start (with
-the group join), and Redis round trips per message counted by the idempotency store.
+``plan.consumer_backlog`` order.created records go to a private topic (6 partitions); then each
+consumer, in-process and with its real handler (``IdempotentConsumer``), drains the backlog from
+a fresh consumer group, bounded in time: inventory (claim, one MongoDB transaction, mark), email
+(claim, one SMTP conversation, mark), then the article's consumer (both side effects, one message
+at a time). The rate runs from the first finished record (the group join is reported apart).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from bench.article_consumer import ArticleConsumerConfig, ArticleConsumerStats, run_article_consumer
+from bench.e2e_latency import seed_bench_stock
+from bench.run import Run
 from services.email.handlers import make_sender
 from services.email.settings import EmailSettings
 from services.inventory.handlers import ReservationHandler
 from services.inventory.models import STOCK, ensure_indexes
 from services.inventory.settings import InventorySettings
-from shared.consumer import ConsumerServiceSettings, Delivery, IdempotentConsumer
+from shared.consumer import Delivery, IdempotentConsumer
 from shared.contracts import EVENT_ORDER_CREATED, TOPIC_PARTITIONS, Header, dlq_topic_for
 from shared.events import OrderCreated, parse_order_created
 from shared.kafka import encode_headers, ensure_topics, make_producer
 from shared.mongo import make_mongo_client
 from shared.redis import make_redis
-from shared.settings import InfraSettings
+from stack.observe import wait_for_topics
 
 Handler = Callable[[OrderCreated, Delivery], Awaitable[str]]
 
@@ -79,125 +72,129 @@ async def produce_backlog(bootstrap: str, topic: str, events: int) -> None:
 
 
 async def drain(
-    name: str,
-    settings: ConsumerServiceSettings,
-    service: str,
-    handler: Handler,
-    redis_url: str,
-    events: int,
+    settings: Any, service: str, handler: Any, redis_url: str, events: int, limit: float
 ) -> dict[str, Any]:
+    """One consumer service's loop (``IdempotentConsumer``, its real handler) on the backlog,
+    until it handled ``events`` or ``limit`` seconds passed; the rate is over what it handled,
+    from the first finished record (the group join is reported separately)."""
     redis = make_redis(redis_url)
     consumer = IdempotentConsumer(
         settings, service=service, redis=redis, parse=parse_order_created, handler=handler
     )
-    first: float | None = None
 
-    def done() -> float:
+    def handled() -> int:
         total = 0.0
         for metric in consumer.metrics.registry.collect():
             if metric.name == "consumer_messages_processed":
                 total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
-        return total
+        return int(total)
 
     stop = asyncio.Event()
     started = time.perf_counter()
+    first: float | None = None
     task = asyncio.create_task(consumer.run(stop))
     try:
-        while (count := done()) < events:
+        while (count := handled()) < events and time.perf_counter() - started < limit:
             if first is None and count > 0:
                 first = time.perf_counter()
             if task.done():
                 task.result()
-                raise RuntimeError(f"{name}: consumer stopped early")
-            await asyncio.sleep(0.05)  # polling a counter, not synchronising on time
+                raise RuntimeError(f"{service}: consumer stopped early")
+            await asyncio.sleep(0.05)  # polling an in-process counter, bounded by ``limit``
         finished = time.perf_counter()
+        count = handled()
     finally:
         stop.set()
-        await task
+        await asyncio.wait_for(task, 60)
         await redis.aclose()
     first = first or started
     return {
-        "consumer": name,
-        "events": events,
-        "seconds_from_start": round(finished - started, 2),
-        "msgs_per_s_from_start": round(events / (finished - started), 1),
-        "msgs_per_s_drain": round(events / max(finished - first, 1e-9), 1),
-        "redis_round_trips_per_msg": round(consumer.store.round_trips / events, 3),
-        "duplicates": int(consumer.metrics.duplicates._value.get()),
+        "msgs_per_s": round(count / max(finished - first, 1e-9), 1),
+        "handled": count,
+        "complete": count >= events,
+        "join_seconds": round(first - started, 2),
+        "redis_round_trips_per_msg": round(consumer.store.round_trips / max(1, count), 3),
     }
 
 
-def report(row: dict[str, Any]) -> None:
-    print(json.dumps(row), flush=True)
-
-
-async def main_async(events: int, email_events: int) -> list[dict[str, Any]]:
-    infra = InfraSettings()
-    suffix = uuid.uuid4().hex[:8]
-    topic = f"bench.consumers.{suffix}"
-    database = f"bench_inventory_{suffix}"
-    await ensure_topics(
-        infra.kafka_bootstrap_servers, [topic, dlq_topic_for(topic)], TOPIC_PARTITIONS
+async def _article_consumer_drain(
+    run: Run, topic: str, events: int, limit: float
+) -> dict[str, Any]:
+    """The article's consumer (both side effects, one message at a time) on the same backlog."""
+    cfg = run.config
+    database = f"bench_cons_art_{run.run_id}"
+    await seed_bench_stock(cfg.mongo_uri, database)
+    config = ArticleConsumerConfig(
+        bootstrap=cfg.kafka_bootstrap,
+        mongo_uri=cfg.mongo_uri,
+        redis_url=cfg.redis_url,
+        group=f"bench-article-drain-{run.run_id}",
+        topic=topic,
+        database=database,
+        offset_reset="earliest",
     )
-    await produce_backlog(infra.kafka_bootstrap_servers, topic, events)
+    stats = ArticleConsumerStats()
+    stop = asyncio.Event()
+    complete = True
+    try:
+        await asyncio.wait_for(
+            run_article_consumer(config, EmailSettings(), stop, stats=stats, limit=events), limit
+        )
+    except TimeoutError:
+        complete = False  # the rate so far is still a measured rate; say it was cut short
+    finally:
+        client = make_mongo_client(cfg.mongo_uri, 30.0, "bench-cleaner")
+        await client.drop_database(database)
+        await client.close()
+    return {
+        "msgs_per_s": round(stats.rate(), 1),
+        "handled": stats.processed,
+        "complete": complete,
+        "redis_round_trips_per_msg": round(stats.redis_round_trips / max(1, stats.processed), 3),
+        "note": "inventory and email side effects in one sequential consumer (the article's)",
+    }
 
-    mongo = make_mongo_client(infra.mongo_uri, infra.mongo_timeout_seconds, "bench")
+
+async def run_phase(run: Run) -> None:
+    """Each consumer's drain rate from one backlog on a private topic, then the article's
+    consumer on the same backlog."""
+    from services.email.settings import EmailSettings
+
+    cfg = run.config
+    events = run.plan.consumer_backlog
+    topic = f"bench.consumers.{run.run_id}"
+    database = f"bench_cons_inv_{run.run_id}"
+    await ensure_topics(cfg.kafka_bootstrap, [topic, dlq_topic_for(topic)], TOPIC_PARTITIONS)
+    await wait_for_topics(cfg.kafka_bootstrap, [topic], 60)
+    await asyncio.wait_for(produce_backlog(cfg.kafka_bootstrap, topic, events), 120)
+    mongo = make_mongo_client(cfg.mongo_uri, 30.0, "bench-consumers")
     # The email handler's per-order state (confirmation vs cancellation) lives in Redis.
-    states_redis = make_redis(infra.redis_url)
-    results = []
+    states_redis = make_redis(cfg.redis_url)
+    figures: dict[str, Any] = {"backlog": events, "topic_partitions": TOPIC_PARTITIONS}
+    limit = run.plan.consumer_timeout_seconds
     try:
         await ensure_indexes(mongo, database)
         await mongo[database][STOCK].insert_many(
             [{"sku": f"SKU-{n}", "available": 10 * events} for n in range(1, 6)]
         )
         common: dict[str, Any] = {"topic": topic, "port": 0}
-        # Inventory first, then the duplicates pass reusing inventory's key space (a new group
-        # re-reads the backlog; every key already says done), then email.
-        inventory = InventorySettings(group_id=f"bench-inv-{suffix}", database=database, **common)
-        handler = ReservationHandler(mongo, database).handle
-        service = f"bench-inv-{suffix}"
-        results.append(
-            await drain("inventory", inventory, service, handler, infra.redis_url, events)
+        inventory = InventorySettings(
+            group_id=f"bench-inv-{run.run_id}", database=database, **common
         )
-        report(results[-1])
-        again = InventorySettings(group_id=f"bench-inv2-{suffix}", database=database, **common)
-        results.append(
-            await drain(
-                "inventory (all duplicates)", again, service, handler, infra.redis_url, events
+        email = EmailSettings(group_id=f"bench-email-{run.run_id}", **common)
+        plan: list[tuple[str, Any, Any]] = [
+            ("inventory", inventory, ReservationHandler(mongo, database).handle),
+            ("email", email, make_sender(email, states_redis).handle),
+        ]
+        for name, settings, handler in plan:
+            recorders = run.start_profile(f"consumer_{name}", None)
+            figures[name] = await drain(
+                settings, f"bench-{name}-{run.run_id}", handler, cfg.redis_url, events, limit
             )
-        )
-        report(results[-1])
-        email = EmailSettings(group_id=f"bench-email-{suffix}", **common)
-        results.append(
-            await drain(
-                "email",
-                email,
-                f"bench-email-{suffix}",
-                make_sender(email, states_redis).handle,
-                infra.redis_url,
-                email_events,
-            )
-        )
-        report(results[-1])
+            await run.finish_profile(f"consumer_{name}", recorders)
+        figures["article"] = await _article_consumer_drain(run, topic, events, limit)
     finally:
+        run.results["consumers"] = figures
         await mongo.drop_database(database)
         await mongo.close()
         await states_redis.aclose()
-    return results
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.consumers_drain")
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument(
-        "--email-events",
-        type=int,
-        default=None,
-        help="time the email consumer on the first N records of the backlog (default: all)",
-    )
-    args = parser.parse_args()
-    asyncio.run(main_async(args.events, args.email_events or args.events))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,13 @@
-"""End-to-end latency: from the order API's 201 to the reservation written and the email received.
+"""End-to-end latency: from an order's scheduled send time to the reservation written and the
+email received.
 
 Clocks: every timestamp is the wall clock of this one machine (``time.time()`` in the load
 generator, the server's commit ``wallTime`` in MongoDB, the SMTP sink's ``time_ns()`` in each
 ``.eml`` file name), so differences between them are meaningful.
 
-* **201**: when the response reached the load generator (``time.time()`` after the body).
+* **Scheduled send**: ``t0 + i / rate`` for order ``i``, the moment the open-loop schedule
+  meant to send it: a sender or API that falls behind shows as latency (no coordinated
+  omission). **201**: when the response reached the load generator (a diagnostic split).
 * **Reservation written**: the ``wallTime`` of the insert in a change stream on
   ``<inventory db>.reservations``: the commit time of the inventory transaction (millisecond
   resolution), not the moment we happened to look.
@@ -12,16 +15,17 @@ generator, the server's commit ``wallTime`` in MongoDB, the SMTP sink's ``time_n
   ``DATA`` arrived; the order id is read from the ``Subject`` line.
 
 The load is open-loop: order ``i`` is sent at ``t0 + i / rate`` whether or not earlier ones have
-answered, so a slow pipeline shows up as latency instead of being hidden by a slower sender.
-Orders whose reservation or email did not arrive within the settle timeout count as infinitely
-late in the percentiles (a p99 then reads "> timeout" rather than a flattering number).
+answered. In-flight requests are capped (memory, sockets); every time the cap makes a send wait
+is counted (``in_flight_cap_hits``): the load was closed-loop for that long. ``achieved_rate``
+counts only the sends that left inside the measured window. Orders whose reservation or email
+did not arrive within the settle timeout count as infinitely late in the percentiles, and are
+then diagnosed: **late** (arrived during a further grace period) or **lost** (never arrived).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import re
 import time
 from collections.abc import Callable
@@ -30,18 +34,24 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
+from bench.stats import Distribution, achieved_rate, open_loop_schedule
 from shared.contracts import ORDER_CREATED_TOPIC
 from shared.mongo import make_mongo_client
+from stack.observe import Inbox, topic_partitions
 
 BENCH_SKUS: Final = tuple(f"BENCH-SKU-{n}" for n in range(1, 9))
 # Enough stock that no benchmark order is ever rejected for want of it.
 BENCH_STOCK: Final = 1_000_000_000
-_SUBJECT = re.compile(rb"^Subject: Order ([0-9a-f]{24}) confirmed", re.MULTILINE)
+_SUBJECT = re.compile(r"^Order ([0-9a-f]{24}) confirmed")
 # At most this many requests in flight: bounds memory and sockets if the API stalls.
 MAX_IN_FLIGHT: Final = 256
 HTTP_TIMEOUT_SECONDS: Final = 10.0
+# After the settle window, how long a missing order may still arrive to count as late, not lost.
+GRACE_SECONDS: Final = 15.0
+# Order ids listed per diagnosis (the counts are complete).
+LISTED_IDS: Final = 20
 
 
 def order_body(n: int) -> dict[str, Any]:
@@ -69,36 +79,14 @@ async def seed_bench_stock(mongo_uri: str, database: str) -> None:
         await client.close()
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..100) of an ascending list; ``inf`` entries allowed."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 @dataclass
-class Distribution:
-    """Latency figures in milliseconds; ``missing`` orders count as infinitely late."""
+class Missing:
+    """Orders without a reservation or an email at the end of the settle window."""
 
-    count: int
-    missing: int
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
-
-    @classmethod
-    def of(cls, latencies_ms: list[float], missing: int) -> Distribution:
-        values = sorted(latencies_ms) + [math.inf] * missing
-        return cls(
-            count=len(latencies_ms),
-            missing=missing,
-            p50_ms=round(percentile(values, 50), 1),
-            p95_ms=round(percentile(values, 95), 1),
-            p99_ms=round(percentile(values, 99), 1),
-            max_ms=round(values[-1], 1) if values else math.nan,
-        )
+    late: int = 0
+    lost: int = 0
+    lost_ids: list[str] = field(default_factory=list)
+    late_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -110,11 +98,21 @@ class LatencyResult:
     created: int = 0
     errors: int = 0
     achieved_rate: float = 0.0
+    in_flight_cap_hits: int = 0
     settle_timeout_seconds: float = 0.0
     published: Distribution | None = None
     reservation: Distribution | None = None
     email: Distribution | None = None
+    reservation_from_201: Distribution | None = None
+    missing_reservation: Missing = field(default_factory=Missing)
+    missing_email: Missing = field(default_factory=Missing)
     notes: list[str] = field(default_factory=list)
+
+    def incomplete(self) -> int:
+        """Orders that did not complete every step within the settle window."""
+        return (self.reservation.missing if self.reservation else self.created) + (
+            self.email.missing if self.email else self.created
+        )
 
 
 class _ReservationWatcher:
@@ -188,15 +186,7 @@ class _KafkaWatcher:
 
     async def start(self) -> None:
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(self._topic)
-        for _ in range(100):
-            if partitions:
-                break
-            await self._consumer._client.force_metadata_update()  # metadata is fetched lazily
-            partitions = self._consumer.partitions_for_topic(self._topic)
-        if not partitions:
-            raise RuntimeError(f"topic {self._topic} has no partitions")
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(self._consumer, self._topic)
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)
         for tp in tps:
@@ -221,65 +211,53 @@ class _KafkaWatcher:
 
 
 class _EmailScanner:
-    """Reads new ``.eml`` files of the sink: ``orderId -> receipt time`` (first copy wins)."""
+    """``orderId -> receipt time`` of the sink's new messages (first copy wins)."""
 
-    def __init__(self, directory: Path, since_ns: int) -> None:
-        self._directory = directory
-        self._since_ns = since_ns
-        self._seen: set[str] = set()
+    def __init__(self, directory: Path) -> None:
+        self._inbox = Inbox(directory)
+        self._inbox.mark_start()
         self.received: dict[str, float] = {}
 
     def scan(self) -> None:
-        try:
-            names = [e.name for e in _scandir(self._directory)]
-        except FileNotFoundError:
-            return
-        for name in names:
-            if not name.endswith(".eml") or name in self._seen:
-                continue
-            stamp_text = name.split("-", 1)[0]
-            if not stamp_text.isdigit() or int(stamp_text) < self._since_ns:
-                self._seen.add(name)
-                continue
-            self._seen.add(name)
-            try:
-                head = (self._directory / name).read_bytes()[:4096]
-            except OSError:
-                continue
-            match = _SUBJECT.search(head)
-            if match:
-                order_id = match.group(1).decode()
-                self.received.setdefault(order_id, int(stamp_text) / 1e9)
+        for mail in self._inbox.scan():
+            match = _SUBJECT.match(mail.subject)
+            if match and mail.received_at is not None:
+                self.received.setdefault(match.group(1), mail.received_at)
 
 
-def _scandir(directory: Path) -> list[Any]:
-    import os
+@dataclass
+class _Sent:
+    """What the sender recorded: per created order its scheduled send and its 201 (wall
+    clock), and every send's actual offset from the start."""
 
-    with os.scandir(directory) as entries:
-        return list(entries)
+    scheduled: dict[str, float] = field(default_factory=dict)
+    answered: dict[str, float] = field(default_factory=dict)
+    send_offsets: list[float] = field(default_factory=list)
 
 
 async def _send_orders(
     api_url: str,
     rate: float,
     duration: float,
-    created: dict[str, float],
+    sent: _Sent,
     result: LatencyResult,
     body_for: Callable[[int], dict[str, Any]],
 ) -> None:
-    total = max(1, int(rate * duration))
+    schedule = open_loop_schedule(rate, duration)
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
     async with httpx.AsyncClient(
         base_url=api_url, timeout=HTTP_TIMEOUT_SECONDS, limits=limits
     ) as client:
 
-        async def one(n: int) -> None:
+        async def one(n: int, due_wall: float) -> None:
             try:
                 response = await client.post("/orders", json=body_for(n))
                 answered = time.time()
                 if response.status_code == 201:
-                    created[response.json()["id"]] = answered
+                    order_id = response.json()["id"]
+                    sent.scheduled[order_id] = due_wall
+                    sent.answered[order_id] = answered
                 else:
                     result.errors += 1
             except httpx.HTTPError:
@@ -289,20 +267,30 @@ async def _send_orders(
 
         tasks: list[asyncio.Task[None]] = []
         started = time.monotonic()
-        for n in range(total):
-            due = started + n / rate
-            delay = due - time.monotonic()
+        started_wall = time.time()
+        for n, offset in enumerate(schedule):
+            delay = started + offset - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)  # the open-loop schedule, not a synchronisation wait
+            if in_flight.locked():
+                result.in_flight_cap_hits += 1  # this send waits for an answer: closed loop
             await in_flight.acquire()
-            tasks.append(asyncio.create_task(one(n)))
+            sent.send_offsets.append(time.monotonic() - started)
+            tasks.append(asyncio.create_task(one(n, started_wall + offset)))
             result.sent += 1
         await asyncio.wait_for(
             asyncio.gather(*tasks, return_exceptions=True), timeout=HTTP_TIMEOUT_SECONDS + 5
         )
-        elapsed = time.monotonic() - started
-    result.created = len(created)
-    result.achieved_rate = round(result.sent / elapsed, 1) if elapsed > 0 else 0.0
+    result.created = len(sent.scheduled)
+    result.achieved_rate = achieved_rate(sent.send_offsets, duration)
+
+
+def _diagnose(missing: set[str], arrived_later: set[str]) -> Missing:
+    late = sorted(missing & arrived_later)
+    lost = sorted(missing - arrived_later)
+    return Missing(
+        late=len(late), lost=len(lost), late_ids=late[:LISTED_IDS], lost_ids=lost[:LISTED_IDS]
+    )
 
 
 async def measure_e2e(
@@ -316,10 +304,12 @@ async def measure_e2e(
     rate: float,
     duration: float,
     settle_timeout: float,
+    grace_seconds: float = GRACE_SECONDS,
     body_for: Callable[[int], dict[str, Any]] = order_body,
 ) -> LatencyResult:
     """Send ``rate`` orders/s for ``duration`` s, then wait up to ``settle_timeout`` s for every
-    reservation and email; return the latency distributions from 201 to each."""
+    reservation and email; return the latency distributions from the scheduled send to each,
+    and say of every order still missing whether it arrived during ``grace_seconds`` more."""
     result = LatencyResult(
         design=design,
         target_rate=round(rate, 1),
@@ -334,28 +324,42 @@ async def measure_e2e(
     except BaseException:
         await watcher.close()
         raise
-    scanner = _EmailScanner(smtp_dir, since_ns=time.time_ns())
-    created: dict[str, float] = {}
-    try:
-        await _send_orders(api_url, rate, duration, created, result, body_for)
-        deadline = time.monotonic() + settle_timeout
-        while time.monotonic() < deadline:
-            scanner.scan()
-            if all(o in watcher.committed and o in scanner.received for o in created):
-                break
-            await asyncio.sleep(0.2)  # poll interval of the settle wait, bounded by its deadline
+    scanner = _EmailScanner(smtp_dir)
+    sent = _Sent()
+
+    def complete() -> bool:
         scanner.scan()
+        return all(o in watcher.committed and o in scanner.received for o in sent.scheduled)
+
+    try:
+        await _send_orders(api_url, rate, duration, sent, result, body_for)
+        deadline = time.monotonic() + settle_timeout
+        while not complete() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)  # poll interval of the settle wait, bounded by its deadline
+        reserved, mailed = set(watcher.committed), set(scanner.received)
+        missing_r = set(sent.scheduled) - reserved
+        missing_e = set(sent.scheduled) - mailed
+        if missing_r or missing_e:
+            grace = time.monotonic() + grace_seconds
+            while not complete() and time.monotonic() < grace:  # noqa: ASYNC110
+                await asyncio.sleep(0.5)  # poll interval of the grace wait, bounded by it
+            result.missing_reservation = _diagnose(missing_r, set(watcher.committed))
+            result.missing_email = _diagnose(missing_e, set(scanner.received))
     finally:
         await watcher.close()
         await kafka.close()
     if watcher.fallbacks:
         result.notes.append(f"{watcher.fallbacks} reservations timed at observation (no wallTime)")
-    reservations = [
-        (watcher.committed[o] - t) * 1000 for o, t in created.items() if o in watcher.committed
-    ]
-    emails = [(scanner.received[o] - t) * 1000 for o, t in created.items() if o in scanner.received]
-    published = [(kafka.visible[o] - t) * 1000 for o, t in created.items() if o in kafka.visible]
-    result.published = Distribution.of(published, len(created) - len(published))
-    result.reservation = Distribution.of(reservations, len(created) - len(reservations))
-    result.email = Distribution.of(emails, len(created) - len(emails))
+
+    def latencies(
+        arrivals: dict[str, float], within: set[str], start: dict[str, float]
+    ) -> Distribution:
+        found = [(arrivals[o] - t) * 1000 for o, t in start.items() if o in within]
+        return Distribution.of(found, len(start) - len(found))
+
+    published = {o for o in kafka.visible if o in sent.scheduled}
+    result.published = latencies(kafka.visible, published, sent.scheduled)
+    result.reservation = latencies(watcher.committed, reserved, sent.scheduled)
+    result.email = latencies(scanner.received, mailed, sent.scheduled)
+    result.reservation_from_201 = latencies(watcher.committed, reserved, sent.answered)
     return result

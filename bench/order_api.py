@@ -1,30 +1,26 @@
-"""Order API throughput next to the raw transaction it wraps, both at concurrency 32.
+"""Order API phase: the API's throughput next to the raw transaction it wraps.
 
-* ``raw_txn``: the same two inserts the API commits (an order document and its outbox event),
-  issued directly with PyMongo's AsyncMongoClient through ``shared.mongo.run_in_transaction``
-  (majority, snapshot, with_transaction retries), 32 concurrent loops.
-* ``api``: ``python -m services.order`` as a real uvicorn process, 32 httpx clients posting
-  back to back (closed loop) over keep-alive connections; only 201s count.
+* ``raw_txn``: the API's own transaction issued directly with PyMongo through
+  ``shared.mongo.run_in_transaction`` (majority, snapshot, with_transaction retries), 32
+  concurrent loops: the same two documents (an order of two lines with an Idempotency-Key and
+  its request hash, and its outbox event with a traceparent) into collections carrying the same
+  indexes the API keeps (``order_indexes()``, ``outbox_indexes()``).
+* ``api``: ``python -m services.order`` as a stack process, loaded two ways, each request with a
+  unique Idempotency-Key: **wrk** (C, one thread per core, a Lua script, so the load generator
+  leaves the cores to the system; the figure the ratio uses) and **httpx** (32 closed-loop
+  asyncio clients in the bench's own process, for comparison). Only 201s count.
 
-The ratio api/raw is the cost of HTTP, validation, Beanie and JSON around the transaction.
-Load generator and server share the machine, so the API figure includes the client's CPU.
-
-``python -m bench.order_api [--seconds 10] [--mongo-uri URI]``: without ``--mongo-uri`` a MongoDB
-of the embedded stack is started in a temporary directory and wiped afterwards.
+Each figure is measured ``plan.repeats`` times; the ratio api/raw is taken run by run.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import json
-import os
-import statistics
-import sys
-import tempfile
+import re
+import shutil
 import time
-from collections.abc import AsyncIterator
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -34,18 +30,21 @@ import httpx
 from bson import Decimal128, ObjectId
 from pymongo.asynchronous.client_session import AsyncClientSession
 
+from bench.run import Run
+from services.order.models import order_indexes
+from services.order.schemas import CreateOrderRequest
 from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, OutboxStatus
-from shared.mongo import make_mongo_client, run_in_transaction
-from shared.outbox import OUTBOX_COLLECTION
+from shared.mongo import ensure_indexes, make_mongo_client, run_in_transaction
+from shared.outbox import DEFAULT_PUBLISHED_TTL_SECONDS, OUTBOX_COLLECTION, ensure_outbox_indexes
 
 CONCURRENCY: Final = 32
-RAW_DATABASE: Final = "bench_raw_txn"
+WRK_THREADS: Final = 2
+WRK_SCRIPT: Final = Path(__file__).with_name("wrk_post_order.lua")
 API_DATABASE: Final = "bench_order_api"
-REPO_ROOT: Final = Path(__file__).resolve().parents[1]
-READY_TIMEOUT: Final = 60.0
 
 
 def order_body(n: int) -> dict[str, Any]:
+    """The order both load generators post (wrk's Lua script holds the same JSON)."""
     return {
         "userId": f"bench-user-{n % 1000}",
         "customerEmail": f"bench{n % 1000}@example.com",
@@ -56,103 +55,104 @@ def order_body(n: int) -> dict[str, Any]:
     }
 
 
-def _percentiles(samples: list[float]) -> dict[str, float]:
-    if len(samples) < 2:
-        return {}
-    cuts = statistics.quantiles(samples, n=100)
-    return {"p50_ms": round(cuts[49] * 1000, 2), "p99_ms": round(cuts[98] * 1000, 2)}
+def _raw_documents(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The order and outbox documents the API writes for ``order_body(n)`` with a key."""
+    body = order_body(n)
+    request = CreateOrderRequest.model_validate(body)
+    now = datetime.now(UTC)
+    order_id = ObjectId()
+    total = request.total()
+    order = {
+        "_id": order_id,
+        "userId": body["userId"],
+        "customerEmail": body["customerEmail"],
+        "items": [
+            {"sku": i.sku, "quantity": i.quantity, "unitPrice": Decimal128(i.unit_price)}
+            for i in request.items
+        ],
+        "total": Decimal128(Decimal(total)),
+        "status": "created",
+        "createdAt": now,
+        "version": 1,
+        "idempotencyKey": uuid.uuid4().hex,
+        "requestHash": request.fingerprint(),
+    }
+    event = {
+        "aggregateType": AGGREGATE_ORDER,
+        "aggregateId": str(order_id),
+        "aggregateVersion": 1,
+        "eventType": EVENT_ORDER_CREATED,
+        "payload": json.dumps({**body, "orderId": str(order_id), "total": str(total)}),
+        "status": OutboxStatus.PENDING.value,
+        "attempts": 0,
+        "createdAt": now,
+        "publishedAt": None,
+        "lastError": None,
+        "traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
+    }
+    return order, event
 
 
 async def measure_raw_txn(
-    mongo_uri: str, seconds: float, concurrency: int = CONCURRENCY
+    mongo_uri: str, database: str, seconds: float, concurrency: int = CONCURRENCY
 ) -> dict[str, Any]:
-    """Transactions/s of the bare two-insert transaction, ``concurrency`` loops for ``seconds``."""
+    """Transactions/s of the API's transaction alone, ``concurrency`` loops for ``seconds``."""
     client = make_mongo_client(mongo_uri, 30.0, "bench-raw-txn")
-    db = client[RAW_DATABASE]
-    await client.drop_database(RAW_DATABASE)
-    payload = json.dumps(order_body(0))
+    db = client[database]
     done = 0
-    latencies: list[float] = []
-    deadline = time.monotonic() + seconds
-
-    async def work(session: AsyncClientSession) -> None:
-        now = datetime.now(UTC)
-        order_id = ObjectId()
-        await db.orders.insert_one(
-            {
-                "_id": order_id,
-                "userId": "bench-user",
-                "customerEmail": "bench@example.com",
-                "items": [{"sku": "BENCH-SKU-1", "quantity": 2, "unitPrice": Decimal128("12.50")}],
-                "total": Decimal128(Decimal("25.00")),
-                "status": "created",
-                "createdAt": now,
-                "version": 1,
-            },
-            session=session,
-        )
-        await db[OUTBOX_COLLECTION].insert_one(
-            {
-                "aggregateType": AGGREGATE_ORDER,
-                "aggregateId": str(order_id),
-                "aggregateVersion": 1,
-                "eventType": EVENT_ORDER_CREATED,
-                "payload": payload,
-                "status": OutboxStatus.PENDING.value,
-                "attempts": 0,
-                "createdAt": now,
-                "publishedAt": None,
-                "lastError": None,
-                "traceparent": None,
-            },
-            session=session,
-        )
-
-    async def loop() -> None:
-        nonlocal done
-        while time.monotonic() < deadline:
-            started = time.perf_counter()
-            await run_in_transaction(client, work)
-            latencies.append(time.perf_counter() - started)
-            done += 1
-
     try:
+        await client.drop_database(database)
+        await ensure_indexes(db["orders"], order_indexes())
+        await ensure_outbox_indexes(db[OUTBOX_COLLECTION], DEFAULT_PUBLISHED_TTL_SECONDS)
+        deadline = time.monotonic() + seconds
+
+        async def loop(worker: int) -> None:
+            nonlocal done
+            n = worker
+            while time.monotonic() < deadline:
+
+                async def work(session: AsyncClientSession, n: int = n) -> None:
+                    # Fresh documents per attempt, as the API builds them (a retried
+                    # transaction never reuses an id minted by the aborted one).
+                    order, event = _raw_documents(n)
+                    await db["orders"].insert_one(order, session=session)
+                    await db[OUTBOX_COLLECTION].insert_one(event, session=session)
+
+                await run_in_transaction(client, work)
+                done += 1
+                n += concurrency
+
         started = time.monotonic()
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        await asyncio.gather(*(loop(w) for w in range(concurrency)))
         elapsed = time.monotonic() - started
-        await client.drop_database(RAW_DATABASE)
+        await client.drop_database(database)
     finally:
         await client.close()
-    return {
-        "txn_per_s": round(done / elapsed, 1),
-        "transactions": done,
-        "concurrency": concurrency,
-        **_percentiles(latencies),
-    }
+    return {"txn_per_s": round(done / elapsed, 1), "transactions": done, "concurrency": concurrency}
 
 
-async def measure_api(
+async def measure_api_httpx(
     api_url: str, seconds: float, concurrency: int = CONCURRENCY
 ) -> dict[str, Any]:
-    """Orders/s (201s) of a running order API, ``concurrency`` closed-loop clients."""
+    """Orders/s (201s) of a running order API, ``concurrency`` closed-loop httpx clients."""
     done = failed = 0
-    latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=api_url, timeout=10.0, limits=limits) as http:
+
+        async def post(n: int) -> httpx.Response:
+            return await http.post(
+                "/orders", json=order_body(n), headers={"Idempotency-Key": uuid.uuid4().hex}
+            )
+
         # Warm-up: connections, Beanie, the first index pages.
-        await asyncio.gather(
-            *(http.post("/orders", json=order_body(i)) for i in range(concurrency))
-        )
+        await asyncio.gather(*(post(i) for i in range(concurrency)))
         deadline = time.monotonic() + seconds
 
         async def loop(worker: int) -> None:
             nonlocal done, failed
             n = worker
             while time.monotonic() < deadline:
-                started = time.perf_counter()
-                response = await http.post("/orders", json=order_body(n))
-                if response.status_code == 201:
-                    latencies.append(time.perf_counter() - started)
+                if (await post(n)).status_code == 201:
                     done += 1
                 else:
                     failed += 1
@@ -166,83 +166,86 @@ async def measure_api(
         "orders": done,
         "failed": failed,
         "concurrency": concurrency,
-        **_percentiles(latencies),
     }
 
 
-@contextlib.asynccontextmanager
-async def order_api_process(mongo_uri: str, port: int) -> AsyncIterator[str]:
-    """``python -m services.order`` on ``port`` against ``mongo_uri``, stopped with SIGTERM."""
-    env = {
-        **os.environ,
-        "MONGO_URI": mongo_uri,
-        "ORDER_HOST": "127.0.0.1",
-        "ORDER_PORT": str(port),
-        "ORDER_DATABASE": API_DATABASE,
-        "LOG_LEVEL": "WARNING",
+_WRK_TOTAL = re.compile(r"(\d+) requests in ([\d.]+)(ms|s|m)")
+_WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+_WRK_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    """Orders/s from wrk's summary: requests minus non-2xx ones (and socket errors, which
+    wrk does not count as requests) over the measured time."""
+    total = _WRK_TOTAL.search(output)
+    if total is None:
+        raise ValueError(f"no request count in wrk's output: {output[-300:]!r}")
+    requests = int(total.group(1))
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0}[total.group(3)]
+    seconds = float(total.group(2)) * scale
+    non_2xx = int(m.group(1)) if (m := _WRK_NON_2XX.search(output)) else 0
+    errors = sum(int(g) for g in m.groups()) if (m := _WRK_ERRORS.search(output)) else 0
+    ok = requests - non_2xx
+    return {
+        "orders_per_s": round(ok / seconds, 1) if seconds > 0 else 0.0,
+        "orders": ok,
+        "failed": non_2xx + errors,
+        "seconds": round(seconds, 2),
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.order", cwd=REPO_ROOT, env=env
+
+
+async def measure_api_wrk(
+    api_url: str, seconds: float, concurrency: int = CONCURRENCY
+) -> dict[str, Any] | None:
+    """Orders/s by wrk with the Lua script; None when wrk is not installed."""
+    binary = shutil.which("wrk")
+    if binary is None:
+        return None
+    proc = await asyncio.create_subprocess_exec(
+        binary,
+        f"-t{WRK_THREADS}",
+        f"-c{concurrency}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_SCRIPT),
+        api_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
+    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 60)
+    text = out.decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk exited with {proc.returncode}: {text[-300:]}")
+    return {**parse_wrk(text), "concurrency": concurrency, "threads": WRK_THREADS}
+
+
+async def run_phase(run: Run) -> None:
+    """Raw transaction, API by wrk, API by httpx: ``plan.repeats`` times each."""
+    cfg = run.config
+    seconds = run.plan.throughput_seconds
+    runs: dict[str, list[dict[str, Any] | None]] = {"raw_txn": [], "api_wrk": [], "api_httpx": []}
+    await run.start_service("order", {"ORDER_DATABASE": API_DATABASE})
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        async with httpx.AsyncClient(base_url=url, timeout=2.0) as http:
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                if process.returncode is not None or time.monotonic() > deadline:
-                    raise RuntimeError("order API did not become ready")
-                await asyncio.sleep(0.1)  # poll interval, bounded by the deadline
-        yield url
+        api_url = f"http://127.0.0.1:{cfg.port_of('order')}"
+        for attempt in range(run.plan.repeats):
+            runs["raw_txn"].append(
+                await asyncio.wait_for(
+                    measure_raw_txn(cfg.mongo_uri, f"bench_raw_txn_{run.run_id}", seconds),
+                    seconds + 60,
+                )
+            )
+            label = f"api_{attempt}"
+            recorders = run.start_profile(label, None)
+            runs["api_wrk"].append(
+                await asyncio.wait_for(measure_api_wrk(api_url, seconds), seconds + 90)
+            )
+            await run.finish_profile(label, recorders)
+            runs["api_httpx"].append(
+                await asyncio.wait_for(measure_api_httpx(api_url, seconds), seconds + 60)
+            )
+            print(f"order api run {attempt + 1}/{run.plan.repeats}: {runs}", flush=True)
     finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-async def run(mongo_uri: str, seconds: float) -> dict[str, Any]:
-    """Both measurements against one MongoDB, and their ratio."""
-    from stack.config import free_port
-
-    raw = await measure_raw_txn(mongo_uri, seconds)
-    cleaner = make_mongo_client(mongo_uri, 30.0, "bench-cleaner")
-    await cleaner.drop_database(API_DATABASE)
-    try:
-        async with order_api_process(mongo_uri, free_port()) as url:
-            api = await measure_api(url, seconds)
-        await cleaner.drop_database(API_DATABASE)
-    finally:
-        await cleaner.close()
-    ratio = round(api["orders_per_s"] / raw["txn_per_s"], 3) if raw["txn_per_s"] else None
-    return {"raw_txn": raw, "api": api, "api_vs_raw_txn": ratio}
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--mongo-uri", default=None, help="default: a fresh embedded MongoDB")
-    args = parser.parse_args()
-    if args.mongo_uri:
-        results = asyncio.run(run(args.mongo_uri, args.seconds))
-    else:
-        from stack import Stack, StackConfig
-
-        with tempfile.TemporaryDirectory(prefix="bench-order-") as root:
-            stack = Stack(StackConfig.for_tests(Path(root)))
-            stack.up(["mongo"])
-            try:
-                results = asyncio.run(run(stack.config.mongo_uri, args.seconds))
-            finally:
-                stack.down(wipe=True)
-    print(json.dumps(results, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        run.results["order_api_runs"] = runs
+        run.stop_service("order")

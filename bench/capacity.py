@@ -1,0 +1,90 @@
+"""Capacity phase: the highest open-loop rate each design sustains end to end.
+
+For each design, a fresh pipeline is offered rising rates (``plan.capacity_rates``, each for
+``plan.capacity_step_seconds``); a rate is sustained when every order got its reservation and
+its email within the settle window and p99 scheduled-send -> reservation <= 250 ms
+(bench/capacity_model.py). The ramp stops at the first rate that is not sustained: what comes
+after it would start from a backlog. Next to each design's capacity, the upper bound the raw
+MongoDB transaction rate puts on it (its commits and writes per order counted from the code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from bench import order_api, pipelines, report
+from bench.capacity_model import (
+    P99_LIMIT_MS,
+    Step,
+    capacity_bound,
+    order_costs,
+    ramp_capacity,
+    step_sustained,
+)
+from bench.e2e_phase import measure, warm_up
+from bench.run import Run
+
+DESIGNS = {"ours": pipelines.ours, "article": pipelines.article}
+
+
+def _step(result: Any) -> Step:
+    reservation = result.reservation
+    return Step(
+        offered_rate=result.target_rate,
+        achieved_rate=result.achieved_rate,
+        orders=result.created,
+        incomplete=result.incomplete(),
+        p99_reservation_ms=reservation.p99_ms if reservation else float("inf"),
+        in_flight_cap_hits=result.in_flight_cap_hits,
+    )
+
+
+async def _ramp(run: Run, design: str) -> dict[str, Any]:
+    plan = run.plan
+    steps: list[Step] = []
+    rows: list[dict[str, Any]] = []
+    async with DESIGNS[design](run, f"cap_{design}_{run.run_id}") as pipeline:
+        await warm_up(run, pipeline)
+        for rate in plan.capacity_rates:
+            result = await measure(
+                run, pipeline, rate, plan.capacity_step_seconds, plan.settle_seconds
+            )
+            step = _step(result)
+            ok, why = step_sustained(step)
+            steps.append(step)
+            rows.append(
+                {
+                    **asdict(step),
+                    "sustained": ok,
+                    "verdict": why,
+                    "missing_reservation": asdict(result.missing_reservation),
+                    "missing_email": asdict(result.missing_email),
+                    "p50_reservation_ms": result.reservation.p50_ms if result.reservation else None,
+                }
+            )
+            print(f"capacity {design} @ {rate}/s: {why}", flush=True)
+            run.observe_memory()
+            if not ok:
+                break
+    return {"capacity_orders_per_s": ramp_capacity(steps), "steps": rows}
+
+
+async def run_phase(run: Run) -> None:
+    """Both ramps, then the bound from the raw transaction rate (measured here when the order
+    API phase did not run)."""
+    results: dict[str, Any] = {
+        "p99_limit_ms": P99_LIMIT_MS,
+        "step_seconds": run.plan.capacity_step_seconds,
+    }
+    run.results["capacity"] = results
+    for design in DESIGNS:
+        results[design] = await _ramp(run, design)
+    raw = report.get(run.results, "summary", "raw_txn_per_s", "median")
+    if not isinstance(raw, int | float):
+        measured = await order_api.measure_raw_txn(
+            run.config.mongo_uri, f"bench_cap_raw_{run.run_id}", run.plan.throughput_seconds
+        )
+        raw = measured["txn_per_s"]
+        results["raw_txn_measured_here"] = measured
+    results["bounds"] = [capacity_bound(float(raw), cost) for cost in order_costs()]

@@ -1,0 +1,85 @@
+"""End-to-end phases: each design at 50% of the API's measured maximum, then at a light 5/s.
+
+At 50% of the API's maximum the whole pipeline shares one MongoDB server and two cores and may
+saturate, so that run measures queueing; the light run measures what each design itself costs
+(long enough for its p99 to rest on >= 200 samples in a full run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Final
+
+from bench import order_api, pipelines, report
+from bench.e2e_latency import LatencyResult, measure_e2e
+from bench.pipelines import Pipeline
+from bench.run import Run
+
+# E2E figures: steady load at this share of the measured maximum API rate.
+LOAD_SHARE: Final = 0.5
+LIGHT_RATE: Final = 5.0
+WARMUP_SETTLE_SECONDS: Final = 10.0
+
+
+async def measure(
+    run: Run, pipeline: Pipeline, rate: float, seconds: float, settle: float
+) -> LatencyResult:
+    """One open-loop measurement of ``pipeline`` at ``rate`` orders/s for ``seconds``."""
+    cfg = run.config
+    return await measure_e2e(
+        design=pipeline.design,
+        api_url=pipeline.api_url,
+        mongo_uri=cfg.mongo_uri,
+        kafka_bootstrap=cfg.kafka_bootstrap,
+        inventory_database=pipeline.inventory_database,
+        smtp_dir=cfg.smtp_dir,
+        rate=rate,
+        duration=seconds,
+        settle_timeout=settle,
+    )
+
+
+async def warm_up(run: Run, pipeline: Pipeline) -> None:
+    """Connections, lazy imports, first change-stream wake-ups: not measured."""
+    await measure(run, pipeline, LIGHT_RATE, run.plan.e2e_warmup_seconds, WARMUP_SETTLE_SECONDS)
+
+
+async def _e2e_rate(run: Run, api_url: str) -> float:
+    """50% of the API's maximum (median of the wrk runs, else of the httpx runs); measured
+    here with httpx when the order API phase gave no figure."""
+    api_max = report.get(run.results, "summary", "api_orders_per_s", "median")
+    if not isinstance(api_max, int | float) or api_max <= 0:
+        seconds = min(run.plan.throughput_seconds, 5.0)
+        fallback = await order_api.measure_api_httpx(api_url, seconds)
+        api_max = fallback["orders_per_s"]
+        run.results["api_max_fallback"] = {**fallback, "note": "httpx c=32 against the e2e API"}
+    rate = round(float(api_max) * LOAD_SHARE, 1)
+    run.results["e2e_rate"] = rate
+    return rate
+
+
+async def _both_loads(run: Run, pipeline: Pipeline, rate: float, key: str) -> None:
+    await warm_up(run, pipeline)
+    recorders = run.start_profile(f"e2e_{key}", run.plan.e2e_seconds)
+    result = await measure(run, pipeline, rate, run.plan.e2e_seconds, run.plan.settle_seconds)
+    await run.finish_profile(f"e2e_{key}", recorders)
+    run.results.setdefault("e2e", {})[key] = asdict(result)
+    light = await measure(
+        run, pipeline, LIGHT_RATE, run.plan.light_seconds, run.plan.settle_seconds
+    )
+    run.results["e2e"][f"{key}_light"] = asdict(light)
+    run.observe_memory()
+
+
+async def run_ours(run: Run) -> None:
+    async with pipelines.ours(run, f"e2e_{run.run_id}") as pipeline:
+        rate = await _e2e_rate(run, pipeline.api_url)
+        await _both_loads(run, pipeline, rate, "ours")
+
+
+async def run_article(run: Run) -> None:
+    rate = run.results.get("e2e_rate")
+    if not isinstance(rate, int | float):
+        raise RuntimeError("no e2e rate: the API maximum was not measured")
+    async with pipelines.article(run, f"art_{run.run_id}") as pipeline:
+        await _both_loads(run, pipeline, rate, "article")

@@ -1,0 +1,82 @@
+"""The two designs as running pipelines, for the end-to-end and the capacity phases.
+
+* **ours**: the order API, the relay, inventory and email, each a stack process.
+* **article**: our order API, then the article's relay and consumer (bench/article_relay.py,
+  bench/article_consumer.py) as processes of their own.
+
+Each pipeline gets fresh databases and consumer groups positioned at the end of
+``order.created``, so it processes only the orders sent while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from bench.e2e_latency import seed_bench_stock
+from bench.run import SUBPROCESS_READY_TIMEOUT, Run, wait_for_file
+from shared.contracts import ORDER_CREATED_TOPIC
+from stack.observe import position_groups_at_end
+
+POSITION_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    design: str
+    api_url: str
+    inventory_database: str
+
+
+@contextlib.asynccontextmanager
+async def ours(run: Run, tag: str) -> AsyncIterator[Pipeline]:
+    """Our four services on fresh databases; stopped (memory read first) on exit."""
+    cfg = run.config
+    orders_db, inventory_db = f"bench_{tag}_orders", f"bench_{tag}_inv"
+    inv_group, email_group = f"bench-inv-{tag}", f"bench-email-{tag}"
+    await seed_bench_stock(cfg.mongo_uri, inventory_db)
+    await position_groups_at_end(cfg.kafka_bootstrap, [inv_group, email_group], ORDER_CREATED_TOPIC)
+    started: list[str] = []
+    try:
+        for name, env in (
+            ("order", {"ORDER_DATABASE": orders_db}),
+            ("relay", {"RELAY_DATABASE": orders_db, "RELAY_TRANSACTIONAL_ID": f"bench-{tag}"}),
+            ("inventory", {"INVENTORY_DATABASE": inventory_db, "INVENTORY_GROUP_ID": inv_group}),
+            ("email", {"EMAIL_GROUP_ID": email_group}),
+        ):
+            await run.start_service(name, env)
+            started.append(name)
+        yield Pipeline("ours", f"http://127.0.0.1:{cfg.port_of('order')}", inventory_db)
+    finally:
+        for name in reversed(started):
+            run.stop_service(name)
+
+
+@contextlib.asynccontextmanager
+async def article(run: Run, tag: str) -> AsyncIterator[Pipeline]:
+    """Our order API with the article's relay and consumer; all stopped on exit."""
+    cfg = run.config
+    orders_db, inventory_db = f"bench_{tag}_orders", f"bench_{tag}_inv"
+    group = f"bench-article-{tag}"
+    await seed_bench_stock(cfg.mongo_uri, inventory_db)
+    await position_groups_at_end(cfg.kafka_bootstrap, [group], ORDER_CREATED_TOPIC)
+    await run.start_service("order", {"ORDER_DATABASE": orders_db})
+    ready = cfg.root / f"article-consumer-{tag}.ready"
+    try:
+        consumer = run.spawn(
+            "article-consumer",
+            [str(cfg.python), "-m", "bench.article_consumer", "--group", group,
+             "--database", inventory_db, "--offset-reset", "earliest", "--ready-file", str(ready)],
+            {},
+        )  # fmt: skip
+        run.spawn(
+            "article-relay",
+            [str(cfg.python), "-m", "bench.article_relay_process", "--database", orders_db],
+            {},
+        )
+        await wait_for_file(ready, consumer, SUBPROCESS_READY_TIMEOUT)
+        yield Pipeline("article", f"http://127.0.0.1:{cfg.port_of('order')}", inventory_db)
+    finally:
+        run.stop_all_own()
+        run.stop_service("order")

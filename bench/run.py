@@ -1,0 +1,225 @@
+"""State of one benchmark run, shared by the phases: the plan, the stack, the results and the
+processes the bench spawned; ``phase`` runs one phase so that its failure never hides the others'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from bench import profiling
+from bench.memory import PeakMemory
+from stack import Stack, StackConfig
+from stack.config import REPO_ROOT
+
+SUBPROCESS_READY_TIMEOUT: Final = 60.0
+SUBPROCESS_STOP_TIMEOUT: Final = 20.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and time limits of one run; ``--quick`` shrinks everything for a smoke run."""
+
+    backlog: int
+    article_backlog: int
+    latency_events: int
+    relay_timeout_seconds: float
+    article_timeout_seconds: float
+    consumer_backlog: int
+    consumer_timeout_seconds: float
+    throughput_seconds: float
+    e2e_seconds: float
+    e2e_warmup_seconds: float
+    settle_seconds: float
+    # Each throughput figure is the median of this many runs (with min and max).
+    repeats: int
+    # The light-load run lasts long enough for its p99 to rest on >= 200 samples at 5/s.
+    light_seconds: float
+    # The capacity ramp: offered orders/s, and how long each is offered.
+    capacity_rates: tuple[float, ...]
+    capacity_step_seconds: float
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(
+            backlog=20_000,
+            # The article's relay moves at most 100 events/s by design: 2,000 give its rate in
+            # ~20 s; a 20,000 backlog would take over three minutes to say the same thing.
+            article_backlog=2_000,
+            latency_events=200,
+            relay_timeout_seconds=90.0,
+            article_timeout_seconds=20.0,
+            consumer_backlog=1_000,
+            consumer_timeout_seconds=45.0,
+            throughput_seconds=10.0,
+            e2e_seconds=15.0,
+            e2e_warmup_seconds=3.0,
+            settle_seconds=30.0,
+            repeats=3,
+            light_seconds=40.0,
+            capacity_rates=(10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0),
+            capacity_step_seconds=30.0,
+        )
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            backlog=2_000,
+            article_backlog=300,
+            latency_events=40,
+            relay_timeout_seconds=30.0,
+            article_timeout_seconds=8.0,
+            consumer_backlog=300,
+            consumer_timeout_seconds=30.0,
+            throughput_seconds=4.0,
+            e2e_seconds=6.0,
+            e2e_warmup_seconds=1.0,
+            settle_seconds=20.0,
+            repeats=1,
+            light_seconds=6.0,
+            capacity_rates=(5.0, 10.0),
+            capacity_step_seconds=5.0,
+        )
+
+
+class Run:
+    """State of one benchmark run: the stack, the results, the processes we spawned."""
+
+    def __init__(self, stack: Stack, plan: Plan, run_id: str) -> None:
+        self.stack = stack
+        self.plan = plan
+        self.run_id = run_id
+        self.memory = PeakMemory()
+        self.results: dict[str, Any] = {"errors": {}, "phase_seconds": {}}
+        self._own: dict[str, subprocess.Popen[bytes]] = {}
+        self.profile_dir: Path | None = None
+        self._profiling: dict[str, list[profiling.Recorder]] = {}
+
+    @property
+    def config(self) -> StackConfig:
+        return self.stack.config
+
+    # -- bench-owned processes (the article's relay and consumer) -------------------------------
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log_path = self.config.log_path(name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env={**os.environ, **self.config.service_env(), **env, "PYTHONUNBUFFERED": "1"},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._own[name] = proc
+        return proc
+
+    def own_pids(self) -> dict[str, int]:
+        return {n: p.pid for n, p in self._own.items() if p.poll() is None}
+
+    def stop_own(self, name: str) -> None:
+        proc = self._own.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        self.memory.observe({name: proc.pid})
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(SUBPROCESS_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def stop_all_own(self) -> None:
+        for name in list(self._own):
+            self.stop_own(name)
+
+    # -- profiles (--profile) ------------------------------------------------------------------
+    def start_profile(self, label: str, seconds: float | None) -> list[profiling.Recorder]:
+        """py-spy every Python process of the run (and this one) for ``seconds`` (or until
+        :meth:`finish_profile`); nothing without ``--profile``."""
+        if self.profile_dir is None:
+            return []
+        pids = {**self.stack.pids(), **self.own_pids(), "bench": os.getpid()}
+        targets = {n: p for n, p in pids.items() if n not in ("kafka", "redis")}
+        recorders = profiling.start(targets, seconds, self.profile_dir / label)
+        self._profiling[label] = recorders
+        return recorders
+
+    async def finish_profile(self, label: str, recorders: list[profiling.Recorder]) -> None:
+        self._profiling.pop(label, None)
+        if recorders:
+            summaries = await asyncio.to_thread(profiling.finish, recorders, 30.0)
+            self.results.setdefault("profiles", {})[label] = summaries
+
+    async def finish_all_profiles(self) -> None:
+        """Stop recorders a failed phase left running (and keep what they recorded)."""
+        for label, recorders in list(self._profiling.items()):
+            await self.finish_profile(label, recorders)
+
+    # -- services of the stack ---------------------------------------------------------------------
+    def observe_memory(self) -> None:
+        self.memory.observe(self.stack.pids())
+        self.memory.observe(self.own_pids())
+
+    def stop_service(self, name: str) -> None:
+        self.observe_memory()
+        self.stack.stop(name)
+
+    async def start_service(self, name: str, env: dict[str, str]) -> None:
+        await asyncio.to_thread(self.stack.start, name, env)
+
+
+async def wait_for_file(path: Path, proc: subprocess.Popen[bytes], limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):  # noqa: ASYNC240 - one stat per 100 ms, not worth a thread
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path.name} not written within {limit:.0f} s")
+        await asyncio.sleep(0.1)  # poll interval, bounded by the deadline
+
+
+async def phase(run: Run, name: str, body: Callable[[], Awaitable[None]]) -> None:
+    """Run one phase; record its duration, and its error instead of aborting the whole run."""
+    started = time.monotonic()
+    print(f"--- {name} ...", flush=True)
+    try:
+        await body()
+    except Exception as exc:
+        run.results["errors"][name] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    finally:
+        await run.finish_all_profiles()
+        elapsed = round(time.monotonic() - started, 1)
+        run.results["phase_seconds"][name] = elapsed
+        print(f"--- {name} done in {elapsed} s", flush=True)
+
+
+# SecantusDB's Rust server, built by `cargo install secantus-mdb --root .stack/cargo` (optional).
+RUST_MONGO: Final = REPO_ROOT / ".stack" / "cargo" / "bin" / "secantusd-rs"
+
+
+class RustMongoStack(Stack):
+    """The same stack with ``secantusd-rs`` in place of ``secantusd-py`` (same flags, except
+    ``--enable-test-commands``, which the benchmark does not need and the Rust server lacks).
+
+    Bench-only: a ``mongo_server`` field in ``StackConfig`` would be the clean way to offer it.
+    """
+
+    def _venv_bin(self, name: str) -> Path:
+        if name == "secantusd-py":
+            return RUST_MONGO
+        return super()._venv_bin(name)
