@@ -1,11 +1,13 @@
 """What happens to one order event: ``OrderCreated`` reserves all its items, or none;
 ``OrderCancelled`` gives them back (:mod:`services.inventory.cancellation`).
 
-The whole decision runs in one MongoDB transaction (snapshot reads, majority commit): read the
-stock of every SKU, and either decrement all of them and record ``reserved``, or record
-``rejected`` with the reason and touch no stock. The unique ``orderId`` index makes a second
-delivery a no-op even when Redis lost its dedup key: the second transaction finds (or collides
-with) the first reservation and changes nothing.
+The whole decision runs in one MongoDB transaction (snapshot reads, majority commit). The
+common case writes without reading first: insert the ``reserved`` record, then decrement each
+SKU with a conditional ``$inc`` (``available >= quantity``), then commit: one round trip per
+write plus the commit. The unique ``orderId`` index makes a second delivery a no-op even when
+Redis lost its dedup key (its insert collides and the transaction aborts, touching no stock);
+a conditional ``$inc`` that matches nothing aborts the transaction, and a second one reads the
+stock and records ``rejected`` with the reason (or reserves, if stock arrived in between).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ _MAX_RACE_ROUNDS = 3
 class StockChangedError(Exception):
     """A conditional decrement matched nothing inside the transaction (should not happen under
     snapshot isolation; aborting keeps 'all or none' true if it ever does)."""
+
+
+class _Shortfall(Exception):
+    """A conditional decrement matched nothing on the short path: abort, then decide by reading."""
 
 
 class ReservationHandler:
@@ -85,6 +91,19 @@ class ReservationHandler:
         for item in event.items:
             wanted[item.sku] += item.quantity  # an order may list one SKU on several lines
 
+        async def short_path(session: AsyncClientSession) -> str:
+            # Insert first: a repeat collides on orderId before any stock is touched.
+            await self._db[RESERVATIONS].insert_one(
+                reservation_document(
+                    event, delivery.event_id, ReservationStatus.RESERVED, None, datetime.now(UTC)
+                ),
+                session=session,
+            )
+            short = await self._take(wanted, session)
+            if short is not None:
+                raise _Shortfall(short)  # aborts: the insert and earlier $inc roll back
+            return ReservationStatus.RESERVED.value
+
         async def work(session: AsyncClientSession) -> str:
             reservations = self._db[RESERVATIONS]
             if await reservations.find_one(
@@ -99,14 +118,9 @@ class ReservationHandler:
             }
             reason = _shortfall(wanted, stock)
             if reason is None:
-                for sku, quantity in wanted.items():
-                    result = await self._db[STOCK].update_one(
-                        {"sku": sku, "available": {"$gte": quantity}},
-                        {"$inc": {"available": -quantity}},
-                        session=session,
-                    )
-                    if result.modified_count != 1:
-                        raise StockChangedError(f"stock of {sku} changed during the transaction")
+                short = await self._take(wanted, session)
+                if short is not None:
+                    raise StockChangedError(f"stock of {short} changed during the transaction")
                 status = ReservationStatus.RESERVED
             else:
                 status = ReservationStatus.REJECTED
@@ -118,7 +132,10 @@ class ReservationHandler:
 
         try:
             with step_span("inventory reservation transaction"):
-                outcome = await run_in_transaction(self._client, work)
+                try:
+                    outcome = await run_in_transaction(self._client, short_path)
+                except _Shortfall:
+                    outcome = await run_in_transaction(self._client, work)
         except DuplicateKeyError:
             # Another delivery committed the same orderId between our read and our insert.
             outcome = OUTCOME_ALREADY_RESERVED
@@ -127,6 +144,20 @@ class ReservationHandler:
             extra={"order_id": event.order_id, "event_id": delivery.event_id, "status": outcome},
         )
         return outcome
+
+
+    async def _take(self, wanted: Counter[str], session: AsyncClientSession) -> str | None:
+        """Decrement each SKU by its quantity where enough is available; the first SKU whose
+        conditional ``$inc`` matched nothing (the caller aborts the transaction), or None."""
+        for sku, quantity in wanted.items():
+            result = await self._db[STOCK].update_one(
+                {"sku": sku, "available": {"$gte": quantity}},
+                {"$inc": {"available": -quantity}},
+                session=session,
+            )
+            if result.modified_count != 1:
+                return sku
+        return None
 
 
 def _shortfall(wanted: Counter[str], stock: dict[str, Any]) -> str | None:
