@@ -365,6 +365,9 @@ class Publisher:
         return make_producer(
             self._settings.kafka_bootstrap_servers,
             transactional_id=self._settings.transactional_id or None,
+            # A round queues all its records before it waits for them: lingering would batch
+            # nothing more and delay every small round (at light load, every event).
+            linger_ms=0,
         )
 
     async def close(self) -> None:

@@ -280,3 +280,19 @@ def test_a_fencing_error_wrapped_by_another_is_still_fencing() -> None:
     except kafka_errors.KafkaError as wrapped:
         assert is_fencing(wrapped)
     assert not is_fencing(kafka_errors.KafkaConnectionError())
+
+
+async def test_the_relays_producer_sends_a_round_at_once_instead_of_lingering() -> None:
+    # The relay queues a whole round before it waits, so lingering batches nothing more and
+    # only delays every small round (at light load, every event) by linger_ms.
+    from typing import cast
+
+    from services.relay.publisher import Publisher
+
+    settings = RelaySettings(port=0, transactional_id="")
+    publisher = Publisher(cast(Any, None), settings, cast(Any, None), cast(Any, None))
+    producer = publisher._default_producer()
+    try:
+        assert producer._message_accumulator._linger_time == 0
+    finally:
+        await producer.stop()  # never started: only releases what the constructor opened
