@@ -158,8 +158,6 @@ async def _article_consumer_drain(
 async def run_phase(run: Run) -> None:
     """Each consumer's drain rate from one backlog on a private topic, then the article's
     consumer on the same backlog."""
-    from services.email.settings import EmailSettings
-
     cfg = run.config
     events = run.plan.consumer_backlog
     topic = f"bench.consumers.{run.run_id}"

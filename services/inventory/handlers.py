@@ -145,7 +145,6 @@ class ReservationHandler:
         )
         return outcome
 
-
     async def _take(self, wanted: Counter[str], session: AsyncClientSession) -> str | None:
         """Decrement each SKU by its quantity where enough is available; the first SKU whose
         conditional ``$inc`` matched nothing (the caller aborts the transaction), or None."""
