@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import email
-import email.policy
 import os
 import shutil
 import sys
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.contracts import (
     EVENT_ORDER_CANCELLED,
@@ -49,6 +47,8 @@ from shared.contracts import (
 )
 from shared.mongo import MongoClient, make_mongo_client
 from stack.config import INFRA, REPO_ROOT, SERVICES, StackConfig
+from stack.observe import Inbox as MailInbox
+from stack.observe import topic_partitions
 from stack.supervisor import Stack
 
 CATALOGUE = REPO_ROOT / "services" / "inventory" / "demo_catalogue.json"
@@ -108,6 +108,7 @@ class Inbox:
     def __init__(self, endpoints: Endpoints, http: httpx.AsyncClient) -> None:
         self._endpoints = endpoints
         self._http = http
+        self._sink = MailInbox(endpoints.smtp_dir) if endpoints.smtp_dir else None
 
     async def message_ids(self) -> set[str]:
         if self._endpoints.mailpit_url:
@@ -116,12 +117,7 @@ class Inbox:
             )
             reply.raise_for_status()
             return {m.get("MessageID", "") for m in reply.json().get("messages", [])}
-        ids = set()
-        directory = self._endpoints.smtp_dir
-        for path in directory.glob("*.eml") if directory else ():
-            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-            ids.add(str(message.get("Message-ID", "")))
-        return ids
+        return {mail.message_id for mail in self._sink.scan()} if self._sink else set()
 
 
 class Demo:
@@ -270,11 +266,7 @@ async def _dlq_records_for_key(
     await consumer.start()
     found: list[dict[str, str]] = []
     try:
-        partitions = consumer.partitions_for_topic(ORDER_CREATED_DLQ_TOPIC) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()  # topic metadata on first use
-            partitions = consumer.partitions_for_topic(ORDER_CREATED_DLQ_TOPIC) or set()
-        consumer.assign([TopicPartition(ORDER_CREATED_DLQ_TOPIC, p) for p in partitions])
+        consumer.assign(await topic_partitions(consumer, ORDER_CREATED_DLQ_TOPIC))
         await consumer.seek_to_beginning()
         deadline = time.monotonic() + within
         while len(found) < want and time.monotonic() < deadline:

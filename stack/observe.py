@@ -22,8 +22,8 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-# Long enough for a broker that is restarting or paused by a fault scenario to answer.
-REQUEST_TIMEOUT_MS: Final = 15_000
+from shared.kafka import REQUEST_TIMEOUT_MS
+
 # Poll interval of :func:`wait_for_topics`; the caller's ``within`` bounds the whole wait.
 _METADATA_POLL_SECONDS: Final = 0.2
 

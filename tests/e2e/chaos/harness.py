@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.parser
-import email.policy
 import json
 import logging
 import os
@@ -30,15 +28,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from bson import ObjectId
 from bson.errors import InvalidId
 
@@ -52,11 +47,13 @@ from shared.contracts import (
     ORDER_TOPICS,
     Header,
 )
-from shared.kafka import REQUEST_TIMEOUT_MS, decode_headers, make_producer
+from shared.kafka import decode_headers, make_producer
 from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from shared.redis import make_redis
 from stack import FAULT_PROXY, INFRA, SERVICES, Stack
+from stack.observe import Inbox as MailInbox
+from stack.observe import TopicTail, committed_offsets, position_groups_at_end
 
 # The supervisor's rule, which knows every component (the console and the optional ones too).
 from stack.supervisor import component_of
@@ -336,105 +333,6 @@ class LoadGenerator:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class TopicTail:
-    """The records of one topic from a starting point on, read incrementally.
-
-    Reads with ``read_committed`` like the consumers: records of a Kafka transaction the relay
-    aborted (a fenced zombie) are not deliveries and must not count.
-    """
-
-    bootstrap: str
-    topic: str
-    next_offsets: dict[int, int] = field(default_factory=dict)
-    records: list[Any] = field(default_factory=list)
-
-    async def _consumer(self) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            request_timeout_ms=REQUEST_TIMEOUT_MS,
-        )
-        await consumer.start()
-        return consumer, await _partitions(consumer, self.topic)
-
-    async def mark_start(self) -> None:
-        """From now on: remember the current end of every partition, forget older records."""
-        consumer, tps = await self._consumer()
-        try:
-            ends = await consumer.end_offsets(tps)
-        finally:
-            await consumer.stop()
-        self.next_offsets = {tp.partition: int(ends[tp]) for tp in tps}
-        self.records = []
-
-    async def catch_up(self) -> list[Any]:
-        """Read everything appended since the last call; returns all records since the start."""
-        consumer, tps = await self._consumer()
-        try:
-            consumer.assign(tps)
-            for tp in tps:
-                consumer.seek(tp, self.next_offsets.get(tp.partition, 0))
-            ends = await consumer.end_offsets(tps)
-            pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
-            while pending:
-                batch = await consumer.getmany(*pending, timeout_ms=1_000)
-                for messages in batch.values():
-                    self.records.extend(messages)
-                # Transaction markers occupy offsets without being records: compare positions.
-                pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-            for tp in tps:
-                self.next_offsets[tp.partition] = await consumer.position(tp)
-        finally:
-            await consumer.stop()
-        return self.records
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """The partitions of ``topic`` (a consumer without a subscription has no metadata yet)."""
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        # ``topics()`` fetches metadata without storing it, so ``partitions_for_topic`` stays
-        # empty; read the partitions from a fresh metadata response instead.
-        cluster = await consumer._client.fetch_all_metadata()
-        partitions = cluster.partitions_for_topic(topic)
-    if not partitions:
-        raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
-    return [TopicPartition(topic, p) for p in sorted(partitions)]
-
-
-async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offsets on ``topic`` (partition -> next offset to consume)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=REQUEST_TIMEOUT_MS)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
-
-
-async def reset_groups_to_end(bootstrap: str, groups: Iterable[str], topic: str) -> None:
-    """Commit the end of ``topic`` for each (empty) group: records other tests left behind are
-    not this suite's, and its consumers must not process them into its databases."""
-    for group in groups:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=group,
-            enable_auto_commit=False,
-            request_timeout_ms=REQUEST_TIMEOUT_MS + 30_000,
-        )
-        await consumer.start()
-        try:
-            tps = await _partitions(consumer, topic)
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            await consumer.commit({tp: int(ends[tp]) for tp in tps})
-        finally:
-            await consumer.stop()
-
-
 async def produce(
     bootstrap: str,
     topic: str,
@@ -456,35 +354,27 @@ async def produce(
 
 
 class Inbox:
-    """The ``.eml`` files the SMTP sink wrote since :meth:`mark_start`, parsed once each."""
+    """The messages the SMTP sink stored since :meth:`mark_start`, as the invariants' rows."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._before: set[str] = set()
-        self._parsed: dict[str, EmailRow] = {}
+        self._mail = MailInbox(directory)
 
     def mark_start(self) -> None:
-        self._before = {p.name for p in self._files()}
-        self._parsed = {}
-
-    def _files(self) -> list[Path]:
-        return sorted(self.directory.glob("*.eml")) if self.directory.is_dir() else []
+        self._mail.mark_start()
 
     def scan(self) -> list[EmailRow]:
-        parser = email.parser.BytesHeaderParser(policy=email.policy.default)
-        for path in self._files():
-            if path.name in self._before or path.name in self._parsed:
-                continue
-            headers = parser.parsebytes(path.read_bytes())
-            message_id = str(headers.get("Message-ID", "")).strip()
-            found = _EVENT_ID.search(message_id)
-            self._parsed[path.name] = EmailRow(
-                name=path.name,
-                message_id=message_id,
-                event_id=found.group(0) if found else None,
-                recipient=str(headers.get("To", "")).strip(),
+        rows = []
+        for mail in self._mail.scan():
+            found = _EVENT_ID.search(mail.message_id)
+            rows.append(
+                EmailRow(
+                    name=mail.name,
+                    message_id=mail.message_id,
+                    event_id=found.group(0) if found else None,
+                    recipient=mail.recipient,
+                )
             )
-        return list(self._parsed.values())
+        return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,7 +446,7 @@ class Pipeline:
         await self.mongo.drop_database(ORDERS_DB)
         await self.mongo.drop_database(INVENTORY_DB)
         for topic in ORDER_TOPICS:
-            await reset_groups_to_end(self.bootstrap, GROUPS, topic)
+            await position_groups_at_end(self.bootstrap, GROUPS, topic)
         await self.seed_stock({sku: AMPLE_STOCK for sku in SKUS})
         await self.restore()
 
