@@ -92,6 +92,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rates", type=_rates, help="capacity ramp: orders/s, e.g. 10,20,40")
     parser.add_argument("--step-seconds", type=float, help="capacity ramp: seconds per rate")
     parser.add_argument(
+        "--cancel-every", type=int, help="capacity ramp: cancel every n-th order (0: none)"
+    )
+    parser.add_argument(
         "--mongo-server",
         choices=("python", "rust"),
         default="python",
@@ -112,6 +115,8 @@ def _plan(args: argparse.Namespace) -> Plan:
         plan = replace(plan, repeats=max(1, args.repeats))
     if args.rates is not None:
         plan = replace(plan, capacity_rates=args.rates)
+    if args.cancel_every is not None:
+        plan = replace(plan, capacity_cancel_every=max(0, args.cancel_every))
     if args.step_seconds is not None:
         plan = replace(plan, capacity_step_seconds=max(1.0, args.step_seconds))
     return plan

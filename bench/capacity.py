@@ -1,8 +1,10 @@
 """Capacity phase: the highest open-loop rate each design sustains end to end.
 
 For each design, a fresh pipeline is offered rising rates (``plan.capacity_rates``, each for
-``plan.capacity_step_seconds``); a rate is sustained when every order got its reservation and
-its email within the settle window and p99 scheduled-send -> reservation <= 250 ms
+``plan.capacity_step_seconds``), every ``plan.capacity_cancel_every``-th order cancelled right
+after its 201; a rate is sustained when every order got its reservation and its email (a
+cancelled one: its reservation reads cancelled and its cancellation email arrived) within the
+settle window and p99 scheduled-send -> reservation <= 250 ms
 (bench/capacity_model.py). The ramp stops at the first rate that is not sustained: what comes
 after it would start from a backlog. Next to each design's capacity, the upper bound the raw
 MongoDB transaction rate puts on it (its commits and writes per order counted from the code).
@@ -48,7 +50,12 @@ async def _ramp(run: Run, design: str) -> dict[str, Any]:
         await warm_up(run, pipeline)
         for rate in plan.capacity_rates:
             result = await measure(
-                run, pipeline, rate, plan.capacity_step_seconds, plan.settle_seconds
+                run,
+                pipeline,
+                rate,
+                plan.capacity_step_seconds,
+                plan.settle_seconds,
+                plan.capacity_cancel_every,
             )
             step = _step(result)
             ok, why = step_sustained(step)

@@ -37,6 +37,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 
 from bench.stats import Distribution, achieved_rate, open_loop_schedule
+from services.inventory.models import RESERVATIONS, ReservationStatus
 from shared.contracts import ORDER_CREATED_TOPIC
 from shared.mongo import make_mongo_client
 from stack.observe import Inbox, topic_partitions
@@ -44,7 +45,7 @@ from stack.observe import Inbox, topic_partitions
 BENCH_SKUS: Final = tuple(f"BENCH-SKU-{n}" for n in range(1, 9))
 # Enough stock that no benchmark order is ever rejected for want of it.
 BENCH_STOCK: Final = 1_000_000_000
-_SUBJECT = re.compile(r"^Order ([0-9a-f]{24}) confirmed")
+_SUBJECT = re.compile(r"^Order ([0-9a-f]{24}) (confirmed|cancelled)")
 # At most this many requests in flight: bounds memory and sockets if the API stalls.
 MAX_IN_FLIGHT: Final = 256
 HTTP_TIMEOUT_SECONDS: Final = 10.0
@@ -99,6 +100,10 @@ class LatencyResult:
     errors: int = 0
     achieved_rate: float = 0.0
     in_flight_cap_hits: int = 0
+    cancelled: int = 0
+    # Cancelled orders whose reservation was not 'cancelled' or whose cancellation email was
+    # missing at the end of the settle window (and of the grace period).
+    cancellations_incomplete: int = 0
     settle_timeout_seconds: float = 0.0
     published: Distribution | None = None
     reservation: Distribution | None = None
@@ -108,11 +113,13 @@ class LatencyResult:
     missing_email: Missing = field(default_factory=Missing)
     notes: list[str] = field(default_factory=list)
 
+    # Orders without a reservation or an email at the end of the settle window.
+    orders_incomplete: int = 0
+
     def incomplete(self) -> int:
-        """Orders that did not complete every step within the settle window."""
-        return (self.reservation.missing if self.reservation else self.created) + (
-            self.email.missing if self.email else self.created
-        )
+        """Orders that did not complete every step within the settle window (a cancelled one:
+        its cancellation, within the settle window and the grace period)."""
+        return self.orders_incomplete + self.cancellations_incomplete
 
 
 class _ReservationWatcher:
@@ -120,7 +127,7 @@ class _ReservationWatcher:
 
     def __init__(self, mongo_uri: str, database: str) -> None:
         self._client = make_mongo_client(mongo_uri, 10.0, "bench-e2e-watch")
-        self._collection = self._client[database]["reservations"]
+        self._collection = self._client[database][RESERVATIONS]
         self.committed: dict[str, float] = {}
         self.fallbacks = 0
         self._opened = asyncio.Event()
@@ -156,6 +163,14 @@ class _ReservationWatcher:
                 else:  # a server without wallTime: the moment we saw it (an upper bound)
                     self.fallbacks += 1
                     self.committed[order_id] = time.time()
+
+    async def cancelled(self, order_ids: list[str]) -> set[str]:
+        """Which of ``order_ids`` have a reservation record that reads ``cancelled``."""
+        cursor = self._collection.find(
+            {"orderId": {"$in": order_ids}, "status": ReservationStatus.CANCELLED.value},
+            {"orderId": 1},
+        )
+        return {doc["orderId"] async for doc in cursor}
 
     async def close(self) -> None:
         if self._task is not None:
@@ -217,11 +232,16 @@ class _EmailScanner:
         self._inbox = Inbox(directory)
         self._inbox.mark_start()
         self.received: dict[str, float] = {}
+        self.cancellations: set[str] = set()
 
     def scan(self) -> None:
         for mail in self._inbox.scan():
             match = _SUBJECT.match(mail.subject)
-            if match and mail.received_at is not None:
+            if match is None or mail.received_at is None:
+                continue
+            if match.group(2) == "cancelled":
+                self.cancellations.add(match.group(1))
+            else:
                 self.received.setdefault(match.group(1), mail.received_at)
 
 
@@ -233,6 +253,7 @@ class _Sent:
     scheduled: dict[str, float] = field(default_factory=dict)
     answered: dict[str, float] = field(default_factory=dict)
     send_offsets: list[float] = field(default_factory=list)
+    cancelled: set[str] = field(default_factory=set)
 
 
 async def _send_orders(
@@ -242,6 +263,7 @@ async def _send_orders(
     sent: _Sent,
     result: LatencyResult,
     body_for: Callable[[int], dict[str, Any]],
+    cancel_every: int,
 ) -> None:
     schedule = open_loop_schedule(rate, duration)
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -258,6 +280,13 @@ async def _send_orders(
                     order_id = response.json()["id"]
                     sent.scheduled[order_id] = due_wall
                     sent.answered[order_id] = answered
+                    if cancel_every and n % cancel_every == cancel_every - 1:
+                        # At once, so its cancel races its creation through the pipeline.
+                        cancel = await client.post(f"/orders/{order_id}/cancel")
+                        if cancel.status_code == 200:
+                            sent.cancelled.add(order_id)
+                        else:
+                            result.errors += 1
                 else:
                     result.errors += 1
             except httpx.HTTPError:
@@ -306,10 +335,16 @@ async def measure_e2e(
     settle_timeout: float,
     grace_seconds: float = GRACE_SECONDS,
     body_for: Callable[[int], dict[str, Any]] = order_body,
+    cancel_every: int = 0,
 ) -> LatencyResult:
     """Send ``rate`` orders/s for ``duration`` s, then wait up to ``settle_timeout`` s for every
     reservation and email; return the latency distributions from the scheduled send to each,
-    and say of every order still missing whether it arrived during ``grace_seconds`` more."""
+    and say of every order still missing whether it arrived during ``grace_seconds`` more.
+
+    With ``cancel_every`` = k, every k-th order is cancelled right after its 201; such an order
+    completes when its reservation reads ``cancelled`` and its cancellation email arrived (its
+    confirmation may or may not be sent, depending on which event the email service saw first).
+    """
     result = LatencyResult(
         design=design,
         target_rate=round(rate, 1),
@@ -326,28 +361,39 @@ async def measure_e2e(
         raise
     scanner = _EmailScanner(smtp_dir)
     sent = _Sent()
+    cancelled_done: set[str] = set()
 
-    def complete() -> bool:
+    async def complete() -> bool:
         scanner.scan()
-        return all(o in watcher.committed and o in scanner.received for o in sent.scheduled)
+        live = [o for o in sent.scheduled if o not in sent.cancelled]
+        if not all(o in watcher.committed and o in scanner.received for o in live):
+            return False
+        waiting = [o for o in sent.cancelled - cancelled_done if o in scanner.cancellations]
+        if waiting:
+            cancelled_done.update(await watcher.cancelled(waiting))
+        return cancelled_done >= sent.cancelled
 
     try:
-        await _send_orders(api_url, rate, duration, sent, result, body_for)
+        await _send_orders(api_url, rate, duration, sent, result, body_for, cancel_every)
         deadline = time.monotonic() + settle_timeout
-        while not complete() and time.monotonic() < deadline:  # noqa: ASYNC110
+        while not await complete() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)  # poll interval of the settle wait, bounded by its deadline
         reserved, mailed = set(watcher.committed), set(scanner.received)
-        missing_r = set(sent.scheduled) - reserved
-        missing_e = set(sent.scheduled) - mailed
-        if missing_r or missing_e:
+        live = set(sent.scheduled) - sent.cancelled
+        missing_r = live - reserved
+        missing_e = live - mailed
+        result.orders_incomplete = len(missing_r | missing_e)
+        if missing_r or missing_e or cancelled_done < sent.cancelled:
             grace = time.monotonic() + grace_seconds
-            while not complete() and time.monotonic() < grace:  # noqa: ASYNC110
+            while not await complete() and time.monotonic() < grace:  # noqa: ASYNC110
                 await asyncio.sleep(0.5)  # poll interval of the grace wait, bounded by it
             result.missing_reservation = _diagnose(missing_r, set(watcher.committed))
             result.missing_email = _diagnose(missing_e, set(scanner.received))
     finally:
         await watcher.close()
         await kafka.close()
+    result.cancelled = len(sent.cancelled)
+    result.cancellations_incomplete = len(sent.cancelled - cancelled_done)
     if watcher.fallbacks:
         result.notes.append(f"{watcher.fallbacks} reservations timed at observation (no wallTime)")
 
@@ -357,9 +403,13 @@ async def measure_e2e(
         found = [(arrivals[o] - t) * 1000 for o, t in start.items() if o in within]
         return Distribution.of(found, len(start) - len(found))
 
-    published = {o for o in kafka.visible if o in sent.scheduled}
-    result.published = latencies(kafka.visible, published, sent.scheduled)
-    result.reservation = latencies(watcher.committed, reserved, sent.scheduled)
-    result.email = latencies(scanner.received, mailed, sent.scheduled)
-    result.reservation_from_201 = latencies(watcher.committed, reserved, sent.answered)
+    # The latency figures follow the orders that were not cancelled (a cancelled order may
+    # never be reserved or confirmed, by design); cancelled ones count in ``incomplete``.
+    scheduled = {o: t for o, t in sent.scheduled.items() if o not in sent.cancelled}
+    answered = {o: t for o, t in sent.answered.items() if o not in sent.cancelled}
+    published = {o for o in kafka.visible if o in scheduled}
+    result.published = latencies(kafka.visible, published, scheduled)
+    result.reservation = latencies(watcher.committed, reserved, scheduled)
+    result.email = latencies(scanner.received, mailed, scheduled)
+    result.reservation_from_201 = latencies(watcher.committed, reserved, answered)
     return result

@@ -22,7 +22,7 @@ WARMUP_SETTLE_SECONDS: Final = 10.0
 
 
 async def measure(
-    run: Run, pipeline: Pipeline, rate: float, seconds: float, settle: float
+    run: Run, pipeline: Pipeline, rate: float, seconds: float, settle: float, cancel_every: int = 0
 ) -> LatencyResult:
     """One open-loop measurement of ``pipeline`` at ``rate`` orders/s for ``seconds``."""
     cfg = run.config
@@ -36,6 +36,7 @@ async def measure(
         rate=rate,
         duration=seconds,
         settle_timeout=settle,
+        cancel_every=cancel_every,
     )
 
 

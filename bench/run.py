@@ -47,6 +47,8 @@ class Plan:
     # The capacity ramp: offered orders/s, and how long each is offered.
     capacity_rates: tuple[float, ...]
     capacity_step_seconds: float
+    # Every n-th order of the ramp is cancelled right after its 201 (10: a tenth); 0: none.
+    capacity_cancel_every: int
 
     @classmethod
     def full(cls) -> Plan:
@@ -68,6 +70,7 @@ class Plan:
             light_seconds=40.0,
             capacity_rates=(10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0),
             capacity_step_seconds=30.0,
+            capacity_cancel_every=10,
         )
 
     @classmethod
@@ -88,6 +91,7 @@ class Plan:
             light_seconds=6.0,
             capacity_rates=(5.0, 10.0),
             capacity_step_seconds=5.0,
+            capacity_cancel_every=10,
         )
 
 

@@ -121,3 +121,12 @@ def test_wrk_orders_count_only_2xx_answers_over_the_measured_time() -> None:
     assert parsed["failed"] == 44
     with pytest.raises(ValueError, match="no request count"):
         parse_wrk("wrk: connection refused")
+
+
+def test_an_order_is_incomplete_without_its_reservation_its_email_or_its_cancellation() -> None:
+    from bench.e2e_latency import LatencyResult
+
+    result = LatencyResult(design="ours", target_rate=10.0, duration_seconds=1.0, created=10)
+    result.orders_incomplete = 2
+    result.cancellations_incomplete = 1
+    assert result.incomplete() == 3
