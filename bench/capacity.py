@@ -49,6 +49,8 @@ async def _ramp(run: Run, design: str) -> dict[str, Any]:
     async with DESIGNS[design](run, f"cap_{design}_{run.run_id}") as pipeline:
         await warm_up(run, pipeline)
         for rate in plan.capacity_rates:
+            label = f"capacity_{design}_{rate:g}"
+            recorders = run.start_profile(label, plan.capacity_step_seconds)
             result = await measure(
                 run,
                 pipeline,
@@ -57,6 +59,7 @@ async def _ramp(run: Run, design: str) -> dict[str, Any]:
                 plan.settle_seconds,
                 plan.capacity_cancel_every,
             )
+            await run.finish_profile(label, recorders)
             step = _step(result)
             ok, why = step_sustained(step)
             steps.append(step)
