@@ -5,13 +5,16 @@ For each design, a fresh pipeline is offered rising rates (``plan.capacity_rates
 after its 201; a rate is sustained when every order got its reservation and its email (a
 cancelled one: its reservation reads cancelled and its cancellation email arrived) within the
 settle window and p99 scheduled-send -> reservation <= 250 ms
-(bench/capacity_model.py). The ramp stops at the first rate that is not sustained: what comes
-after it would start from a backlog. Next to each design's capacity, the upper bound the raw
+(bench/capacity_model.py). The capacity is the highest rate sustained below the first that is
+not; the ramp itself goes on while every order still completes (the highest such rate is
+reported too), and stops at the first rate where one does not: what comes after it would start
+from a backlog. Next to each design's capacity, the upper bound the raw
 MongoDB transaction rate puts on it (its commits and writes per order counted from the code).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any
 
@@ -75,9 +78,16 @@ async def _ramp(run: Run, design: str) -> dict[str, Any]:
             )
             print(f"capacity {design} @ {rate}/s: {why}", flush=True)
             run.observe_memory()
-            if not ok:
+            # Past the latency limit the ramp goes on while every order still completes: the
+            # article's 500 ms poll alone breaks the p99 limit at any rate, and its throughput
+            # is still worth knowing.
+            if not step_sustained(step, math.inf)[0]:
                 break
-    return {"capacity_orders_per_s": ramp_capacity(steps), "steps": rows}
+    return {
+        "capacity_orders_per_s": ramp_capacity(steps),
+        "completes_every_order_up_to_orders_per_s": ramp_capacity(steps, math.inf),
+        "steps": rows,
+    }
 
 
 async def run_phase(run: Run) -> None:

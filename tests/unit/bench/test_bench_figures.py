@@ -130,3 +130,17 @@ def test_an_order_is_incomplete_without_its_reservation_its_email_or_its_cancell
     result.orders_incomplete = 2
     result.cancellations_incomplete = 1
     assert result.incomplete() == 3
+
+
+def test_without_a_latency_limit_the_ramp_measures_the_highest_rate_completing_every_order() -> (
+    None
+):
+    # The article's 500 ms poll fails the 250 ms p99 at every rate, yet completes up to 40/s.
+    steps = [
+        _step(10, p99=600.0),
+        _step(20, p99=700.0),
+        _step(40, p99=900.0),
+        _step(60, incomplete=5),
+    ]
+    assert ramp_capacity(steps) is None
+    assert ramp_capacity(steps, math.inf) == 40
