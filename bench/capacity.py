@@ -112,3 +112,13 @@ async def run_phase(run: Run) -> None:
         raw = measured["txn_per_s"]
         results["raw_txn_measured_here"] = measured
     results["bounds"] = [capacity_bound(float(raw), cost) for cost in order_costs()]
+    # Capacity over the bound of the same run: on a shared machine both move with the load, so
+    # this share is what compares across runs (and before/after a change) best.
+    for bound in results["bounds"]:
+        ramp: dict[str, Any] = results.get(bound["design"]) or {}
+        capacity = ramp.get("capacity_orders_per_s")
+        ramp["share_of_bound"] = (
+            round(capacity / bound["bound_orders_per_s"], 3)
+            if isinstance(capacity, int | float) and bound["bound_orders_per_s"] > 0
+            else None
+        )

@@ -365,7 +365,8 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 (
                     f"capacity {design}",
                     _fmt(ramp.get("capacity_orders_per_s"), " orders/s"),
-                    f"{steps}; every order complete up to {_fmt(complete, '/s')}",
+                    f"{steps}; every order complete up to {_fmt(complete, '/s')}; "
+                    f"{_fmt(ramp.get('share_of_bound'), 'x', 2)} of the MongoDB bound",
                 )
             )
     for bound in get(results, "capacity", "bounds") or []:
