@@ -12,6 +12,8 @@ KAFKA_LIBS := .stack/kafka/libs
 # Stamps: reinstall only when what they were built from changed.
 SETUP_STAMP := $(VENV)/.installed
 KAFKA_STAMP := $(KAFKA_LIBS)/.resolved
+# A literal comma inside $(call ...) arguments.
+comma := ,
 
 .PHONY: help setup test-tools redis-server wrk chromium promtool jaeger toxiproxy up down demo test test-unit test-integration test-e2e chaos \
 	bench lint
@@ -57,32 +59,27 @@ $(KAFKA_STAMP): stack/pom.xml
 	mv $(KAFKA_LIBS).new $(KAFKA_LIBS)
 	touch $@
 
-redis-server:
-	@command -v redis-server >/dev/null || { \
+# $(call apt_install,COMMAND,PACKAGE,WHY,IF_IMPOSSIBLE): when COMMAND is not on PATH, install
+# Debian's PACKAGE with apt-get (as root, or through sudo); otherwise run IF_IMPOSSIBLE (a message
+# to stderr, and `exit 1` when the target cannot do without it).
+define apt_install
+	@command -v $(1) >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "setup: installing Debian's redis-server with apt-get"; \
-	    apt-get update -qq && apt-get install -y -qq redis-server; \
+	    echo "$(3): installing Debian's $(2) with apt-get"; \
+	    apt-get update -qq && apt-get install -y -qq $(2); \
 	  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
-	    sudo apt-get update -qq && sudo apt-get install -y -qq redis-server; \
+	    sudo apt-get update -qq && sudo apt-get install -y -qq $(2); \
 	  else \
-	    echo "setup: redis-server is missing and cannot be installed here (no apt-get or" \
-	         "not root): install Redis 7 so that 'redis-server' is on PATH, then rerun make." >&2; \
-	    exit 1; \
+	    $(4); \
 	  fi; }
+endef
+
+redis-server:
+	$(call apt_install,redis-server,redis-server,setup,echo "setup: redis-server is missing and cannot be installed here (no apt-get or not root): install Redis 7 so that 'redis-server' is on PATH$(comma) then rerun make." >&2; exit 1)
 
 # Debian's chromium for the console's browser tests (Playwright drives it; no browser download).
 chromium:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "setup: installing Debian's chromium with apt-get (console browser tests)"; \
-	    apt-get update -qq && apt-get install -y -qq chromium; \
-	  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
-	    sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
-	  else \
-	    echo "setup: chromium is missing and cannot be installed here (no apt-get or not" \
-	         "root): install it so that /usr/bin/chromium exists, then rerun make." >&2; \
-	    exit 1; \
-	  fi; }
+	$(call apt_install,chromium,chromium,setup,echo "setup: chromium is missing and cannot be installed here (no apt-get or not root): install it so that /usr/bin/chromium exists$(comma) then rerun make." >&2; exit 1)
 
 # promtool from the Go module proxy into .stack/bin (alert-rule tests); stamped with its version,
 # so this is a no-op once built (the first build takes minutes: 34 min measured on two cores
@@ -135,16 +132,7 @@ chaos: setup toxiproxy
 # installed here and not by `setup`. Without it the bench still runs, says wrk did not run, and
 # takes the API's ratio from httpx.
 wrk:
-	@command -v wrk >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "bench: installing Debian's wrk with apt-get"; \
-	    apt-get update -qq && apt-get install -y -qq wrk; \
-	  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
-	    sudo apt-get update -qq && sudo apt-get install -y -qq wrk; \
-	  else \
-	    echo "bench: wrk is missing and cannot be installed here; the API figure will come" \
-	         "from httpx only (install wrk 4.x to measure it the issue's way)." >&2; \
-	  fi; }
+	$(call apt_install,wrk,wrk,bench,echo "bench: wrk is missing and cannot be installed here; the API figure will come from httpx only (install wrk 4.x to measure it the issue's way)." >&2)
 
 # Every phase, the capacity ramp included. The ramp alone: `.venv/bin/python -m bench capacity`.
 bench: setup wrk
