@@ -17,8 +17,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.health import READY_TIMEOUT_SECONDS
 from shared.kafka import REQUEST_TIMEOUT_MS
+from stack.observe import topic_partitions
 from stack.toxiproxy import Toxiproxy
-from tests.e2e.chaos.harness import Chaos, _partitions
+from tests.e2e.chaos.harness import Chaos
 from tests.e2e.chaos.invariants import Evaluation
 from tests.waiting import wait_until
 
@@ -134,7 +135,7 @@ class OpenTransaction:
         for consumer in self._consumers.values():
             await consumer.start()
         for topic in self._topics:
-            self._tps += await _partitions(self._consumers["read_committed"], topic)
+            self._tps += await topic_partitions(self._consumers["read_committed"], topic)
         return self
 
     async def __aexit__(
