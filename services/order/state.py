@@ -8,6 +8,7 @@ answers 503, so an orchestrator can start the API and the database in any order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -37,6 +38,10 @@ class AppState:
     first_attempt_done: asyncio.Event = field(default_factory=asyncio.Event)
     # An error retrying cannot cure (an index conflict): the API never becomes ready.
     fatal: Exception | None = None
+    # Set at shutdown. The retry loop checks it besides being cancelled: on Python 3.11 a
+    # cancellation racing the driver's internal ``asyncio.wait_for`` can be swallowed
+    # (CPython gh-86296) and come back as an ordinary connection error.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def bind_mongo(state: AppState) -> None:
@@ -47,7 +52,7 @@ async def bind_mongo(state: AppState) -> None:
     settings = state.settings
     database = state.client[settings.database]
     backoff = settings.backoff()
-    while True:
+    while not state.stopping.is_set():
         try:
             with pymongo.timeout(settings.mongo_timeout_seconds):
                 await init_beanie(
@@ -63,13 +68,16 @@ async def bind_mongo(state: AppState) -> None:
             return
         except PyMongoError as exc:
             state.first_attempt_done.set()
+            if state.stopping.is_set():
+                return
             delay = backoff.next_delay()
             log.warning(
                 "MongoDB not available at start-up, retrying",
                 extra={"reason": repr(exc), "delay": round(delay, 3)},
             )
-            # Not a synchronisation sleep: the pause between reconnection attempts.
-            await asyncio.sleep(delay)
+            # The pause between reconnection attempts, cut short by shutdown.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.stopping.wait(), timeout=delay)
             continue
         state.ready.set()
         state.first_attempt_done.set()

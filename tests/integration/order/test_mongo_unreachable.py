@@ -12,12 +12,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from pymongo.errors import ServerSelectionTimeoutError
 
 from services.order.app import create_app
 from services.order.settings import OrderSettings
 from stack import Stack
 from tests.integration.order.conftest import TEST_DATABASE, Api, order_body
-from tests.waiting import wait_until
+from tests.waiting import WaitTimeout, wait_until
 
 PROMISE_SECONDS = 5.0
 
@@ -170,3 +171,43 @@ async def test_start_up_retries_are_paced_by_the_backoff_settings(
 
     # ORDER_BACKOFF_MAX_SECONDS caps every pause (plus the 20% jitter), the first one included.
     assert all(delay <= 0.02 * 1.2 for delay in retry_delays()), retry_delays()
+
+
+async def test_shutdown_ends_the_start_up_retries_even_when_a_driver_call_eats_the_cancel(
+    caplog: pytest.LogCaptureFixture, closed_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's ``asyncio.wait_for`` can swallow a cancellation that races its inner
+    future (CPython gh-86296), and the driver waits that way: a cancelled start-up attempt may
+    come back as an ordinary connection error. Shutdown must still end the retry loop, within a
+    bound, instead of leaving it retrying (the suite saw a lifespan exit hang for 300 s)."""
+    settings = OrderSettings(
+        mongo_uri=f"mongodb://127.0.0.1:{closed_port}/?replicaSet=secantus",
+        database=TEST_DATABASE,
+        mongo_timeout_seconds=0.5,
+        backoff_initial_seconds=0.01,
+        backoff_max_seconds=0.02,
+    )
+    attempts = 0
+
+    async def init_that_eats_the_cancel(**_: object) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:  # the lifespan waits for a first attempt: let it fail at once
+            raise ServerSelectionTimeoutError("nobody listens")
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise ServerSelectionTimeoutError("cancelled wait came back as a timeout") from None
+
+    monkeypatch.setattr("services.order.state.init_beanie", init_that_eats_the_cancel)
+    app = create_app(settings)
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    await wait_until(lambda: attempts >= 2, timeout=10, message="a retry in flight")
+
+    # The lifespan's exit is bounded: it must return well inside the test's own timeout.
+    await asyncio.wait_for(lifespan.__aexit__(None, None, None), timeout=15)
+    attempts_at_exit = attempts
+    # No attempt starts after shutdown: the loop is gone, not retrying in the background.
+    with pytest.raises(WaitTimeout):
+        await wait_until(lambda: attempts > attempts_at_exit, timeout=1, message="no retry")
