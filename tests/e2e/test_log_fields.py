@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest_asyncio
 
 from shared.contracts import ORDER_CREATED_TOPIC
 from stack import SERVICES, Stack
@@ -24,18 +22,6 @@ from tests.waiting import wait_until
 FOLLOW_TIMEOUT_SECONDS = 60.0
 # The fields that follow one event everywhere (the style guide's promise).
 TRAIL = ("event_id", "order_id", "topic", "partition", "offset")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def pipeline(stack: Stack) -> AsyncIterator[Pipeline]:
-    running = Pipeline(stack)
-    await running.prepare()
-    try:
-        yield running
-    finally:
-        for instance in list(running.started_with):
-            await running.stop(instance)
-        await running.close()
 
 
 def _lines(stack: Stack, instance: str) -> list[dict[str, Any]]:

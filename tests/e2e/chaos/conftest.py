@@ -1,8 +1,8 @@
 """Fixtures of the failure-injection suite, and the report hooks.
 
-``pipeline`` (per module) starts order, relay, inventory and email on the session's ``stack``;
-``chaos`` (per test) puts the pipeline back to its defaults, marks where the scenario begins,
-and after the test records the scenario's row for the report, even when it failed.
+``pipeline`` (per module, from ``tests/e2e/conftest.py``) runs the four services; ``chaos`` (per
+test) puts the pipeline back to its defaults, marks where the scenario begins, and after the test
+records the scenario's row for the report, even when it failed.
 """
 
 from __future__ import annotations
@@ -12,24 +12,8 @@ from collections.abc import AsyncIterator, Generator
 import pytest
 import pytest_asyncio
 
-from stack import Stack
 from tests.e2e.chaos.harness import Chaos, Pipeline
 from tests.e2e.chaos.report import RESULTS, format_line, write_report
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def pipeline(stack: Stack) -> AsyncIterator[Pipeline]:
-    running = Pipeline(stack)
-    await running.prepare()
-    try:
-        yield running
-    finally:
-        for instance in list(running.started_with):
-            try:
-                await running.stop(instance)
-            except Exception as exc:  # keep stopping the others; the stack fixture reaps all
-                print(f"chaos: could not stop {instance}: {exc}")
-        await running.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
