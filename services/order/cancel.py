@@ -23,7 +23,7 @@ from pymongo.errors import DuplicateKeyError
 
 from services.order.handlers import IdempotencyConflict, order_out, utc_now_ms
 from services.order.metrics import OrderMetrics
-from services.order.models import Order, OutboxEvent
+from services.order.models import INDEX_ORDERS_CANCEL_IDEMPOTENCY_KEY, Order, OutboxEvent
 from services.order.schemas import ORDER_STATUS_CANCELLED, ORDER_STATUS_CREATED, OrderOut
 from shared.contracts import EVENT_ORDER_CANCELLED
 from shared.events import OrderCancelled
@@ -66,6 +66,8 @@ async def _key_used_elsewhere(
         Order.cancel_idempotency_key == key,
         {"_id": {"$ne": oid}},
         session=session,
+        # Named for the reason given in handlers._replay: the index is partial.
+        hint=INDEX_ORDERS_CANCEL_IDEMPOTENCY_KEY,
     )
     return None if other is None else str(other.id)
 

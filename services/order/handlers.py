@@ -20,7 +20,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
 from services.order.metrics import OrderMetrics
-from services.order.models import Order, OrderLine, OutboxEvent
+from services.order.models import INDEX_ORDERS_IDEMPOTENCY_KEY, Order, OrderLine, OutboxEvent
 from services.order.schemas import (
     ORDER_STATUS_CANCELLED,
     ORDER_STATUS_CREATED,
@@ -108,7 +108,14 @@ async def _replay(
 ) -> CreateResult | None:
     # Keys are scoped to the caller (as payment APIs scope them to the account): another user's
     # order made with the same key is neither replayed nor a conflict.
-    existing = await Order.find_one(Order.user_id == user_id, Order.idempotency_key == key)
+    existing = await Order.find_one(
+        Order.user_id == user_id,
+        Order.idempotency_key == key,
+        # Named because the index is partial: MongoDB's planner proves an equality on a string
+        # matches its filter and picks it, but not every server does, and a scan here makes every
+        # keyed request slower with each order ever taken.
+        hint=INDEX_ORDERS_IDEMPOTENCY_KEY,
+    )
     if existing is None:
         return None
     if existing.request_hash != fingerprint:
