@@ -110,7 +110,7 @@ demo: setup
 # pytest exits 5 when it collected nothing: for us that is a failure (a wrong path or a
 # marker filter that matches nothing must not pass CI), and make fails on any non-zero code.
 define run_pytest
-	$(PYTEST) $(1) || { rc=$$?; [ $$rc -ne 5 ] || echo "make: pytest collected no tests" >&2; exit $$rc; }
+	$(PYTEST) $(1) --durations=30 || { rc=$$?; [ $$rc -ne 5 ] || echo "make: pytest collected no tests" >&2; exit $$rc; }
 endef
 
 test: test-tools
