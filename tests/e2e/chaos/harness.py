@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any, Final
 
 import httpx
+import pymongo
 from bson import ObjectId
 from bson.errors import InvalidId
 
@@ -94,6 +95,9 @@ SETTLE_POLL_SECONDS: Final = 1.0
 INJECTED_HEADER: Final = "chaosInjected"
 _EVENT_ID = re.compile(r"[0-9a-f]{24}")
 _HARNESS_TIMEOUT_SECONDS: Final = 5.0
+# Dropping a database the previous module filled is slow on a loaded machine (CI saw a drop miss
+# the 5 s above while the server was up); the fail-fast timeout is for the scenarios' reads.
+_PREPARE_TIMEOUT_SECONDS: Final = 60.0
 # How long after its 201 a cancelled order's cancel is sent, in turn: at once, within
 # milliseconds (racing the relay, which may publish both events in one batch), and later (the
 # creation long consumed).
@@ -443,8 +447,9 @@ class Pipeline:
         for name in SERVICES:
             if self.is_running(name):
                 await self.stop(name)
-        await self.mongo.drop_database(ORDERS_DB)
-        await self.mongo.drop_database(INVENTORY_DB)
+        with pymongo.timeout(_PREPARE_TIMEOUT_SECONDS):
+            await self.mongo.drop_database(ORDERS_DB)
+            await self.mongo.drop_database(INVENTORY_DB)
         for topic in ORDER_TOPICS:
             await position_groups_at_end(self.bootstrap, GROUPS, topic)
         await self.seed_stock({sku: AMPLE_STOCK for sku in SKUS})
