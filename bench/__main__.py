@@ -12,6 +12,7 @@ goes on, so one broken part never hides the others' figures):
 4. ``e2e_ours``/``e2e_article`` (bench/e2e_phase.py): open-loop latency at 50% of the API's
    maximum and at 5/s, for both designs;
 5. ``capacity`` (bench/capacity.py): the open-loop ramp of both designs and the MongoDB bound;
+   ``tracing_off`` (bench/tracing_off.py): what the tracing hooks cost with no collector;
 6. peak resident memory of every process (read before each stop and at the end).
 
 ``python -m bench capacity`` runs only the ramp. Only 127.0.0.1 is ever contacted. The stack
@@ -33,7 +34,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from bench import capacity, consumers_drain, e2e_phase, order_api, relay_drain, report
+from bench import (
+    capacity,
+    consumers_drain,
+    e2e_phase,
+    order_api,
+    relay_drain,
+    report,
+    tracing_off,
+)
 from bench.run import RUST_MONGO, Plan, Run, RustMongoStack, phase
 from shared.contracts import ALL_TOPICS
 from shared.kafka import ensure_topics
@@ -48,6 +57,7 @@ PHASES: dict[str, Callable[[Run], Awaitable[None]]] = {
     "e2e_ours": e2e_phase.run_ours,
     "e2e_article": e2e_phase.run_article,
     "capacity": capacity.run_phase,
+    "tracing_off": tracing_off.run_phase,
 }
 
 

@@ -47,6 +47,12 @@ class OutboxField:
     # The lease epoch of the relay leader that last wrote the status fields above: which
     # leader published (or failed) an event, and proof that a deposed one wrote nothing.
     RELAY_EPOCH: Final = "relayEpoch"
+    # Where Kafka put the event (from the send's RecordMetadata), written with the Published
+    # mark: an operator can go from an order straight to its record (console order timeline).
+    # Absent on events published before these fields existed, and on Pending or Failed ones.
+    KAFKA_TOPIC: Final = "kafkaTopic"
+    KAFKA_PARTITION: Final = "kafkaPartition"
+    KAFKA_OFFSET: Final = "kafkaOffset"
 
 
 INDEX_PENDING: Final = "status_1_createdAt_1"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -27,7 +28,15 @@ from types import FrameType
 
 from stack.config import ALL, INFRA, KNOWN, OPERATOR, SERVICES, StackConfig
 from stack.gotools import JAEGER, GoToolError, ensure
-from stack.supervisor import Stack, StackError, component_of, console_token, service_exists, tail
+from stack.supervisor import (
+    CONSOLE_TOKEN_ENV,
+    Stack,
+    StackError,
+    component_of,
+    console_token,
+    service_exists,
+    tail,
+)
 
 
 class _StopRequested(BaseException):
@@ -56,6 +65,18 @@ def _print_status(stack: Stack) -> None:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
 
 
+def console_banner(config: StackConfig, token: str) -> str:
+    """Where the console is and how to sign in: the token itself for the stack's own
+    (generated, kept owner-only), never a token the operator set in ``CONSOLE_TOKEN``."""
+    url = f"http://127.0.0.1:{config.port_of('console')}/"
+    if os.environ.get(CONSOLE_TOKEN_ENV):
+        return f"console: {url} (sign in with your {CONSOLE_TOKEN_ENV})"
+    return (
+        f"console: {url} (sign in with the token below; kept in {config.console_token_path}, "
+        f"mode 0600)\n  {token}"
+    )
+
+
 def _default_components() -> list[str]:
     missing = [s for s in SERVICES + OPERATOR if not service_exists(s)]
     for name in missing:
@@ -82,15 +103,6 @@ def cmd_up(stack: Stack, args: argparse.Namespace) -> int:
     def _raise_stop(signum: int, frame: FrameType | None) -> None:
         raise _StopRequested(signal.Signals(signum).name)
 
-    if "console" in names:
-        token, generated = console_token(stack.config)
-        if generated:
-            # Printed once, at generation; later starts reuse it from the file.
-            print(
-                f"console token (shown once; kept in {stack.config.console_token_path}, mode "
-                f"0600):\n  {token}\nopen http://127.0.0.1:{stack.config.port_of('console')}/ "
-                "and sign in with it"
-            )
     if not args.detach:
         signal.signal(signal.SIGINT, _raise_stop)
         signal.signal(signal.SIGTERM, _raise_stop)
@@ -104,6 +116,9 @@ def cmd_up(stack: Stack, args: argparse.Namespace) -> int:
         return 130
     print(f"ready in {time.monotonic() - started_at:.1f}s ({', '.join(names)})")
     _print_status(stack)
+    if "console" in names:
+        # Once per start-up, after the status table, where it is not scrolled away.
+        print(console_banner(stack.config, console_token(stack.config)[0]))
     if args.detach:
         print("detached: `python -m stack down` stops it")
         return 0

@@ -25,11 +25,11 @@ from bson.errors import InvalidId
 
 from services.console.settings import ConsoleSettings
 from services.relay.lease import LEASE_COLLECTION, LEASE_ID
-from shared.contracts import ORDER_CREATED_TOPIC, TOPIC_PARTITIONS, Header, OutboxStatus
+from shared.contracts import TOPIC_PARTITIONS, Header, OutboxStatus, topic_for_event_type
 from shared.dlq import StoredDlqRecord
 from shared.kafka import REQUEST_TIMEOUT_MS
 from shared.mongo import MongoClient
-from shared.outbox import OUTBOX_COLLECTION
+from shared.outbox import OUTBOX_COLLECTION, OutboxField
 from shared.redaction import redact
 
 PROBE_TIMEOUT_SECONDS = 2.0
@@ -177,6 +177,20 @@ def _event_view(doc: dict[str, Any]) -> dict[str, Any]:
         "publishedAt": _utc(doc.get("publishedAt")),
         "lastError": redact(str(doc["lastError"])) if doc.get("lastError") else None,
         "traceparent": doc.get("traceparent"),
+        "kafka": kafka_position(doc),
+    }
+
+
+def kafka_position(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the relay recorded Kafka put this event (topic, partition, offset), or None for an
+    event not published, or published before the relay recorded it."""
+    f = OutboxField
+    if doc.get(f.KAFKA_OFFSET) is None:
+        return None
+    return {
+        "topic": doc.get(f.KAFKA_TOPIC),
+        "partition": doc.get(f.KAFKA_PARTITION),
+        "offset": doc.get(f.KAFKA_OFFSET),
     }
 
 
@@ -286,7 +300,8 @@ def partition_of(key: str, partitions: int = TOPIC_PARTITIONS) -> int:
 async def timeline(
     client: MongoClient, settings: ConsoleSettings, order_id: str
 ) -> tuple[dict[str, Any] | None, list[Step], list[str]]:
-    """The order, its steps in time order, and the trace ids of its events."""
+    """The order (with its outbox events: status and Kafka position), its steps in time order,
+    and the trace ids of its events."""
     try:
         oid = ObjectId(order_id)
     except (InvalidId, TypeError):
@@ -297,20 +312,15 @@ async def timeline(
         return None, [], []
     steps = [Step(_utc(order.get("createdAt")), "order created", f"status {order.get('status')}")]
     traces: list[str] = []
+    events: list[dict[str, Any]] = []
     async for doc in db[OUTBOX].find({"aggregateId": order_id}).sort("aggregateVersion", 1):
         event = _event_view(doc)
+        events.append(event)
         steps.append(
             Step(event["createdAt"], f"outbox {event['eventType']} written", f"event {event['id']}")
         )
         if event["status"] == OutboxStatus.PUBLISHED.value:
-            partition = partition_of(order_id)
-            steps.append(
-                Step(
-                    event["publishedAt"],
-                    "published to Kafka",
-                    f"topic {ORDER_CREATED_TOPIC}, partition {partition} (key {order_id})",
-                )
-            )
+            steps.append(Step(event["publishedAt"], "published to Kafka", _where(event, order_id)))
         else:
             detail = f"status {event['status']}, {event['attempts']} attempt(s)"
             if event["lastError"]:
@@ -340,8 +350,28 @@ async def timeline(
         "userId": order.get("userId"),
         "total": str(order.get("total")),
         "createdAt": _utc(order.get("createdAt")),
+        "events": events,
     }
     return summary, steps, traces
+
+
+def _where(event: dict[str, Any], order_id: str) -> str:
+    """The Kafka position of a published event, as the relay recorded it. An event published
+    before the relay recorded positions shows the topic and partition its type and key imply."""
+    kafka = event["kafka"]
+    if kafka is not None:
+        return (
+            f"topic {kafka['topic']}, partition {kafka['partition']}, offset {kafka['offset']} "
+            f"(key {order_id})"
+        )
+    try:
+        topic = topic_for_event_type(str(event["eventType"]))
+    except ValueError:
+        topic = "unknown topic"
+    return (
+        f"topic {topic}, partition {partition_of(order_id)} (key {order_id}); offset not "
+        "recorded (published before the relay recorded offsets)"
+    )
 
 
 async def _emails(settings: ConsoleSettings, order_id: str) -> list[Step]:

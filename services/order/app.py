@@ -57,16 +57,19 @@ def create_app(settings: OrderSettings) -> FastAPI:
         state = AppState(settings=settings, client=client, metrics=metrics)
         app.state.order = state
         binding = asyncio.create_task(bind_mongo(state), name="order-bootstrap")
+        state.readiness.start()
         # Wait for the first attempt so a healthy start is ready at once; a failed one goes on in
         # the background and the API answers 503 meanwhile.
         await state.first_attempt_done.wait()
         if state.fatal is not None:
+            await state.readiness.stop()
             await client.close()
             raise state.fatal
         try:
             yield
         finally:
             state.stopping.set()
+            await state.readiness.stop()
             binding.cancel()
             # Bounded: a cancellation the driver swallowed still ends the loop (``stopping``)
             # once its current attempt returns, which MONGO_TIMEOUT_SECONDS bounds.

@@ -9,11 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-import pymongo
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pymongo.errors import PyMongoError
 
 from services.order.cancel import cancel_order
 from services.order.errors import INVALID, TOO_LARGE, UNAVAILABLE, order_not_found
@@ -26,9 +24,8 @@ from services.order.schemas import (
     OrderOut,
     OrderWithEventsOut,
 )
-from services.order.state import AppState, ReadyStateDep, StateDep
-from shared.health import READY_TIMEOUT_SECONDS, readiness_body
-from shared.mongo import transactions_supported
+from services.order.state import ReadyStateDep, StateDep
+from shared.health import readiness_body
 
 log = logging.getLogger(__name__)
 
@@ -171,29 +168,15 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "Not ready; `checks` says what is missing."}},
 )
 async def readyz(state: StateDep) -> JSONResponse:
-    checks, reason = await _ready_checks(state)
+    # Live, not the sampled answer: an orchestrator's probe wants the state now (and the
+    # answer refreshes service_ready too).
+    checks, reason = await state.readiness.check()
     ok = all(checks.values())
     return JSONResponse(readiness_body(checks, reason), status_code=200 if ok else 503)
 
 
 @probes.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def prometheus(state: StateDep) -> Response:
-    # Prometheus scrapes /metrics, not /readyz: sample readiness for the ServiceNotReady alert.
-    checks, _ = await _ready_checks(state)
-    state.metrics.ready.set(1 if all(checks.values()) else 0)
+    # service_ready comes from the readiness loop (state.readiness): a scrape never waits for
+    # MongoDB, so it answers at once even while MongoDB hangs.
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-async def _ready_checks(state: AppState) -> tuple[dict[str, bool], str | None]:
-    """What /readyz answers: indexes in place, MongoDB reachable and transaction-capable; and
-    why the MongoDB probe failed, if it did."""
-    checks = {"indexes": state.ready.is_set(), "mongo": False, "transactions": False}
-    reason: str | None = None
-    try:
-        with pymongo.timeout(min(READY_TIMEOUT_SECONDS, state.settings.mongo_timeout_seconds)):
-            checks["transactions"] = await transactions_supported(state.client)
-        checks["mongo"] = True
-    except PyMongoError as exc:
-        reason = repr(exc)
-        log.warning("readiness check failed", extra={"reason": reason})
-    return checks, reason

@@ -23,7 +23,8 @@ from services.order.indexes import ensure_order_indexes
 from services.order.metrics import OrderMetrics
 from services.order.models import Order, OutboxEvent
 from services.order.settings import OrderSettings
-from shared.mongo import IndexConflict, MongoClient
+from shared.health import READY_TIMEOUT_SECONDS, ReadinessSampler
+from shared.mongo import IndexConflict, MongoClient, transactions_supported
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,26 @@ class AppState:
     # cancellation racing the driver's internal ``asyncio.wait_for`` can be swallowed
     # (CPython gh-86296) and come back as an ordinary connection error.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # The readiness answer: /readyz runs it live, service_ready reads its latest sample.
+    readiness: ReadinessSampler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.readiness = ReadinessSampler(lambda: ready_checks(self), self.metrics.ready)
+
+
+async def ready_checks(state: AppState) -> tuple[dict[str, bool], str | None]:
+    """What /readyz answers: indexes in place, MongoDB reachable and transaction-capable; and
+    why the MongoDB probe failed, if it did."""
+    checks = {"indexes": state.ready.is_set(), "mongo": False, "transactions": False}
+    reason: str | None = None
+    try:
+        with pymongo.timeout(min(READY_TIMEOUT_SECONDS, state.settings.mongo_timeout_seconds)):
+            checks["transactions"] = await transactions_supported(state.client)
+        checks["mongo"] = True
+    except PyMongoError as exc:
+        reason = repr(exc)
+        log.warning("readiness check failed", extra={"reason": reason})
+    return checks, reason
 
 
 async def bind_mongo(state: AppState) -> None:

@@ -46,6 +46,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from bson import ObjectId
 from opentelemetry.trace import Span
+from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.cursor import AsyncCursor
@@ -569,8 +570,9 @@ class Publisher:
         verdicts = judge_failures(
             outcome, sent, self._settings.max_attempts, [event.attempts for event in plan]
         )
-        await self._settle([plan[index] for index in marked], plan, outcome, verdicts, malformed)
-        _log_published([(plan[index], placed.get(index)) for index in marked])
+        published = [(plan[index], placed.get(index)) for index in marked]
+        await self._settle(published, plan, outcome, verdicts, malformed)
+        _log_published(published)
         self._published_ids.update(plan[index].id for index in marked)
         result.published = len(marked)
         if plan:
@@ -689,7 +691,7 @@ class Publisher:
 
     async def _settle(
         self,
-        published: Sequence[OutboxEvent],
+        published: Sequence[tuple[OutboxEvent, Any]],
         plan: Sequence[OutboxEvent],
         outcome: Sequence[BaseException | None],
         verdicts: Mapping[int, Verdict],
@@ -697,10 +699,12 @@ class Publisher:
     ) -> None:
         """Write what the round decided (marks, attempts, Failed) in one fenced transaction.
 
-        Every filter includes ``status: Pending``: a write can only move an event on from
-        Pending, never resurrect or overwrite anything else. The transaction is conditional on
-        our lease epoch (:meth:`Lease.write_fenced`): if another relay took over, nothing of it
-        is written and :class:`Fenced` is raised.
+        ``published`` pairs each acknowledged event with Kafka's RecordMetadata for it: the
+        Published mark records the topic, partition and offset. Every filter includes ``status:
+        Pending``: a write can only move an event on from Pending, never resurrect or overwrite
+        anything else. The transaction is conditional on our lease epoch
+        (:meth:`Lease.write_fenced`): if another relay took over, nothing of it is written and
+        :class:`Fenced` is raised.
         """
         if not published and not verdicts and not malformed:
             return
@@ -715,15 +719,17 @@ class Publisher:
 
         async def work(session: AsyncClientSession, epoch: int) -> None:
             if published:
-                await self._outbox.update_many(
-                    {f.ID: {"$in": [event.id for event in published]}, f.STATUS: pending},
-                    {
-                        "$set": {
-                            f.STATUS: OutboxStatus.PUBLISHED.value,
-                            f.PUBLISHED_AT: now,
-                            f.RELAY_EPOCH: epoch,
-                        }
-                    },
+                # One bulk write (one round trip) for the batch's marks: each event gets its own
+                # partition and offset, which one update_many cannot set.
+                await self._outbox.bulk_write(
+                    [
+                        UpdateOne(
+                            {f.ID: event.id, f.STATUS: pending},
+                            {"$set": published_fields(where, epoch, now)},
+                        )
+                        for event, where in published
+                    ],
+                    ordered=False,
                     session=session,
                 )
             for index, verdict in verdicts.items():
@@ -771,7 +777,7 @@ class Publisher:
             await self._lease.write_fenced(work)
         if published:
             self._metrics.published.inc(len(published))
-            for event in published:
+            for event, _ in published:
                 self._metrics.commit_to_publish.observe(
                     max(0.0, (now - _utc(event.created_at)).total_seconds())
                 )
@@ -820,6 +826,22 @@ class Publisher:
                     "reason": bad.reason,
                 },
             )
+
+
+def published_fields(where: Any, epoch: int, now: datetime) -> dict[str, Any]:
+    """The fields of an event's Published mark: status, time, the leader's epoch, and where
+    Kafka put the record (``where`` is the send's RecordMetadata; None leaves those out)."""
+    f = OutboxField
+    fields: dict[str, Any] = {
+        f.STATUS: OutboxStatus.PUBLISHED.value,
+        f.PUBLISHED_AT: now,
+        f.RELAY_EPOCH: epoch,
+    }
+    if where is not None:
+        fields[f.KAFKA_TOPIC] = where.topic
+        fields[f.KAFKA_PARTITION] = int(where.partition)
+        fields[f.KAFKA_OFFSET] = int(where.offset)
+    return fields
 
 
 def _log_published(published: Sequence[tuple[OutboxEvent, Any]]) -> None:

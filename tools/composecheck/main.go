@@ -8,12 +8,14 @@
 //
 // Usage:
 //
-//	composecheck [-json] FILE [FILE...]
+//	composecheck [-json] [-env NAME=VALUE ...] FILE [FILE...]
 //	composecheck -dockerfile Dockerfile
 //
 // It exits 0 when the files load, 1 with the loader's error on stderr when they do not, 2 on a
 // usage error. With -json it prints the loaded project (interpolated and normalised, exactly the
 // model docker compose would act on) so tests can inspect it without re-implementing the loader.
+// Interpolation sees only the -env variables given (the operator's environment a test stands
+// for), never the caller's shell or a .env file.
 // With -dockerfile it checks a Dockerfile with BuildKit's parser instead (see dockerfile.go).
 package main
 
@@ -27,11 +29,23 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 )
 
+// envList collects repeated -env NAME=VALUE flags.
+type envList []string
+
+func (e *envList) String() string { return fmt.Sprint(*e) }
+
+func (e *envList) Set(value string) error {
+	*e = append(*e, value)
+	return nil
+}
+
 func main() {
 	asJSON := flag.Bool("json", false, "print the loaded, normalised project as JSON")
+	var env envList
+	flag.Var(&env, "env", "NAME=VALUE seen by interpolation (repeatable); nothing else is")
 	dockerfile := flag.Bool("dockerfile", false, "check one Dockerfile instead of Compose files")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: composecheck [-json] FILE [FILE...] | -dockerfile FILE")
+		fmt.Fprintln(os.Stderr, "usage: composecheck [-json] [-env NAME=VALUE ...] FILE [FILE...] | -dockerfile FILE")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -44,7 +58,7 @@ func main() {
 	if *dockerfile {
 		err = checkDockerfile(files[0])
 	} else {
-		err = run(files, *asJSON)
+		err = run(files, *asJSON, env)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "composecheck: %v\n", err)
@@ -52,7 +66,7 @@ func main() {
 	}
 }
 
-func run(files []string, asJSON bool) error {
+func run(files []string, asJSON bool, env []string) error {
 	// The project directory is the first file's folder, as with `docker compose -f`; that is
 	// where build contexts and bind mounts are resolved from.
 	workingDir, err := filepath.Abs(filepath.Dir(files[0]))
@@ -63,8 +77,9 @@ func run(files []string, asJSON bool) error {
 		files,
 		cli.WithWorkingDirectory(workingDir),
 		// Environment-independent result: ignore the caller's shell and any .env file, so
-		// the check says the same on every machine. Defaults in ${VAR:-default} still apply.
-		cli.WithEnv(nil),
+		// the check says the same on every machine; only the -env variables are seen.
+		// Defaults in ${VAR:-default} still apply.
+		cli.WithEnv(env),
 		cli.WithInterpolation(true),
 		cli.WithNormalization(true),
 		// Consistency: depends_on, volumes, networks, secrets all refer to defined things.

@@ -59,8 +59,8 @@ async def start_proxied(
 
 async def metric(chaos: Chaos, instance: str, name: str, *, within: float = 15.0) -> float:
     """A counter or gauge of ``instance`` (0 when absent), asked again within ``within`` when
-    the health port is slow. /metrics runs the readiness checks first (up to
-    ``READY_TIMEOUT_SECONDS``), so a service cut from a dependency answers it that much later."""
+    the health port is slow (a partitioned relay's once took over 2 s on a loaded machine; a
+    scrape no longer runs the readiness checks, the HTTP timeout keeps its old room anyway)."""
     found: list[float] = []
 
     async def read() -> bool:

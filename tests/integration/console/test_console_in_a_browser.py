@@ -8,6 +8,7 @@ then a poison record. A screenshot of each page is kept in .stack/test-artifacts
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -17,17 +18,17 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bson import ObjectId
 from playwright.async_api import Browser, Page, async_playwright
 from redis.asyncio import Redis
 
-from shared.contracts import OutboxStatus, dlq_topic_for
+from shared.contracts import Header, OutboxStatus, dlq_topic_for
 from shared.dlq import StoredDlqRecord, read_dlq
 from shared.idempotency import DONE
-from shared.kafka import encode_headers, ensure_topics, make_producer
+from shared.kafka import decode_headers, encode_headers, ensure_topics, make_producer
 from shared.mongo import MongoClient, make_mongo_client
-from shared.outbox import OUTBOX_COLLECTION
+from shared.outbox import OUTBOX_COLLECTION, OutboxField
 from shared.redis import make_redis
 from stack import Stack
 from tests.waiting import wait_until
@@ -305,11 +306,44 @@ async def test_an_order_timeline_lists_each_step(world: World) -> None:
         return doc is not None and doc["status"] == OutboxStatus.PUBLISHED.value
 
     await wait_until(published, timeout=30, interval=0.2, message="the order's event published")
+    event = await outbox.find_one({"aggregateId": order_id})
+    assert event is not None
+    f = OutboxField
+    topic, partition, offset = event[f.KAFKA_TOPIC], event[f.KAFKA_PARTITION], event[f.KAFKA_OFFSET]
+    # The position the relay recorded is the record's: the event is really there in Kafka.
+    assert await _idempotency_key_at(world, topic, partition, offset) == str(event["_id"])
+
     await world.page.goto(world.url + f"/orders/{order_id}")
     steps = await world.page.inner_text("#timeline")
     assert "order created" in steps
-    assert "published to Kafka" in steps
+    assert f"topic {topic}, partition {partition}, offset {offset}" in steps
+    async with httpx.AsyncClient(base_url=world.url, timeout=10) as http:
+        answer = await http.get(
+            f"/api/orders/{order_id}", headers={"Authorization": f"Bearer {world.token}"}
+        )
+    assert answer.status_code == 200, answer.text
+    [shown] = answer.json()["order"]["events"]
+    assert shown["kafka"] == {"topic": topic, "partition": partition, "offset": offset}
     await world.shot("order-timeline")
+
+
+async def _idempotency_key_at(world: World, topic: str, partition: int, offset: int) -> str:
+    """The idempotencyKey header of the committed record at (topic, partition, offset)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=world.stack.config.kafka_bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        record = await asyncio.wait_for(consumer.getone(), timeout=30)
+    finally:
+        await consumer.stop()
+    assert record.offset == offset
+    return decode_headers(record.headers)[Header.IDEMPOTENCY_KEY]
 
 
 async def test_a_form_post_without_its_csrf_token_is_refused(world: World) -> None:

@@ -7,9 +7,11 @@ tests).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -20,6 +22,7 @@ from services.order.settings import OrderSettings
 from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
+from tests.cuttable_proxy import CuttableProxy
 
 TEST_DATABASE = "orders_api_it"
 
@@ -69,12 +72,38 @@ async def mongo(stack: Stack) -> AsyncIterator[MongoClient]:
         await client.close()
 
 
-@pytest.fixture
-async def api(stack: Stack, mongo: MongoClient) -> AsyncIterator[Api]:
-    settings = OrderSettings(mongo_uri=stack.config.mongo_uri, database=TEST_DATABASE)
-    await mongo.drop_database(TEST_DATABASE)
+@contextlib.asynccontextmanager
+async def in_process_api(
+    settings: OrderSettings,
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The API with ``settings``, in this process (lifespan run), and a client of it."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://order.test") as http:
-            yield Api(http=http, app=app, settings=settings, mongo=mongo)
+            yield app, http
+
+
+@pytest.fixture
+async def api(stack: Stack, mongo: MongoClient) -> AsyncIterator[Api]:
+    settings = OrderSettings(mongo_uri=stack.config.mongo_uri, database=TEST_DATABASE)
+    await mongo.drop_database(TEST_DATABASE)
+    async with in_process_api(settings) as (app, http):
+        yield Api(http=http, app=app, settings=settings, mongo=mongo)
+
+
+@contextlib.asynccontextmanager
+async def api_through_cuttable_proxy(
+    stack: Stack,
+) -> AsyncIterator[tuple[httpx.AsyncClient, CuttableProxy]]:
+    """The API in-process, reaching the stack's MongoDB through a proxy the test can cut."""
+    target = urlsplit(stack.config.mongo_uri)
+    assert target.hostname is not None and target.port is not None
+    async with CuttableProxy(target.hostname, target.port) as proxy:
+        # directConnection: the driver must not discover the real address and bypass the proxy.
+        settings = OrderSettings(
+            mongo_uri=f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true",
+            database=TEST_DATABASE,
+        )
+        async with in_process_api(settings) as (_, http):
+            yield http, proxy

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -17,7 +15,13 @@ from pymongo.errors import ServerSelectionTimeoutError
 from services.order.app import create_app
 from services.order.settings import OrderSettings
 from stack import Stack
-from tests.integration.order.conftest import TEST_DATABASE, Api, order_body
+from tests.integration.order.conftest import (
+    TEST_DATABASE,
+    Api,
+    api_through_cuttable_proxy,
+    in_process_api,
+    order_body,
+)
 from tests.waiting import WaitTimeout, wait_until
 
 PROMISE_SECONDS = 5.0
@@ -32,65 +36,14 @@ def closed_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-class CuttableProxy:
-    """A TCP proxy in front of MongoDB that can turn into a black hole: connections stay open
-    but no byte goes through, the nastiest way for a database to disappear (no RST to react to).
-    """
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.cut = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def __aenter__(self) -> CuttableProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while data := await src.read(65536):
-                if self.cut.is_set():
-                    continue  # swallowed: the black hole
-                dst.write(data)
-                await dst.drain()
-        dst.close()
-
-
 @pytest.fixture
 async def unreachable_api(closed_port: int) -> AsyncIterator[httpx.AsyncClient]:
     settings = OrderSettings(
         mongo_uri=f"mongodb://127.0.0.1:{closed_port}/?replicaSet=secantus",
         database=TEST_DATABASE,
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://order.test") as http:
-            yield http
+    async with in_process_api(settings) as (_, http):
+        yield http
 
 
 async def test_api_started_without_mongodb_answers_503_quickly(
@@ -114,27 +67,16 @@ async def test_api_started_without_mongodb_answers_503_quickly(
 async def test_mongodb_vanishing_mid_flight_gives_503_within_5_seconds(
     stack: Stack, api: Api
 ) -> None:
-    target = urlsplit(stack.config.mongo_uri)
-    assert target.hostname is not None and target.port is not None
-    async with CuttableProxy(target.hostname, target.port) as proxy:
-        # directConnection: the driver must not discover the real address and bypass the proxy.
-        settings = OrderSettings(
-            mongo_uri=f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true",
-            database=TEST_DATABASE,
-        )
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-                assert (await http.post("/orders", json=order_body())).status_code == 201
-                proxy.cut.set()
+    async with api_through_cuttable_proxy(stack) as (http, proxy):
+        assert (await http.post("/orders", json=order_body())).status_code == 201
+        proxy.cut.set()
 
-                started = time.monotonic()
-                responses = await asyncio.gather(
-                    *(http.post("/orders", json=order_body(userId=f"u{i}")) for i in range(5))
-                )
-                elapsed = time.monotonic() - started
-                ready = await http.get("/readyz")
+        started = time.monotonic()
+        responses = await asyncio.gather(
+            *(http.post("/orders", json=order_body(userId=f"u{i}")) for i in range(5))
+        )
+        elapsed = time.monotonic() - started
+        ready = await http.get("/readyz")
 
     assert [r.status_code for r in responses] == [503] * 5, [r.text for r in responses]
     assert all(r.json()["error"] == "service_unavailable" for r in responses)

@@ -11,7 +11,8 @@ import httpx
 from bson import ObjectId
 
 from services.relay.wakeup import TOKEN_COLLECTION, TOKEN_ID
-from shared.contracts import OutboxStatus
+from shared.contracts import ORDER_CREATED_TOPIC, OutboxStatus
+from shared.outbox import OutboxField
 from tests.integration.relay.relay_world import (
     RelayWorld,
     by_key,
@@ -33,6 +34,24 @@ async def test_relay_publishes_each_event_with_its_key_and_idempotency_key(
     assert {r.event_id for r in records} == {str(i) for i in ids}
     doc = await world.outbox.find_one({"_id": ids[0]})
     assert doc["publishedAt"] is not None and doc["status"] == OutboxStatus.PUBLISHED.value
+
+
+async def test_each_published_event_records_the_partition_and_offset_of_its_kafka_record(
+    world: RelayWorld,
+) -> None:
+    # Several aggregates (so several partitions), one of them with two versions in one batch.
+    aggregates = [str(ObjectId()) for _ in range(6)]
+    async with running_relay(world.settings()):
+        ids = [await world.insert(agg, 1) for agg in aggregates]
+        ids.append(await world.insert(aggregates[0], 2))
+        await world.wait_published(ids, within=20)
+    records = await world.read_records(aggregates, at_least=len(ids))
+    placed = {r.event_id: (ORDER_CREATED_TOPIC, r.partition, r.offset) for r in records}
+    assert len(records) == len(placed) == len(ids), records  # one record per event
+    async for doc in world.outbox.find({"_id": {"$in": ids}}):
+        f = OutboxField
+        recorded = (doc[f.KAFKA_TOPIC], doc[f.KAFKA_PARTITION], doc[f.KAFKA_OFFSET])
+        assert recorded == placed[str(doc["_id"])], doc
 
 
 async def test_a_new_event_is_published_by_the_change_stream_not_the_sweep(

@@ -10,13 +10,17 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from stack.config import StackConfig
 
 
-def _cli(root: Path, config: StackConfig, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "STACK_ROOT": str(root)}
+def _cli(
+    root: Path, config: StackConfig, *args: str, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env["STACK_ROOT"] = str(root)
     env.update({f"STACK_{name.upper()}_PORT": str(port) for name, port in config.ports.items()})
     return subprocess.run(
         [sys.executable, "-m", "stack", *args],
@@ -58,6 +62,24 @@ def test_cli_detached_up_is_controlled_by_later_invocations(tmp_path: Path) -> N
     status = _status(tmp_path, config)
     assert not any(entry["running"] for entry in status.values())
     assert not (tmp_path / "data").exists()
+
+
+def test_up_starts_the_console_and_prints_its_generated_token_once(tmp_path: Path) -> None:
+    config = StackConfig.for_tests(tmp_path)
+    try:
+        up = _cli(tmp_path, config, "up", "--detach", "console", unset=("CONSOLE_TOKEN",))
+        assert up.returncode == 0, up.stdout + up.stderr
+        token = config.console_token_path.read_text().strip()
+        assert up.stdout.count(token) == 1, up.stdout
+        assert f"console: http://127.0.0.1:{config.port_of('console')}/" in up.stdout
+        # The console runs with exactly that token: it signs a script in, nobody else.
+        url = f"http://127.0.0.1:{config.port_of('console')}/orders?id=x"
+        signed_in = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert signed_in.status_code == 303, signed_in.text
+        assert httpx.get(url, timeout=10).status_code == 401
+    finally:
+        down = _cli(tmp_path, config, "down", "--wipe")
+    assert down.returncode == 0, down.stderr
 
 
 def test_cli_names_an_unknown_component(tmp_path: Path) -> None:

@@ -30,6 +30,9 @@ RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yml"))
 
 # Series Prometheus itself adds to every target.
 PROMETHEUS_BUILTINS = {"up"}
+# The sharded relay's metrics, agreed with the branch that adds them (RelaySlotWithoutOwner is
+# written against these names). The test below fails once one is exported: then drop it here.
+AGREED_NOT_YET_EXPORTED = {"relay_owned_slots", "relay_slots_configured"}
 # Anything in an expression that looks like a metric name from our services.
 _OUR_SERIES = re.compile(r"\b(?:relay|consumer|service|order|orders|http)_[a-z_]+\b")
 
@@ -142,9 +145,12 @@ def test_promtool_test_fails_when_an_expected_alert_does_not_fire(
 
 def test_alert_rules_read_only_series_the_services_export() -> None:
     exported = _exported_series() | PROMETHEUS_BUILTINS
+    landed = AGREED_NOT_YET_EXPORTED & exported
+    assert not landed, f"exported now: remove {sorted(landed)} from AGREED_NOT_YET_EXPORTED"
     used = {name for rule in _rules() for name in _OUR_SERIES.findall(rule["expr"])}
     assert used, "the pattern found no series at all"
-    assert used <= exported, f"not exported by any service: {sorted(used - exported)}"
+    unknown = used - exported - AGREED_NOT_YET_EXPORTED
+    assert not unknown, f"not exported by any service: {sorted(unknown)}"
     # The rules cover the facts the issue names.
     for series in (
         "relay_oldest_pending_age_seconds",

@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ VALIDATOR_BINARY = REPO / ".stack" / "bin" / "composecheck"
 
 # The image every Python service of the compose file is built as.
 PROJECT_IMAGE = "outbox-reference:local"
+# What an operator exports before `docker compose up` (the console's token); the validator sees
+# nothing else of any environment, so the model does not depend on the shell the tests ran from.
+OPERATOR_TOKEN = "operator-token-" + "x" * 32
+OPERATOR_ENV: Mapping[str, str] = {"CONSOLE_TOKEN": OPERATOR_TOKEN}
 
 # First build of the validator downloads compose-go and BuildKit's Dockerfile parser through the
 # Go module proxy and compiles them: about 40 s of CPU with an empty Go cache (3 min wall clock
@@ -67,20 +72,28 @@ def build_validator() -> Path:
 
 
 def run_validator(
-    *files: Path, as_json: bool = False, dockerfile: bool = False
+    *files: Path,
+    as_json: bool = False,
+    dockerfile: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """Run the validator; ``env`` is all that ``${...}`` interpolation sees (never this
+    process's environment)."""
     args = [str(build_validator())]
     if as_json:
         args.append("-json")
     if dockerfile:
         args.append("-dockerfile")
+    for name, value in (env or {}).items():
+        args += ["-env", f"{name}={value}"]
     args += [str(f) for f in files]
     return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
 
 
-def load_model(*files: Path) -> dict[str, Any]:
-    """The project as docker compose would load it from ``files`` (merged in order)."""
-    loaded = run_validator(*files, as_json=True)
+def load_model(*files: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The project as docker compose would load it from ``files`` (merged in order), with
+    ``${...}`` taken from ``env`` (:data:`OPERATOR_ENV` when None)."""
+    loaded = run_validator(*files, as_json=True, env=OPERATOR_ENV if env is None else env)
     if loaded.returncode != 0:
         raise AssertionError(f"compose-go refused {[f.name for f in files]}:\n{loaded.stderr}")
     model: dict[str, Any] = json.loads(loaded.stdout)

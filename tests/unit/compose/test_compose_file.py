@@ -210,6 +210,7 @@ def test_every_python_service_runs_a_known_entry_point(
         "inventory": "services.inventory",
         "inventory-seed": "services.inventory",
         "email": "services.email",
+        "console": "services.console",
         "demo": "stack.demo",
     }
 
@@ -324,11 +325,12 @@ def _published(model: dict[str, Any]) -> dict[tuple[str, int], str]:
     }
 
 
-def test_only_the_api_mail_inbox_prometheus_and_jaeger_ui_are_published_on_loopback(
+def test_only_the_api_console_mail_inbox_prometheus_and_jaeger_ui_are_published_on_loopback(
     compose: dict[str, Any],
 ) -> None:
     assert _published(compose) == {
         ("order", 8000): "127.0.0.1",
+        ("console", 8004): "127.0.0.1",
         ("mailpit", 8025): "127.0.0.1",
         ("prometheus", 9090): "127.0.0.1",
         ("jaeger", 16686): "127.0.0.1",
@@ -341,6 +343,7 @@ def test_override_publishes_the_servers_on_loopback_only(
     published = _published(compose_with_override)
     assert {name for name, _ in published} == {
         "order",
+        "console",
         "mailpit",
         "prometheus",
         "jaeger",

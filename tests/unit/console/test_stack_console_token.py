@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.console.settings import MIN_TOKEN_CHARS
+from stack.__main__ import console_banner
 from stack.config import StackConfig
 from stack.supervisor import console_token
 
@@ -29,3 +30,19 @@ def test_the_environment_token_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("CONSOLE_TOKEN", "e" * MIN_TOKEN_CHARS)
     assert console_token(StackConfig(root=tmp_path)) == ("e" * MIN_TOKEN_CHARS, False)
     assert not StackConfig(root=tmp_path).console_token_path.exists()
+
+
+def test_the_start_up_banner_shows_a_generated_token_but_never_the_operators(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = StackConfig(root=tmp_path)
+    monkeypatch.delenv("CONSOLE_TOKEN", raising=False)
+    generated = "g" * MIN_TOKEN_CHARS
+    shown = console_banner(config, generated)
+    assert shown.count(generated) == 1
+    assert str(config.console_token_path) in shown
+    operators = "o" * MIN_TOKEN_CHARS
+    monkeypatch.setenv("CONSOLE_TOKEN", operators)
+    shown = console_banner(config, operators)
+    assert operators not in shown
+    assert "CONSOLE_TOKEN" in shown

@@ -35,6 +35,17 @@ def test_a_retired_ttl_variable_is_refused_naming_its_replacement(
             settings()
 
 
+# Fields only the relay writes (its bookkeeping of attempts, leadership and Kafka positions).
+_RELAY_BOOKKEEPING = (
+    "ID",
+    "TRANSIENT_ATTEMPTS",
+    "RELAY_EPOCH",
+    "KAFKA_TOPIC",
+    "KAFKA_PARTITION",
+    "KAFKA_OFFSET",
+)
+
+
 def test_the_order_apis_document_is_the_shared_contract() -> None:
     assert OutboxEvent.Settings.name == OUTBOX_COLLECTION
     # Beanie's own fields (id, revision_id) aside, every field is named by the contract.
@@ -45,7 +56,7 @@ def test_the_order_apis_document_is_the_shared_contract() -> None:
     contract = {
         value
         for name, value in vars(OutboxField).items()
-        if name.isupper() and name not in ("ID", "TRANSIENT_ATTEMPTS", "RELAY_EPOCH")
+        if name.isupper() and name not in _RELAY_BOOKKEEPING
     }
     assert aliases == contract  # the relay's bookkeeping fields are the relay's alone
 
