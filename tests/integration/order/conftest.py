@@ -7,6 +7,7 @@ tests).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +16,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from services.order import app as app_module
 from services.order.app import create_app
 from services.order.settings import OrderSettings
 from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
+from tests.mongo_commands import CommandLog
 
 TEST_DATABASE = "orders_api_it"
 
@@ -70,9 +73,22 @@ async def mongo(stack: Stack) -> AsyncIterator[MongoClient]:
 
 
 @pytest.fixture
-async def api(stack: Stack, mongo: MongoClient) -> AsyncIterator[Api]:
+def commands() -> CommandLog:
+    """Every command the API's own MongoDB client sends (for tests that count round trips)."""
+    return CommandLog()
+
+
+@pytest.fixture
+async def api(
+    stack: Stack, mongo: MongoClient, commands: CommandLog, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Api]:
     settings = OrderSettings(mongo_uri=stack.config.mongo_uri, database=TEST_DATABASE)
     await mongo.drop_database(TEST_DATABASE)
+    monkeypatch.setattr(
+        app_module,
+        "make_mongo_client",
+        functools.partial(make_mongo_client, event_listeners=[commands]),
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
