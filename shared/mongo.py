@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from pymongo import AsyncMongoClient, IndexModel
+from pymongo import AsyncMongoClient, IndexModel, monitoring
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure
@@ -25,12 +25,19 @@ MongoClient = AsyncMongoClient[dict[str, Any]]
 MAJORITY = WriteConcern("majority")
 
 
-def make_mongo_client(uri: str, timeout_seconds: float, app_name: str) -> MongoClient:
+def make_mongo_client(
+    uri: str,
+    timeout_seconds: float,
+    app_name: str,
+    *,
+    event_listeners: Sequence[monitoring.CommandListener] = (),
+) -> MongoClient:
     """A client whose every operation fails within ``timeout_seconds`` when MongoDB is away.
 
     ``timeoutMS`` (client-side operation timeout) bounds server selection, connection and
     socket waits alike, so an unreachable server surfaces as an error, never a hang.
     Majority writes and tz-aware datetimes (always UTC) are the defaults for every collection.
+    ``event_listeners`` see every command (tests count a request's round trips with them).
     """
     timeout_ms = int(timeout_seconds * 1000)
     return AsyncMongoClient(
@@ -43,6 +50,7 @@ def make_mongo_client(uri: str, timeout_seconds: float, app_name: str) -> MongoC
         connectTimeoutMS=timeout_ms,
         timeoutMS=timeout_ms,
         uuidRepresentation="standard",
+        event_listeners=list(event_listeners),
     )
 
 

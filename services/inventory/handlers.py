@@ -2,12 +2,13 @@
 ``OrderCancelled`` gives them back (:mod:`services.inventory.cancellation`).
 
 The whole decision runs in one MongoDB transaction (snapshot reads, majority commit). The
-common case writes without reading first: insert the ``reserved`` record, then decrement each
-SKU with a conditional ``$inc`` (``available >= quantity``), then commit: one round trip per
-write plus the commit. The unique ``orderId`` index makes a second delivery a no-op even when
-Redis lost its dedup key (its insert collides and the transaction aborts, touching no stock);
-a conditional ``$inc`` that matches nothing aborts the transaction, and a second one reads the
-stock and records ``rejected`` with the reason (or reserves, if stock arrived in between).
+common case writes without reading first: insert the ``reserved`` record, then decrement every
+SKU with a conditional ``$inc`` (``available >= quantity``) in one ordered bulk (one ``update``
+command, whatever the number of lines), then commit: three round trips. The unique ``orderId``
+index makes a second delivery a no-op even when Redis lost its dedup key (its insert collides
+and the transaction aborts, touching no stock); a conditional ``$inc`` that matches nothing
+aborts the transaction, and a second one reads the stock and records ``rejected`` with the
+reason (or reserves, if stock arrived in between).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
@@ -120,7 +122,7 @@ class ReservationHandler:
             if reason is None:
                 short = await self._take(wanted, session)
                 if short is not None:
-                    raise StockChangedError(f"stock of {short} changed during the transaction")
+                    raise StockChangedError(f"stock changed during the transaction ({short})")
                 status = ReservationStatus.RESERVED
             else:
                 status = ReservationStatus.REJECTED
@@ -146,17 +148,25 @@ class ReservationHandler:
         return outcome
 
     async def _take(self, wanted: Counter[str], session: AsyncClientSession) -> str | None:
-        """Decrement each SKU by its quantity where enough is available; the first SKU whose
-        conditional ``$inc`` matched nothing (the caller aborts the transaction), or None."""
-        for sku, quantity in wanted.items():
-            result = await self._db[STOCK].update_one(
-                {"sku": sku, "available": {"$gte": quantity}},
-                {"$inc": {"available": -quantity}},
-                session=session,
-            )
-            if result.modified_count != 1:
-                return sku
-        return None
+        """Decrement each SKU by its quantity where enough is available, all in one command;
+        None when every conditional ``$inc`` matched its SKU, else the SKUs of the order (one
+        of them is short; the caller aborts the transaction, which undoes the others)."""
+        result = await self._db[STOCK].bulk_write(
+            [
+                UpdateOne(
+                    {"sku": sku, "available": {"$gte": quantity}},
+                    {"$inc": {"available": -quantity}},
+                )
+                for sku, quantity in wanted.items()
+            ],
+            # A statement that matches nothing is no error: the bulk goes on, and the count of
+            # matches says whether all took. SKUs are unique, so each matches at most once.
+            ordered=True,
+            session=session,
+        )
+        if result.matched_count == len(wanted):
+            return None
+        return ", ".join(sorted(wanted))
 
 
 def _shortfall(wanted: Counter[str], stock: dict[str, Any]) -> str | None:

@@ -137,20 +137,20 @@ async def create_order(
 
     An ``idempotency_key`` belongs to the request's ``userId``: with it, the same request of the
     same user returns that user's first order (``replayed``) and a different request raises
-    :class:`IdempotencyConflict`; other users' keys play no part. Concurrent requests of one user
-    with one key race on the unique (userId, idempotencyKey) index inside their transactions:
-    exactly one commits, the others get a DuplicateKeyError (or a write conflict, retried until
-    the winner's order is visible) and replay the winner. All database work shares one deadline
-    (``pymongo.timeout``), after which PyMongo raises a timeout error the app turns into 503.
+    :class:`IdempotencyConflict`; other users' keys play no part. The unique (userId,
+    idempotencyKey) index decides, inside the transaction: a key already used makes the order's
+    insert fail with a DuplicateKeyError, and the earlier order is read and replayed. Concurrent
+    requests of one user with one key race on the same index: exactly one commits, the others
+    get a DuplicateKeyError (or a write conflict, retried until the winner's order is visible)
+    and replay the winner. All database work shares one deadline (``pymongo.timeout``), after
+    which PyMongo raises a timeout error the app turns into 503.
+
+    A key is not looked up before the transaction: a first request (nearly every request) would
+    pay a read for nothing, and the index makes the same decision anyway; a retry pays for it
+    instead (an aborted transaction, then the read).
     """
     fingerprint = request.fingerprint()
     with pymongo.timeout(deadline_seconds):
-        if idempotency_key is not None:
-            # Fast path for the common retry; the unique index below is what makes it safe.
-            replay = await _replay(request.user_id, idempotency_key, fingerprint, metrics)
-            if replay is not None:
-                return replay
-
         created_at = utc_now_ms()
         lines = [
             OrderLine(sku=item.sku, quantity=item.quantity, unit_price=item.unit_price)
@@ -204,8 +204,8 @@ async def create_order(
         except DuplicateKeyError:
             if idempotency_key is None:
                 raise
-            # Another request with this key committed first: answer with its order (the
-            # winner's commit is visible by now).
+            # An earlier request with this key committed (a retry, or a concurrent request that
+            # won): answer with its order (its commit is visible by now).
             replay = await _replay(request.user_id, idempotency_key, fingerprint, metrics)
             if replay is None:
                 # Not this user's order: the old global index refused it, rebuilt by an instance

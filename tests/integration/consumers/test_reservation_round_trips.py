@@ -9,32 +9,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from services.inventory.handlers import OUTCOME_ALREADY_RESERVED, ReservationHandler
 from services.inventory.models import RESERVATIONS, STOCK, ensure_indexes
 from shared.consumer import Delivery
 from shared.events import OrderCreated
 from stack import Stack
-
-
-class _Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.names.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
+from tests.mongo_commands import CommandLog
 
 
 @pytest.fixture
-async def world(stack: Stack) -> AsyncIterator[tuple[AsyncMongoClient[Any], str, _Commands]]:
-    commands = _Commands()
+async def world(stack: Stack) -> AsyncIterator[tuple[AsyncMongoClient[Any], str, CommandLog]]:
+    commands = CommandLog()
     client: AsyncMongoClient[Any] = AsyncMongoClient(
         stack.config.mongo_uri, tz_aware=True, w="majority", timeoutMS=30_000,
         event_listeners=[commands],
@@ -74,24 +61,25 @@ async def _available(client: AsyncMongoClient[Any], database: str, sku: str) -> 
     return int(doc["available"])
 
 
-async def test_reserving_a_new_order_costs_an_insert_one_inc_per_sku_and_the_commit(
-    world: tuple[AsyncMongoClient[Any], str, _Commands],
+async def test_reserving_a_new_order_costs_an_insert_one_update_for_all_skus_and_the_commit(
+    world: tuple[AsyncMongoClient[Any], str, CommandLog],
 ) -> None:
     client, database, commands = world
     handler = ReservationHandler(client, database)
-    commands.names.clear()
+    commands.clear()
     assert await handler.handle(_event("o-1", [("SKU-A", 2), ("SKU-B", 1)]), _delivery()) == (
         "reserved"
     )
     # No read before the writes: the unique orderId index rejects a repeat and the conditional
-    # $inc checks the stock, so the reads only cost round trips.
-    assert commands.names == ["insert", "update", "update", "commitTransaction"]
+    # $inc checks the stock, so the reads only cost round trips. Both SKUs' $inc travel in one
+    # update command: a round trip per order, not per line.
+    assert commands.names == ["insert", "update", "commitTransaction"]
     assert await _available(client, database, "SKU-A") == 8
     assert await _available(client, database, "SKU-B") == 0
 
 
 async def test_a_repeated_order_changes_no_stock_and_says_already_recorded(
-    world: tuple[AsyncMongoClient[Any], str, _Commands],
+    world: tuple[AsyncMongoClient[Any], str, CommandLog],
 ) -> None:
     client, database, _ = world
     handler = ReservationHandler(client, database)
@@ -103,7 +91,7 @@ async def test_a_repeated_order_changes_no_stock_and_says_already_recorded(
 
 
 async def test_a_shortfall_on_one_sku_reserves_none_and_records_the_reason(
-    world: tuple[AsyncMongoClient[Any], str, _Commands],
+    world: tuple[AsyncMongoClient[Any], str, CommandLog],
 ) -> None:
     client, database, _ = world
     handler = ReservationHandler(client, database)

@@ -8,6 +8,7 @@ tests).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +18,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from services.order import app as app_module
 from services.order.app import create_app
 from services.order.settings import OrderSettings
 from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
 from tests.cuttable_proxy import CuttableProxy
+from tests.mongo_commands import CommandLog
 
 TEST_DATABASE = "orders_api_it"
 
@@ -72,6 +75,12 @@ async def mongo(stack: Stack) -> AsyncIterator[MongoClient]:
         await client.close()
 
 
+@pytest.fixture
+def commands() -> CommandLog:
+    """Every command the API's own MongoDB client sends (for tests that count round trips)."""
+    return CommandLog()
+
+
 @contextlib.asynccontextmanager
 async def in_process_api(
     settings: OrderSettings,
@@ -85,9 +94,16 @@ async def in_process_api(
 
 
 @pytest.fixture
-async def api(stack: Stack, mongo: MongoClient) -> AsyncIterator[Api]:
+async def api(
+    stack: Stack, mongo: MongoClient, commands: CommandLog, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Api]:
     settings = OrderSettings(mongo_uri=stack.config.mongo_uri, database=TEST_DATABASE)
     await mongo.drop_database(TEST_DATABASE)
+    monkeypatch.setattr(
+        app_module,
+        "make_mongo_client",
+        functools.partial(make_mongo_client, event_listeners=[commands]),
+    )
     async with in_process_api(settings) as (app, http):
         yield Api(http=http, app=app, settings=settings, mongo=mongo)
 
