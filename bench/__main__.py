@@ -47,7 +47,7 @@ from bench.run import RUST_MONGO, Plan, Run, RustMongoStack, phase
 from shared.contracts import ALL_TOPICS
 from shared.kafka import ensure_topics
 from stack import INFRA, Stack, StackConfig
-from stack.config import REPO_ROOT
+from stack.config import REPO_ROOT, kafka_brokers_argument
 from stack.observe import wait_for_topics
 
 PHASES: dict[str, Callable[[Run], Awaitable[None]]] = {
@@ -63,7 +63,7 @@ PHASES: dict[str, Callable[[Run], Awaitable[None]]] = {
 
 async def run_all(run: Run, only: list[str]) -> None:
     cfg = run.config
-    await ensure_topics(cfg.kafka_bootstrap)
+    await ensure_topics(cfg.kafka_bootstrap, replication=cfg.kafka_replication)
     await wait_for_topics(cfg.kafka_bootstrap, ALL_TOPICS, 60)
     for name, body in PHASES.items():
         if name in only:
@@ -91,6 +91,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="every phase (default), or only the capacity ramp",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="small backlogs, short phases")
+    parser.add_argument(
+        "--kafka-brokers",
+        type=kafka_brokers_argument,
+        default=1,
+        metavar="N",
+        help="Kafka nodes of the bench's stack (default 1; 3: RF 3, min.insync.replicas 2)",
+    )
     parser.add_argument(
         "--json", type=Path, default=REPO_ROOT / "bench-results.json", help="results file"
     )
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     only = args.only or (["capacity"] if args.what == "capacity" else list(PHASES))
     run_id = uuid.uuid4().hex[:8]
     root = Path(tempfile.mkdtemp(prefix="bench-stack-"))
-    config = StackConfig.for_tests(root)
+    config = StackConfig.for_tests(root, kafka_brokers=args.kafka_brokers)
     if args.mongo_server == "rust":
         if not RUST_MONGO.exists():
             sys.stderr.write(
@@ -157,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             "mode": "quick" if args.quick else "full",
             "phases": only,
             "mongo_server": args.mongo_server,
+            "kafka_brokers": config.kafka_brokers,
             "plan": asdict(plan),
             "machine": report.machine_info(),
             "versions": report.versions(args.mongo_server),

@@ -162,7 +162,12 @@ async def run_phase(run: Run) -> None:
     events = run.plan.consumer_backlog
     topic = f"bench.consumers.{run.run_id}"
     database = f"bench_cons_inv_{run.run_id}"
-    await ensure_topics(cfg.kafka_bootstrap, [topic, dlq_topic_for(topic)], TOPIC_PARTITIONS)
+    await ensure_topics(
+        cfg.kafka_bootstrap,
+        [topic, dlq_topic_for(topic)],
+        TOPIC_PARTITIONS,
+        replication=cfg.kafka_replication,
+    )
     await wait_for_topics(cfg.kafka_bootstrap, [topic], 60)
     await asyncio.wait_for(produce_backlog(cfg.kafka_bootstrap, topic, events), 120)
     mongo = make_mongo_client(cfg.mongo_uri, 30.0, "bench-consumers")

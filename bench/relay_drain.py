@@ -291,7 +291,7 @@ async def run_phase(run: Run) -> None:
     infra = InfraSettings(mongo_uri=cfg.mongo_uri, kafka_bootstrap_servers=cfg.kafka_bootstrap)
     settings = relay_settings(infra, "unused")
     client = make_mongo_client(cfg.mongo_uri, 30.0, "bench-relay")
-    await ensure_topics(cfg.kafka_bootstrap, [BENCH_TOPIC])
+    await ensure_topics(cfg.kafka_bootstrap, [BENCH_TOPIC], replication=cfg.kafka_replication)
     await wait_for_topics(cfg.kafka_bootstrap, [BENCH_TOPIC], 60)
     runs: dict[str, list[dict[str, Any]]] = {"raw_producer": [], "raw_mongo": [], "relay": [],
                                              "article_relay": []}  # fmt: skip

@@ -157,7 +157,8 @@ class Run:
         if self.profile_dir is None:
             return []
         pids = {**self.stack.pids(), **self.own_pids(), "bench": os.getpid()}
-        targets = {n: p for n, p in pids.items() if n not in ("kafka", "redis")}
+        # Not the JVMs (every Kafka node: kafka, kafka-2 ...) nor redis-server.
+        targets = {n: p for n, p in pids.items() if n.split("-")[0] not in ("kafka", "redis")}
         recorders = profiling.start(targets, seconds, self.profile_dir / label)
         self._profiling[label] = recorders
         return recorders

@@ -1,13 +1,17 @@
 """``python -m stack``: run the embedded stack from a terminal.
 
-    up [--detach] [--with jaeger] [COMPONENT ...]
+    up [--detach] [--with jaeger] [--kafka-brokers N] [COMPONENT ...]
                                     start (default: infra, every service that exists and the
-                                    console; --with jaeger adds the trace backend), wait ready
+                                    console; --with jaeger adds the trace backend; N Kafka
+                                    nodes kafka, kafka-2 ... with RF min(N, 3)), wait ready
     down [--wipe]                   stop everything (services first); --wipe deletes all data
     status [--json]                 running / ready / pid / port / log of every component
     logs COMPONENT [-n N] [-f]      the component's log
     start|stop|kill|restart NAME    one component (kill = SIGKILL), for failure injection
     pause|resume NAME               SIGSTOP / SIGCONT one component (a frozen process)
+
+NAME is a component, an extra service instance (relay-2) or one node of a Kafka cluster
+(kafka-2).
 
 Without ``--detach``, ``up`` stays in the foreground and Ctrl-C (or SIGTERM) stops every
 component cleanly. ``--root`` / ``STACK_ROOT`` and ``STACK_<NAME>_PORT`` move the stack.
@@ -22,11 +26,19 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from stack.config import ALL, INFRA, KNOWN, OPERATOR, SERVICES, StackConfig
+from stack.config import (
+    ALL,
+    INFRA,
+    KNOWN,
+    MAX_KAFKA_BROKERS,
+    OPERATOR,
+    SERVICES,
+    StackConfig,
+    kafka_brokers_argument,
+)
 from stack.gotools import JAEGER, GoToolError, ensure
 from stack.supervisor import (
     CONSOLE_TOKEN_ENV,
@@ -44,10 +56,8 @@ class _StopRequested(BaseException):
 
 
 def _config(args: argparse.Namespace) -> StackConfig:
-    config = StackConfig.default()
-    if args.root is not None:
-        config = replace(config, root=Path(args.root).resolve())
-    return config
+    root = Path(args.root) if args.root is not None else None
+    return StackConfig.default(kafka_brokers=getattr(args, "kafka_brokers", None), root=root)
 
 
 def _print_status(stack: Stack) -> None:
@@ -214,6 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=["jaeger"],
         help="also start an optional component: jaeger (traces; UI on 127.0.0.1:16686)",
+    )
+    up.add_argument(
+        "--kafka-brokers",
+        type=kafka_brokers_argument,
+        metavar="N",
+        help="Kafka nodes (combined broker + controller): 1 (default) or a cluster of up to "
+        f"{MAX_KAFKA_BROKERS}, named kafka, kafka-2 ...; topics get replication factor "
+        "min(N, 3) and min.insync.replicas a majority of it",
     )
     down = commands.add_parser("down", help="stop everything")
     down.add_argument("--wipe", action="store_true", help="also delete all data")

@@ -8,6 +8,7 @@ the services' failpoints (``ENABLE_FAILPOINTS``); nothing else does.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -16,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
+
+from shared.kafka import TopicReplication
 
 # The replica-set name SecantusDB advertises in its `hello` reply.
 MONGO_REPLICA_SET: Final = "secantus"
@@ -36,8 +39,22 @@ ALL: Final = INFRA + SERVICES + OPERATOR
 # part of `make demo`.
 OPTIONAL: Final = ("jaeger", FAULT_PROXY)
 KNOWN: Final = ALL + OPTIONAL
-# The servers a service can be routed to through the fault proxy, one proxy each.
+# The servers a service can be routed to through the fault proxy, one proxy each (and one per
+# extra Kafka broker of a cluster, see ``StackConfig.proxied_servers``).
 PROXIED: Final = ("mongo", "kafka", "redis", "smtp")
+
+# A Kafka cluster of the embedded stack: `kafka` is node 1, the others `kafka-2`, `kafka-3` ...
+# (``python -m stack up --kafka-brokers 3``). One broker is the default (`make demo`, the fast
+# test tiers); the cap keeps node names to one digit and default ports apart.
+MAX_KAFKA_BROKERS: Final = 5
+# The ports of one broker: its client listener (the instance name itself), its controller, its
+# listener for proxied clients, and the fault proxy's port in front of it.
+KAFKA_PORT_SUFFIXES: Final = ("", "_controller", "_proxied", "_proxy")
+# Under a stack's root: the cluster size its Kafka data was formatted for (`stack up` writes it).
+KAFKA_BROKERS_FILE: Final = Path("conf") / "kafka-brokers"
+# Default ports of node n (n >= 2): node 1's plus 100 * (n - 1), so 9192/9193/9194 and 19192
+# for kafka-2.
+_KAFKA_NODE_PORT_STEP: Final = 100
 
 HOST: Final = "127.0.0.1"
 
@@ -66,6 +83,42 @@ DEFAULT_PORTS: Final = {
     "jaeger_grpc": 16685,
     "jaeger_otlp": 4318,
 }
+
+
+def kafka_node_name(node_id: int) -> str:
+    """The stack's instance name of Kafka node ``node_id``: ``kafka``, ``kafka-2`` ..."""
+    return "kafka" if node_id == 1 else f"kafka-{node_id}"
+
+
+def kafka_node_id(instance: str) -> int:
+    """``kafka`` -> 1, ``kafka-3`` -> 3; ValueError for anything else."""
+    if instance == "kafka":
+        return 1
+    head, _, number = instance.partition("-")
+    if head == "kafka" and number.isdigit() and len(number) == 1 and int(number) >= 2:
+        return int(number)
+    raise ValueError(f"{instance!r} is not a Kafka node name (kafka, kafka-2 ... kafka-9)")
+
+
+def _kafka_node_ports(brokers: int) -> dict[str, int]:
+    """Default ports of the nodes after the first (node 1 has DEFAULT_PORTS')."""
+    ports: dict[str, int] = {}
+    for node in range(2, brokers + 1):
+        shift = _KAFKA_NODE_PORT_STEP * (node - 1)
+        for suffix in KAFKA_PORT_SUFFIXES:
+            ports[f"{kafka_node_name(node)}{suffix}"] = DEFAULT_PORTS[f"kafka{suffix}"] + shift
+    return ports
+
+
+def kafka_brokers_argument(text: str) -> int:
+    """``--kafka-brokers N`` of the command lines (stack, bench): 1 to MAX_KAFKA_BROKERS."""
+    try:
+        brokers = int(text)
+    except ValueError:
+        brokers = 0
+    if not 1 <= brokers <= MAX_KAFKA_BROKERS:
+        raise argparse.ArgumentTypeError(f"1 to {MAX_KAFKA_BROKERS} brokers, not {text!r}")
+    return brokers
 
 
 def free_port() -> int:
@@ -116,20 +169,40 @@ class StackConfig:
     # -Xmx512m bounds the broker's heap (idle RSS ~350 MB). C1-only JIT and the serial GC cut
     # the JVM's start-up CPU roughly in half on two shared cores (measured under load: 8-17 s
     # instead of 24-27 s to ready); a dev/test broker never needs C2's peak throughput.
-    # STACK_KAFKA_JVM_OPTS replaces them.
+    # STACK_KAFKA_JVM_OPTS replaces them. Each node of a cluster gets half that heap (-Xmx256m;
+    # measured 330-380 MB resident each under the broker chaos scenarios' load, most of it the
+    # JVM's own, not heap): three nodes stay near one GB together.
     kafka_jvm_opts: tuple[str, ...] = ("-Xmx512m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
+    # Kafka nodes (combined broker + controller each, so a quorum of as many controllers); the
+    # topics' replication follows from it (shared.kafka.TopicReplication.for_brokers).
+    kafka_brokers: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.kafka_brokers <= MAX_KAFKA_BROKERS:
+            raise ValueError(
+                f"--kafka-brokers: 1 to {MAX_KAFKA_BROKERS} Kafka brokers, got {self.kafka_brokers}"
+            )
+        # A node's ports default to node 1's shifted (see _kafka_node_ports); ports given
+        # explicitly (free ports of a test stack, STACK_<NAME>_PORT) win.
+        # (A copy: ``replace`` hands the same dict to the new config.)
+        object.__setattr__(self, "ports", _kafka_node_ports(self.kafka_brokers) | self.ports)
 
     @classmethod
-    def default(cls) -> StackConfig:
+    def default(cls, kafka_brokers: int | None = None, root: Path | None = None) -> StackConfig:
         """Well-known ports, data in ``<repo>/.stack``; ``STACK_ROOT`` and ``STACK_<NAME>_PORT``
-        (e.g. ``STACK_MONGO_PORT``, ``STACK_KAFKA_CONTROLLER_PORT``) override them."""
-        root = Path(os.environ.get("STACK_ROOT", REPO_ROOT / ".stack"))
-        ports = dict(DEFAULT_PORTS)
+        (e.g. ``STACK_MONGO_PORT``, ``STACK_KAFKA_CONTROLLER_PORT``, ``STACK_KAFKA_2_PORT``)
+        override them (``root``, e.g. ``--root``, wins over ``STACK_ROOT``). The Kafka
+        cluster's size: ``kafka_brokers``, else ``STACK_KAFKA_BROKERS``, else what this stack was
+        last started with (so ``stack pause kafka-2`` finds node 2), else one broker."""
+        root = (root or Path(os.environ.get("STACK_ROOT", REPO_ROOT / ".stack"))).resolve()
+        if kafka_brokers is None:
+            kafka_brokers = _int_env("STACK_KAFKA_BROKERS") or recorded_kafka_brokers(root) or 1
+        ports = dict(DEFAULT_PORTS) | _kafka_node_ports(kafka_brokers)
         for name in ports:
-            value = os.environ.get(f"STACK_{name.upper()}_PORT")
+            value = os.environ.get(f"STACK_{name.upper().replace('-', '_')}_PORT")
             if value:
                 ports[name] = int(value)
-        config = cls(root=root.resolve(), ports=ports)
+        config = cls(root=root, ports=ports, kafka_brokers=kafka_brokers)
         if libs := os.environ.get("STACK_KAFKA_LIBS"):
             config = replace(config, kafka_libs=Path(libs))
         if jvm_opts := os.environ.get("STACK_KAFKA_JVM_OPTS"):
@@ -137,16 +210,52 @@ class StackConfig:
         return config
 
     @classmethod
-    def for_tests(cls, root: Path) -> StackConfig:
+    def for_tests(cls, root: Path, kafka_brokers: int = 1) -> StackConfig:
         """Free ports, ``ENVIRONMENT=test``, test commands and failpoints on; data and logs
-        under ``root``."""
+        under ``root``; ``kafka_brokers`` Kafka nodes."""
+        names = tuple(DEFAULT_PORTS) + tuple(_kafka_node_ports(kafka_brokers))
         return cls(
             root=Path(root).resolve(),
-            ports=_free_ports(tuple(DEFAULT_PORTS)),
+            ports=_free_ports(names),
             environment="test",
             enable_test_commands=True,
             enable_failpoints=True,
+            kafka_brokers=kafka_brokers,
         )
+
+    # -- the Kafka cluster -------------------------------------------------------------------
+    @property
+    def kafka_nodes(self) -> tuple[str, ...]:
+        """Instance names of the Kafka nodes: ``("kafka",)`` or ``("kafka", "kafka-2", ...)``."""
+        return tuple(kafka_node_name(n) for n in range(1, self.kafka_brokers + 1))
+
+    @property
+    def infra_instances(self) -> tuple[str, ...]:
+        """Every infrastructure process of this stack, each Kafka node by its own name."""
+        return tuple(
+            n for name in INFRA for n in (self.kafka_nodes if name == "kafka" else (name,))
+        )
+
+    @property
+    def kafka_replication(self) -> TopicReplication:
+        """Replication of every topic (ours and Kafka's internal ones) on this cluster."""
+        return TopicReplication.for_brokers(self.kafka_brokers)
+
+    @property
+    def kafka_heap_opts(self) -> tuple[str, ...]:
+        """The JVM options of one node: a single broker's as they are; in a cluster, each
+        node's maximum heap is halved (three brokers on one small machine)."""
+        if self.kafka_brokers == 1:
+            return self.kafka_jvm_opts
+        return tuple(
+            f"-Xmx{_halved_megabytes(opt[4:])}m" if opt.startswith("-Xmx") else opt
+            for opt in self.kafka_jvm_opts
+        )
+
+    @property
+    def kafka_brokers_path(self) -> Path:
+        """Where ``up`` records the cluster size this stack's Kafka data was formatted for."""
+        return self.root / KAFKA_BROKERS_FILE
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -183,7 +292,8 @@ class StackConfig:
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{HOST}:{self.ports['kafka']}"
+        """Every node of the cluster: a client bootstraps from whichever answers first."""
+        return ",".join(f"{HOST}:{self.ports[node]}" for node in self.kafka_nodes)
 
     @property
     def redis_url(self) -> str:
@@ -206,16 +316,27 @@ class StackConfig:
     def toxiproxy_url(self) -> str:
         return f"http://{HOST}:{self.ports['toxiproxy']}"
 
+    @property
+    def proxied_servers(self) -> tuple[str, ...]:
+        """The servers the fault proxy fronts: :data:`PROXIED`, and every extra Kafka node
+        (a client that bootstrapped through the proxy is sent to each node's own proxy)."""
+        return PROXIED + self.kafka_nodes[1:]
+
     def proxy_address(self, server: str) -> tuple[str, int]:
-        """Where the fault proxy in front of ``server`` (one of :data:`PROXIED`) listens."""
-        if server not in PROXIED:
-            raise ValueError(f"no proxy for {server!r}; proxied servers: {', '.join(PROXIED)}")
+        """Where the fault proxy in front of ``server`` (one of :attr:`proxied_servers`)
+        listens."""
+        if server not in self.proxied_servers:
+            raise ValueError(
+                f"no proxy for {server!r}; proxied servers: {', '.join(self.proxied_servers)}"
+            )
         return HOST, self.port_of(f"{server}_proxy")
 
     def proxy_upstream(self, server: str) -> tuple[str, int]:
-        """Where the proxy in front of ``server`` forwards to: Kafka's own proxied listener,
-        the server's port for the others."""
-        return HOST, self.port_of("kafka_proxied" if server == "kafka" else server)
+        """Where the proxy in front of ``server`` forwards to: a Kafka node's own proxied
+        listener, the server's port for the others."""
+        if server in self.kafka_nodes:
+            return HOST, self.port_of(f"{server}_proxied")
+        return HOST, self.port_of(server)
 
     def proxied_env(self, servers: Iterable[str] = PROXIED) -> dict[str, str]:
         """Environment overrides that route a service to ``servers`` through the fault proxy.
@@ -231,7 +352,10 @@ class StackConfig:
             if server == "mongo":
                 env["MONGO_URI"] = f"mongodb://{host}:{port}/?directConnection=true"
             elif server == "kafka":
-                env["KAFKA_BOOTSTRAP_SERVERS"] = f"{host}:{port}"
+                # Every node's proxy, as the direct bootstrap lists every node.
+                env["KAFKA_BOOTSTRAP_SERVERS"] = ",".join(
+                    "{}:{}".format(*self.proxy_address(node)) for node in self.kafka_nodes
+                )
             elif server == "redis":
                 env["REDIS_URL"] = f"redis://{host}:{port}/0"
             else:
@@ -279,3 +403,29 @@ class StackConfig:
     def console_token_path(self) -> Path:
         """The generated console token (mode 0600), reused by later starts of this stack."""
         return self.root / "conf" / "console-token"
+
+
+def _int_env(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}: a whole number of brokers, got {value!r}") from None
+
+
+def recorded_kafka_brokers(root: Path) -> int | None:
+    """The cluster size ``python -m stack up`` recorded for the stack in ``root`` (None: none)."""
+    try:
+        return int((root / KAFKA_BROKERS_FILE).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _halved_megabytes(size: str) -> int:
+    """``512m`` -> 256, ``1g`` -> 512 (a JVM -Xmx size, halved, in MiB)."""
+    units = {"k": 1 / 1024, "m": 1, "g": 1024}
+    unit = size[-1].lower() if size and size[-1].isalpha() else ""
+    number = float(size[:-1] if unit else size) * units.get(unit, 1 / 1024 / 1024)
+    return max(64, int(number / 2))

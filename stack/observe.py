@@ -1,4 +1,5 @@
-"""Observing a running stack from outside: the mail inbox, a topic's tail, partitions, offsets.
+"""Observing a running stack from outside: the mail inbox, a topic's tail, partitions (and, on a
+Kafka cluster, which node leads each), offsets.
 
 One place for what the bench, the demo and the chaos harness read to tell how far orders got:
 the SMTP sink's ``.eml`` files, the records of a topic as a ``read_committed`` consumer sees
@@ -96,6 +97,53 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
     finally:
         await admin.close()
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """Who holds one partition right now, by node id (``leader`` -1: none)."""
+
+    partition: int
+    leader: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+
+async def partition_states(
+    bootstrap: str, topic: str, *, request_timeout_ms: int = REQUEST_TIMEOUT_MS
+) -> dict[int, PartitionState]:
+    """Partition -> its leader, replicas and in-sync replicas, as the cluster's metadata says.
+
+    The metadata is asked of a random live node: while one node is frozen (SIGSTOP), a short
+    ``request_timeout_ms`` makes a poll that picked it fail fast instead of waiting it out.
+    Raises ``RuntimeError`` when the broker does not know the topic.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    found = [t for t in described if t["topic"] == topic and not t["error_code"]]
+    if not found or not found[0]["partitions"]:
+        raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
+    return {
+        p["partition"]: PartitionState(
+            partition=p["partition"],
+            leader=p["leader"],
+            replicas=tuple(p["replicas"]),
+            isr=tuple(p["isr"]),
+        )
+        for p in found[0]["partitions"]
+    }
+
+
+async def partition_leaders(
+    bootstrap: str, topic: str, *, request_timeout_ms: int = REQUEST_TIMEOUT_MS
+) -> dict[int, int]:
+    """Partition -> node id of its leader (-1 while it has none); see :func:`partition_states`."""
+    states = await partition_states(bootstrap, topic, request_timeout_ms=request_timeout_ms)
+    return {p: state.leader for p, state in states.items()}
 
 
 def lag(ends: dict[int, int], committed: dict[int, int]) -> int:

@@ -23,7 +23,7 @@ from aiokafka.structs import TopicPartition
 from pymongo import MongoClient
 
 from shared.contracts import ALL_TOPICS, TOPIC_PARTITIONS
-from shared.kafka import ensure_topics
+from shared.kafka import SINGLE_BROKER, TopicReplication, ensure_topics
 from stack.config import MONGO_REPLICA_SET
 
 PROBE_TIMEOUT_SECONDS = 2.0
@@ -78,7 +78,7 @@ def mongo_ready(host: str, port: int) -> bool:
         client.close()
 
 
-async def _kafka_metadata(bootstrap: str) -> bool:
+async def _kafka_metadata(bootstrap: str, node_id: int | None) -> bool:
     _probing.set(True)
     client = AIOKafkaClient(
         bootstrap_servers=bootstrap,
@@ -87,15 +87,18 @@ async def _kafka_metadata(bootstrap: str) -> bool:
     )
     try:
         await asyncio.wait_for(client.bootstrap(), PROBE_TIMEOUT_SECONDS * 2)
-        return bool(client.cluster.brokers())
+        brokers = {broker.nodeId for broker in client.cluster.brokers()}
+        return bool(brokers) if node_id is None else node_id in brokers
     except Exception:
         return False
     finally:
         await client.close()
 
 
-def kafka_ready(bootstrap: str) -> bool:
-    return run_async(_kafka_metadata(bootstrap))
+def kafka_ready(bootstrap: str, node_id: int | None = None) -> bool:
+    """A metadata request answered with a live broker; with ``node_id``, one that lists that
+    node among the cluster's live (registered, unfenced) brokers."""
+    return run_async(_kafka_metadata(bootstrap, node_id))
 
 
 async def _topics_have_leaders(bootstrap: str, topics: Sequence[str], partitions: int) -> bool:
@@ -121,15 +124,20 @@ async def _topics_have_leaders(bootstrap: str, topics: Sequence[str], partitions
 
 
 def kafka_topics_ready(
-    bootstrap: str, topics: Sequence[str] = ALL_TOPICS, partitions: int = TOPIC_PARTITIONS
+    bootstrap: str,
+    topics: Sequence[str] = ALL_TOPICS,
+    partitions: int = TOPIC_PARTITIONS,
+    replication: TopicReplication = SINGLE_BROKER,
 ) -> bool:
-    """Create the project's topics if missing (idempotent) and report whether every partition
-    has a leader: only then can a producer with ``acks=all`` write to them."""
+    """Create the project's topics if missing (idempotent) with ``replication`` and report
+    whether every partition has a leader: only then can a producer with ``acks=all`` write to
+    them. While fewer brokers than the replication factor have joined, the broker refuses the
+    topics and this answers False."""
 
     async def _go() -> bool:
         _probing.set(True)
         try:
-            await asyncio.wait_for(ensure_topics(bootstrap, topics, partitions), 15)
+            await asyncio.wait_for(ensure_topics(bootstrap, topics, partitions, replication), 15)
         except Exception:
             return False
         return await _topics_have_leaders(bootstrap, topics, partitions)

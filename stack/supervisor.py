@@ -12,6 +12,7 @@ The API is synchronous on purpose: it shells out and polls. Async tests call it 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -39,11 +40,12 @@ from stack.config import (
     INFRA,
     KNOWN,
     OPTIONAL,
-    PROXIED,
     REPO_ROOT,
     SERVICES,
     StackConfig,
     free_port,
+    kafka_node_id,
+    recorded_kafka_brokers,
 )
 from stack.toxiproxy import Toxiproxy
 
@@ -168,15 +170,26 @@ def component_of(instance: str) -> str:
     if component not in KNOWN:
         raise ValueError(f"unknown component {instance!r}; expected one of {', '.join(KNOWN)}")
     assert component is not None
+    if instance != component and component == "kafka" and _is_kafka_node(instance):
+        return component
     if instance != component and (
         component in INFRA + OPTIONAL or len(instance) > _INSTANCE_NAME_MAX
     ):
         raise ValueError(
             f"invalid instance name {instance!r}: {', '.join(INFRA)} run once under their own "
-            f"name; an extra service instance is <service>-<name>, <name> of a-z, 0-9 and "
-            f"single dashes, at most {_INSTANCE_NAME_MAX} characters (e.g. relay-2)"
+            f"name (the nodes of a Kafka cluster are kafka, kafka-2, kafka-3 ...); an extra "
+            f"service instance is <service>-<name>, <name> of a-z, 0-9 and single dashes, at "
+            f"most {_INSTANCE_NAME_MAX} characters (e.g. relay-2)"
         )
     return component
+
+
+def _is_kafka_node(instance: str) -> bool:
+    try:
+        kafka_node_id(instance)
+    except ValueError:
+        return False
+    return True
 
 
 # /proc/<pid>/stat states of a process stopped by a signal (T) or traced while stopped (t).
@@ -276,14 +289,25 @@ class Stack:
         wanted = list(dict.fromkeys(names))
         for name in wanted:
             component_of(name)
+        if "kafka" in wanted:
+            self._record_kafka_brokers()
         # Jaeger starts with the infrastructure, so the services find it when they start.
-        infra: list[str] = [n for n in INFRA + OPTIONAL if n in wanted]
+        # "kafka" is the whole cluster here: every node is launched before any is awaited (a
+        # node is ready only once a quorum of controllers runs).
+        infra: list[str] = [
+            node
+            for n in INFRA + OPTIONAL
+            if n in wanted
+            for node in (self.config.kafka_nodes if n == "kafka" else (n,))
+        ]
         services: list[str] = [n for n in wanted if n not in infra]
         started: list[str] = []
         try:
             # Launch every infra process before waiting on any: Kafka's JVM start-up overlaps
             # with the others instead of adding to them.
-            launches: dict[str, _Launch] = {n: self._launch(n, None, None, started) for n in infra}
+            launches: dict[str, _Launch] = {
+                n: self._launch(component_of(n), n, None, started) for n in infra
+            }
             for n in infra:
                 self._await_ready(n, launches[n])
             launches = {n: self._launch(component_of(n), n, None, started) for n in services}
@@ -297,8 +321,16 @@ class Stack:
 
     def down(self, wipe: bool = False) -> None:
         """Stop every component (services first); ``wipe`` also deletes all their data."""
-        for instance in self._shutdown_order(self._known_instances()):
-            self.stop(instance)
+        instances = self._shutdown_order(self._known_instances())
+        nodes = [i for i in instances if component_of(i) == "kafka"]
+        for instance in instances:
+            if instance not in nodes:
+                self.stop(instance)
+            elif instance == nodes[0]:
+                # The nodes of a cluster stop together: stopped one by one, the last ones lose
+                # the controller quorum and their controlled shutdown waits until SIGKILL (40 s).
+                with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
+                    list(pool.map(self.stop, nodes))
         if wipe:
             shutil.rmtree(self.config.data_root, ignore_errors=True)
             shutil.rmtree(self.config.root / "conf", ignore_errors=True)
@@ -318,8 +350,10 @@ class Stack:
         """
         component = component_of(name)
         instance = instance or name
-        if instance != component and component in INFRA + OPTIONAL:
+        if instance != component and component in INFRA + OPTIONAL and component != "kafka":
             raise ValueError(f"{component} runs as one instance only, got instance={instance!r}")
+        if component == "kafka" and component_of(instance) != "kafka":
+            raise ValueError(f"instance {instance!r} is not a Kafka node")
         launch = self._launch(component, instance, env, [])
         if wait:
             self._await_ready(instance, launch)
@@ -462,9 +496,10 @@ class Stack:
                     f"port {port} on {HOST} is already in use by another process "
                     "(is another stack running? see `python -m stack status`)",
                 )
-        self.config.data_dir(component).mkdir(parents=True, exist_ok=True)
         if component == "kafka":
-            self._format_kafka_storage()
+            self._format_kafka_storage(instance)
+        else:
+            self.config.data_dir(component).mkdir(parents=True, exist_ok=True)
         self._spawn(instance, component, launch)
         started.append(instance)
         return launch
@@ -527,9 +562,9 @@ class Stack:
     def _ports_of(self, component: str, instance: str) -> list[int]:
         ports = [self.port_of(instance)]
         if component == "kafka":
-            ports += [self.config.port_of("kafka_controller"), self.config.port_of("kafka_proxied")]
+            ports += [self.config.port_of(f"{instance}{s}") for s in ("_controller", "_proxied")]
         if component == FAULT_PROXY:
-            ports += [self.config.proxy_address(server)[1] for server in PROXIED]
+            ports += [self.config.proxy_address(s)[1] for s in self.config.proxied_servers]
         return ports
 
     def _plan(self, component: str, instance: str, env: Mapping[str, str] | None) -> _Launch:
@@ -562,23 +597,29 @@ class Stack:
                 stop_timeout,
             )
         if component == "kafka":
-            bootstrap = c.kafka_bootstrap
+            node = self._kafka_node(instance)
+            own, bootstrap, replication = (
+                f"{HOST}:{c.port_of(instance)}",
+                c.kafka_bootstrap,
+                c.kafka_replication,
+            )
             argv = [
                 "java",
-                *c.kafka_jvm_opts,
+                *c.kafka_heap_opts,
                 f"-Dlog4j2.configurationFile={KAFKA_LOG4J_CONFIG}",
                 "-cp", f"{c.kafka_libs}/*",
                 "kafka.Kafka",
-                str(self._kafka_properties()),
+                str(self._kafka_properties(instance)),
             ]  # fmt: skip
             return _Launch(
                 argv,
                 c.root,
                 base_env,
-                lambda: probes.kafka_ready(bootstrap),
+                # This node answers and the cluster lists it as a live broker.
+                lambda: probes.kafka_ready(own, node_id=node),
                 timeout,
                 stop_timeout,
-                after_ready=lambda: probes.kafka_topics_ready(bootstrap),
+                after_ready=lambda: probes.kafka_topics_ready(bootstrap, replication=replication),
             )
         if component == "redis":
             port = c.port_of("redis")
@@ -686,7 +727,7 @@ class Stack:
                 "{}:{}".format(*c.proxy_address(server)),
                 "{}:{}".format(*c.proxy_upstream(server)),
             )
-            for server in PROXIED
+            for server in c.proxied_servers
         }
 
         def create_proxies() -> bool:
@@ -744,15 +785,51 @@ class Stack:
         return path
 
     # -- kafka ------------------------------------------------------------------------------------
-    def _kafka_properties(self) -> Path:
+    def _kafka_node(self, instance: str) -> int:
+        """Node id of ``instance``; ValueError naming it when this stack has no such node."""
+        node = kafka_node_id(instance)
+        if node > self.config.kafka_brokers:
+            raise ValueError(
+                f"{instance}: this stack runs {self.config.kafka_brokers} Kafka broker(s) "
+                f"({', '.join(self.config.kafka_nodes)}); `python -m stack up --kafka-brokers N` "
+                "starts a cluster"
+            )
+        return node
+
+    def _record_kafka_brokers(self) -> None:
+        """Record the cluster size the Kafka data is formatted for; refuse another one.
+
+        A node formatted for one quorum cannot join another (its metadata log names the
+        cluster and its voters), so a stack keeps its size until ``down --wipe``.
+        """
         c = self.config
-        port, controller = c.port_of("kafka"), c.port_of("kafka_controller")
-        proxied, via_proxy = c.port_of("kafka_proxied"), c.proxy_address("kafka")[1]
+        recorded = recorded_kafka_brokers(c.root)
+        formatted = (c.data_dir("kafka") / "meta.properties").exists()
+        if recorded is not None and recorded != c.kafka_brokers and formatted:
+            raise StackError(
+                "kafka",
+                f"the Kafka data under {c.data_root} belongs to a cluster of {recorded} "
+                f"broker(s), not {c.kafka_brokers}: start it with --kafka-brokers {recorded}, "
+                "or `python -m stack down --wipe` first",
+            )
+        c.kafka_brokers_path.parent.mkdir(parents=True, exist_ok=True)
+        c.kafka_brokers_path.write_text(f"{c.kafka_brokers}\n")
+
+    def _kafka_properties(self, instance: str = "kafka") -> Path:
+        c = self.config
+        node = self._kafka_node(instance)
+        port, controller = c.port_of(instance), c.port_of(f"{instance}_controller")
+        proxied, via_proxy = c.port_of(f"{instance}_proxied"), c.proxy_address(instance)[1]
+        replication = c.kafka_replication
+        voters = ",".join(
+            f"{kafka_node_id(n)}@{HOST}:{c.port_of(f'{n}_controller')}" for n in c.kafka_nodes
+        )
         props = {
-            # One combined broker+controller node (KRaft, no ZooKeeper).
+            # Combined broker+controller nodes (KRaft, no ZooKeeper): every node is a voter of
+            # the controller quorum, so a cluster of three keeps a quorum with one node away.
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{HOST}:{controller}",
+            "node.id": str(node),
+            "controller.quorum.voters": voters,
             # PROXIED is a listener of its own for clients routed through the fault proxy:
             # metadata answers advertise the listener a request came in on, so a client that
             # bootstrapped through the proxy is sent back to the proxy, never around it.
@@ -766,14 +843,19 @@ class Stack:
                 "PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT,CONTROLLER:PLAINTEXT"
             ),
             "inter.broker.listener.name": "PLAINTEXT",
-            "log.dirs": str(c.data_dir("kafka")),
+            "log.dirs": str(c.data_dir(instance)),
             "num.partitions": str(TOPIC_PARTITIONS),
-            # A single node cannot replicate: internal topics must accept replication factor 1.
-            "offsets.topic.replication.factor": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            # One rule for every topic (shared.kafka.TopicReplication): ours, created by
+            # ensure_topics, and Kafka's internal ones, created by the brokers on first use.
+            # A single node cannot replicate: 1 and 1; three nodes: RF 3, min ISR 2.
+            "default.replication.factor": str(replication.factor),
+            "min.insync.replicas": str(replication.min_insync),
+            "unclean.leader.election.enable": "false",
+            "offsets.topic.replication.factor": str(replication.factor),
+            "transaction.state.log.replication.factor": str(replication.factor),
+            "transaction.state.log.min.isr": str(replication.min_insync),
+            "share.coordinator.state.topic.replication.factor": str(replication.factor),
+            "share.coordinator.state.topic.min.isr": str(replication.min_insync),
             # The first consumer-group join and the first transactional producer each create an
             # internal topic; at the default 50 partitions that alone took 10-15 s on two busy
             # cores. One node gains nothing from 50; as many as our topics have.
@@ -784,31 +866,43 @@ class Stack:
             # Tests start and stop consumers all the time; do not wait 3 s for more members.
             "group.initial.rebalance.delay.ms": "0",
         }
-        path = c.root / "conf" / "kafka.properties"
+        name = "kafka.properties" if instance == "kafka" else f"{instance}.properties"
+        path = c.root / "conf" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         return path
 
-    def _format_kafka_storage(self) -> None:
-        """Format the KRaft log directory once (Kafka's own storage tool); later starts reuse it."""
+    def _kafka_cluster_id(self) -> str:
+        """The cluster id every node is formatted with: one per stack, kept in its conf."""
+        path = self.config.root / "conf" / "kafka-cluster-id"
+        if path.is_file():
+            return path.read_text().strip()
+        cluster_id = kafka_cluster_id()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(cluster_id + "\n")
+        return cluster_id
+
+    def _format_kafka_storage(self, instance: str = "kafka") -> None:
+        """Format a node's KRaft log directory once (Kafka's own storage tool); later starts
+        reuse it."""
         c = self.config
         if not any(c.kafka_libs.glob("kafka_2.13-*.jar")):
             raise StackError(
-                "kafka", f"no Kafka jars in {c.kafka_libs}: run `make setup` to fetch them"
+                instance, f"no Kafka jars in {c.kafka_libs}: run `make setup` to fetch them"
             )
-        data = c.data_dir("kafka")
+        data = c.data_dir(instance)
         if (data / "meta.properties").exists():
             return
         data.mkdir(parents=True, exist_ok=True)
-        log_path = self.logs_path("kafka")
+        log_path = self.logs_path(instance)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = [
             "java", "-Xmx256m", "-XX:TieredStopAtLevel=1",
             f"-Dlog4j2.configurationFile={KAFKA_LOG4J_CONFIG}",
             "-cp", f"{c.kafka_libs}/*",
             "kafka.tools.StorageTool", "format",
-            "-t", kafka_cluster_id(),
-            "-c", str(self._kafka_properties()),
+            "-t", self._kafka_cluster_id(),
+            "-c", str(self._kafka_properties(instance)),
         ]  # fmt: skip
         with open(log_path, "ab") as log:
             log.write(f"\n=== stack: formatting kafka storage: {argv}\n".encode())
@@ -818,7 +912,7 @@ class Stack:
             )
         if result.returncode != 0:
             raise StackError(
-                "kafka", f"storage format failed with code {result.returncode}", log_path
+                instance, f"storage format failed with code {result.returncode}", log_path
             )
 
     # -- process bookkeeping ----------------------------------------------------------------------
@@ -880,6 +974,8 @@ class Stack:
 
     def _known_instances(self, include_all: bool = False) -> list[str]:
         names: list[str] = list(ALL) if include_all else []
+        if include_all:
+            names[names.index("kafka") + 1 : names.index("kafka") + 1] = self.config.kafka_nodes[1:]
         names += [i for i in self._procs if i not in names]
         if self.config.run_root.is_dir():
             names += sorted(

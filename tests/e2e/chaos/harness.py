@@ -412,7 +412,8 @@ class Pipeline:
     ) -> None:
         component = component_of(instance)
         if component in INFRA:
-            await asyncio.to_thread(self.stack.start, component)
+            # A Kafka cluster's node by its own name (kafka-2); the others run once.
+            await asyncio.to_thread(self.stack.start, instance)
             return
         env = self.env_for(component, extra)
         await asyncio.to_thread(
@@ -494,7 +495,7 @@ class Pipeline:
         for instance, entry in self.stack.status().items():
             if entry["paused"]:
                 await asyncio.to_thread(self.stack.resume, instance)
-        for name in INFRA:
+        for name in self.stack.config.infra_instances:
             if not self.is_running(name):
                 await self.start(name)
         if self.is_running(FAULT_PROXY):

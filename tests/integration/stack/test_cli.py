@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,22 +12,14 @@ import httpx
 import pytest
 
 from stack.config import StackConfig
+from tests.stacks import stack_cli
 
 
 def _cli(
     root: Path, config: StackConfig, *args: str, unset: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in unset}
-    env["STACK_ROOT"] = str(root)
-    env.update({f"STACK_{name.upper()}_PORT": str(port) for name, port in config.ports.items()})
-    return subprocess.run(
-        [sys.executable, "-m", "stack", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    assert config.root == root.resolve()
+    return stack_cli(config, *args, unset=unset)
 
 
 def _status(root: Path, config: StackConfig) -> dict[str, dict[str, object]]:

@@ -14,12 +14,16 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import UnknownTopicOrPartitionError
+from aiokafka.errors import (
+    InvalidReplicationFactorError,
+    InvalidTopicError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.structs import TopicPartition
 from pymongo import MongoClient
 
 from shared.contracts import ALL_TOPICS, TOPIC_PARTITIONS
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import TopicReplication, ensure_topics, make_producer
 from stack import INFRA, Stack, StackConfig, StackError
 from tests.waiting import wait_until
 
@@ -140,6 +144,20 @@ def test_a_redis_key_and_its_ttl_survive_a_restart(stack: Stack, how: str) -> No
         assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
     finally:
         client.close()
+
+
+async def test_a_topic_the_broker_refuses_is_an_error_not_a_silent_no_op(stack: Stack) -> None:
+    # aiokafka answers CreateTopics with per-topic error codes instead of raising: a refused
+    # topic must not pass as created.
+    with pytest.raises(InvalidTopicError, match="bad topic!"):
+        await ensure_topics(stack.config.kafka_bootstrap, ["bad topic!"], 1)
+
+
+async def test_a_replication_the_cluster_cannot_meet_is_refused(stack: Stack) -> None:
+    beyond = TopicReplication(factor=stack.config.kafka_brokers + 1, min_insync=1)
+    topic = f"stack.unreplicable.{uuid.uuid4().hex[:8]}"
+    with pytest.raises(InvalidReplicationFactorError, match=topic):
+        await ensure_topics(stack.config.kafka_bootstrap, [topic], 1, beyond)
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])

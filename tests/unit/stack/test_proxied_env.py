@@ -10,7 +10,8 @@ from stack.config import PROXIED, StackConfig
 
 
 def _config() -> StackConfig:
-    return StackConfig.default()
+    # One broker whatever STACK_KAFKA_BROKERS or a local `stack up --kafka-brokers` says.
+    return StackConfig.default(kafka_brokers=1)
 
 
 def test_proxied_mongo_is_a_direct_connection_to_the_proxy() -> None:
