@@ -8,14 +8,16 @@
 //
 // Usage:
 //
-//	composecheck [-json] [-env NAME=VALUE ...] FILE [FILE...]
+//	composecheck [-json] [-env NAME=VALUE ...] [-profile NAME ...] FILE [FILE...]
 //	composecheck -dockerfile Dockerfile
 //
 // It exits 0 when the files load, 1 with the loader's error on stderr when they do not, 2 on a
 // usage error. With -json it prints the loaded project (interpolated and normalised, exactly the
 // model docker compose would act on) so tests can inspect it without re-implementing the loader.
 // Interpolation sees only the -env variables given (the operator's environment a test stands
-// for), never the caller's shell or a .env file.
+// for), never the caller's shell or a .env file. -profile activates a profile, as `docker compose
+// --profile NAME` does (repeatable); without one only the services without profiles are loaded
+// (a COMPOSE_PROFILES default in .env is the caller's to pass).
 // With -dockerfile it checks a Dockerfile with BuildKit's parser instead (see dockerfile.go).
 package main
 
@@ -29,7 +31,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 )
 
-// envList collects repeated -env NAME=VALUE flags.
+// envList collects a repeated flag (-env NAME=VALUE, -profile NAME).
 type envList []string
 
 func (e *envList) String() string { return fmt.Sprint(*e) }
@@ -44,8 +46,10 @@ func main() {
 	var env envList
 	flag.Var(&env, "env", "NAME=VALUE seen by interpolation (repeatable); nothing else is")
 	dockerfile := flag.Bool("dockerfile", false, "check one Dockerfile instead of Compose files")
+	var profiles envList
+	flag.Var(&profiles, "profile", "activate a profile (repeatable), like docker compose --profile")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: composecheck [-json] [-env NAME=VALUE ...] FILE [FILE...] | -dockerfile FILE")
+		fmt.Fprintln(os.Stderr, "usage: composecheck [-json] [-env NAME=VALUE ...] [-profile NAME ...] FILE [FILE...] | -dockerfile FILE")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -58,7 +62,7 @@ func main() {
 	if *dockerfile {
 		err = checkDockerfile(files[0])
 	} else {
-		err = run(files, *asJSON, env)
+		err = run(files, *asJSON, env, profiles)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "composecheck: %v\n", err)
@@ -66,7 +70,7 @@ func main() {
 	}
 }
 
-func run(files []string, asJSON bool, env []string) error {
+func run(files []string, asJSON bool, env []string, profiles []string) error {
 	// The project directory is the first file's folder, as with `docker compose -f`; that is
 	// where build contexts and bind mounts are resolved from.
 	workingDir, err := filepath.Abs(filepath.Dir(files[0]))
@@ -86,6 +90,8 @@ func run(files []string, asJSON bool, env []string) error {
 		cli.WithConsistency(true),
 		cli.WithResolvedPaths(true),
 		cli.WithName("composecheck"),
+		// Exactly the profiles asked for (docker compose: --profile, else COMPOSE_PROFILES).
+		cli.WithProfiles(profiles),
 	)
 	if err != nil {
 		return err

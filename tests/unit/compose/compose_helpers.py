@@ -27,6 +27,8 @@ from shared.settings import InfraSettings, ServiceSettings
 
 REPO = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = REPO / "docker-compose.yml"
+# docker compose reads COMPOSE_PROFILES from here when no --profile is given.
+DOTENV = REPO / ".env"
 OVERRIDE_EXAMPLE = REPO / "docker-compose.override.example.yml"
 DOCKERFILE = REPO / "Dockerfile"
 VALIDATOR_SOURCE = REPO / "tools" / "composecheck"
@@ -71,29 +73,50 @@ def build_validator() -> Path:
     return VALIDATOR_BINARY
 
 
+def default_profiles() -> tuple[str, ...]:
+    """The profiles ``docker compose up`` runs without ``--profile``: COMPOSE_PROFILES of .env."""
+    for line in DOTENV.read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == "COMPOSE_PROFILES":
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+    return ()
+
+
 def run_validator(
     *files: Path,
     as_json: bool = False,
     dockerfile: bool = False,
     env: Mapping[str, str] | None = None,
+    profiles: tuple[str, ...] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the validator; ``env`` is all that ``${...}`` interpolation sees (never this
-    process's environment)."""
+    process's environment); ``profiles`` are active (None: the default profiles of .env, as
+    ``docker compose up`` without ``--profile``)."""
     args = [str(build_validator())]
     if as_json:
         args.append("-json")
     if dockerfile:
         args.append("-dockerfile")
+    else:
+        for profile in default_profiles() if profiles is None else profiles:
+            args += ["-profile", profile]
     for name, value in (env or {}).items():
         args += ["-env", f"{name}={value}"]
     args += [str(f) for f in files]
     return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
 
 
-def load_model(*files: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def load_model(
+    *files: Path,
+    env: Mapping[str, str] | None = None,
+    profiles: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """The project as docker compose would load it from ``files`` (merged in order), with
-    ``${...}`` taken from ``env`` (:data:`OPERATOR_ENV` when None)."""
-    loaded = run_validator(*files, as_json=True, env=OPERATOR_ENV if env is None else env)
+    ``${...}`` taken from ``env`` (:data:`OPERATOR_ENV` when None) and ``profiles`` active
+    (None: the default ones, see :func:`run_validator`)."""
+    loaded = run_validator(
+        *files, as_json=True, env=OPERATOR_ENV if env is None else env, profiles=profiles
+    )
     if loaded.returncode != 0:
         raise AssertionError(f"compose-go refused {[f.name for f in files]}:\n{loaded.stderr}")
     model: dict[str, Any] = json.loads(loaded.stdout)

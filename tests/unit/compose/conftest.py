@@ -28,6 +28,12 @@ def compose_with_override() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def compose_ha() -> dict[str, Any]:
+    """docker-compose.yml as `docker compose --profile ha` loads it: the three-node Kafka."""
+    return load_model(COMPOSE_FILE, profiles=("ha",))
+
+
+@pytest.fixture(scope="session")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     spec: dict[str, dict[str, Any]] = compose["services"]
     return spec
