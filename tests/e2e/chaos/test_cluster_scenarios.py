@@ -11,18 +11,24 @@ its name in the chaos report.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+from aiokafka import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from shared.contracts import ALL_TOPICS, ORDER_CREATED_TOPIC
-from shared.kafka import REQUEST_TIMEOUT_MS
-from stack import Stack
+from shared.contracts import (
+    ALL_TOPICS,
+    ORDER_CREATED_TOPIC,
+    TOPIC_PARTITIONS,
+)
+from shared.kafka import REQUEST_TIMEOUT_MS, ensure_topics, make_producer
+from stack import FAULT_PROXY, Stack
 from stack.config import kafka_node_id, kafka_node_name
 from stack.observe import partition_leaders, partition_states
 from tests.e2e.chaos.faults import metric, pause, resume
@@ -105,6 +111,39 @@ def test_one_node_is_paused_and_resumed_by_name_from_another_invocation(stack: S
         resumed = stack_cli(stack.config, "resume", "kafka-2")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert not stack.is_paused("kafka-2")
+
+
+async def test_a_proxied_client_is_kept_on_every_nodes_own_proxy(stack: Stack) -> None:
+    """Through the fault proxy, a client of the cluster is told each node's own proxy address
+    and produces through them (the faults of test_fault_scenarios work on a cluster too)."""
+    await asyncio.to_thread(stack.start, FAULT_PROXY)
+    try:
+        routes = await asyncio.to_thread(stack.toxiproxy().proxies)
+        for node in stack.config.kafka_nodes:
+            assert routes[node].upstream.endswith(f":{stack.config.port_of(f'{node}_proxied')}")
+        bootstrap = stack.config.proxied_env(["kafka"])["KAFKA_BOOTSTRAP_SERVERS"]
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
+        await client.bootstrap()
+        try:
+            advertised = {(b.host, b.port) for b in client.cluster.brokers()}
+        finally:
+            await client.close()
+        assert advertised == {stack.config.proxy_address(n) for n in stack.config.kafka_nodes}
+        topic = "stack.proxied.test"  # of its own: nothing the services read
+        config = stack.config
+        await ensure_topics(
+            config.kafka_bootstrap, [topic], TOPIC_PARTITIONS, config.kafka_replication
+        )
+        producer = make_producer(bootstrap)
+        await producer.start()
+        try:
+            # One record per partition: every partition leader is reached through its proxy.
+            for partition in range(TOPIC_PARTITIONS):
+                await producer.send_and_wait(topic, b"proxied", partition=partition)
+        finally:
+            await producer.stop()
+    finally:
+        await asyncio.to_thread(stack.stop, FAULT_PROXY)
 
 
 async def test_partition_leader_killed_under_load_loses_nothing(chaos: Chaos) -> None:
