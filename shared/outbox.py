@@ -46,6 +46,7 @@ class OutboxField:
     TRACEPARENT: Final = "traceparent"
     # The lease epoch of the relay leader that last wrote the status fields above: which
     # leader published (or failed) an event, and proof that a deposed one wrote nothing.
+    # Since slots, the epoch of the event's slot lease.
     RELAY_EPOCH: Final = "relayEpoch"
     # Where Kafka put the event (from the send's RecordMetadata), written with the Published
     # mark: an operator can go from an order straight to its record (console order timeline).
@@ -53,11 +54,16 @@ class OutboxField:
     KAFKA_TOPIC: Final = "kafkaTopic"
     KAFKA_PARTITION: Final = "kafkaPartition"
     KAFKA_OFFSET: Final = "kafkaOffset"
+    # The relay slot of the event, ``shared.slots.slot_for(aggregateId, RELAY_SLOTS)``, stored
+    # by the order API in the same transaction. Absent on events written before slots existed:
+    # the relays assign it (see services/relay/backfill.py).
+    SLOT: Final = "slot"
 
 
 INDEX_PENDING: Final = "status_1_createdAt_1"
 INDEX_AGGREGATE_VERSION: Final = "aggregateId_1_aggregateVersion_1"
 INDEX_PUBLISHED_TTL: Final = "publishedAt_ttl"
+INDEX_SLOT_PENDING: Final = "slot_1_status_1_createdAt_1"
 
 # Seven days: long enough to look at a published event while debugging a consumer or replaying
 # the DLQ, short enough that the outbox does not grow without bound. Pending and Failed events
@@ -97,6 +103,9 @@ def outbox_indexes(ttl_seconds: int) -> list[IndexModel]:
       relay's hold-back query (an aggregate's unpublished events by version).
     * ``publishedAt_ttl``: removes Published events ``ttl_seconds`` after publication; Pending
       and Failed events have no ``publishedAt`` and never expire.
+    * ``slot_1_status_1_createdAt_1``: each slot owner's pending scan (equality on slot and
+      status, oldest first), its Failed-aggregate lookup, the per-slot backlog gauges, and the
+      search for events without a slot (``slot: null``) or outside the slot count.
     """
     return [
         IndexModel(
@@ -112,6 +121,14 @@ def outbox_indexes(ttl_seconds: int) -> list[IndexModel]:
             [(OutboxField.PUBLISHED_AT, ASCENDING)],
             name=INDEX_PUBLISHED_TTL,
             expireAfterSeconds=ttl_seconds,
+        ),
+        IndexModel(
+            [
+                (OutboxField.SLOT, ASCENDING),
+                (OutboxField.STATUS, ASCENDING),
+                (OutboxField.CREATED_AT, ASCENDING),
+            ],
+            name=INDEX_SLOT_PENDING,
         ),
     ]
 

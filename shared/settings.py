@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.backoff import Backoff
 from shared.redaction import redact
+from shared.slots import DEFAULT_RELAY_SLOTS, MAX_RELAY_SLOTS, SLOTS_ENV
 
 # Defaults point at the embedded stack (`python -m stack up`); SecantusDB advertises a
 # single-node replica set named "secantus". A real deployment sets MONGO_URI to its own set.
@@ -126,6 +127,22 @@ class InfraSettings(BaseSettings):
             # The value is quoted through redact(): a URI here may carry a password.
             raise ValueError(f"must start with {' or '.join(schemes)}, got {redact(value)!r}")
         return value
+
+
+class RelaySlotsSetting(BaseSettings):
+    """``RELAY_SLOTS``: how many slots the outbox is divided into (see :mod:`shared.slots`).
+
+    Read by the order API (it stores each event's slot at insert, in the order's transaction)
+    and by every relay (each publishes the slots it holds), so it is one un-prefixed name for
+    both. A deployment-time constant: changing it is a migration (README, "Scaling").
+    """
+
+    relay_slots: int = Field(
+        default=DEFAULT_RELAY_SLOTS,
+        ge=1,
+        le=MAX_RELAY_SLOTS,
+        validation_alias=_env(SLOTS_ENV),
+    )
 
 
 class ServiceSettings(InfraSettings):

@@ -80,6 +80,7 @@ async def cancel_order(
     traceparent: str,
     metrics: OrderMetrics,
     deadline_seconds: float,
+    slots: int,
 ) -> CancelResult | None:
     """Cancel the order and write its pending ``OrderCancelled`` event, atomically.
 
@@ -134,6 +135,7 @@ async def cancel_order(
             payload=payload.to_json(),
             created_at=cancelled_at,
             traceparent=traceparent,
+            slots=slots,
         ).insert(session=session)
         order.status = ORDER_STATUS_CANCELLED
         order.version = version

@@ -132,6 +132,7 @@ async def create_order(
     traceparent: str,
     metrics: OrderMetrics,
     deadline_seconds: float,
+    slots: int,
 ) -> CreateResult:
     """Insert the order and its pending ``OrderCreated`` outbox event in one transaction.
 
@@ -192,6 +193,7 @@ async def create_order(
                 payload=payload.to_json(),
                 created_at=created_at,
                 traceparent=traceparent,
+                slots=slots,
             )
             await event.insert(session=session)
             return order, event

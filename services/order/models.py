@@ -17,6 +17,7 @@ from pymongo import ASCENDING, IndexModel
 
 from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, OutboxStatus
 from shared.outbox import FIRST_VERSION, OUTBOX_COLLECTION, OutboxField
+from shared.slots import slot_for
 
 ORDERS_COLLECTION: Final = "orders"
 
@@ -81,6 +82,7 @@ class OutboxEvent(Document):
     published_at: datetime | None = Field(default=None, alias=OutboxField.PUBLISHED_AT)
     last_error: str | None = Field(default=None, alias=OutboxField.LAST_ERROR)
     traceparent: str | None = Field(default=None, alias=OutboxField.TRACEPARENT)
+    slot: int | None = Field(default=None, alias=OutboxField.SLOT)
 
     @classmethod
     def pending(
@@ -92,9 +94,11 @@ class OutboxEvent(Document):
         payload: str,
         created_at: datetime,
         traceparent: str,
+        slots: int,
     ) -> OutboxEvent:
         """A new event of an order, waiting for the relay: what every order transaction writes
-        next to its change."""
+        next to its change. Its relay slot (among ``slots``, ``RELAY_SLOTS``) is stored with it,
+        so each relay's scan of its slots is one index range."""
         return cls(
             aggregate_type=AGGREGATE_ORDER,
             aggregate_id=aggregate_id,
@@ -105,6 +109,7 @@ class OutboxEvent(Document):
             attempts=0,
             created_at=created_at,
             traceparent=traceparent,
+            slot=slot_for(aggregate_id, slots),
         )
 
     class Settings:

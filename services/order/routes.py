@@ -89,6 +89,7 @@ async def post_order(
         traceparent=traceparent_for(traceparent),
         metrics=state.metrics,
         deadline_seconds=state.settings.request_deadline_seconds,
+        slots=state.settings.relay_slots,
     )
     response.headers["Location"] = f"/orders/{result.order.id}"
     if result.replayed:
@@ -133,6 +134,7 @@ async def post_cancel(
         traceparent=traceparent_for(traceparent),
         metrics=state.metrics,
         deadline_seconds=state.settings.request_deadline_seconds,
+        slots=state.settings.relay_slots,
     )
     if result is None:
         return order_not_found(order_id)

@@ -6,14 +6,14 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.outbox import OutboxTtlSetting
-from shared.settings import ServiceSettings
+from shared.settings import RelaySlotsSetting, ServiceSettings
 
 # 64 KiB: a hundred order lines with long SKUs fit several times over; anything bigger is not an
 # order, and refusing it early keeps one client from making the API buffer megabytes.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
 
-class OrderSettings(ServiceSettings, OutboxTtlSetting):
+class OrderSettings(ServiceSettings, OutboxTtlSetting, RelaySlotsSetting):
     model_config = SettingsConfigDict(env_prefix="ORDER_", extra="ignore", frozen=True)
 
     port: int = Field(default=8000, ge=0, le=65535)

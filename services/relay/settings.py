@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.outbox import OutboxTtlSetting
-from shared.settings import ServiceSettings
+from shared.settings import RelaySlotsSetting, ServiceSettings
 
 # The one failpoint the relay knows: exit right after Kafka acknowledged a batch and before the
 # batch is marked Published, the worst instant for a crash (the batch is out, the outbox says not).
@@ -24,7 +24,7 @@ def _default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class RelaySettings(ServiceSettings, OutboxTtlSetting):
+class RelaySettings(ServiceSettings, OutboxTtlSetting, RelaySlotsSetting):
     model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", frozen=True)
 
     port: int = Field(default=8001, ge=0, le=65535)
@@ -40,13 +40,15 @@ class RelaySettings(ServiceSettings, OutboxTtlSetting):
     # be permanent (too large, unserialisable) fail it at once: the same bytes fail the same way.
     max_attempts: int = Field(default=5, ge=1, le=1000)
 
-    # The lease is renewed every ``lease_renew_seconds``, three renewals per TTL, so one slow or
-    # lost renewal does not cost leadership, and a dead leader is replaced within ``lease_ttl``.
+    # Each slot lease (and the membership heartbeat) is renewed every ``lease_renew_seconds``,
+    # three renewals per TTL, so one slow or lost renewal does not cost a slot, and a dead
+    # relay's slots are taken over within ``lease_ttl`` plus one renewal interval.
     lease_ttl_seconds: float = Field(default=10.0, gt=0, le=600)
     lease_renew_seconds: float = Field(default=3.0, gt=0, le=300)
-    # Shared by every relay of one outbox: a new leader's producer bumps the producer epoch of
-    # this id, and the broker refuses the old leader's writes from then on (fencing).
-    # An empty value turns transactions off (prefix marking only, no zombie fencing in Kafka).
+    # The prefix of the slots' Kafka transactional ids, ``<id>-slot-<n>``, shared by every relay
+    # of one outbox: a new holder's producer bumps the producer epoch of the slot's id, and the
+    # broker refuses the old holder's writes from then on (fencing). An empty value turns
+    # transactions off (prefix marking only, no zombie fencing in Kafka).
     transactional_id: str = Field(default="outbox-relay")
 
     # How often pending-count and oldest-pending-age gauges are refreshed (one count each time).

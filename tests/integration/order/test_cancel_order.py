@@ -9,6 +9,7 @@ from typing import Any
 from bson import ObjectId
 
 from shared.contracts import EVENT_ORDER_CANCELLED, EVENT_ORDER_CREATED, OutboxStatus
+from shared.slots import slot_for
 from tests.integration.order.conftest import Api, order_body
 
 
@@ -43,6 +44,8 @@ async def test_cancel_marks_the_order_cancelled_and_writes_one_versioned_event(a
     ]
     cancelled = events[1]
     assert cancelled["status"] == OutboxStatus.PENDING
+    # Both events of the order in its one slot: one publisher keeps them in order.
+    assert cancelled["slot"] == events[0]["slot"] == slot_for(order["id"], 16)
     payload = json.loads(cancelled["payload"])
     assert payload["orderId"] == order["id"]
     assert payload["customerEmail"] == order["customerEmail"]

@@ -10,6 +10,7 @@ from bson import Decimal128, ObjectId
 
 from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, OutboxStatus
 from shared.events import parse_order_created
+from shared.slots import slot_for
 from tests.integration.order.conftest import Api, order_body
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -54,6 +55,8 @@ async def test_created_order_and_its_pending_event_are_stored_together(api: Api)
     assert event["status"] == OutboxStatus.PENDING
     assert event["attempts"] == 0
     assert event["publishedAt"] is None
+    # Its relay slot, stored in the same transaction (RELAY_SLOTS is 16 by default).
+    assert event["slot"] == slot_for(body["id"], 16)
     # The caller's trace continues: same trace id, this request as the parent span.
     assert re.fullmatch(rf"00-{TRACE_ID}-[0-9a-f]{{16}}-01", event["traceparent"])
     payload = parse_order_created(event["payload"].encode())
@@ -142,6 +145,11 @@ async def test_startup_creates_the_outbox_and_idempotency_indexes(api: Api) -> N
     assert outbox["status_1_createdAt_1"]["key"] == [("status", 1), ("createdAt", 1)]
     assert outbox["aggregateId_1_aggregateVersion_1"]["unique"] is True
     assert outbox["publishedAt_ttl"]["expireAfterSeconds"] == 7 * 24 * 3600
+    assert outbox["slot_1_status_1_createdAt_1"]["key"] == [
+        ("slot", 1),
+        ("status", 1),
+        ("createdAt", 1),
+    ]
     orders = await api.db.orders.index_information()
     # Keys are scoped to the caller: unique per (userId, idempotencyKey), not globally.
     assert orders["userId_1_idempotencyKey_1_unique"]["key"] == [
