@@ -47,6 +47,7 @@ from shared.outbox import (
     ensure_outbox_indexes,
 )
 from shared.settings import InfraSettings
+from shared.slots import DEFAULT_RELAY_SLOTS, slot_for
 from stack.observe import wait_for_topics
 
 PENDING = OutboxStatus.PENDING.value
@@ -83,6 +84,8 @@ def make_event(aggregate_id: str | None = None) -> dict[str, Any]:
         "publishedAt": None,
         "lastError": None,
         "traceparent": None,
+        # As the order API stores it: the relay's slot scan finds it without a backfill.
+        "slot": slot_for(aggregate_id, DEFAULT_RELAY_SLOTS),
     }
 
 
@@ -143,7 +146,7 @@ async def bench_latency(
     task = asyncio.create_task(relay.run(stop))
     deadline = time.monotonic() + within
     try:
-        while not relay.lease.is_held():
+        while not relay.owned_slots():
             if task.done() or time.monotonic() > deadline:
                 raise RuntimeError("the relay did not take the lease")
             await asyncio.sleep(0.05)  # poll interval, bounded by the deadline

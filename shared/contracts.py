@@ -46,6 +46,10 @@ class Header:
     AGGREGATE_VERSION: Final = "aggregateVersion"
     OCCURRED_AT: Final = "occurredAt"
     TRACEPARENT: Final = "traceparent"
+    # Set by the relay: the slot of the event and the epoch of that slot's lease under which it
+    # was published (which holder sent it; a slot's records never go back to an older epoch).
+    RELAY_SLOT: Final = "relaySlot"
+    RELAY_EPOCH: Final = "relayEpoch"
     # DLQ records carry these on top of the original headers.
     FAILURE_REASON: Final = "failureReason"
     RETRY_COUNT: Final = "retryCount"

@@ -24,7 +24,7 @@ from bson import ObjectId
 from bson.errors import InvalidId
 
 from services.console.settings import ConsoleSettings
-from services.relay.lease import LEASE_COLLECTION, LEASE_ID
+from services.relay.lease import LEASE_COLLECTION, lease_id
 from shared.contracts import TOPIC_PARTITIONS, Header, OutboxStatus, topic_for_event_type
 from shared.dlq import StoredDlqRecord
 from shared.kafka import REQUEST_TIMEOUT_MS
@@ -125,8 +125,9 @@ async def _probe(client: httpx.AsyncClient, name: str, url: str) -> Readiness:
 
 
 async def leader(client: MongoClient, settings: ConsoleSettings) -> Leader:
-    # The lease document, not whichever comes first: the collection also holds the fence.
-    doc = await client[settings.orders_database][LEASE_COLLECTION].find_one({"_id": LEASE_ID})
+    # The lease document of slot 0, not whichever comes first: the collection also holds the
+    # fences and the other slots' leases (each slot's holder: relay_members, relay_owned_slots).
+    doc = await client[settings.orders_database][LEASE_COLLECTION].find_one({"_id": lease_id(0)})
     if doc is None:
         return Leader(None, None, None)
     return Leader(doc.get("owner"), doc.get("epoch"), _utc(doc.get("expiresAt")))

@@ -1,11 +1,16 @@
-"""Leadership: a lease document in MongoDB (owner, epoch, expiresAt).
+"""Leadership of one slot: a lease document in MongoDB (owner, epoch, expiresAt).
 
-Only the holder publishes. The lease alone cannot stop a leader that was paused (GC, SIGSTOP, a
-network partition) and wakes up after a standby took over: it still believes it leads until its
-next renewal fails. Such a zombie is fenced twice:
+Every slot (``shared.slots``) has its own lease, ``slot-<n>``, and its own fence document,
+``slot-<n>-fence``; which slots a relay tries to hold is decided in ``services/relay/share.py``.
+Only the holder publishes the slot.
 
-* in Kafka: all relays share one ``transactional_id``, so the new leader's producer bumps the
-  producer epoch and the broker rejects the zombie's open and future transactions;
+The lease alone cannot stop a holder that was paused (GC, SIGSTOP, a network partition) and
+wakes up after another relay took the slot over: it still believes it leads until its next
+renewal fails. Such a zombie is fenced twice:
+
+* in Kafka: every holder of one slot uses the slot's ``transactional_id``
+  (``<RELAY_TRANSACTIONAL_ID>-slot-<n>``), so the new holder's producer bumps the producer epoch
+  and the broker rejects the zombie's open and future transactions for that slot;
 * in MongoDB: every status write a leader makes goes through :meth:`Lease.write_fenced`, a
   transaction conditional on this holder's epoch, so a deposed leader's writes abort (see that
   method for why a read of the lease alone would not be enough).
@@ -37,9 +42,28 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 LEASE_COLLECTION = "relay_lease"
-LEASE_ID = "outbox-relay"
-# The document every leader's status writes move to its epoch (see Lease.write_fenced).
-FENCE_ID = "outbox-relay-fence"
+# The one lease of the relays before slots (every event, one leader). A live one means an old
+# relay is still publishing everything: a sharded relay takes no slot until it has expired.
+LEGACY_LEASE_ID = "outbox-relay"
+
+
+def lease_id(slot: int) -> str:
+    """The ``_id`` of slot ``slot``'s lease document (in ``relay_lease``)."""
+    return f"slot-{slot}"
+
+
+def fence_id(slot: int) -> str:
+    """The document every status write of slot ``slot`` moves to its epoch (see
+    :meth:`Lease.write_fenced`)."""
+    return f"slot-{slot}-fence"
+
+
+def transactional_id_for(base: str, slot: int) -> str:
+    """The Kafka transactional id of slot ``slot``: every holder of the slot uses it, so a new
+    holder fences the old one in the broker. Empty ``base``: transactions off."""
+    return f"{base}-slot-{slot}" if base else ""
+
+
 # Stop publishing this long before the lease could expire for others: covers the time the
 # renewal took on the wire plus a little clock drift.
 SAFETY_MARGIN_FRACTION = 0.2
@@ -52,10 +76,17 @@ class Fenced(Exception):
 
 class Lease:
     def __init__(
-        self, collection: AsyncCollection[dict[str, Any]], owner: str, ttl_seconds: float
+        self,
+        collection: AsyncCollection[dict[str, Any]],
+        owner: str,
+        ttl_seconds: float,
+        slot: int = 0,
     ) -> None:
         self._collection = collection
         self.owner = owner
+        self.slot = slot
+        self._id = lease_id(slot)
+        self._fence = fence_id(slot)
         self._ttl = ttl_seconds
         self.epoch: int | None = None
         self._valid_until = 0.0
@@ -77,7 +108,7 @@ class Lease:
         doc = await self._collection.find_one_and_update(
             # Expired, or still ours (we stepped down when a renewal was slow, and nobody took
             # it since): taking our own lease back at once avoids a pointless idle TTL.
-            {"_id": LEASE_ID, "$or": [{"expiresAt": {"$lt": now}}, {"owner": self.owner}]},
+            {"_id": self._id, "$or": [{"expiresAt": {"$lt": now}}, {"owner": self.owner}]},
             {
                 "$set": {"owner": self.owner, "expiresAt": expires, "acquiredAt": now},
                 "$inc": {"epoch": 1},
@@ -88,7 +119,7 @@ class Lease:
             try:
                 await self._collection.insert_one(
                     {
-                        "_id": LEASE_ID,
+                        "_id": self._id,
                         "owner": self.owner,
                         "epoch": 1,
                         "expiresAt": expires,
@@ -101,12 +132,15 @@ class Lease:
         # The fence document must exist before a fenced write (an upsert inside the transaction
         # could race another leader's into a duplicate key). Read first: a paused old leader's
         # transaction may hold it, and a read never waits for that.
-        if await self._collection.find_one({"_id": FENCE_ID}, {"_id": 1}) is None:
+        if await self._collection.find_one({"_id": self._fence}, {"_id": 1}) is None:
             with contextlib.suppress(DuplicateKeyError):
-                await self._collection.insert_one({"_id": FENCE_ID, "epoch": 0})
+                await self._collection.insert_one({"_id": self._fence, "epoch": 0})
         self.epoch = int(doc["epoch"])
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN_FRACTION)
-        log.info("lease acquired", extra={"component": "lease", "epoch": self.epoch})
+        log.info(
+            "lease acquired",
+            extra={"component": "lease", "slot": self.slot, "epoch": self.epoch},
+        )
         return True
 
     async def renew(self) -> bool:
@@ -116,14 +150,15 @@ class Lease:
         started = time.monotonic()
         expires = datetime.now(UTC) + timedelta(seconds=self._ttl)
         result = await self._collection.update_one(
-            {"_id": LEASE_ID, "owner": self.owner, "epoch": self.epoch},
+            {"_id": self._id, "owner": self.owner, "epoch": self.epoch},
             {"$set": {"expiresAt": expires}},
         )
         if result.matched_count == 1:
             self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN_FRACTION)
             return True
         log.warning(
-            "lease lost to another relay", extra={"component": "lease", "epoch": self.epoch}
+            "lease lost to another relay",
+            extra={"component": "lease", "slot": self.slot, "epoch": self.epoch},
         )
         self.epoch = None
         return False
@@ -134,10 +169,10 @@ class Lease:
             return
         epoch, self.epoch = self.epoch, None
         await self._collection.update_one(
-            {"_id": LEASE_ID, "owner": self.owner, "epoch": epoch},
+            {"_id": self._id, "owner": self.owner, "epoch": epoch},
             {"$set": {"expiresAt": datetime.fromtimestamp(0, UTC)}},
         )
-        log.info("lease released", extra={"component": "lease", "epoch": epoch})
+        log.info("lease released", extra={"component": "lease", "slot": self.slot, "epoch": epoch})
 
     def forget(self) -> None:
         """Stop believing we hold the lease (it expired locally or renewals kept failing)."""
@@ -153,7 +188,7 @@ class Lease:
         epoch = self.epoch
         if epoch is None:
             raise Fenced("the lease is not held")
-        doc = await self._collection.find_one({"_id": LEASE_ID}, {"owner": 1, "epoch": 1})
+        doc = await self._collection.find_one({"_id": self._id}, {"owner": 1, "epoch": 1})
         if doc is None or doc.get("owner") != self.owner or doc.get("epoch") != epoch:
             self.epoch = None
             raise Fenced(f"lease epoch {epoch} is no longer current: {doc}")
@@ -187,12 +222,12 @@ class Lease:
             raise Fenced("the lease is not held")
 
         async def fenced(session: AsyncClientSession) -> T:
-            lease = await self._collection.find_one({"_id": LEASE_ID}, session=session)
+            lease = await self._collection.find_one({"_id": self._id}, session=session)
             if lease is None or lease.get("owner") != self.owner or lease.get("epoch") != epoch:
                 raise Fenced(f"lease epoch {epoch} is no longer current; write aborted")
             result = await work(session, epoch)
             touched = await self._collection.update_one(
-                {"_id": FENCE_ID, "epoch": {"$lte": epoch}},
+                {"_id": self._fence, "epoch": {"$lte": epoch}},
                 {"$set": {"epoch": epoch, "writtenAt": datetime.now(UTC)}},
                 session=session,
             )

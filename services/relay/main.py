@@ -1,26 +1,40 @@
-"""The relay process: health server, leader election, and the publish loop of the leader.
+"""The relay process: health server, slot leadership, and the publish loops of its slots.
 
-Lifecycle: start the health server, create indexes (retrying while MongoDB is away), then loop:
-try to take the lease; as standby, try again every renewal interval; as leader, run the change
-stream and publish batches until SIGTERM or the lease is lost. On SIGTERM the batch in flight
-finishes and is marked (publish_once is never cancelled), the lease is released so a standby
-takes over at once, and the process exits 0.
+Lifecycle: start the health server, create indexes (retrying while MongoDB is away), then every
+renewal interval: heartbeat the membership, compute this relay's fair share of the slots
+(``share.py``), give up slots above it (each after its round in flight) and take free ones below
+it; each held slot runs its own publish loop (``slot_worker.py``) with its own lease, fence and
+Kafka transactional id. One change stream wakes the loop of an inserted event's slot; events
+without a slot get one (``backfill.py``). On SIGTERM every slot's round in flight finishes and
+is marked, every slot lease is released and the membership document deleted, so the other
+relays take the slots at once, and the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from services.relay.lease import LEASE_COLLECTION, Fenced, Lease
+from services.relay.backfill import assign_slots
+from services.relay.lease import LEASE_COLLECTION, LEGACY_LEASE_ID, Lease, lease_id
+from services.relay.members import MEMBERS_COLLECTION, Membership
 from services.relay.metrics import RelayMetrics
-from services.relay.publisher import BatchResult, Publisher
+from services.relay.publisher import BatchResult
 from services.relay.settings import RelaySettings
+from services.relay.share import fair_share, to_acquire, to_release
+from services.relay.slot_worker import (
+    KAFKA_UNAVAILABLE,
+    MONGO_UNAVAILABLE,
+    PUBLISHING,
+    SlotWorker,
+    wait_any,
+)
 from services.relay.wakeup import WAKE_CHANGE, Wakeup
 from shared.backoff import wait_or_stop
 from shared.contracts import OutboxStatus
@@ -42,12 +56,48 @@ class Relay:
         self.client = client
         self.db = client[settings.database]
         self.outbox = self.db[OUTBOX_COLLECTION]
+        self.leases = self.db[LEASE_COLLECTION]
         self.metrics = metrics or RelayMetrics()
-        self.lease = Lease(
-            self.db[LEASE_COLLECTION], settings.instance_id, settings.lease_ttl_seconds
+        self.metrics.slots_configured.set(settings.relay_slots)
+        # A member's heartbeat expires one renewal interval before its slot leases would (it is
+        # sent every renewal interval too, so at most that much after its last lease renewal):
+        # when a dead relay's leases expire, the others already count it out and take its slots
+        # on their next round, within the lease TTL plus one renewal interval. At least one and
+        # a half renewal intervals, though, so a live relay's membership does not flicker when
+        # the TTL is only twice the interval (the takeover then takes half an interval longer).
+        renew = settings.lease_renew_seconds
+        self.members = Membership(
+            self.db[MEMBERS_COLLECTION],
+            settings.instance_id,
+            max(settings.lease_ttl_seconds - renew, 1.5 * renew),
+            settings.relay_slots,
         )
+        self.workers: dict[int, SlotWorker] = {}
         self._state = "starting"
-        self.idle = False
+        # Set to run the balance round now (a worker ended) and to assign slots now (an insert
+        # without a valid slot was seen).
+        self._rebalance = asyncio.Event()
+        self._backfill_now = asyncio.Event()
+        # False while a live relay has another RELAY_SLOTS: no re-slotting, no new slots.
+        self._agreed = True
+        self._legacy_logged = False
+
+    # -- what the relay holds ----------------------------------------------------------------
+    def owned_slots(self) -> set[int]:
+        """The slots this relay holds now (lease held by its local clock)."""
+        return {slot for slot, worker in self.workers.items() if worker.lease.is_held()}
+
+    def holds(self, slot: int) -> bool:
+        return slot in self.owned_slots()
+
+    def lease_of(self, slot: int) -> Lease | None:
+        worker = self.workers.get(slot)
+        return worker.lease if worker is not None else None
+
+    @property
+    def idle(self) -> bool:
+        """Every held slot's loop is waiting: only a wake-up or the sweep starts a round."""
+        return bool(self.workers) and all(worker.idle for worker in self.workers.values())
 
     # -- health -----------------------------------------------------------------------------
     async def ready(self) -> dict[str, bool]:
@@ -64,10 +114,18 @@ class Relay:
             return
         previous, self._state = self._state, state
         extra = {"status": state, "reason": repr(reason) if reason else None}
-        if state == "publishing" and previous not in ("starting", "standby"):
+        if state == PUBLISHING and previous not in ("starting", "standby"):
             log.info("recovered; publishing again", extra=extra)
-        elif state != "publishing":
+        elif state != PUBLISHING:
             log.warning(f"relay {state.replace('_', ' ')}", extra=extra)
+
+    def _on_worker_state(self, _state: str, reason: BaseException | None) -> None:
+        """The process's state is its slots' worst: one log line per change of that."""
+        states = {worker.state for worker in self.workers.values()}
+        for state in (MONGO_UNAVAILABLE, KAFKA_UNAVAILABLE, PUBLISHING):
+            if state in states:
+                self._set_state(state, reason)
+                return
 
     # -- main loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -79,153 +137,214 @@ class Relay:
                 await ensure_outbox_indexes(self.outbox, self.settings.outbox_published_ttl_seconds)
                 break
             except PyMongoError as exc:
-                self._set_state("mongo_unavailable", exc)
+                self._set_state(MONGO_UNAVAILABLE, exc)
                 if await wait_or_stop(stop, backoff.next_delay()):
                     return
-        gauges = asyncio.create_task(self._refresh_gauges(stop), name="relay-gauges")
-        try:
-            while not stop.is_set():
-                try:
-                    leader = await self.lease.try_acquire()
-                except PyMongoError as exc:
-                    self._set_state("mongo_unavailable", exc)
-                    self.lease.forget()
-                    await wait_or_stop(stop, backoff.next_delay())
-                    continue
-                backoff.reset()
-                if not leader:
-                    self._set_state("standby")
-                    await wait_or_stop(stop, self.settings.lease_renew_seconds)
-                    continue
-                await self._lead(stop)
-        finally:
-            gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gauges
-
-    async def _lead(self, stop: asyncio.Event) -> None:
-        log.info("became leader", extra={"component": "lease", "epoch": self.lease.epoch})
-        self.metrics.is_leader.set(1)
-        lost = asyncio.Event()
-        leading = asyncio.Event()  # set to end the helper tasks when we stop leading
-        wake = asyncio.Event()
-        publisher = Publisher(self.outbox, self.settings, self.metrics, self.lease)
+        halt = asyncio.Event()  # ends the workers and helpers; set once run() is leaving
         wakeup = Wakeup(
             self.db,
-            wake,
+            self._on_insert,
             self.metrics,
             save_interval=self.settings.resume_token_save_seconds,
             backoff=self.settings.backoff(),
         )
-        tasks = [
-            asyncio.create_task(self._keep_lease(lost, leading), name="relay-lease"),
-            asyncio.create_task(wakeup.run(leading), name="relay-wakeup"),
+        helpers = [
+            asyncio.create_task(self._refresh_gauges(halt), name="relay-gauges"),
+            asyncio.create_task(self._assign_slots(halt), name="relay-backfill"),
         ]
-        backoff = self.settings.backoff()
         try:
-            while not stop.is_set() and not lost.is_set() and self.lease.is_held():
-                wake.clear()
+            while not stop.is_set():
                 try:
-                    result = await publisher.publish_once()
-                except Fenced as exc:
-                    log.error("fenced by a newer leader; stepping down", extra={"reason": str(exc)})
-                    self.lease.forget()
-                    break
+                    await self._balance(halt)
                 except PyMongoError as exc:
-                    self._set_state("mongo_unavailable", exc)
-                    await self._pause(stop, lost, backoff.next_delay())
-                    continue
-                if result.transient is not None:
-                    self._set_state("kafka_unavailable", result.transient)
-                    await self._pause(stop, lost, backoff.next_delay())
+                    self._set_state(MONGO_UNAVAILABLE, exc)
+                    await wait_or_stop(stop, backoff.next_delay())
                     continue
                 backoff.reset()
-                self._set_state("publishing")
-                if result.selected >= self.settings.batch_size and result.published:
-                    continue  # a backlog: next batch at once
-                await self._wait_for_work(stop, lost, wake)
-                if wake.is_set():
-                    self.metrics.wakeups.labels(source=wakeup.reason or WAKE_CHANGE).inc()
-                elif not (stop.is_set() or lost.is_set()):
-                    self.metrics.wakeups.labels(source="sweep").inc()
+                if len(helpers) == 2:
+                    # Opened once the first slots are held: its opening wakes their loops.
+                    helpers.append(asyncio.create_task(wakeup.run(halt), name="relay-wakeup"))
+                await wait_any((stop, self._rebalance), self.settings.lease_renew_seconds)
+                self._rebalance.clear()
         finally:
-            leading.set()
-            # Both helpers watch ``leading``; a getMore in flight may need up to its await time.
-            _, late = await asyncio.wait(tasks, timeout=2)
+            halt.set()
+            # Every worker finishes its round in flight, then releases its slot.
+            await asyncio.gather(
+                *(w.task for w in self.workers.values() if w.task), return_exceptions=True
+            )
+            self.workers.clear()
+            self.metrics.owned_slots.set(0)
+            self.metrics.is_leader.set(0)
+            try:
+                await self.members.leave()
+            except PyMongoError as exc:
+                log.warning(
+                    "could not leave the membership; it will expire", extra={"reason": repr(exc)}
+                )
+            # A getMore in flight may need up to its await time.
+            _, late = await asyncio.wait(helpers, timeout=2)
             for task in late:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await publisher.close()
-            self.metrics.is_leader.set(0)
-            if stop.is_set():
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _balance(self, halt: asyncio.Event) -> None:
+        """One balance round: heartbeat, fair share, give up and take slots."""
+        for slot, worker in list(self.workers.items()):
+            if worker.task is not None and worker.task.done():
+                del self.workers[slot]
+                crash = None if worker.task.cancelled() else worker.task.exception()
+                if crash is not None:
+                    # A bug, not a fault the loop knows: exit non-zero (after the other slots'
+                    # drain) so a supervisor restarts the process, as before slots.
+                    raise crash
+        await self.members.heartbeat(self.workers)
+        live = await self.members.live()
+        me = self.settings.instance_id
+        others = {m.slot_count for m in live if m.instance != me and m.slot_count is not None}
+        agreed = others <= {self.settings.relay_slots}
+        if agreed != self._agreed:
+            self._agreed = agreed
+            if not agreed:
+                log.error(
+                    "relays disagree on RELAY_SLOTS; taking no new slot and re-slotting nothing "
+                    "until they agree (changing it is a migration: see the README, Scaling)",
+                    extra={"slots": self.settings.relay_slots, "others": sorted(others)},
+                )
+        held = {m.instance: len(m.slots) for m in live}
+        held[me] = len(self.workers)  # our own count is never stale
+        share = fair_share(held, me, self.settings.relay_slots)
+        active = [slot for slot, worker in self.workers.items() if not worker.releasing]
+        for slot in to_release(active, share):
+            log.info(
+                "giving the slot up to balance the relays",
+                extra={"component": "lease", "slot": slot, "share": share},
+            )
+            self.workers[slot].release()
+        if agreed and len(self.workers) < share and not await self._legacy_leader():
+            for slot in to_acquire(await self._free_slots(), len(self.workers), share):
+                lease = Lease(self.leases, me, self.settings.lease_ttl_seconds, slot)
+                if not await lease.try_acquire():
+                    continue  # taken by another relay since we looked
+                worker = SlotWorker(
+                    self.settings, self.client, self.metrics, lease, self._on_worker_state
+                )
+                self.workers[slot] = worker
+                worker.start(halt)
+                assert worker.task is not None
+                worker.task.add_done_callback(lambda _task: self._rebalance.set())
+        self._publish_ownership()
+
+    async def _legacy_leader(self) -> bool:
+        """A relay of the version before slots still holds its one lease (a rolling upgrade):
+        it publishes every event, so taking a slot now would give events two publishers."""
+        live = await self.leases.find_one(
+            {"_id": LEGACY_LEASE_ID, "expiresAt": {"$gt": datetime.now(UTC)}}, {"owner": 1}
+        )
+        if live is not None and not self._legacy_logged:
+            self._legacy_logged = True
+            log.error(
+                "a relay of the version before slots still leads; taking no slot until its "
+                "lease expires (stop the old relays)",
+                extra={"owner": live.get("owner")},
+            )
+        return live is not None
+
+    async def _free_slots(self) -> list[int]:
+        """Slots we do not hold whose lease is missing, expired (by our clock) or ours."""
+        slots = self.settings.relay_slots
+        candidates = {lease_id(s): s for s in range(slots) if s not in self.workers}
+        if not candidates:
+            return []
+        now = datetime.now(UTC)
+        free = dict(candidates)
+        async for doc in self.leases.find({"_id": {"$in": list(candidates)}}):
+            expires = doc.get("expiresAt")
+            if isinstance(expires, datetime) and expires.tzinfo is None:
+                expires = expires.replace(tzinfo=UTC)
+            lapsed = not isinstance(expires, datetime) or expires < now
+            if not lapsed and doc.get("owner") != self.settings.instance_id:
+                free.pop(str(doc["_id"]), None)
+        return sorted(free.values())
+
+    def _publish_ownership(self) -> None:
+        owned = len(self.workers)
+        self.metrics.owned_slots.set(owned)
+        self.metrics.is_leader.set(1 if owned else 0)
+        if not owned:
+            self._set_state("standby")
+
+    # -- wake-ups and slot assignment ----------------------------------------------------------
+    def _on_insert(self, reason: str, document: Mapping[str, Any] | None) -> None:
+        """Route a change-stream notification to the worker of the inserted event's slot."""
+        if document is None:
+            self._backfill_now.set()
+            for worker in self.workers.values():
+                worker.notify(reason)
+            return
+        slot = document.get(OutboxField.SLOT)
+        if (
+            not isinstance(slot, int)
+            or isinstance(slot, bool)
+            or not 0 <= slot < self.settings.relay_slots
+        ):
+            self._backfill_now.set()  # its owner is woken once the slot is assigned
+            return
+        holder = self.workers.get(slot)
+        if holder is not None:
+            holder.notify(reason)
+
+    async def _assign_slots(self, halt: asyncio.Event) -> None:
+        """Give events without a valid slot theirs (``backfill.py``): at start, every sweep
+        interval, and at once when the change stream reports one."""
+        while not halt.is_set():
+            self._backfill_now.clear()
+            if self._agreed:
                 try:
-                    await self.lease.release()
+                    touched = await assign_slots(self.outbox, self.settings.relay_slots)
                 except PyMongoError as exc:
-                    log.warning(
-                        "could not release the lease; it will expire", extra={"reason": repr(exc)}
-                    )
-            else:
-                self.lease.forget()
-                self._set_state("standby")
+                    if classify(exc) is not FaultKind.TRANSIENT:
+                        log.warning("slot assignment failed", extra={"reason": repr(exc)})
+                else:
+                    for slot in touched:
+                        worker = self.workers.get(slot)
+                        if worker is not None:
+                            worker.notify(WAKE_CHANGE)
+            await wait_any((halt, self._backfill_now), self.settings.sweep_interval_seconds)
 
-    async def _keep_lease(self, lost: asyncio.Event, leading: asyncio.Event) -> None:
-        while not await wait_or_stop(leading, self.settings.lease_renew_seconds):
-            try:
-                if not await self.lease.renew():
-                    lost.set()
-                    return
-            except PyMongoError as exc:
-                # Keep trying until the lease runs out locally; the publish loop checks that.
-                log.warning("lease renewal failed", extra={"reason": repr(exc)})
-            if not self.lease.is_held():
-                log.warning("lease expired locally; stepping down", extra={"component": "lease"})
-                lost.set()
-                return
-
-    async def _pause(self, stop: asyncio.Event, lost: asyncio.Event, seconds: float) -> None:
-        await self._wait_any((stop, lost), seconds)
-
-    async def _wait_for_work(
-        self, stop: asyncio.Event, lost: asyncio.Event, wake: asyncio.Event
-    ) -> None:
-        self.idle = True  # nothing in flight: only a wake-up or the sweep starts the next round
-        try:
-            await self._wait_any((stop, lost, wake), self.settings.sweep_interval_seconds)
-        finally:
-            self.idle = False
-
-    @staticmethod
-    async def _wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:
-        waiters = [asyncio.create_task(event.wait()) for event in events]
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
-
-    async def _refresh_gauges(self, stop: asyncio.Event) -> None:
-        """Pending count, Failed count and oldest pending age, every metrics interval."""
+    async def _refresh_gauges(self, halt: asyncio.Event) -> None:
+        """Pending count, Failed count and oldest pending age (in total and per held slot),
+        every metrics interval."""
+        f = OutboxField
+        pending = OutboxStatus.PENDING.value
         while True:
             try:
-                f = OutboxField
-                pending = {f.STATUS: OutboxStatus.PENDING.value}
-                self.metrics.pending.set(await self.outbox.count_documents(pending))
+                total = await self._backlog({f.STATUS: pending})
+                self.metrics.backlog.set_total(*total)
                 self.metrics.failed.set(
                     await self.outbox.count_documents({f.STATUS: OutboxStatus.FAILED.value})
                 )
-                oldest = await self.outbox.find_one(
-                    pending, {f.CREATED_AT: 1}, sort=[(f.CREATED_AT, 1)]
-                )
-                age = 0.0
-                if oldest and isinstance(oldest.get(f.CREATED_AT), datetime):
-                    age = (datetime.now(UTC) - oldest[f.CREATED_AT]).total_seconds()
-                self.metrics.oldest_pending_age.set(max(0.0, age))
+                per_slot = {}
+                for slot in sorted(self.workers):
+                    per_slot[slot] = await self._backlog({f.SLOT: slot, f.STATUS: pending})
+                self.metrics.backlog.set_slots(per_slot)
             except PyMongoError as exc:
                 if classify(exc) is not FaultKind.TRANSIENT:
                     log.warning("metrics refresh failed", extra={"reason": repr(exc)})
-            if await wait_or_stop(stop, self.settings.metrics_interval_seconds):
+            if await wait_or_stop(halt, self.settings.metrics_interval_seconds):
                 return
+
+    async def _backlog(self, query: dict[str, Any]) -> tuple[float, float]:
+        """(count, age of the oldest) of the Pending events ``query`` selects."""
+        f = OutboxField
+        count = await self.outbox.count_documents(query)
+        oldest = await self.outbox.find_one(query, {f.CREATED_AT: 1}, sort=[(f.CREATED_AT, 1)])
+        age = 0.0
+        if oldest and isinstance(oldest.get(f.CREATED_AT), datetime):
+            created = oldest[f.CREATED_AT]
+            if created.tzinfo is None:
+                created = created.replace(tzinfo=UTC)
+            age = (datetime.now(UTC) - created).total_seconds()
+        return float(count), max(0.0, age)
 
 
 async def serve(settings: RelaySettings, stop: asyncio.Event) -> int:

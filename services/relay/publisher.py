@@ -12,14 +12,17 @@ Guarantees (the reasons are next to the code that keeps them):
   unpublished and not in front of it in this batch; after a failed send nothing from the first
   failure on is marked, so the next round resends in order. A ``Failed`` event blocks only the
   later events of its own aggregate.
+* **One slot.** A publisher publishes the events of its lease's slot only (``slot: n``, index
+  ``slot_1_status_1_createdAt_1``); every event of an aggregate is in one slot, so the order
+  guarantees above hold per slot and therefore everywhere.
 * **Fencing.** With a ``transactional_id`` (the default) every batch is one Kafka transaction.
-  All relays share the id, so when a new leader's producer initialises it bumps the producer
-  epoch: the broker aborts a zombie leader's open transaction and rejects its later ones
-  (``ProducerFenced``). Consumers read with ``isolation_level=read_committed`` and never see an
-  aborted batch. A fencing error from anywhere (a producer call or a record's delivery) makes
-  the relay step down at once. Every status write (``Published``, ``Failed``, ``attempts``) is
-  one transaction conditional on the lease epoch (:meth:`Lease.write_fenced`): a deposed leader
-  writes nothing.
+  Every holder of a slot uses the slot's id (``<id>-slot-<n>``), so when a new holder's producer
+  initialises it bumps the producer epoch: the broker aborts a zombie holder's open transaction
+  and rejects its later ones (``ProducerFenced``). Consumers read with
+  ``isolation_level=read_committed`` and never see an aborted batch. A fencing error from
+  anywhere (a producer call or a record's delivery) makes the relay step down at once. Every
+  status write (``Published``, ``Failed``, ``attempts``) is one transaction conditional on the
+  lease epoch (:meth:`Lease.write_fenced`): a deposed leader writes nothing.
 * **Budget.** Only a fault attributable to the event itself spends its ``attempts`` (and can
   make it ``Failed``): a record refused before it was queued, or a delivery error that hit it
   alone while other records of the round went through. Transient faults and errors that hit the
@@ -51,7 +54,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.cursor import AsyncCursor
 
-from services.relay.lease import Fenced, Lease
+from services.relay.lease import Fenced, Lease, transactional_id_for
 from services.relay.metrics import RelayMetrics
 from services.relay.settings import FAILPOINT_AFTER_KAFKA_ACK, RelaySettings
 from shared.contracts import Header, OutboxStatus, topic_for_event_type
@@ -362,10 +365,18 @@ class Publisher:
         self._cursor_batches = 0
         self._published_ids: set[ObjectId] = set()
 
+    @property
+    def slot(self) -> int:
+        """The slot this publisher publishes: its lease's."""
+        return self._lease.slot
+
     def _default_producer(self) -> AIOKafkaProducer:
+        settings = self._settings
         return make_producer(
-            self._settings.kafka_bootstrap_servers,
-            transactional_id=self._settings.transactional_id or None,
+            settings.kafka_bootstrap_servers,
+            transactional_id=transactional_id_for(settings.transactional_id, self.slot)
+            if settings.transactional
+            else None,
             # A round queues all its records before it waits for them: lingering would batch
             # nothing more and delay every small round (at light load, every event).
             linger_ms=0,
@@ -441,18 +452,18 @@ class Publisher:
         # Aggregates with a Failed event are skipped entirely: their later events must wait, and
         # selecting them would let a long blocked backlog fill every batch and starve the rest.
         failed_aggregates = await self._outbox.distinct(
-            f.AGGREGATE_ID, {f.STATUS: OutboxStatus.FAILED.value}
+            f.AGGREGATE_ID, {f.SLOT: self.slot, f.STATUS: OutboxStatus.FAILED.value}
         )
-        query: dict[str, Any] = {f.STATUS: OutboxStatus.PENDING.value}
+        query: dict[str, Any] = {f.SLOT: self.slot, f.STATUS: OutboxStatus.PENDING.value}
         if failed_aggregates:
             query[f.AGGREGATE_ID] = {"$nin": failed_aggregates}
         self._published_ids.clear()
-        # Sorted by the index {status: 1, createdAt: 1} alone, so MongoDB walks the index; a
-        # tie-breaker (such as _id) would force an in-memory sort of the whole backlog. Ties
-        # need no order: per-aggregate order comes from the version.
+        # Sorted by the index {slot: 1, status: 1, createdAt: 1} alone, so MongoDB walks the
+        # index; a tie-breaker (such as _id) would force an in-memory sort of the whole backlog.
+        # Ties need no order: per-aggregate order comes from the version.
         return (
             self._outbox.find(query)
-            .sort([(f.STATUS, 1), (f.CREATED_AT, 1)])
+            .sort([(f.SLOT, 1), (f.STATUS, 1), (f.CREATED_AT, 1)])
             .batch_size(self._settings.batch_size)
         )
 
@@ -615,6 +626,12 @@ class Publisher:
     ) -> None:
         producer = await self._ensure_producer()
         transactional = self._settings.transactional
+        epoch = self._lease.epoch
+        if epoch is None:
+            raise Fenced("the lease is not held")
+        # Who published each record: the slot and its holder's epoch. Anyone reading the topic
+        # can check that a slot's records never go back to an older holder (two publishers).
+        holder = encode_headers({Header.RELAY_SLOT: str(self.slot), Header.RELAY_EPOCH: str(epoch)})
         futures: dict[int, asyncio.Future[Any]] = {}
         if transactional:
             await self._guard(producer.begin_transaction())
@@ -626,7 +643,7 @@ class Publisher:
                 topic, key, value, headers = event.to_record()
                 spans[index] = event_span(event.traceparent, topic, str(event.id), batch)
                 futures[index] = await self._guard(
-                    producer.send(topic, value=value, key=key, headers=headers)
+                    producer.send(topic, value=value, key=key, headers=headers + holder)
                 )
             except Fenced:
                 raise

@@ -1,8 +1,9 @@
 """Putting ``Failed`` outbox events back to ``Pending``: one code path for the relay CLI
 (``python -m services.relay retry``) and the operator console's Retry buttons.
 
-The reset keeps ``lastError`` for the record and zeroes ``attempts``; the running leader publishes
-the event on its next sweep, in order with the events of its aggregate that waited behind it.
+The reset keeps ``lastError`` for the record and zeroes ``attempts``; the relay holding the
+event's slot publishes it on its next sweep, in order with the events of its aggregate that
+waited behind them (they are in the same slot). ``slot`` narrows a bulk retry to one slot.
 Only an event that is ``Failed`` at the moment of the update changes, so a double click or two
 operators at once retry it once.
 """
@@ -30,14 +31,18 @@ class RetryRefused(Exception):
         self.bad_id = bad_id
 
 
-async def retry_all_failed(outbox: AsyncCollection[dict[str, Any]]) -> int:
-    """Every Failed event back to Pending; returns how many."""
-    result = await outbox.update_many({_F.STATUS: OutboxStatus.FAILED.value}, _RESET)
+async def retry_all_failed(outbox: AsyncCollection[dict[str, Any]], slot: int | None = None) -> int:
+    """Every Failed event (of ``slot``, if given) back to Pending; returns how many."""
+    query: dict[str, Any] = {_F.STATUS: OutboxStatus.FAILED.value}
+    if slot is not None:
+        query[_F.SLOT] = slot
+    result = await outbox.update_many(query, _RESET)
     return result.modified_count
 
 
-async def retry_event(outbox: AsyncCollection[dict[str, Any]], event_id: str) -> None:
-    """One Failed event back to Pending, or :class:`RetryRefused` saying why not."""
+async def retry_event(outbox: AsyncCollection[dict[str, Any]], event_id: str) -> int | None:
+    """One Failed event back to Pending, or :class:`RetryRefused` saying why not. Returns the
+    event's slot (None: it has none yet; the relays assign it, then its holder publishes it)."""
     try:
         oid = ObjectId(event_id)
     except (InvalidId, TypeError):
@@ -45,9 +50,12 @@ async def retry_event(outbox: AsyncCollection[dict[str, Any]], event_id: str) ->
             f"{event_id!r} is not an event id (expected 24 hex characters)", bad_id=True
         ) from None
     failed = OutboxStatus.FAILED.value
-    result = await outbox.update_one({_F.ID: oid, _F.STATUS: failed}, _RESET)
-    if result.modified_count == 1:
-        return
+    before = await outbox.find_one_and_update(
+        {_F.ID: oid, _F.STATUS: failed}, _RESET, projection={_F.SLOT: 1}
+    )
+    if before is not None:
+        slot = before.get(_F.SLOT)
+        return slot if isinstance(slot, int) and not isinstance(slot, bool) else None
     doc = await outbox.find_one({_F.ID: oid}, {_F.STATUS: 1})
     if doc is None:
         raise RetryRefused(f"no outbox event {event_id} in database {outbox.database.name!r}")

@@ -1,10 +1,12 @@
-"""Wake the publish loop the moment an outbox event is inserted.
+"""Wake the publish loop of an event's slot the moment the event is inserted.
 
-A change stream on ``outbox`` inserts sets an :class:`asyncio.Event`; the publish loop also
-sweeps every ``sweep_interval`` seconds, so the stream is only a latency optimisation and never
-the source of truth. That is what makes every stream failure easy to handle safely: whatever
-the stream misses (a restart, a lost or unusable resume token, ``ChangeStreamHistoryLost``, an
-``invalidate``) is still ``Pending`` in the collection and the sweep publishes it.
+A change stream on ``outbox`` inserts calls ``notify`` with the inserted document (the relay
+wakes the worker of its ``slot``, or assigns a slot first when it has none); every slot's
+publish loop also sweeps every ``sweep_interval`` seconds, so the stream is only a latency
+optimisation and never the source of truth. That is what makes every stream failure easy to
+handle safely: whatever the stream misses (a restart, a lost or unusable resume token,
+``ChangeStreamHistoryLost``, an ``invalidate``) is still ``Pending`` in the collection and the
+sweep publishes it.
 
 The resume token is persisted (collection ``relay_resume_token``) so a restarted or new leader
 resumes where the stream was instead of starting blind; an unusable token is dropped and the
@@ -14,14 +16,15 @@ stream reopened without one, never skipping history because the sweep covers it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from services.relay.metrics import RelayMetrics
 from shared.backoff import Backoff, wait_or_stop
@@ -39,12 +42,16 @@ _PIPELINE = [{"$match": {"operationType": {"$in": ["insert", "invalidate"]}}}]
 WAKE_CHANGE = "change_stream"  # an insert notification
 WAKE_STREAM_OPENED = "stream_opened"  # (re)opened or broken: whatever it missed needs a sweep
 
+# notify(reason, inserted document or None): None means every slot should look (the stream
+# (re)opened or broke, so it may have missed inserts).
+Notify = Callable[[str, Mapping[str, Any] | None], None]
+
 
 class Wakeup:
     def __init__(
         self,
         db: AsyncDatabase[dict[str, Any]],
-        event: asyncio.Event,
+        notify: Notify,
         metrics: RelayMetrics,
         *,
         save_interval: float,
@@ -53,20 +60,16 @@ class Wakeup:
         self._db = db
         self._outbox = db[OUTBOX_COLLECTION]
         self._tokens = db[TOKEN_COLLECTION]
-        self.event = event
+        self._notify = notify
         self._metrics = metrics
         self._save_interval = save_interval
         # The service's own pacing (RELAY_BACKOFF_*), not a second copy of it.
         self._backoff = backoff
         self._saved: Mapping[str, Any] | None = None
         self._saved_at = 0.0
-        # What set ``event`` first since the loop last cleared it.
-        self.reason: str | None = None
 
-    def _wake(self, reason: str) -> None:
-        if not self.event.is_set():
-            self.reason = reason
-        self.event.set()
+    def _wake(self, reason: str, document: Mapping[str, Any] | None = None) -> None:
+        self._notify(reason, document)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch until ``stop`` is set. Never raises: a broken stream only costs latency."""
@@ -93,7 +96,11 @@ class Wakeup:
                         if change is not None:
                             if change.get("operationType") == "invalidate":
                                 break
-                            self._wake(WAKE_CHANGE)
+                            inserted = change.get("fullDocument")
+                            # An insert without its document (never expected) wakes every slot.
+                            self._wake(
+                                WAKE_CHANGE, inserted if isinstance(inserted, Mapping) else None
+                            )
                         if stream.resume_token is not None:
                             token = stream.resume_token
                             await self._maybe_save(token)
@@ -152,11 +159,14 @@ class Wakeup:
         now = time.monotonic()
         if not force and now - self._saved_at < self._save_interval:
             return
-        await self._tokens.update_one(
-            {"_id": TOKEN_ID},
-            {"$set": {"token": dict(token), "savedAt": datetime.now(UTC)}},
-            upsert=True,
-        )
+        # Every relay watches the stream and saves the token of the one document; two first
+        # upserts at once can collide on the _id: either token will do.
+        with contextlib.suppress(DuplicateKeyError):
+            await self._tokens.update_one(
+                {"_id": TOKEN_ID},
+                {"$set": {"token": dict(token), "savedAt": datetime.now(UTC)}},
+                upsert=True,
+            )
         self._saved, self._saved_at = token, now
         self._metrics.token_saved()
 

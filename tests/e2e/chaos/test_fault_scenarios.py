@@ -84,18 +84,24 @@ def fault_proxy(stack: Stack) -> Iterator[Toxiproxy]:
 # -- the relay ----------------------------------------------------------------------------------
 
 
+# A leader and a standby exist only when there are fewer slots than relays: these scenarios
+# run both relays with one slot (the order API's events beyond it are re-slotted to it by the
+# relays). Many slots among many relays: test_slot_scenarios.py.
+ONE_SLOT = {"RELAY_SLOTS": "1"}
+
+
 async def _proxied_leader_with_standby(
     chaos: Chaos, servers: list[str], *, standby_proxied: bool = False
 ) -> None:
     """``relay`` leads through the fault proxy to ``servers``; ``relay-2`` stands by (direct,
-    or through the same proxies with ``standby_proxied``)."""
+    or through the same proxies with ``standby_proxied``); one slot between them."""
     # A stopped relay releases its lease, so the restarted one takes it at once.
-    await start_proxied(chaos, "relay", servers)
+    await start_proxied(chaos, "relay", servers, ONE_SLOT)
     await wait_leader(chaos, "relay")
     if standby_proxied:
-        await start_proxied(chaos, "relay-2", servers)
+        await start_proxied(chaos, "relay-2", servers, ONE_SLOT)
     else:
-        await chaos.start("relay-2")
+        await chaos.start("relay-2", ONE_SLOT)
     assert not await is_leader(chaos, "relay-2")
 
 

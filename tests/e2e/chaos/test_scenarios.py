@@ -164,6 +164,7 @@ async def test_cancellations_racing_creations_while_the_relay_is_killed_at_rando
 
 async def test_standby_relay_takes_over_when_the_leader_dies(chaos: Chaos) -> None:
     """two relays, leader killed"""
+    # Both share the slots; the survivor must hold every slot (the dead one's too) in time.
     await chaos.start("relay-2")
 
     async def leader() -> str | None:
@@ -197,7 +198,9 @@ async def test_standby_relay_takes_over_when_the_leader_dies(chaos: Chaos) -> No
 
 
 async def _is_leader(chaos: Chaos, instance: str) -> bool:
-    return await chaos.metric(instance, "relay_is_leader") == 1.0
+    """``instance`` holds every slot (with one slot: it is the leader)."""
+    owned = await chaos.metric(instance, "relay_owned_slots")
+    return owned is not None and owned == await chaos.metric(instance, "relay_slots_configured")
 
 
 # -- Consumers ----------------------------------------------------------------------------------

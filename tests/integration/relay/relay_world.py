@@ -32,6 +32,7 @@ from shared.events import EventItem, OrderCreated
 from shared.kafka import decode_headers
 from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
+from shared.slots import DEFAULT_RELAY_SLOTS, slot_for
 from stack import Stack
 from tests.waiting import wait_until
 
@@ -71,6 +72,9 @@ class RelayWorld:
     transactional_id: str
     start_offsets: dict[TopicPartition, int]
     instances: list[str] = field(default_factory=list)
+    # RELAY_SLOTS of this test's relays and of the documents it writes (as the order API does).
+    # A test of the classic leader and standby sets 1: one slot, one lease, one publisher.
+    slots: int = DEFAULT_RELAY_SLOTS
 
     @property
     def db(self) -> Any:
@@ -92,6 +96,7 @@ class RelayWorld:
             "sweep_interval_seconds": 0.5,
             "backoff_max_seconds": 1.0,
             "metrics_interval_seconds": 0.5,
+            "relay_slots": self.slots,
         }
         values.update(overrides)
         return RelaySettings(**values)
@@ -105,6 +110,7 @@ class RelayWorld:
             "RELAY_LEASE_RENEW_SECONDS": "1",
             "RELAY_SWEEP_INTERVAL_SECONDS": "0.5",
             "RELAY_BACKOFF_MAX_SECONDS": "1",
+            "RELAY_SLOTS": str(self.slots),
         }
         env.update(overrides)
         return env
@@ -135,8 +141,8 @@ class RelayWorld:
         )
         return event_id
 
-    @staticmethod
     def event_doc(
+        self,
         event_id: ObjectId,
         aggregate_id: str,
         version: int,
@@ -156,6 +162,8 @@ class RelayWorld:
             "publishedAt": None,
             "lastError": None,
             "traceparent": None,
+            # Stored at insert, as the order API does (tests of events without one drop it).
+            "slot": slot_for(aggregate_id, self.slots),
         }
 
     async def status_of(self, event_id: ObjectId) -> str | None:

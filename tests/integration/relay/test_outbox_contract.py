@@ -37,7 +37,7 @@ async def test_the_relay_starting_first_creates_the_unique_aggregate_version_ind
     world: RelayWorld,
 ) -> None:
     async with running_relay(world.settings()) as relay:
-        await wait_until(lambda: relay.lease.is_held(), timeout=15, message="leadership")
+        await wait_until(lambda: relay.owned_slots(), timeout=15, message="leadership")
     relay_first = await indexes_of(world)
     assert relay_first[INDEX_AGGREGATE_VERSION].get("unique") is True
     # The order API starting second finds exactly the set it wants: no conflict, nothing added.

@@ -1,5 +1,7 @@
-"""More than one relay: exactly one leads, a standby takes over when the leader dies, a clean
-SIGTERM hands over at once, and a zombie leader is fenced by Kafka."""
+"""More than one relay for one slot (``RELAY_SLOTS=1``: the classic leader and standby): exactly
+one leads, a standby takes over when the leader dies, a clean SIGTERM hands over at once, and a
+zombie leader is fenced by Kafka and by its slot's fence. Sharing many slots among relays is in
+test_relay_slots.py."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from bson import ObjectId
 
 from services.console import views as console_views
 from services.console.settings import ConsoleSettings
-from services.relay.lease import FENCE_ID, LEASE_COLLECTION, LEASE_ID
+from services.relay.lease import LEASE_COLLECTION, fence_id, lease_id, transactional_id_for
+from services.relay.members import MEMBERS_COLLECTION
 from shared.contracts import ORDER_CREATED_TOPIC, OutboxStatus
 from shared.kafka import make_producer
 from tests.integration.relay.relay_world import (
@@ -30,6 +33,10 @@ from tests.integration.relay.relay_world import (
 )
 from tests.waiting import wait_until
 
+# The one slot of these tests.
+SLOT = 0
+LEASE_ID = lease_id(SLOT)
+
 
 async def leader_of(world: RelayWorld) -> str | None:
     doc = await world.db[LEASE_COLLECTION].find_one({"_id": LEASE_ID})
@@ -39,6 +46,7 @@ async def leader_of(world: RelayWorld) -> str | None:
 async def test_standby_takes_over_within_the_lease_time_when_the_leader_is_killed(
     world: RelayWorld,
 ) -> None:
+    world.slots = 1
     first = await world.start_process("a")
     second = await world.start_process("b")
     aggregates = [str(ObjectId()) for _ in range(60)]
@@ -67,26 +75,33 @@ async def owner_is(world: RelayWorld, instance: str) -> bool:
 async def test_sigterm_finishes_the_batch_releases_the_lease_and_exits_zero(
     world: RelayWorld,
 ) -> None:
+    # Every slot (the default 16): each one's lease is released, and the relay leaves the
+    # membership, so the others take its share at once.
     instance = await world.start_process("term")
     ids = [await world.insert(str(ObjectId()), 1) for _ in range(20)]
     await world.wait_published(ids, within=30)
     code = await asyncio.to_thread(world.stack.stop, instance)
-    doc = await world.db[LEASE_COLLECTION].find_one({"_id": LEASE_ID})
-    assert doc["expiresAt"].year == 1970  # released, not left to expire
+    leases = (
+        await world.db[LEASE_COLLECTION]
+        .find({"_id": {"$in": [lease_id(s) for s in range(world.slots)]}})
+        .to_list()
+    )
+    assert len(leases) == world.slots
+    assert {doc["expiresAt"].year for doc in leases} == {1970}  # released, not left to expire
+    assert await world.db[MEMBERS_COLLECTION].find_one({"_id": instance}) is None
     assert code == 0  # a real exit code: this Stack started the process and waited for it
 
 
 async def test_only_one_of_two_relays_leads(world: RelayWorld) -> None:
+    world.slots = 1
     async with (
         running_relay(world.settings(instance_id="one")) as one,
         running_relay(world.settings(instance_id="two")) as two,
     ):
-        await wait_until(
-            lambda: one.lease.is_held() or two.lease.is_held(), timeout=15, message="a leader"
-        )
+        await wait_until(lambda: one.holds(SLOT) or two.holds(SLOT), timeout=15, message="a leader")
         ids = [await world.insert(str(ObjectId()), 1) for _ in range(10)]
         await world.wait_published(ids, within=30)
-        assert one.lease.is_held() != two.lease.is_held()
+        assert one.holds(SLOT) != two.holds(SLOT)
         assert one.metrics.is_leader._value.get() + two.metrics.is_leader._value.get() == 1
 
 
@@ -94,9 +109,10 @@ async def test_a_new_producer_with_the_shared_transactional_id_fences_the_old_on
     world: RelayWorld,
 ) -> None:
     bootstrap = world.stack.config.kafka_bootstrap
-    zombie = make_producer(bootstrap, transactional_id=world.transactional_id)
+    slot_id = transactional_id_for(world.transactional_id, SLOT)
+    zombie = make_producer(bootstrap, transactional_id=slot_id)
     await zombie.start()
-    successor = make_producer(bootstrap, transactional_id=world.transactional_id)
+    successor = make_producer(bootstrap, transactional_id=slot_id)
     try:
         await zombie.begin_transaction()
         key = f"zombie-{world.database}".encode()
@@ -112,11 +128,12 @@ async def test_a_new_producer_with_the_shared_transactional_id_fences_the_old_on
 
 
 async def test_a_deposed_leader_writes_no_status_at_all(world: RelayWorld) -> None:
+    world.slots = 1
     # A long renewal interval: the relay cannot learn of the takeover from its lease renewal,
     # only from the fenced status write itself.
     settings = world.settings(instance_id="old", lease_ttl_seconds=60, lease_renew_seconds=20)
     async with running_relay(settings) as relay:
-        await wait_until(lambda: relay.lease.is_held(), timeout=15, message="leadership")
+        await wait_until(lambda: relay.holds(SLOT), timeout=15, message="leadership")
         warm = await world.insert(str(ObjectId()), 1)
         await world.wait_published([warm], within=20)  # producer and change stream are up
         # Another relay takes the lease over (as after a pause of this one past its TTL).
@@ -149,16 +166,20 @@ async def test_a_deposed_leader_writes_no_status_at_all(world: RelayWorld) -> No
 async def test_fencing_reported_by_a_records_delivery_makes_the_relay_step_down(
     world: RelayWorld,
 ) -> None:
+    world.slots = 1
     settings = world.settings(instance_id="zombie", lease_ttl_seconds=60, lease_renew_seconds=20)
     async with running_relay(settings) as relay:
-        await wait_until(lambda: relay.lease.is_held(), timeout=15, message="leadership")
+        await wait_until(lambda: relay.holds(SLOT), timeout=15, message="leadership")
         warm = await world.insert(str(ObjectId()), 1)
         await world.wait_published([warm], within=20)
-        epoch = relay.lease.epoch
-        # A newer producer takes the shared transactional id: the relay's next send is refused
+        lease = relay.lease_of(SLOT)
+        assert lease is not None
+        epoch = lease.epoch
+        # A newer producer takes the slot's transactional id: the relay's next send is refused
         # by the broker, and aiokafka reports it through the records' futures.
         successor = make_producer(
-            world.stack.config.kafka_bootstrap, transactional_id=world.transactional_id
+            world.stack.config.kafka_bootstrap,
+            transactional_id=transactional_id_for(world.transactional_id, SLOT),
         )
         await successor.start()
         await successor.stop()
@@ -168,14 +189,16 @@ async def test_fencing_reported_by_a_records_delivery_makes_the_relay_step_down(
         # Stepped down (a fencing error is not the event's fault and is not counted), then led
         # again under a new epoch since the lease was still its own.
         assert (doc["attempts"], doc.get("transientAttempts")) == (0, None)
-        assert relay.lease.epoch is not None and epoch is not None
-        assert relay.lease.epoch > epoch
-        assert doc["relayEpoch"] == relay.lease.epoch
+        now = relay.lease_of(SLOT)
+        assert now is not None and now.epoch is not None and epoch is not None
+        assert now.epoch > epoch
+        assert doc["relayEpoch"] == now.epoch
 
 
 async def test_a_leader_paused_past_its_lease_steps_down_on_resume_and_writes_nothing(
     world: RelayWorld,
 ) -> None:
+    world.slots = 1
     # Small batches over a backlog: the leader is in the middle of a round (records queued,
     # a transaction open, or a mark under way) at almost any instant it is paused.
     first = await world.start_process("paused", RELAY_BATCH_SIZE="10")
@@ -250,9 +273,12 @@ async def _at_least(count: Callable[[], Awaitable[int]], wanted: int) -> bool:
 async def test_the_console_names_the_leader_next_to_the_fence_document(world: RelayWorld) -> None:
     # The lease collection holds the lease and the fence of status writes: the console must
     # read the lease, not whichever document comes first.
-    await world.db[LEASE_COLLECTION].insert_one({"_id": FENCE_ID, "epoch": 0})
+    world.slots = 1
+    await world.db[LEASE_COLLECTION].insert_one({"_id": fence_id(SLOT), "epoch": 0})
     async with running_relay(world.settings(instance_id="shown")) as relay:
-        await wait_until(lambda: relay.lease.is_held(), timeout=15, message="leadership")
+        await wait_until(lambda: relay.holds(SLOT), timeout=15, message="leadership")
         settings = ConsoleSettings(token="t" * 40, orders_database=world.database)
         shown = await console_views.leader(world.mongo, settings)
-        assert (shown.owner, shown.epoch) == ("shown", relay.lease.epoch)
+        lease = relay.lease_of(SLOT)
+        assert lease is not None
+        assert (shown.owner, shown.epoch) == ("shown", lease.epoch)

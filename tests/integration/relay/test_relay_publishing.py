@@ -61,7 +61,7 @@ async def test_a_new_event_is_published_by_the_change_stream_not_the_sweep(
     # published the event began when an insert notification ended an idle wait.
     async with running_relay(world.settings(sweep_interval_seconds=60)) as relay:
         wakeups = relay.metrics.wakeups
-        await wait_until(lambda: relay.lease.is_held(), timeout=15, message="leadership")
+        await wait_until(lambda: relay.owned_slots(), timeout=15, message="leadership")
         await wait_until(
             lambda: wakeups.labels(source="stream_opened")._value.get() >= 1,
             timeout=15,
@@ -95,7 +95,7 @@ async def test_an_unusable_resume_token_is_dropped_and_the_stream_reopened(
         {"_id": TOKEN_ID, "token": {"_data": "00DEADBEEF"}, "savedAt": datetime.now(UTC)}
     )
     async with running_relay(world.settings(sweep_interval_seconds=60)) as relay:
-        await wait_until(lambda: relay.lease.is_held(), timeout=15, message="leadership")
+        await wait_until(lambda: relay.owned_slots(), timeout=15, message="leadership")
         # The first sweep after leadership may publish it too; insert after the stream reopened.
         await wait_until(
             _token_not_garbage(world), timeout=15, message="garbage token dropped or replaced"

@@ -1,0 +1,231 @@
+"""Relays sharing the slots: a fair split with one holder per slot, a clean hand-over, per-slot
+fencing in Kafka and in MongoDB, events without a slot, and the retry CLI by slot."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+from bson import ObjectId
+
+from services.relay.lease import LEASE_COLLECTION, lease_id, transactional_id_for
+from services.relay.main import Relay
+from services.relay.members import MEMBERS_COLLECTION
+from shared.contracts import OutboxStatus
+from shared.kafka import make_producer
+from shared.slots import slot_for
+from tests.integration.relay.relay_world import (
+    RelayWorld,
+    by_key,
+    first_occurrences,
+    running_relay,
+)
+from tests.integration.relay.test_relay_failures import run_cli
+from tests.waiting import wait_until
+
+
+def split_evenly(relays: list[Relay], slots: int) -> bool:
+    held = [relay.owned_slots() for relay in relays]
+    everyone = set().union(*held)
+    disjoint = sum(len(h) for h in held) == len(everyone)
+    fair = max(len(h) for h in held) - min(len(h) for h in held) <= 1
+    return everyone == set(range(slots)) and disjoint and fair
+
+
+def _gauges_show(relay: Relay, peer: Relay) -> bool:
+    registry = relay.metrics.registry
+
+    def pending(slot: int) -> float | None:
+        return registry.get_sample_value("relay_pending_events", {"slot": str(slot)})
+
+    held = relay.owned_slots()
+    return (
+        bool(held)
+        and all(pending(s) == 0 for s in held)
+        and all(pending(s) is None for s in peer.owned_slots())
+    )
+
+
+def aggregate_in_slot(slot: int, slots: int) -> str:
+    """A fresh aggregate id whose events live in ``slot``."""
+    while True:
+        candidate = str(ObjectId())
+        if slot_for(candidate, slots) == slot:
+            return candidate
+
+
+async def test_two_relays_split_the_slots_and_every_slot_has_one_holder(world: RelayWorld) -> None:
+    async with (
+        running_relay(world.settings(instance_id="one")) as one,
+        running_relay(world.settings(instance_id="two")) as two,
+    ):
+        await wait_until(
+            lambda: split_evenly([one, two], world.slots), timeout=20, message="an 8/8 split"
+        )
+        assert one.metrics.owned_slots._value.get() == len(one.owned_slots()) == 8
+        aggregates = [str(ObjectId()) for _ in range(40)]
+        ids = [await world.insert(agg, v) for v in (1, 2) for agg in aggregates]
+        await world.wait_published(ids, within=30)
+        # Each event was published by the holder of its slot, under that slot's lease epoch.
+        for doc in await world.outbox.find({"_id": {"$in": ids}}).to_list():
+            holder = one if doc["slot"] in one.owned_slots() else two
+            lease = holder.lease_of(doc["slot"])
+            assert lease is not None and doc["relayEpoch"] == lease.epoch
+        # Every slot's backlog gauge is exported by its holder only (and drops to 0).
+        for relay, peer in ((one, two), (two, one)):
+            await wait_until(
+                partial(_gauges_show, relay, peer),
+                timeout=10,
+                message="per-slot gauges of the held slots only, at 0",
+            )
+    records = await world.read_records(aggregates, at_least=len(ids))
+    for agg, versions in by_key(records).items():
+        assert first_occurrences(versions) == [1, 2], agg
+
+
+async def test_a_relay_stopping_cleanly_hands_its_slots_over_before_the_lease_ttl(
+    world: RelayWorld,
+) -> None:
+    # A long TTL: only the release and the membership's removal can explain a quick takeover.
+    slow = {"lease_ttl_seconds": 60.0, "lease_renew_seconds": 0.5}
+    async with running_relay(world.settings(instance_id="stays", **slow)) as stays:
+        async with running_relay(world.settings(instance_id="leaves", **slow)) as leaves:
+            await wait_until(
+                lambda: split_evenly([stays, leaves], world.slots),
+                timeout=30,
+                message="an even split",
+            )
+        await wait_until(
+            lambda: stays.owned_slots() == set(range(world.slots)),
+            timeout=15,
+            message="the remaining relay holds every slot",
+        )
+        ids = [await world.insert(str(ObjectId()), 1) for _ in range(20)]
+        await world.wait_published(ids, within=30)
+
+
+async def test_a_newer_producer_on_one_slots_transactional_id_fences_only_that_slot(
+    world: RelayWorld,
+) -> None:
+    target, other = 3, 9
+    async with holding_every_slot(world, "fenced", (target, other)) as relay:
+        epochs = {s: _epoch(relay, s) for s in (target, other)}
+        successor = make_producer(
+            world.stack.config.kafka_bootstrap,
+            transactional_id=transactional_id_for(world.transactional_id, target),
+        )
+        await successor.start()
+        await successor.stop()
+        ids = [await world.insert(aggregate_in_slot(s, world.slots), 1) for s in (target, other)]
+        await world.wait_published(ids, within=60)
+        # The fenced slot stepped down and was taken again under a new epoch; the other slot's
+        # holder never noticed.
+        after = {s: _epoch(relay, s) for s in (target, other)}
+        assert after[other] == epochs[other]
+        assert after[target] > epochs[target]
+
+
+@contextlib.asynccontextmanager
+async def holding_every_slot(
+    world: RelayWorld, instance: str, warm: tuple[int, ...]
+) -> AsyncIterator[Relay]:
+    """One relay holding every slot under long leases (renewals cannot tell it of a takeover),
+    with an event of each slot of ``warm`` published (their producers are up)."""
+    settings = world.settings(instance_id=instance, lease_ttl_seconds=60, lease_renew_seconds=20)
+    async with running_relay(settings) as relay:
+        await wait_until(
+            lambda: relay.owned_slots() == set(range(world.slots)), timeout=20, message="all slots"
+        )
+        ids = [await world.insert(aggregate_in_slot(s, world.slots), 1) for s in warm]
+        await world.wait_published(ids, within=20)
+        yield relay
+
+
+def _epoch(relay: Relay, slot: int) -> int:
+    lease = relay.lease_of(slot)
+    assert lease is not None and lease.epoch is not None, f"slot {slot} is not held"
+    return lease.epoch
+
+
+async def test_a_holder_deposed_from_one_slot_writes_nothing_for_it_and_keeps_the_others(
+    world: RelayWorld,
+) -> None:
+    lost, kept = 5, 6
+    async with holding_every_slot(world, "old", (lost, kept)) as relay:
+        # Another relay takes slot 5 over (as after a pause of this one past that lease).
+        await world.db[LEASE_COLLECTION].update_one(
+            {"_id": lease_id(lost)},
+            {
+                "$set": {"owner": "usurper", "expiresAt": datetime.now(UTC) + timedelta(60)},
+                "$inc": {"epoch": 1},
+            },
+        )
+        in_lost = await world.insert(aggregate_in_slot(lost, world.slots), 1)
+        in_kept = await world.insert(aggregate_in_slot(kept, world.slots), 1)
+        await world.wait_published([in_kept], within=20)
+        await wait_until(lambda: not relay.holds(lost), timeout=20, message="stepped down")
+        doc = await world.outbox.find_one({"_id": in_lost})
+        assert doc["status"] == OutboxStatus.PENDING.value
+        assert doc["publishedAt"] is None and "relayEpoch" not in doc
+        assert relay.holds(kept)
+
+
+async def test_events_without_a_slot_or_beyond_the_count_are_given_theirs_and_published(
+    world: RelayWorld,
+) -> None:
+    # Written before slots existed (no field), or with a larger RELAY_SLOTS before a migration.
+    aggregates = [str(ObjectId()) for _ in range(10)]
+    docs = [world.event_doc(ObjectId(), agg, 1) for agg in aggregates]
+    for i, doc in enumerate(docs):
+        if i % 2:
+            del doc["slot"]
+        else:
+            doc["slot"] = world.slots + 7
+    await world.outbox.insert_many(docs)
+    ids = [d["_id"] for d in docs]
+    async with running_relay(world.settings()):
+        await world.wait_published(ids, within=30)
+        # Inserted while it runs: the change stream sees it and the slot is assigned at once.
+        late = world.event_doc(ObjectId(), str(ObjectId()), 1)
+        del late["slot"]
+        await world.outbox.insert_one(late)
+        await world.wait_published([late["_id"]], within=10)
+    for doc in await world.outbox.find({"_id": {"$in": [*ids, late["_id"]]}}).to_list():
+        assert doc["slot"] == slot_for(doc["aggregateId"], world.slots), doc
+
+
+async def test_retry_cli_puts_back_the_failed_events_of_one_slot(world: RelayWorld) -> None:
+    in_two = [await world.insert(aggregate_in_slot(2, world.slots), 1) for _ in range(2)]
+    in_five = await world.insert(aggregate_in_slot(5, world.slots), 1)
+    await world.outbox.update_many({}, {"$set": {"status": "Failed"}})
+
+    code, _, err = await run_cli(world, "retry", "--all-failed", "--slot", str(world.slots))
+    assert code == 2 and "RELAY_SLOTS" in err
+    code, out, _ = await run_cli(world, "retry", "--all-failed", "--slot", "2")
+    assert code == 0 and "2 failed event(s) in slot 2 put back to Pending" in out, out
+    assert await world.status_of(in_five) == "Failed"
+    assert {await world.status_of(i) for i in in_two} == {"Pending"}
+    code, out, _ = await run_cli(world, "retry", str(in_five))
+    assert code == 0 and "(slot 5)" in out, out
+
+
+async def test_reslot_moves_events_to_their_new_slot_and_refuses_while_a_relay_runs(
+    world: RelayWorld,
+) -> None:
+    aggregates = [str(ObjectId()) for _ in range(30)]
+    ids = [await world.insert(agg, 1) for agg in aggregates]  # slots among 16
+    world.slots = 4  # the new RELAY_SLOTS
+    await world.db[MEMBERS_COLLECTION].insert_one(
+        {"_id": "still-running", "expiresAt": datetime.now(UTC) + timedelta(seconds=60)}
+    )
+    code, _, err = await run_cli(world, "reslot")
+    assert code == 1 and "still-running" in err and "stop every relay" in err, err
+    assert await world.outbox.count_documents({"slot": {"$gte": 4}}) > 0  # nothing moved
+
+    await world.db[MEMBERS_COLLECTION].delete_one({"_id": "still-running"})
+    code, out, err = await run_cli(world, "reslot")
+    assert code == 0 and "RELAY_SLOTS=4" in out, err
+    for doc in await world.outbox.find({"_id": {"$in": ids}}).to_list():
+        assert doc["slot"] == slot_for(doc["aggregateId"], 4), doc
