@@ -298,9 +298,9 @@ def test_stop_grace_period_is_a_little_longer_than_the_drain_budget(
         assert drain < grace <= drain + 10, f"{service.name}: drain {drain}s, grace {grace}s"
 
 
-def test_relay_runs_two_replicas_to_show_the_leader_lease(services: Services) -> None:
+def test_relay_runs_three_replicas_sharing_the_slots(services: Services) -> None:
     relay = services["relay"]
-    assert relay["deploy"]["replicas"] == 2
+    assert relay["deploy"]["replicas"] == 3
     # A fixed container name or a published port would make `--scale relay=3` fail.
     assert "container_name" not in relay
     assert not relay.get("ports")
