@@ -59,6 +59,7 @@ async def run_in_transaction(
     work: Callable[[AsyncClientSession], Awaitable[T]],
     *,
     on_retry: Callable[[], None] | None = None,
+    session: AsyncClientSession | None = None,
 ) -> T:
     """Run ``work`` in one multi-document transaction with PyMongo's ``with_transaction`` rules.
 
@@ -66,7 +67,8 @@ async def run_in_transaction(
     ``UnknownTransactionCommitResult`` (both until PyMongo's 120 s budget or the client's
     ``timeoutMS``), with majority write concern and snapshot reads. ``work`` must therefore be
     safe to run more than once: it may only touch the database through ``session``.
-    ``on_retry`` is called once per extra attempt (for a metric).
+    ``on_retry`` is called once per extra attempt (for a metric). ``session``: run in this
+    session (the caller's, one transaction at a time) instead of a new one.
     """
     attempts = 0
 
@@ -77,13 +79,18 @@ async def run_in_transaction(
             on_retry()
         return await work(session)
 
-    async with client.start_session() as session:
+    async def run(session: AsyncClientSession) -> T:
         return await session.with_transaction(
             _callback,
             read_concern=ReadConcern("snapshot"),
             write_concern=MAJORITY,
             read_preference=ReadPreference.PRIMARY,
         )
+
+    if session is not None:
+        return await run(session)
+    async with client.start_session() as own:
+        return await run(own)
 
 
 async def transactions_supported(client: MongoClient) -> bool:

@@ -26,14 +26,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from uuid import UUID
 
+from bson import Binary
 from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from shared.mongo import run_in_transaction
 
@@ -64,6 +66,8 @@ def transactional_id_for(base: str, slot: int) -> str:
     return f"{base}-slot-{slot}" if base else ""
 
 
+# The lease field holding the id of the session of the holder's status transactions.
+SESSION_FIELD = "sessionId"
 # Stop publishing this long before the lease could expire for others: covers the time the
 # renewal took on the wire plus a little clock drift.
 SAFETY_MARGIN_FRACTION = 0.2
@@ -90,6 +94,9 @@ class Lease:
         self._ttl = ttl_seconds
         self.epoch: int | None = None
         self._valid_until = 0.0
+        # The session of this holder's status transactions; its id is in the lease document
+        # (see _end_previous_holders_transaction).
+        self._session: AsyncClientSession | None = None
 
     def is_held(self) -> bool:
         """True while this instance may still publish (locally measured, conservative)."""
@@ -105,17 +112,25 @@ class Lease:
         started = time.monotonic()
         now = datetime.now(UTC)
         expires = now + timedelta(seconds=self._ttl)
-        doc = await self._collection.find_one_and_update(
+        if self._session is None:
+            self._session = self._collection.database.client.start_session()
+        session_id = self._session.session_id
+        before = await self._collection.find_one_and_update(
             # Expired, or still ours (we stepped down when a renewal was slow, and nobody took
             # it since): taking our own lease back at once avoids a pointless idle TTL.
             {"_id": self._id, "$or": [{"expiresAt": {"$lt": now}}, {"owner": self.owner}]},
             {
-                "$set": {"owner": self.owner, "expiresAt": expires, "acquiredAt": now},
+                "$set": {
+                    "owner": self.owner,
+                    "expiresAt": expires,
+                    "acquiredAt": now,
+                    SESSION_FIELD: session_id,
+                },
                 "$inc": {"epoch": 1},
             },
-            return_document=ReturnDocument.AFTER,
+            return_document=ReturnDocument.BEFORE,
         )
-        if doc is None:
+        if before is None:
             try:
                 await self._collection.insert_one(
                     {
@@ -124,11 +139,17 @@ class Lease:
                         "epoch": 1,
                         "expiresAt": expires,
                         "acquiredAt": now,
+                        SESSION_FIELD: session_id,
                     }
                 )
             except DuplicateKeyError:
                 return False  # someone holds a live lease
             doc = {"epoch": 1}
+        else:
+            doc = {"epoch": int(before.get("epoch") or 0) + 1}
+            previous = before.get(SESSION_FIELD)
+            if isinstance(previous, Mapping) and previous != session_id:
+                await self._end_previous_holders_transaction(previous)
         # The fence document must exist before a fenced write (an upsert inside the transaction
         # could race another leader's into a duplicate key). Read first: a paused old leader's
         # transaction may hold it, and a read never waits for that.
@@ -142,6 +163,36 @@ class Lease:
             extra={"component": "lease", "slot": self.slot, "epoch": self.epoch},
         )
         return True
+
+    async def _end_previous_holders_transaction(self, previous: Mapping[str, Any]) -> None:
+        """Abort whatever status transaction the previous holder left open on the server.
+
+        A holder SIGKILLed inside :meth:`write_fenced` leaves its transaction open until the
+        server reaps it (``transactionLifetimeLimitSeconds``, 60 s by default), holding write
+        locks on the events it was marking and on the fence: the new holder's marks would hit
+        write conflicts all that time and its batches be published again and again. Every
+        holder runs its status transactions in one session whose id it stores in the lease, so
+        the next holder ends it at once (``killSessions``). A zombie whose session is killed
+        finds its transaction gone and the newer epoch on retry: it writes nothing.
+        """
+        # The id is a UUID; read back through a client that decodes UUIDs natively it must be
+        # turned into BSON binary again (subtype 4) to be sent.
+        lsid = {k: Binary.from_uuid(v) if isinstance(v, UUID) else v for k, v in previous.items()}
+        try:
+            await self._collection.database.client.admin.command({"killSessions": [lsid]})
+        except PyMongoError as exc:
+            # Best effort: the server still reaps it in time; only latency is at stake.
+            log.warning(
+                "could not end the previous holder's session",
+                extra={"slot": self.slot, "reason": repr(exc)},
+            )
+
+    async def close(self) -> None:
+        """End this holder's session (after it released or lost the lease)."""
+        session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(PyMongoError):
+                await session.end_session()
 
     async def renew(self) -> bool:
         """Extend our lease; False (and no longer held) when someone else has taken it."""
@@ -236,7 +287,9 @@ class Lease:
             return result
 
         try:
-            return await run_in_transaction(self._collection.database.client, fenced)
+            return await run_in_transaction(
+                self._collection.database.client, fenced, session=self._session
+            )
         except Fenced:
             self.epoch = None
             raise

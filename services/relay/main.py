@@ -224,6 +224,7 @@ class Relay:
             for slot in to_acquire(await self._free_slots(), len(self.workers), share):
                 lease = Lease(self.leases, me, self.settings.lease_ttl_seconds, slot)
                 if not await lease.try_acquire():
+                    await lease.close()
                     continue  # taken by another relay since we looked
                 worker = SlotWorker(
                     self.settings, self.client, self.metrics, lease, self._on_worker_state

@@ -134,6 +134,7 @@ class SlotWorker:
                     )
             else:
                 self.lease.forget()
+            await self.lease.close()
 
     def _should_end(self, stop: asyncio.Event) -> bool:
         return (

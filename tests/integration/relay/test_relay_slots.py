@@ -7,14 +7,18 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 from bson import ObjectId
 
-from services.relay.lease import LEASE_COLLECTION, lease_id, transactional_id_for
+from services.relay.lease import LEASE_COLLECTION, Lease, lease_id, transactional_id_for
 from services.relay.main import Relay
 from services.relay.members import MEMBERS_COLLECTION
+from services.relay.metrics import RelayMetrics
+from services.relay.publisher import Publisher
 from shared.contracts import OutboxStatus
 from shared.kafka import make_producer
+from shared.outbox import INDEX_SLOT_PENDING, ensure_outbox_indexes
 from shared.slots import slot_for
 from tests.integration.relay.relay_world import (
     RelayWorld,
@@ -229,3 +233,65 @@ async def test_reslot_moves_events_to_their_new_slot_and_refuses_while_a_relay_r
     assert code == 0 and "RELAY_SLOTS=4" in out, err
     for doc in await world.outbox.find({"_id": {"$in": ids}}).to_list():
         assert doc["slot"] == slot_for(doc["aggregateId"], 4), doc
+
+
+async def test_a_new_holder_ends_the_status_transaction_a_killed_holder_left_open(
+    world: RelayWorld,
+) -> None:
+    # A holder SIGKILLed inside its status transaction leaves it open on the server (until
+    # transactionLifetimeLimitSeconds, 60 s), holding the events it was marking. Here: an open
+    # transaction on an event's document, in a session the expired lease names.
+    world.slots = 1
+    event_id = await world.insert(str(ObjectId()), 1)
+    dead = world.mongo.start_session()
+    await dead.start_transaction()
+    await world.outbox.update_one(
+        {"_id": event_id}, {"$set": {"lastError": "the dead holder's mark"}}, session=dead
+    )
+    await world.db[LEASE_COLLECTION].insert_one(
+        {
+            "_id": lease_id(0),
+            "owner": "killed",
+            "epoch": 7,
+            "expiresAt": datetime.now(UTC) - timedelta(seconds=1),
+            "acquiredAt": datetime.now(UTC) - timedelta(seconds=30),
+            "sessionId": dead.session_id,
+        }
+    )
+    try:
+        async with running_relay(world.settings()):
+            # Far below the server's 60 s: only ending the dead session frees the event.
+            await world.wait_published([event_id], within=15)
+        doc = await world.outbox.find_one({"_id": event_id})
+        assert doc["relayEpoch"] == 8 and doc["lastError"] is None, doc
+    finally:
+        await dead.end_session()
+
+
+async def test_a_slots_scan_reads_its_index_range_not_the_collection(world: RelayWorld) -> None:
+    await ensure_outbox_indexes(world.outbox, 3600)
+    await world.outbox.insert_many(
+        [world.event_doc(ObjectId(), str(ObjectId()), 1) for _ in range(200)]
+    )
+    slot = 3
+    settings = world.settings()
+    lease = Lease(world.db[LEASE_COLLECTION], "planner", 10, slot)
+    publisher = Publisher(world.outbox, settings, RelayMetrics(), lease)
+    cursor = await publisher._open_cursor()  # the very query a slot's holder sends
+    explained = await cursor.explain()
+    stages: list[str] = []
+
+    def walk(stage: dict[str, Any]) -> None:
+        stages.append(str(stage.get("stage")) + ":" + str(stage.get("indexName", "")))
+        for child in [stage.get("inputStage"), *stage.get("inputStages", [])]:
+            if isinstance(child, dict):
+                walk(child)
+
+    walk(explained["queryPlanner"]["winningPlan"])
+    assert f"IXSCAN:{INDEX_SLOT_PENDING}" in stages, stages
+    assert not [stage for stage in stages if stage.startswith("COLLSCAN")], stages
+    # (On MongoDB the equality prefix also spares the sort; SecantusDB sorts the range it read
+    # in memory, for the old {status: 1, createdAt: 1} scan too.)
+    in_slot = await world.outbox.count_documents({"slot": slot})
+    examined = explained["executionStats"]["totalDocsExamined"]
+    assert examined <= in_slot, (examined, in_slot)  # its own slot's events, no others
