@@ -23,7 +23,7 @@ from pymongo.errors import PyMongoError
 
 from services.relay.backfill import assign_slots
 from services.relay.lease import LEASE_COLLECTION, LEGACY_LEASE_ID, Lease, lease_id
-from services.relay.members import MEMBERS_COLLECTION, Membership
+from services.relay.members import MEMBERS_COLLECTION, Membership, ensure_member_indexes
 from services.relay.metrics import RelayMetrics
 from services.relay.publisher import BatchResult
 from services.relay.settings import RelaySettings
@@ -135,6 +135,7 @@ class Relay:
                 # The order API creates the same indexes; whichever starts first, they are one
                 # set. A conflicting index is not retried: it raises and the process exits 1.
                 await ensure_outbox_indexes(self.outbox, self.settings.outbox_published_ttl_seconds)
+                await ensure_member_indexes(self.db[MEMBERS_COLLECTION])
                 break
             except PyMongoError as exc:
                 self._set_state(MONGO_UNAVAILABLE, exc)

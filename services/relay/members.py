@@ -4,7 +4,8 @@ slots (``services/relay/share.py``).
 A member document (collection ``relay_members``) is ``{_id: instance id, expiresAt, slotCount,
 slots, heartbeatAt}``, refreshed every renewal interval with the lease time to live. A relay that
 dies stops refreshing it and drops out of everyone's count after the TTL, the same time its slot
-leases take to expire; a relay that stops cleanly deletes it at once. ``slotCount`` is the
+leases take to expire (a TTL index removes its document an hour later); a relay that stops
+cleanly deletes it at once. ``slotCount`` is the
 member's ``RELAY_SLOTS``: relays that disagree on it must not re-slot events (see
 :meth:`Membership.live`). ``slots`` (the slots it holds) is for operators and the console.
 """
@@ -16,9 +17,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 
+from shared.mongo import ensure_indexes
+
 MEMBERS_COLLECTION: Final = "relay_members"
+# A relay that was killed never deletes its document. MongoDB removes it this long after its
+# heartbeat expired: long enough for an operator to see which relay died, short enough that
+# crashes do not pile up documents for ever.
+MEMBER_KEPT_AFTER_EXPIRY_SECONDS: Final = 3600
+
+
+async def ensure_member_indexes(collection: AsyncCollection[dict[str, Any]]) -> None:
+    await ensure_indexes(
+        collection,
+        [
+            IndexModel(
+                [("expiresAt", ASCENDING)],
+                name="expiresAt_ttl",
+                expireAfterSeconds=MEMBER_KEPT_AFTER_EXPIRY_SECONDS,
+            )
+        ],
+    )
 
 
 @dataclass(frozen=True)

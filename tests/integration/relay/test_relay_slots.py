@@ -295,3 +295,19 @@ async def test_a_slots_scan_reads_its_index_range_not_the_collection(world: Rela
     in_slot = await world.outbox.count_documents({"slot": slot})
     examined = explained["executionStats"]["totalDocsExamined"]
     assert examined <= in_slot, (examined, in_slot)  # its own slot's events, no others
+
+
+async def test_a_killed_relays_membership_document_is_removed_by_a_ttl_index(
+    world: RelayWorld,
+) -> None:
+    # A SIGKILLed relay never deletes its heartbeat document; without a TTL index every crash
+    # would leave one behind for ever (ignored once expired, but growing the collection).
+    async with running_relay(world.settings(instance_id="ttl")) as relay:
+        await wait_until(lambda: bool(relay.owned_slots()), timeout=20, message="slots taken")
+    members = world.db[MEMBERS_COLLECTION]
+    ttl = [
+        info
+        for info in (await members.index_information()).values()
+        if dict(info["key"]) == {"expiresAt": 1} and "expireAfterSeconds" in info
+    ]
+    assert ttl, await members.index_information()
