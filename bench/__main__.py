@@ -35,6 +35,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from bench import (
+    breakdown,
     capacity,
     consumers_drain,
     e2e_phase,
@@ -58,6 +59,7 @@ PHASES: dict[str, Callable[[Run], Awaitable[None]]] = {
     "e2e_article": e2e_phase.run_article,
     "capacity": capacity.run_phase,
     "tracing_off": tracing_off.run_phase,
+    "breakdown": breakdown.run_phase,
 }
 
 

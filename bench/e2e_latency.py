@@ -122,12 +122,32 @@ class LatencyResult:
         return self.orders_incomplete + self.cancellations_incomplete
 
 
-class _ReservationWatcher:
-    """Collects ``orderId -> commit wallTime`` of new reservations from a change stream."""
+@dataclass
+class OrderTimes:
+    """Per order id, wall-clock seconds of what :func:`measure_e2e` observed: the 201 (orders
+    not cancelled), the event readable in Kafka, its record's CreateTime, the reservation's
+    commit."""
 
-    def __init__(self, mongo_uri: str, database: str) -> None:
+    answered: dict[str, float] = field(default_factory=dict)
+    kafka_visible: dict[str, float] = field(default_factory=dict)
+    kafka_created: dict[str, float] = field(default_factory=dict)
+    reserved: dict[str, float] = field(default_factory=dict)
+
+
+class InsertWatcher:
+    """Collects ``order id -> commit wallTime`` of the documents inserted into one collection
+    (by default the reservations; ``key`` names the field holding the order id)."""
+
+    def __init__(
+        self,
+        mongo_uri: str,
+        database: str,
+        collection: str = RESERVATIONS,
+        key: str = "orderId",
+    ) -> None:
         self._client = make_mongo_client(mongo_uri, 10.0, "bench-e2e-watch")
-        self._collection = self._client[database][RESERVATIONS]
+        self._collection = self._client[database][collection]
+        self._key = key
         self.committed: dict[str, float] = {}
         self.fallbacks = 0
         self._opened = asyncio.Event()
@@ -141,12 +161,12 @@ class _ReservationWatcher:
             opened.cancel()
             if self._task in done:
                 self._task.result()  # re-raise what broke the stream
-            raise TimeoutError("change stream on reservations did not open within 15 s")
+            raise TimeoutError(f"change stream on {self._collection.name} did not open within 15 s")
 
     async def _run(self) -> None:
         pipeline: list[dict[str, Any]] = [
             {"$match": {"operationType": "insert"}},
-            {"$project": {"fullDocument.orderId": 1, "wallTime": 1, "operationType": 1}},
+            {"$project": {f"fullDocument.{self._key}": 1, "wallTime": 1, "operationType": 1}},
         ]
         async with await self._collection.watch(pipeline, max_await_time_ms=200) as stream:
             self._opened.set()
@@ -154,7 +174,7 @@ class _ReservationWatcher:
                 change = await stream.try_next()
                 if change is None:
                     continue
-                order_id = change.get("fullDocument", {}).get("orderId")
+                order_id = change.get("fullDocument", {}).get(self._key)
                 if not isinstance(order_id, str) or order_id in self.committed:
                     continue
                 wall = change.get("wallTime")
@@ -197,6 +217,8 @@ class _KafkaWatcher:
         )
         self._topic = topic
         self.visible: dict[str, float] = {}
+        # The record's own timestamp (CreateTime: when the relay's producer took the send).
+        self.created: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -215,7 +237,9 @@ class _KafkaWatcher:
             for records in batch.values():
                 for record in records:
                     if record.key is not None:
-                        self.visible.setdefault(record.key.decode(errors="replace"), now)
+                        key = record.key.decode(errors="replace")
+                        self.visible.setdefault(key, now)
+                        self.created.setdefault(key, record.timestamp / 1000)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -336,6 +360,7 @@ async def measure_e2e(
     grace_seconds: float = GRACE_SECONDS,
     body_for: Callable[[int], dict[str, Any]] = order_body,
     cancel_every: int = 0,
+    times: OrderTimes | None = None,
 ) -> LatencyResult:
     """Send ``rate`` orders/s for ``duration`` s, then wait up to ``settle_timeout`` s for every
     reservation and email; return the latency distributions from the scheduled send to each,
@@ -344,6 +369,7 @@ async def measure_e2e(
     With ``cancel_every`` = k, every k-th order is cancelled right after its 201; such an order
     completes when its reservation reads ``cancelled`` and its cancellation email arrived (its
     confirmation may or may not be sent, depending on which event the email service saw first).
+    ``times``, when given, receives each order's own timestamps (for a latency breakdown).
     """
     result = LatencyResult(
         design=design,
@@ -351,7 +377,7 @@ async def measure_e2e(
         duration_seconds=duration,
         settle_timeout_seconds=settle_timeout,
     )
-    watcher = _ReservationWatcher(mongo_uri, inventory_database)
+    watcher = InsertWatcher(mongo_uri, inventory_database)
     await watcher.start()
     kafka = _KafkaWatcher(kafka_bootstrap, ORDER_CREATED_TOPIC)
     try:
@@ -412,4 +438,9 @@ async def measure_e2e(
     result.reservation = latencies(watcher.committed, reserved, scheduled)
     result.email = latencies(scanner.received, mailed, scheduled)
     result.reservation_from_201 = latencies(watcher.committed, reserved, answered)
+    if times is not None:
+        times.answered.update(answered)
+        times.kafka_visible.update(kafka.visible)
+        times.kafka_created.update(kafka.created)
+        times.reserved.update(watcher.committed)
     return result

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from typing import Final
 
 from bench import order_api, pipelines, report
-from bench.e2e_latency import LatencyResult, measure_e2e
+from bench.e2e_latency import LatencyResult, OrderTimes, measure_e2e
 from bench.pipelines import Pipeline
 from bench.run import Run
 
@@ -22,7 +22,13 @@ WARMUP_SETTLE_SECONDS: Final = 10.0
 
 
 async def measure(
-    run: Run, pipeline: Pipeline, rate: float, seconds: float, settle: float, cancel_every: int = 0
+    run: Run,
+    pipeline: Pipeline,
+    rate: float,
+    seconds: float,
+    settle: float,
+    cancel_every: int = 0,
+    times: OrderTimes | None = None,
 ) -> LatencyResult:
     """One open-loop measurement of ``pipeline`` at ``rate`` orders/s for ``seconds``."""
     cfg = run.config
@@ -37,6 +43,7 @@ async def measure(
         duration=seconds,
         settle_timeout=settle,
         cancel_every=cancel_every,
+        times=times,
     )
 
 

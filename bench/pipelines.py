@@ -27,6 +27,7 @@ class Pipeline:
     design: str
     api_url: str
     inventory_database: str
+    orders_database: str
 
 
 @contextlib.asynccontextmanager
@@ -47,7 +48,7 @@ async def ours(run: Run, tag: str) -> AsyncIterator[Pipeline]:
         ):
             await run.start_service(name, env)
             started.append(name)
-        yield Pipeline("ours", f"http://127.0.0.1:{cfg.port_of('order')}", inventory_db)
+        yield Pipeline("ours", f"http://127.0.0.1:{cfg.port_of('order')}", inventory_db, orders_db)
     finally:
         for name in reversed(started):
             run.stop_service(name)
@@ -76,7 +77,9 @@ async def article(run: Run, tag: str) -> AsyncIterator[Pipeline]:
             {},
         )
         await wait_for_file(ready, consumer, SUBPROCESS_READY_TIMEOUT)
-        yield Pipeline("article", f"http://127.0.0.1:{cfg.port_of('order')}", inventory_db)
+        yield Pipeline(
+            "article", f"http://127.0.0.1:{cfg.port_of('order')}", inventory_db, orders_db
+        )
     finally:
         run.stop_all_own()
         run.stop_service("order")
