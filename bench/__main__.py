@@ -13,7 +13,10 @@ goes on, so one broken part never hides the others' figures):
    maximum and at 5/s, for both designs;
 5. ``capacity`` (bench/capacity.py): the open-loop ramp of both designs and the MongoDB bound;
    ``tracing_off`` (bench/tracing_off.py): what the tracing hooks cost with no collector;
-6. peak resident memory of every process (read before each stop and at the end).
+6. ``relays_scaling`` (bench/relays_scaling.py): one backlog drained by 1, 2 and 4 relay
+   processes sharing the slots;
+7. ``brokers`` (bench/brokers.py): our capacity ramp on a stack with 1 and with 3 Kafka brokers;
+8. peak resident memory of every process (read before each stop and at the end).
 
 ``python -m bench capacity`` runs only the ramp. Only 127.0.0.1 is ever contacted. The stack
 lives in a temporary directory and is wiped at the end (``--keep`` keeps it).
@@ -36,11 +39,13 @@ from pathlib import Path
 
 from bench import (
     breakdown,
+    brokers,
     capacity,
     consumers_drain,
     e2e_phase,
     order_api,
     relay_drain,
+    relays_scaling,
     report,
     tracing_off,
 )
@@ -60,6 +65,8 @@ PHASES: dict[str, Callable[[Run], Awaitable[None]]] = {
     "capacity": capacity.run_phase,
     "tracing_off": tracing_off.run_phase,
     "breakdown": breakdown.run_phase,
+    "relays_scaling": relays_scaling.run_phase,
+    "brokers": brokers.run_phase,
 }
 
 
@@ -114,6 +121,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cancel-every", type=int, help="capacity ramp: cancel every n-th order (0: none)"
     )
     parser.add_argument(
+        "--capacity-repeats", type=int, help="capacity ramp: ramps per design (median)"
+    )
+    parser.add_argument(
         "--mongo-server",
         choices=("python", "rust"),
         default="python",
@@ -136,6 +146,8 @@ def _plan(args: argparse.Namespace) -> Plan:
         plan = replace(plan, capacity_rates=args.rates)
     if args.cancel_every is not None:
         plan = replace(plan, capacity_cancel_every=max(0, args.cancel_every))
+    if args.capacity_repeats is not None:
+        plan = replace(plan, capacity_repeats=max(1, args.capacity_repeats))
     if args.step_seconds is not None:
         plan = replace(plan, capacity_step_seconds=max(1.0, args.step_seconds))
     return plan

@@ -22,14 +22,17 @@ Changed so that it can run at all: the topic is this repository's ``topic_for_ev
 (the article's ``toLowerCase().replace(...)`` yields ``ordercreated``, a topic that does not
 exist). The producer is kafkajs' default: ``acks=all``, not idempotent, no transactions. Its
 outbox gets only the index its own query needs (:func:`ensure_article_indexes`): ours would cost
-it an update of three indexes per event for queries it never makes.
+it an update of three indexes per event for queries it never makes. Where the article's design
+runs behind our order API (which creates our indexes at start-up), :func:`keep_only_article_indexes`
+drops the others before the measurement.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from pymongo import ASCENDING, IndexModel
@@ -43,20 +46,39 @@ from shared.outbox import OutboxField
 POLL_SECONDS = 0.5
 ROUND_SIZE = 50
 MAX_ATTEMPTS = 5
+# The key pattern of the one index the article's queries use (Pending, oldest first).
+ARTICLE_INDEX_KEYS: Final = ((OutboxField.STATUS, ASCENDING), (OutboxField.CREATED_AT, ASCENDING))
+# MongoDB's own index on _id, which every collection has and nobody may drop.
+ID_INDEX: Final = "_id_"
 
 
 async def ensure_article_indexes(outbox: AsyncCollection[dict[str, Any]]) -> None:
     """The one index the article's relay queries need: Pending, oldest first (its updates go
     by ``_id``, which MongoDB indexes anyway)."""
     await ensure_indexes(
-        outbox,
-        [
-            IndexModel(
-                [(OutboxField.STATUS, ASCENDING), (OutboxField.CREATED_AT, ASCENDING)],
-                name="article_status_createdAt",
-            )
-        ],
+        outbox, [IndexModel(list(ARTICLE_INDEX_KEYS), name="article_status_createdAt")]
     )
+
+
+def indexes_the_article_does_not_use(index_information: Mapping[str, Any]) -> list[str]:
+    """Names of the indexes in ``index_information`` (``index_information()``'s answer) that
+    neither the article's queries nor MongoDB itself (``_id_``) need."""
+    return sorted(
+        name
+        for name, info in index_information.items()
+        if name != ID_INDEX and tuple((k, int(d)) for k, d in info["key"]) != ARTICLE_INDEX_KEYS
+    )
+
+
+async def keep_only_article_indexes(outbox: AsyncCollection[dict[str, Any]]) -> list[str]:
+    """Give an outbox our order API already indexed the article's indexes only: ensure the
+    article's (ours on ``status, createdAt`` counts as it, same keys), drop every other one.
+    Returns the names of the indexes left. The API checks its indexes only at start-up, so it
+    keeps serving; the ones dropped are not needed by anything the article's design runs."""
+    await ensure_article_indexes(outbox)
+    for name in indexes_the_article_does_not_use(await outbox.index_information()):
+        await outbox.drop_index(name)
+    return sorted(await outbox.index_information())
 
 
 def next_round_due(due: float, now: float, period: float = POLL_SECONDS) -> float:

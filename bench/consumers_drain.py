@@ -5,6 +5,8 @@ consumer, in-process and with its real handler (``IdempotentConsumer``), drains 
 a fresh consumer group, bounded in time: inventory (claim, one MongoDB transaction, mark), email
 (claim, one SMTP conversation, mark), then the article's consumer (both side effects, one message
 at a time). The rate runs from the first finished record (the group join is reported apart).
+All of it ``plan.repeats`` times, each on a backlog of its own (``consumer_runs`` in the JSON);
+the report gives each rate's spread and the ratio to the article's consumer run by run.
 """
 
 from __future__ import annotations
@@ -118,17 +120,17 @@ async def drain(
 
 
 async def _article_consumer_drain(
-    run: Run, topic: str, events: int, limit: float
+    run: Run, topic: str, tag: str, events: int, limit: float
 ) -> dict[str, Any]:
     """The article's consumer (both side effects, one message at a time) on the same backlog."""
     cfg = run.config
-    database = f"bench_cons_art_{run.run_id}"
+    database = f"bench_cons_art_{tag}"
     await seed_bench_stock(cfg.mongo_uri, database)
     config = ArticleConsumerConfig(
         bootstrap=cfg.kafka_bootstrap,
         mongo_uri=cfg.mongo_uri,
         redis_url=cfg.redis_url,
-        group=f"bench-article-drain-{run.run_id}",
+        group=f"bench-article-drain-{tag}",
         topic=topic,
         database=database,
         offset_reset="earliest",
@@ -155,13 +157,14 @@ async def _article_consumer_drain(
     }
 
 
-async def run_phase(run: Run) -> None:
-    """Each consumer's drain rate from one backlog on a private topic, then the article's
-    consumer on the same backlog."""
+async def _one_run(run: Run, tag: str, limit: float) -> dict[str, dict[str, Any]]:
+    """Each consumer once, on a backlog of its own run: a topic of fresh orders (the article's
+    dedup key is the order id, so a second pass over the same orders would be all duplicates),
+    fresh groups, dedup key spaces and inventory database."""
     cfg = run.config
     events = run.plan.consumer_backlog
-    topic = f"bench.consumers.{run.run_id}"
-    database = f"bench_cons_inv_{run.run_id}"
+    topic = f"bench.consumers.{tag}"
+    database = f"bench_cons_inv_{tag}"
     await ensure_topics(
         cfg.kafka_bootstrap,
         [topic, dlq_topic_for(topic)],
@@ -173,31 +176,45 @@ async def run_phase(run: Run) -> None:
     mongo = make_mongo_client(cfg.mongo_uri, 30.0, "bench-consumers")
     # The email handler's per-order state (confirmation vs cancellation) lives in Redis.
     states_redis = make_redis(cfg.redis_url)
-    figures: dict[str, Any] = {"backlog": events, "topic_partitions": TOPIC_PARTITIONS}
-    limit = run.plan.consumer_timeout_seconds
+    figures: dict[str, dict[str, Any]] = {}
     try:
         await ensure_indexes(mongo, database)
         await mongo[database][STOCK].insert_many(
             [{"sku": f"SKU-{n}", "available": 10 * events} for n in range(1, 6)]
         )
         common: dict[str, Any] = {"topic": topic, "port": 0}
-        inventory = InventorySettings(
-            group_id=f"bench-inv-{run.run_id}", database=database, **common
-        )
-        email = EmailSettings(group_id=f"bench-email-{run.run_id}", **common)
+        inventory = InventorySettings(group_id=f"bench-inv-{tag}", database=database, **common)
+        email = EmailSettings(group_id=f"bench-email-{tag}", **common)
         plan: list[tuple[str, Any, Any]] = [
             ("inventory", inventory, ReservationHandler(mongo, database).handle),
             ("email", email, make_sender(email, states_redis).handle),
         ]
         for name, settings, handler in plan:
-            recorders = run.start_profile(f"consumer_{name}", None)
+            recorders = run.start_profile(f"consumer_{name}_{tag}", None)
             figures[name] = await drain(
-                settings, f"bench-{name}-{run.run_id}", handler, cfg.redis_url, events, limit
+                settings, f"bench-{name}-{tag}", handler, cfg.redis_url, events, limit
             )
-            await run.finish_profile(f"consumer_{name}", recorders)
-        figures["article"] = await _article_consumer_drain(run, topic, events, limit)
+            await run.finish_profile(f"consumer_{name}_{tag}", recorders)
+        figures["article"] = await _article_consumer_drain(run, topic, tag, events, limit)
     finally:
-        run.results["consumers"] = figures
         await mongo.drop_database(database)
         await mongo.close()
         await states_redis.aclose()
+    return figures
+
+
+async def run_phase(run: Run) -> None:
+    """Each consumer's drain rate from a backlog, then the article's consumer on the same
+    backlog; ``plan.repeats`` times (the report takes the spread and the per-run ratios)."""
+    runs: dict[str, list[dict[str, Any]]] = {"inventory": [], "email": [], "article": []}
+    run.results["consumers"] = {
+        "backlog": run.plan.consumer_backlog,
+        "topic_partitions": TOPIC_PARTITIONS,
+    }
+    run.results["consumer_runs"] = runs
+    for attempt in range(run.plan.repeats):
+        figures = await _one_run(run, f"{run.run_id}_{attempt}", run.plan.consumer_timeout_seconds)
+        for name, figure in figures.items():
+            runs[name].append(figure)
+        rates = {name: figure.get("msgs_per_s") for name, figure in figures.items()}
+        print(f"consumers run {attempt + 1}/{run.plan.repeats}: {rates}", flush=True)

@@ -53,6 +53,24 @@ HTTP_TIMEOUT_SECONDS: Final = 10.0
 GRACE_SECONDS: Final = 15.0
 # Order ids listed per diagnosis (the counts are complete).
 LISTED_IDS: Final = 20
+# How long a watcher's task gets to end once asked to (it wakes at least every 200 ms).
+WATCHER_STOP_SECONDS: Final = 5.0
+
+
+async def end_watch_task(task: asyncio.Task[None] | None, stopping: asyncio.Event) -> None:
+    """Stop a watcher's loop: set ``stopping`` (the loop checks it on every wake-up), cancel
+    it, and wait at most :data:`WATCHER_STOP_SECONDS`. The flag is what ends it for sure: on
+    Python 3.11 a cancellation racing a driver's internal ``asyncio.wait_for`` can be
+    swallowed (CPython gh-86296), and a loop that lost its cancel would be awaited forever
+    (a quick capacity ramp on a loaded machine hung there)."""
+    stopping.set()
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.wait({task}, timeout=WATCHER_STOP_SECONDS)
+    if task.done() and not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()  # retrieved, so asyncio does not log it as never retrieved
 
 
 def order_body(n: int) -> dict[str, Any]:
@@ -151,6 +169,7 @@ class InsertWatcher:
         self.committed: dict[str, float] = {}
         self.fallbacks = 0
         self._opened = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -170,7 +189,7 @@ class InsertWatcher:
         ]
         async with await self._collection.watch(pipeline, max_await_time_ms=200) as stream:
             self._opened.set()
-            while True:
+            while not self._stopping.is_set():
                 change = await stream.try_next()
                 if change is None:
                     continue
@@ -193,10 +212,7 @@ class InsertWatcher:
         return {doc["orderId"] async for doc in cursor}
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await end_watch_task(self._task, self._stopping)
         await self._client.close()
 
 
@@ -219,6 +235,7 @@ class _KafkaWatcher:
         self.visible: dict[str, float] = {}
         # The record's own timestamp (CreateTime: when the relay's producer took the send).
         self.created: dict[str, float] = {}
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -231,7 +248,7 @@ class _KafkaWatcher:
         self._task = asyncio.create_task(self._run(), name="bench-kafka-watch")
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             batch = await self._consumer.getmany(timeout_ms=200)
             now = time.time()
             for records in batch.values():
@@ -242,10 +259,7 @@ class _KafkaWatcher:
                         self.created.setdefault(key, record.timestamp / 1000)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await end_watch_task(self._task, self._stopping)
         await self._consumer.stop()
 
 

@@ -2,7 +2,10 @@
 
 * **ours**: the order API, the relay, inventory and email, each a stack process.
 * **article**: our order API, then the article's relay and consumer (bench/article_relay.py,
-  bench/article_consumer.py) as processes of their own.
+  bench/article_consumer.py) as processes of their own. Its outbox keeps only the index the
+  article's queries use: our API creates all of ours at start-up, and the extra ones are
+  dropped before the relay starts (each would cost the article's inserts and updates for
+  queries it never makes). The JSON lists the indexes left (``article_outbox_indexes``).
 
 Each pipeline gets fresh databases and consumer groups positioned at the end of
 ``order.created``, so it processes only the orders sent while it runs.
@@ -14,9 +17,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from bench.article_relay import keep_only_article_indexes
 from bench.e2e_latency import seed_bench_stock
 from bench.run import SUBPROCESS_READY_TIMEOUT, Run, wait_for_file
 from shared.contracts import ORDER_CREATED_TOPIC
+from shared.mongo import make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION
 from stack.observe import position_groups_at_end
 
 POSITION_TIMEOUT_SECONDS = 60.0
@@ -65,6 +71,12 @@ async def article(run: Run, tag: str) -> AsyncIterator[Pipeline]:
     await run.start_service("order", {"ORDER_DATABASE": orders_db})
     ready = cfg.root / f"article-consumer-{tag}.ready"
     try:
+        client = make_mongo_client(cfg.mongo_uri, 30.0, "bench-article-indexes")
+        try:
+            left = await keep_only_article_indexes(client[orders_db][OUTBOX_COLLECTION])
+        finally:
+            await client.close()
+        run.results.setdefault("article_outbox_indexes", {})[tag] = left
         consumer = run.spawn(
             "article-consumer",
             [str(cfg.python), "-m", "bench.article_consumer", "--group", group,

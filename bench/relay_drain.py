@@ -275,7 +275,7 @@ async def drop_quietly(client: MongoClient, database: str) -> None:
         print(f"(cleanup: could not drop {database}: {exc!r})", flush=True)
 
 
-async def _seeded(client: MongoClient, database: str, count: int, indexes: str) -> None:
+async def seed_backlog(client: MongoClient, database: str, count: int, indexes: str) -> None:
     """A fresh backlog with the indexes first, as in production (the order API creates them
     before any event exists): otherwise the drain would mostly time an index build."""
     outbox = client[database][OUTBOX_COLLECTION]
@@ -306,7 +306,7 @@ async def run_phase(run: Run) -> None:
             runs["raw_producer"].append({"msgs_per_s": round(raw, 1), "messages": plan.backlog})
 
             database = f"bench_relay_rawmongo_{tag}"
-            await _seeded(client, database, plan.backlog, "ours")
+            await seed_backlog(client, database, plan.backlog, "ours")
             runs["raw_mongo"].append(
                 await raw_mongo_relay_work(
                     client, database, plan.backlog, plan.relay_timeout_seconds, settings.batch_size
@@ -315,7 +315,7 @@ async def run_phase(run: Run) -> None:
             await drop_quietly(client, database)
 
             database = f"bench_relay_{tag}"
-            await _seeded(client, database, plan.backlog, "ours")
+            await seed_backlog(client, database, plan.backlog, "ours")
             relay = Relay(relay_settings(infra, database), client)
             recorders = run.start_profile(f"relay_drain_{attempt}", None)
             runs["relay"].append(
@@ -332,7 +332,7 @@ async def run_phase(run: Run) -> None:
             await drop_quietly(client, database)
 
             database = f"bench_article_relay_{tag}"
-            await _seeded(client, database, plan.article_backlog, "article")
+            await seed_backlog(client, database, plan.article_backlog, "article")
             outbox = client[database][OUTBOX_COLLECTION]
 
             async def article(stop: asyncio.Event, o: Any = outbox) -> None:

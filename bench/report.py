@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Final
 
-from bench.stats import ratio_spread, spread
+from bench.stats import latency_spread, ratio_spread, spread
 from stack.config import SERVICES
 
 # The issue's goals (issue 13).
@@ -32,6 +32,8 @@ GOAL_SERVICE_RSS_MIB: Final = 150.0
 # ramp of main at 12baa34 with the two capacity commits (60a7906, 23c5a18) reverted,
 # docs/bench-runs/quiet-baseline.json (10/s sustained; 20/s missed the p99 limit at 274.5 ms).
 CAPACITY_BASELINE_ORDERS_PER_S: Final[float | None] = 10.0
+# Where that figure comes from, shown with the goal.
+CAPACITY_BASELINE_SOURCE: Final = "docs/bench-runs/quiet-baseline.json"
 
 
 def get(results: dict[str, Any], *path: str) -> Any:
@@ -53,6 +55,115 @@ def _figures(runs: Any, key: str) -> list[float | None]:
         value = one.get(key) if isinstance(one, dict) else None
         values.append(float(value) if isinstance(value, int | float) else None)
     return values
+
+
+# The end-to-end latencies each run reports, and the percentiles summarised over runs.
+E2E_TARGETS: Final = ("published", "reservation", "email", "reservation_from_201")
+E2E_PERCENTILES: Final = ("p50_ms", "p95_ms", "p99_ms")
+
+
+def _latency(value: Any) -> float | None:
+    """A latency read back from a run: a number, ``inf`` (missing orders; ``"inf"`` once it
+    went through the JSON file), or None."""
+    if isinstance(value, int | float):
+        return float(value)
+    return math.inf if value == "inf" else None
+
+
+def consumers_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Each consumer's drain rate as the spread of its runs, and our consumers against the
+    article's run by run: ours is the slower of inventory and email (two services working in
+    parallel), the article's one consumer does both side effects."""
+    runs = get(results, "consumer_runs") or {}
+    rates = {name: _figures(items, "msgs_per_s") for name, items in runs.items()}
+    summary: dict[str, Any] = {
+        f"{name}_consumer_msgs_per_s": spread(values) for name, values in rates.items()
+    }
+    inventory, email, article = (rates.get(n) or [] for n in ("inventory", "email", "article"))
+    count = min(len(inventory), len(email), len(article))
+    if count:
+        ours = [
+            None if i is None or e is None else min(i, e)
+            for i, e in zip(inventory[:count], email[:count], strict=True)
+        ]
+        summary["consumers_vs_article_consumer"] = ratio_spread(ours, article[:count])
+    return summary
+
+
+def e2e_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Every end-to-end percentile as the spread of its runs (``e2e``), and the article's p50
+    over ours run by run (run i of each design), at load and at the light rate."""
+    runs = get(results, "e2e_runs") or {}
+    per_design: dict[str, Any] = {}
+    for key, items in runs.items():
+        if not isinstance(items, list):
+            continue
+        entry: dict[str, Any] = {
+            "runs": len(items),
+            "achieved_rate": spread(_figures(items, "achieved_rate")),
+            # A lost order (never arrived, even after the grace period) is a bug in any run.
+            "lost_orders": sum(
+                int((one.get(f"missing_{step}") or {}).get("lost", 0))
+                for one in items
+                if isinstance(one, dict)
+                for step in ("reservation", "email")
+            ),
+        }
+        for target in E2E_TARGETS:
+            dists = [(one.get(target) or {}) if isinstance(one, dict) else {} for one in items]
+            entry[target] = {
+                p: latency_spread([_latency(d.get(p)) for d in dists]) for p in E2E_PERCENTILES
+            }
+            entry[target]["small_sample"] = any(d.get("small_sample") for d in dists)
+        per_design[key] = entry
+    summary: dict[str, Any] = {"e2e": per_design} if per_design else {}
+    for suffix in ("", "_light"):
+        ours, article = runs.get(f"ours{suffix}") or [], runs.get(f"article{suffix}") or []
+        count = min(len(ours), len(article))
+        for target in ("reservation", "email"):
+            if not count:
+                continue
+
+            def p50s(items: list[Any], target: str = target) -> list[float | None]:
+                return [_latency((one.get(target) or {}).get("p50_ms")) for one in items]
+
+            summary[f"article_vs_ours{suffix}_{target}_p50"] = ratio_spread(
+                p50s(article[:count]), p50s(ours[:count])
+            )
+    return summary
+
+
+def relays_scaling_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Per relay-process count: the steady drain rate's spread, and its speedup over one
+    process run by run (repeat i of N processes against repeat i of one)."""
+    runs = get(results, "relays_scaling", "runs") or {}
+    rates = {count: _figures(items, "steady_events_per_s") for count, items in runs.items()}
+    one = rates.get("1") or []
+    summary: dict[str, Any] = {}
+    for count, values in rates.items():
+        entry: dict[str, Any] = {"steady_events_per_s": spread(values)}
+        if one and count != "1":
+            n = min(len(values), len(one))
+            entry["speedup_vs_one_relay"] = ratio_spread(values[:n], one[:n])
+        summary[count] = entry
+    return {"relays_scaling": summary} if summary else {}
+
+
+def capacity_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Each design's capacity as the spread of its ramps, and ours over the article's ramp by
+    ramp (a ramp that sustained no rate has no capacity: it counts as a failed run)."""
+    runs = get(results, "capacity", "runs") or {}
+    ours = _figures(runs.get("ours"), "capacity_orders_per_s")
+    article = _figures(runs.get("article"), "capacity_orders_per_s")
+    summary: dict[str, Any] = {}
+    if ours:
+        summary["capacity_ours_orders_per_s"] = spread(ours)
+    if article:
+        summary["capacity_article_orders_per_s"] = spread(article)
+    count = min(len(ours), len(article))
+    if count:
+        summary["capacity_vs_article"] = ratio_spread(ours[:count], article[:count])
+    return summary
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +201,10 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             relay_vs_raw_producer=ratio_spread(ours, producer),
             relay_vs_raw_mongo=ratio_spread(ours, mongo),
         )
+    summary.update(consumers_summary(results))
+    summary.update(e2e_summary(results))
+    summary.update(relays_scaling_summary(results))
+    summary.update(capacity_summary(results))
     return summary
 
 
@@ -102,29 +217,45 @@ def _goal(
     return {"goal": name, "value": value, "target": target, "met": met, "unit": unit, "note": note}
 
 
+def capacity_vs_baseline_goal(ramp: Any, baseline: float | None) -> dict[str, Any]:
+    """Our capacity over the recorded baseline (``baseline`` orders/s). A ramp that sustained
+    no rate at all has capacity 0 here, so the goal is not met rather than not measured."""
+    name = "capacity >= 2x today's"
+    if not baseline:
+        return _goal(name, None, GOAL_CAPACITY_VS_BASELINE, True, "x", "baseline not recorded yet")
+    source = f"baseline {baseline:g} orders/s" + (
+        f" ({CAPACITY_BASELINE_SOURCE})" if CAPACITY_BASELINE_SOURCE else ""
+    )
+    if not isinstance(ramp, dict) or not ramp.get("steps"):
+        return _goal(name, None, GOAL_CAPACITY_VS_BASELINE, True, "x", "ramp not run; " + source)
+    capacity = ramp.get("capacity_orders_per_s")
+    if not isinstance(capacity, int | float):
+        capacity, source = 0.0, "no rate of the ramp sustained; " + source
+    return _goal(name, _ratio(capacity, baseline), GOAL_CAPACITY_VS_BASELINE, True, "x", source)
+
+
 def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each goal of the issue with this run's value and whether it is met (None: not measured,
     with the reason in ``note``)."""
     summary = results.get("summary") or {}
     ours_cap = get(results, "capacity", "ours", "capacity_orders_per_s")
     article_cap = get(results, "capacity", "article", "capacity_orders_per_s")
+    # Ramp by ramp when the ramps were repeated (each of ours against the article's next).
+    vs_article = (
+        get(summary, "capacity_vs_article", "median")
+        if get(summary, "capacity_vs_article", "runs")
+        else _ratio(ours_cap, article_cap)
+    )
     goals = [
-        _goal(
-            "capacity >= 2x today's",
-            _ratio(ours_cap, CAPACITY_BASELINE_ORDERS_PER_S),
-            GOAL_CAPACITY_VS_BASELINE,
-            True,
-            "x",
-            "" if CAPACITY_BASELINE_ORDERS_PER_S else "baseline not recorded yet",
-        ),
+        capacity_vs_baseline_goal(get(results, "capacity", "ours"), CAPACITY_BASELINE_ORDERS_PER_S),
         _goal(
             "capacity >= 5x article's",
-            _ratio(ours_cap, article_cap),
+            vs_article,
             GOAL_CAPACITY_VS_ARTICLE,
             True,
             "x",
             ""
-            if article_cap
+            if vs_article is not None
             else "the article sustained no rate of the ramp within the p99 limit (or not run)",
         ),
         _goal(
@@ -154,26 +285,29 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             else ("wrk did not run" if summary.get("api_load_generator") else "phase not run"),
         ),
     ]
-    light = get(results, "e2e", "ours_light", "reservation_from_201") or {}
+    # The median over the light runs; a p99 only when every run had >= 200 samples.
+    light = get(summary, "e2e", "ours_light", "reservation_from_201") or {}
     few = light.get("small_sample") is True
     note = "fewer than 200 samples: not a p99" if few else ""
+    runs_note = f"median of {get(summary, 'e2e', 'ours_light', 'runs')} runs" if light else ""
     goals.append(
         _goal(
             "light 201->reservation p50 <= 15 ms",
-            light.get("p50_ms"),
+            get(light, "p50_ms", "median"),
             GOAL_LIGHT_P50_MS,
             False,
             "ms",
+            runs_note,
         )
     )
     goals.append(
         _goal(
             "light 201->reservation p99 <= 40 ms",
-            None if few else light.get("p99_ms"),
+            None if few else get(light, "p99_ms", "median"),
             GOAL_LIGHT_P99_MS,
             False,
             "ms",
-            note,
+            note or runs_note,
         )
     )
     memory = get(results, "memory") or {}
@@ -276,6 +410,19 @@ def _distribution_text(d: dict[str, Any]) -> str:
     return text + (" (<200 samples)" if d.get("small_sample") else "")
 
 
+def _latency_spread_text(target: dict[str, Any], runs: int) -> str:
+    """Each percentile's median over the runs with its min-max, e.g. ``p50 12.0 (11.2-14.1)``."""
+
+    def one(name: str) -> str:
+        figure = target.get(f"{name}_ms") or {}
+        if figure.get("median") is None:
+            return f"{name} n/a"
+        return f"{name} {_fmt(figure['median'])} ({_fmt(figure['min'])}-{_fmt(figure['max'])})"
+
+    text = f"{' / '.join(one(p) for p in ('p50', 'p95', 'p99'))} ms, {runs} runs"
+    return text + (" (<200 samples)" if target.get("small_sample") else "")
+
+
 def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """``(what, figure, baseline/notes)`` rows of the terminal table and the docs."""
     summary = results.get("summary") or {}
@@ -320,26 +467,28 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     latency = get(results, "relay_latency")
     if isinstance(latency, dict):
         rows.append(("relay commit->publish", _distribution_text(latency), ""))
-    for name, figure in (get(results, "consumers") or {}).items():
-        if isinstance(figure, dict):
-            rate = figure.get("msgs_per_s")
-            trips = figure.get("redis_round_trips_per_msg")
-            rows.append(
-                (
-                    f"{name} consumer drain",
-                    _fmt(rate, " msg/s"),
-                    f"redis trips/msg {_fmt(trips, '', 2)}",
-                )
+    for name, items in (get(results, "consumer_runs") or {}).items():
+        trips = spread(_figures(items, "redis_round_trips_per_msg"))
+        rows.append(
+            (
+                f"{name} consumer drain",
+                _spread_text(summary.get(f"{name}_consumer_msgs_per_s"), " msg/s"),
+                f"redis trips/msg {_fmt(trips['median'], '', 2)}",
             )
+        )
     for design in ("ours", "article", "ours_light", "article_light"):
         e2e = get(results, "e2e", design)
         if not isinstance(e2e, dict):
             continue
+        spreads = get(summary, "e2e", design) or {}
         hits = e2e.get("in_flight_cap_hits")
+        several = spreads.get("runs", 0) > 1
         load = (
-            f"offered {_fmt(e2e.get('target_rate'), '/s')}, achieved "
+            ("median run: " if several else "")
+            + f"offered {_fmt(e2e.get('target_rate'), '/s')}, achieved "
             f"{_fmt(e2e.get('achieved_rate'), '/s')} ({e2e.get('created')} orders"
             + (f", in-flight cap hit {hits}x)" if hits else ")")
+            + (f"; LOST over the runs: {lost}" if (lost := spreads.get("lost_orders")) else "")
         )
         for target in ("published", "reservation", "email", "reservation_from_201"):
             d = e2e.get(target) or {}
@@ -353,7 +502,12 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 if missing
                 else ""
             )
-            rows.append((f"e2e {design}: {start} -> {label}", _distribution_text(d), note))
+            shown = (
+                _latency_spread_text(spreads[target], spreads["runs"])
+                if several and target in spreads
+                else _distribution_text(d)
+            )
+            rows.append((f"e2e {design}: {start} -> {label}", shown, note))
     for design in ("ours", "article"):
         ramp = get(results, "capacity", design)
         if isinstance(ramp, dict):
@@ -362,12 +516,43 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 for s in ramp.get("steps", [])
             )
             complete = ramp.get("completes_every_order_up_to_orders_per_s")
+            spread_of_ramps = summary.get(f"capacity_{design}_orders_per_s") or {}
+            runs = len(get(results, "capacity", "runs", design) or [])
             rows.append(
                 (
                     f"capacity {design}",
-                    _fmt(ramp.get("capacity_orders_per_s"), " orders/s"),
+                    _spread_text(spread_of_ramps, " orders/s")
+                    + ("; steps of the median ramp" if runs > 1 else "")
+                    if spread_of_ramps.get("median") is not None
+                    else _fmt(ramp.get("capacity_orders_per_s"), " orders/s"),
                     f"{steps}; every order complete up to {_fmt(complete, '/s')}; "
                     f"{_fmt(ramp.get('share_of_bound'), 'x', 2)} of the MongoDB bound",
+                )
+            )
+    for count, entry in (get(summary, "relays_scaling") or {}).items():
+        items = get(results, "relays_scaling", "runs", count) or []
+        last = items[-1] if items else {}
+        speedup = entry.get("speedup_vs_one_relay")
+        rows.append(
+            (
+                f"drain of {get(results, 'relays_scaling', 'backlog')} by {count} relay(s)",
+                _spread_text(entry.get("steady_events_per_s"), " ev/s"),
+                (f"x{_fmt(get(speedup, 'median'), '', 2)} of one relay; " if speedup else "")
+                + f"shares {last.get('shares')}",
+            )
+        )
+    for brokers, ramp in (get(results, "brokers") or {}).items():
+        if isinstance(ramp, dict) and "steps" in ramp:
+            rows.append(
+                (
+                    f"capacity ours, {brokers} Kafka broker(s)",
+                    _fmt(ramp.get("capacity_orders_per_s"), " orders/s"),
+                    ", ".join(
+                        f"{s['offered_rate']:g}/s {'ok' if s['sustained'] else 'FAIL'}"
+                        for s in ramp["steps"]
+                    )
+                    + f"; every order complete up to "
+                    f"{_fmt(ramp.get('completes_every_order_up_to_orders_per_s'), '/s')}",
                 )
             )
     for bound in get(results, "capacity", "bounds") or []:
@@ -398,7 +583,8 @@ def render(results: dict[str, Any]) -> str:
     summary = results.get("summary") or {}
     out = [render_table(table_rows(results)), "", "Ratios (per run, then the median):"]
     for name, figure in summary.items():
-        if name.startswith(("api_vs", "relay_vs")) and isinstance(figure, dict):
+        ratios = ("api_vs", "relay_vs", "consumers_vs", "article_vs", "capacity_vs")
+        if name.startswith(ratios) and isinstance(figure, dict):
             out.append(f"  {name:<38} {_spread_text(figure, 'x', 3)}")
     for bound in get(results, "capacity", "bounds") or []:
         out.append(f"  bound {bound['design']}: {bound['counted']}")

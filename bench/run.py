@@ -49,6 +49,15 @@ class Plan:
     capacity_step_seconds: float
     # Every n-th order of the ramp is cancelled right after its 201 (10: a tenth); 0: none.
     capacity_cancel_every: int
+    # Ramps per design (the capacity's median, min and max); minutes per ramp.
+    capacity_repeats: int
+    # Issue 14: the backlog N relay processes drain together, the process counts, RELAY_SLOTS,
+    # and the bound on one drain; the Kafka broker counts the capacity ramp is run with.
+    scaling_backlog: int = 20_000
+    relay_counts: tuple[int, ...] = (1, 2, 4)
+    relay_slots: int = 16
+    scaling_timeout_seconds: float = 240.0
+    broker_counts: tuple[int, ...] = (1, 3)
 
     @classmethod
     def full(cls) -> Plan:
@@ -71,6 +80,7 @@ class Plan:
             capacity_rates=(10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0),
             capacity_step_seconds=30.0,
             capacity_cancel_every=10,
+            capacity_repeats=3,
         )
 
     @classmethod
@@ -92,6 +102,10 @@ class Plan:
             capacity_rates=(5.0, 10.0),
             capacity_step_seconds=5.0,
             capacity_cancel_every=10,
+            capacity_repeats=1,
+            scaling_backlog=2_000,
+            relay_counts=(1, 2),
+            scaling_timeout_seconds=60.0,
         )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -53,19 +53,45 @@ class Distribution:
         )
 
 
-def spread(values: Sequence[float | None]) -> dict[str, Any]:
-    """Median, min and max of repeated runs of one figure (runs without a figure are dropped
-    and counted); ``median`` is None when no run produced one."""
-    measured = [float(v) for v in values if v is not None and math.isfinite(v)]
+def _summary(
+    values: Sequence[float | None],
+    counts: Callable[[float], bool],
+    median: Callable[[list[float]], float],
+    digits: int,
+) -> dict[str, Any]:
+    measured = [float(v) for v in values if v is not None and counts(v)]
     if not measured:
         return {"median": None, "min": None, "max": None, "runs": 0, "failed_runs": len(values)}
     return {
-        "median": round(statistics.median(measured), 3),
-        "min": round(min(measured), 3),
-        "max": round(max(measured), 3),
+        "median": round(median(measured), digits),
+        "min": round(min(measured), digits),
+        "max": round(max(measured), digits),
         "runs": len(measured),
         "failed_runs": len(values) - len(measured),
     }
+
+
+def spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """Median, min and max of repeated runs of one figure (runs without a figure are dropped
+    and counted); ``median`` is None when no run produced one."""
+    return _summary(values, math.isfinite, statistics.median, 3)
+
+
+def latency_spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """Median (the lower one for an even count: a value a run measured), min and max of one
+    latency percentile over repeated runs. Unlike :func:`spread` an infinite value (a run with
+    orders still missing) counts: it is the slowest run, not a run without a figure; only runs
+    that produced nothing (None, NaN) are dropped."""
+    return _summary(values, lambda v: not math.isnan(v), statistics.median_low, 1)
+
+
+def median_run(figures: Sequence[float | None]) -> int | None:
+    """Index of the run whose figure is the (lower) median: the run shown in full when several
+    were measured; None when no run produced a figure."""
+    measured = sorted((v, i) for i, v in enumerate(figures) if v is not None and not math.isnan(v))
+    if not measured:
+        return None
+    return measured[(len(measured) - 1) // 2][1]
 
 
 def ratio_spread(

@@ -29,10 +29,10 @@ from opentelemetry.trace import INVALID_SPAN
 from bench.relay_drain import (
     BENCH_TOPIC,
     _published_counter,
-    _seeded,
     drain,
     drop_quietly,
     relay_settings,
+    seed_backlog,
 )
 from bench.run import Run
 from bench.stats import spread
@@ -168,7 +168,7 @@ async def run_phase(run: Run) -> None:
     try:
         for attempt in range(max(2, plan.repeats)):
             database = f"bench_tracing_off_{run.run_id}_{attempt}"
-            await _seeded(client, database, backlog, "ours")
+            await seed_backlog(client, database, backlog, "ours")
             relay = Relay(relay_settings(infra, database), client)
             drains.append(
                 await drain(
