@@ -59,7 +59,7 @@ BENCH_EVENT_TYPE = "RelayBenchOrderCreated"
 BENCH_TOPIC = topic_for_event_type(BENCH_EVENT_TYPE)
 
 
-def make_event(aggregate_id: str | None = None) -> dict[str, Any]:
+def make_event(aggregate_id: str | None = None, slots: int = DEFAULT_RELAY_SLOTS) -> dict[str, Any]:
     aggregate_id = aggregate_id or str(ObjectId())
     payload = OrderCreated.model_validate(
         {
@@ -85,12 +85,14 @@ def make_event(aggregate_id: str | None = None) -> dict[str, Any]:
         "lastError": None,
         "traceparent": None,
         # As the order API stores it: the relay's slot scan finds it without a backfill.
-        "slot": slot_for(aggregate_id, DEFAULT_RELAY_SLOTS),
+        "slot": slot_for(aggregate_id, slots),
     }
 
 
-async def seed(client: MongoClient, database: str, count: int) -> list[dict[str, Any]]:
-    docs = [make_event() for _ in range(count)]
+async def seed(
+    client: MongoClient, database: str, count: int, slots: int = DEFAULT_RELAY_SLOTS
+) -> list[dict[str, Any]]:
+    docs = [make_event(slots=slots) for _ in range(count)]
     outbox = client[database][OUTBOX_COLLECTION]
     for start in range(0, count, 1000):
         await outbox.insert_many(docs[start : start + 1000])
@@ -275,15 +277,22 @@ async def drop_quietly(client: MongoClient, database: str) -> None:
         print(f"(cleanup: could not drop {database}: {exc!r})", flush=True)
 
 
-async def seed_backlog(client: MongoClient, database: str, count: int, indexes: str) -> None:
+async def seed_backlog(
+    client: MongoClient,
+    database: str,
+    count: int,
+    indexes: str,
+    slots: int = DEFAULT_RELAY_SLOTS,
+) -> None:
     """A fresh backlog with the indexes first, as in production (the order API creates them
-    before any event exists): otherwise the drain would mostly time an index build."""
+    before any event exists): otherwise the drain would mostly time an index build. Each
+    event carries its slot among ``slots``, as the order API stores it."""
     outbox = client[database][OUTBOX_COLLECTION]
     if indexes == "ours":
         await ensure_outbox_indexes(outbox, DEFAULT_PUBLISHED_TTL_SECONDS)
     else:
         await article_relay.ensure_article_indexes(outbox)
-    await asyncio.wait_for(seed(client, database, count), 300)
+    await asyncio.wait_for(seed(client, database, count, slots), 300)
 
 
 async def run_phase(run: Run) -> None:
