@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from bench.article_relay import indexes_the_article_does_not_use
-from shared.outbox import INDEX_AGGREGATE_VERSION, INDEX_PENDING, INDEX_PUBLISHED_TTL
+from shared.outbox import (
+    INDEX_AGGREGATE_VERSION,
+    INDEX_PENDING,
+    INDEX_PUBLISHED_TTL,
+    INDEX_SLOT_PENDING,
+)
 
 
 def test_only_the_article_status_index_and_the_id_index_are_kept_of_what_our_api_creates() -> None:
@@ -16,9 +21,10 @@ def test_only_the_article_status_index_and_the_id_index_are_kept_of_what_our_api
             "unique": True,
         },
         INDEX_PUBLISHED_TTL: {"key": [("publishedAt", 1)], "expireAfterSeconds": 604800},
+        INDEX_SLOT_PENDING: {"key": [("slot", 1), ("status", 1), ("createdAt", 1)]},
     }
     assert indexes_the_article_does_not_use(ours) == sorted(
-        [INDEX_AGGREGATE_VERSION, INDEX_PUBLISHED_TTL]
+        [INDEX_AGGREGATE_VERSION, INDEX_PUBLISHED_TTL, INDEX_SLOT_PENDING]
     )
 
 
