@@ -13,14 +13,14 @@ from shared.contracts import (
     ORDER_CREATED_DLQ_TOPIC,
     ORDER_CREATED_TOPIC,
 )
-from shared.settings import ServiceSettings
+from shared.settings import RelaySlotsSetting, ServiceSettings
 
 # 32 characters: what `secrets.token_urlsafe(24)` gives; anything shorter is guessable enough
 # that a console able to replay dead letters should not start with it.
 MIN_TOKEN_CHARS = 32
 
 
-class ConsoleSettings(ServiceSettings):
+class ConsoleSettings(ServiceSettings, RelaySlotsSetting):
     model_config = SettingsConfigDict(env_prefix="CONSOLE_", extra="ignore", frozen=True)
 
     # 127.0.0.1: the console acts on the outbox and the DLQ; it is not for the network at large.

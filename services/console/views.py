@@ -49,6 +49,11 @@ class Readiness:
     detail: str
 
 
+def _lease_live(owner: str | None, expires_at: datetime | None) -> bool:
+    """A lease document names a holder whose lease has not expired yet."""
+    return owner is not None and expires_at is not None and expires_at > datetime.now(UTC)
+
+
 @dataclass(frozen=True)
 class Leader:
     owner: str | None
@@ -57,11 +62,23 @@ class Leader:
 
     @property
     def held(self) -> bool:
-        return (
-            self.owner is not None
-            and self.expires_at is not None
-            and (self.expires_at > datetime.now(UTC))
-        )
+        return _lease_live(self.owner, self.expires_at)
+
+
+@dataclass(frozen=True)
+class SlotOwner:
+    """One relay slot: its lease holder (none when nobody took it or the lease expired) and
+    its Pending backlog."""
+
+    slot: int
+    owner: str | None
+    epoch: int | None
+    expires_at: datetime | None
+    pending: int
+
+    @property
+    def held(self) -> bool:
+        return _lease_live(self.owner, self.expires_at)
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,52 @@ async def leader(client: MongoClient, settings: ConsoleSettings) -> Leader:
     if doc is None:
         return Leader(None, None, None)
     return Leader(doc.get("owner"), doc.get("epoch"), _utc(doc.get("expiresAt")))
+
+
+async def slot_owners(client: MongoClient, settings: ConsoleSettings) -> list[SlotOwner]:
+    """Every slot of ``RELAY_SLOTS``, in order, with its lease holder and Pending count.
+
+    The leases are read by id (the collection also holds the fences); Pending events are counted
+    per ``slot`` field. A slot with Pending events and no holder is what RelaySlotWithoutOwner
+    alerts on: nobody publishes its orders' events.
+    """
+    db = client[settings.orders_database]
+    slots = range(settings.relay_slots)
+    leases = {
+        doc["_id"]: doc
+        async for doc in db[LEASE_COLLECTION].find({"_id": {"$in": [lease_id(s) for s in slots]}})
+    }
+    pending: dict[Any, int] = {}
+    rows = await db[OUTBOX].aggregate(
+        [
+            {"$match": {OutboxField.STATUS: OutboxStatus.PENDING.value}},
+            {"$group": {"_id": f"${OutboxField.SLOT}", "count": {"$sum": 1}}},
+        ]
+    )
+    async for row in rows:
+        pending[row["_id"]] = int(row["count"])
+    owners = []
+    for slot in slots:
+        doc = leases.get(lease_id(slot), {})
+        owners.append(
+            SlotOwner(
+                slot,
+                doc.get("owner"),
+                doc.get("epoch"),
+                _utc(doc.get("expiresAt")),
+                pending.get(slot, 0),
+            )
+        )
+    return owners
+
+
+def owner_summary(owners: list[SlotOwner]) -> dict[str, int]:
+    """Slots held per relay instance (the expired leases left out), biggest holder first."""
+    counts: dict[str, int] = defaultdict(int)
+    for owner in owners:
+        if owner.held and owner.owner is not None:
+            counts[owner.owner] += 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 # ---------------------------------------------------------------- the outbox

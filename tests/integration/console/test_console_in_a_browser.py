@@ -30,6 +30,7 @@ from shared.kafka import decode_headers, encode_headers, ensure_topics, make_pro
 from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION, OutboxField
 from shared.redis import make_redis
+from shared.settings import RelaySlotsSetting
 from stack import Stack
 from tests.waiting import wait_until
 
@@ -197,7 +198,10 @@ async def test_overview_shows_a_backlog_made_on_purpose(world: World) -> None:
         return int(pending) >= 3 and await world.page.inner_text("#oldest-pending") != "0:00:00"
 
     await wait_until(backlog_shown, timeout=20, interval=0.5, message="the backlog on the page")
-    assert "none" in await world.page.inner_text("#leader")  # no relay holds the lease
+    assert "none" in await world.page.inner_text("#leader")  # no relay holds a slot
+    slots = world.page.locator("#slots tr[data-slot]")
+    assert await slots.count() == RelaySlotsSetting().relay_slots
+    assert await world.page.locator("#slots span.ok").count() == 0  # every slot without owner
     await world.shot("overview-backlog")
 
 
@@ -295,6 +299,24 @@ async def test_a_poison_record_is_previewed_and_replayed_from_the_page_without_r
     )
     assert f"already replayed {record.ref}" in await world.page.inner_text("#replay-output")
     assert await world.pwned() is None
+
+
+async def test_the_overview_shows_every_slot_owned_by_the_running_relay(world: World) -> None:
+    # The relay started by the previous test runs alone: it takes every slot.
+    slot_count = RelaySlotsSetting().relay_slots
+
+    async def all_owned() -> bool:
+        await world.page.goto(world.url + "/")
+        return await world.page.locator("#slots span.ok").count() == slot_count
+
+    await wait_until(all_owned, timeout=60, interval=0.5, message="every slot owned")
+    assert f"{slot_count} slot(s)" in await world.page.inner_text("#leader")
+    async with httpx.AsyncClient(base_url=world.url, timeout=10) as http:
+        answer = await http.get("/api/overview", headers={"Authorization": f"Bearer {world.token}"})
+    slots = answer.json()["slots"]
+    assert [s["slot"] for s in slots] == list(range(slot_count))
+    assert all(s["held"] for s in slots)
+    await world.shot("overview-slots")
 
 
 async def test_an_order_timeline_lists_each_step(world: World) -> None:
