@@ -157,7 +157,7 @@ async def run_phase(run: Run) -> None:
     }
     run.results["tracing_off"] = results
     infra = InfraSettings(mongo_uri=cfg.mongo_uri, kafka_bootstrap_servers=cfg.kafka_bootstrap)
-    await ensure_topics(cfg.kafka_bootstrap, [BENCH_TOPIC])
+    await ensure_topics(cfg.kafka_bootstrap, [BENCH_TOPIC], replication=cfg.kafka_replication)
     await wait_for_topics(cfg.kafka_bootstrap, [BENCH_TOPIC], 60)
     # A quarter of the relay phase's backlog is enough for a per-event figure; at least two runs,
     # or there is no spread to judge against.
