@@ -74,16 +74,17 @@ _INVENTORY_WRITES: Final = 1 + 2
 
 
 def order_costs(relay_batch: float = 1.0) -> list[OrderCost]:
-    """Each design's cost per order; ``relay_batch`` is how many events our relay marks with
-    one ``update_many`` (1 at light load, the worst case for us)."""
+    """Each design's cost per order; ``relay_batch`` is how many events our relay marks in one
+    fenced transaction (1 at light load, the worst case for us). That transaction writes each
+    event's mark (one bulk write) and moves the slot's fence document once."""
     return [
         OrderCost(
             design="ours",
             commits=1 + 1 / relay_batch + 1,
-            writes=2 + 1 + _INVENTORY_WRITES,
+            writes=2 + 1 + 1 / relay_batch + _INVENTORY_WRITES,
             breakdown=(
-                f"API txn (order + outbox insert) 1 + relay mark update_many 1/{relay_batch:g}"
-                f" + inventory txn (reservation + 2 stock $inc) 1"
+                f"API txn (order + outbox insert) 1 + relay fenced mark (bulk write + fence)"
+                f" 1/{relay_batch:g} + inventory txn (reservation + 2 stock $inc) 1"
             ),
         ),
         OrderCost(

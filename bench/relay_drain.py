@@ -6,7 +6,7 @@ All on a backlog of the same records (topic ``relay.bench.order.created``, same 
 1. **raw producer**: the records sent by an idempotent ``acks=all`` producer with everything in
    flight: the Kafka ceiling, no MongoDB involved.
 2. **raw MongoDB**: with PyMongo alone, what the relay must do per event in MongoDB: read a
-   batch of Pending events (its query, its index) and mark them Published (one ``update_many``
+   batch of Pending events (its query, its index) and mark them Published (one bulk write
    in a majority transaction, as the relay's fenced mark is): the MongoDB ceiling.
 3. **relay**: our relay, in-process, draining the backlog (bounded in time).
 4. **article**: bench/article_relay.py (fixed-rate 500 ms rounds of 50, its own index only).
@@ -22,11 +22,12 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
+from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import PyMongoError
 
@@ -34,7 +35,7 @@ from bench import article_relay
 from bench.run import Run
 from bench.stats import Distribution
 from services.relay.main import Relay
-from services.relay.publisher import OutboxEvent
+from services.relay.publisher import OutboxEvent, published_fields
 from services.relay.settings import RelaySettings
 from shared.contracts import AGGREGATE_ORDER, OutboxStatus, topic_for_event_type
 from shared.events import OrderCreated
@@ -49,6 +50,16 @@ from shared.outbox import (
 from shared.settings import InfraSettings
 from shared.slots import DEFAULT_RELAY_SLOTS, slot_for
 from stack.observe import wait_for_topics
+
+
+@dataclass(frozen=True)
+class _Where:
+    """The part of a send's RecordMetadata the relay's mark records."""
+
+    topic: str
+    partition: int
+    offset: int
+
 
 PENDING = OutboxStatus.PENDING.value
 
@@ -228,8 +239,9 @@ async def raw_mongo_relay_work(
     client: MongoClient, database: str, backlog: int, limit: float, batch: int
 ) -> dict[str, Any]:
     """Events/s of the relay's MongoDB work alone on a seeded backlog: read ``batch`` Pending
-    events by the relay's query and index, mark them Published with one ``update_many`` in a
-    majority transaction; no Kafka, no relay code."""
+    events by the relay's query and index, mark them Published with the relay's bulk write of
+    per-event updates (``published_fields``) in a majority transaction; no Kafka, no relay
+    loop."""
     outbox = client[database][OUTBOX_COLLECTION]
     f = OutboxField
     done = 0
@@ -245,15 +257,21 @@ async def raw_mongo_relay_work(
             break
         ids = [d["_id"] for d in docs]
 
-        async def mark(session: AsyncClientSession, ids: list[Any] = ids) -> None:
-            await outbox.update_many(
-                {f.ID: {"$in": ids}, f.STATUS: PENDING},
-                {
-                    "$set": {
-                        f.STATUS: OutboxStatus.PUBLISHED.value,
-                        f.PUBLISHED_AT: datetime.now(UTC),
-                    }
-                },
+        async def mark(
+            session: AsyncClientSession, ids: list[Any] = ids, first: int = done
+        ) -> None:
+            # The relay's own mark: one bulk write of per-event updates (each event records
+            # where Kafka put it), in a majority transaction. The positions are made up here.
+            now = datetime.now(UTC)
+            await outbox.bulk_write(
+                [
+                    UpdateOne(
+                        {f.ID: event_id, f.STATUS: PENDING},
+                        {"$set": published_fields(_Where(BENCH_TOPIC, 0, n), 1, now)},
+                    )
+                    for n, event_id in enumerate(ids, start=first)
+                ],
+                ordered=False,
                 session=session,
             )
 

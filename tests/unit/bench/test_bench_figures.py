@@ -78,13 +78,15 @@ def test_a_step_fails_on_one_incomplete_order_a_slow_p99_or_a_closed_loop() -> N
 
 def test_capacity_bound_divides_the_raw_transaction_rate_by_the_counted_cost() -> None:
     ours, article = order_costs(relay_batch=1.0)
-    assert (ours.commits, ours.writes) == (3.0, 6)
+    # The relay's fenced mark writes the event and the slot's fence document.
+    assert (ours.commits, ours.writes) == (3.0, 7.0)
     bound = capacity_bound(600.0, ours)
-    # min(600 / 3 commits, 600 * 2 writes / 6 writes) = 200.
-    assert bound["bound_orders_per_s"] == 200.0
+    # min(600 / 3 commits = 200, 600 * 2 writes / 7 writes = 171.4) = 171.4.
+    assert bound["bound_orders_per_s"] == 171.4
     assert "600.0 txn/s / 3.00 commits = 200.0" in bound["arithmetic"]
     batched, _ = order_costs(relay_batch=10.0)
-    assert capacity_bound(600.0, batched)["bound_orders_per_s"] == 200.0  # writes bind now
+    # min(600 / 2.1 = 285.7, 1200 / 6.1 = 196.7): writes bind.
+    assert capacity_bound(600.0, batched)["bound_orders_per_s"] == 196.7
     assert article.commits == 3.0
 
 
