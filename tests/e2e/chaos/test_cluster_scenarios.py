@@ -15,7 +15,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka import AIOKafkaClient
@@ -33,7 +33,7 @@ from stack.config import kafka_node_id, kafka_node_name
 from stack.observe import partition_leaders, partition_states
 from tests.e2e.chaos.faults import metric, pause, resume
 from tests.e2e.chaos.harness import Chaos
-from tests.stacks import CLUSTER_BROKERS, running_stack, session_kafka_brokers, stack_cli
+from tests.stacks import CLUSTER_BROKERS, stack_cli
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.chaos
@@ -55,14 +55,9 @@ POLL_TIMEOUT_MS = 2_000
 
 
 @pytest.fixture(scope="module")
-def stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+def stack(cluster_stack: Stack) -> Stack:
     """This module's stack: three Kafka nodes (overrides the session's one-broker ``stack``)."""
-    if session_kafka_brokers(request.config) >= CLUSTER_BROKERS:
-        yield request.getfixturevalue("session_stack")
-        return
-    yield from running_stack(tmp_path_factory, CLUSTER_BROKERS)
+    return cluster_stack
 
 
 async def _topic_configs(bootstrap: str, topics: list[str]) -> dict[str, dict[str, str]]:

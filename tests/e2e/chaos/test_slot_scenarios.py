@@ -9,7 +9,8 @@ the slot and the epoch of the slot lease it was published under (headers ``relay
 older holder's record after a newer holder's would be two publishers interleaving). Records of
 aborted (fenced) transactions are not read (``read_committed``).
 
-The scenarios run on whatever stack the session runs (one broker, or the three-broker cluster).
+The scenarios run on the three-node Kafka cluster the broker scenarios use (issue 14: the
+relays' faults on a replicated Kafka).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from shared.contracts import Header
 from shared.kafka import decode_headers
 from shared.outbox import OUTBOX_COLLECTION, OutboxField
 from shared.slots import DEFAULT_RELAY_SLOTS
+from stack import Stack
 from tests.e2e.chaos.faults import pause, resume
 from tests.e2e.chaos.harness import ORDERS_DB, Chaos
 from tests.waiting import wait_until
@@ -41,6 +43,12 @@ TAKEOVER_BUDGET_SECONDS = 10.0
 # Small batches: a backlog takes several rounds per slot, so a relay dies with rounds in flight.
 SMALL_BATCH = {"RELAY_BATCH_SIZE": "2"}
 BACKLOG = 60
+
+
+@pytest.fixture(scope="module")
+def stack(cluster_stack: Stack) -> Stack:
+    """This module's stack: the three-node Kafka cluster (overrides the session's one broker)."""
+    return cluster_stack
 
 
 def _extra(instance: str, **env: str) -> dict[str, str]:
