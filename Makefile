@@ -116,11 +116,12 @@ endef
 # The suite in two halves at once, each pytest on an embedded stack of its own: the e2e tier
 # (services as processes, mostly waiting out the faults it injects) beside the unit and
 # integration tiers. On two cores that keeps `make test` inside its 20-minute budget. The e2e
-# half's report is printed after the other half's; either half failing fails the target.
+# half's report is printed after the other half's; either half failing fails the target (the
+# `|| rc=$?` forms keep the shell's -e from leaving before the e2e report is printed).
 test: test-tools
 	@$(PYTEST) tests/e2e --durations=15 > .e2e-tier.log 2>&1 & e2e=$$!; \
-	$(PYTEST) tests/unit tests/integration --durations=20; rest=$$?; \
-	wait $$e2e; e2e_rc=$$?; \
+	rest=0; $(PYTEST) tests/unit tests/integration --durations=20 || rest=$$?; \
+	e2e_rc=0; wait $$e2e || e2e_rc=$$?; \
 	echo "=== the e2e tier, run at the same time ==="; cat .e2e-tier.log; \
 	for rc in $$rest $$e2e_rc; do [ $$rc -ne 5 ] || echo "make: pytest collected no tests" >&2; done; \
 	echo "make test: unit+integration exit $$rest, e2e exit $$e2e_rc"; \

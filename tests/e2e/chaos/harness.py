@@ -98,6 +98,8 @@ _HARNESS_TIMEOUT_SECONDS: Final = 5.0
 # Dropping a database the previous module filled is slow on a loaded machine (CI saw a drop miss
 # the 5 s above while the server was up); the fail-fast timeout is for the scenarios' reads.
 _PREPARE_TIMEOUT_SECONDS: Final = 60.0
+# Well under uvicorn's keep-alive timeout (5 s): see LoadGenerator.__aenter__.
+_CLIENT_KEEPALIVE_SECONDS: Final = 2.0
 # How long after its 201 a cancelled order's cancel is sent, in turn: at once, within
 # milliseconds (racing the relay, which may publish both events in one batch), and later (the
 # creation long consumed).
@@ -180,7 +182,15 @@ class LoadGenerator:
         self._stop = asyncio.Event()
 
     async def __aenter__(self) -> LoadGenerator:
-        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout)
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=self.timeout,
+            # A client must drop an idle connection before the server does (uvicorn closes them
+            # after 5 s, httpx's default is also 5 s): otherwise a request can go out on a
+            # connection the server is closing and fail with "Server disconnected without sending
+            # a response" (CI saw one cancel fail so). That race is the client's, not the API's.
+            limits=httpx.Limits(keepalive_expiry=_CLIENT_KEEPALIVE_SECONDS),
+        )
         if self.rate > 0:
             self._pacer = asyncio.create_task(self._pace(), name=f"load-{self.tag}")
         return self
