@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from bench import profiling
 from bench.memory import PeakMemory
+from shared.slots import DEFAULT_RELAY_SLOTS
 from stack import Stack, StackConfig
 from stack.config import REPO_ROOT
 
@@ -55,7 +56,7 @@ class Plan:
     # and the bound on one drain; the Kafka broker counts the capacity ramp is run with.
     scaling_backlog: int = 20_000
     relay_counts: tuple[int, ...] = (1, 2, 4)
-    relay_slots: int = 16
+    relay_slots: int = DEFAULT_RELAY_SLOTS
     scaling_timeout_seconds: float = 240.0
     broker_counts: tuple[int, ...] = (1, 3)
 
