@@ -4,7 +4,9 @@
   pointless; it goes straight to the DLQ.
 * ``TRANSIENT``: something the message does not control is down or slow (Kafka, Redis, MongoDB,
   SMTP unreachable, timeouts, "not primary", any SMTP 4xx reply, including a refused RCPT).
-  Back off and retry without limit; never the DLQ.
+  A MongoDB deadline is one too, whoever enforced it: the server (``ExecutionTimeout``, code 50
+  MaxTimeMSExpired, a write concern timeout) or the client (``timeoutMS``). Back off and retry
+  without limit; never the DLQ.
 * ``UNKNOWN``: any other exception (a bug, an unexpected reply, an SMTP 5xx). Retried a bounded
   number of times, then the DLQ, so one bad message cannot stall its partition forever.
 """
@@ -50,6 +52,11 @@ def classify(exc: BaseException) -> FaultKind:
         return FaultKind.TRANSIENT
     if isinstance(exc, mongo_errors.PyMongoError):
         if isinstance(exc, mongo_errors.ConnectionFailure | mongo_errors.NotPrimaryError):
+            return FaultKind.TRANSIENT
+        # PyMongo's own verdict on every deadline it knows (server-side maxTimeMS, wtimeout,
+        # client-side timeoutMS, bulk writes with such an error): a slow database, not a bad
+        # message, so the consumer must not spend a record's attempts and then dead-letter it.
+        if exc.timeout:
             return FaultKind.TRANSIENT
         if any(exc.has_error_label(label) for label in _TRANSIENT_MONGO_LABELS):
             return FaultKind.TRANSIENT

@@ -141,7 +141,7 @@ async def _on_mongo(_: Request, exc: Exception) -> JSONResponse:
             "database did not confirm the commit in time; the order may "
             "exist: retry with the same Idempotency-Key"
         )
-    if exc.timeout or classify(exc) is FaultKind.TRANSIENT:
+    if classify(exc) is FaultKind.TRANSIENT:  # a deadline (``.timeout``) included
         log.warning("database unavailable", extra={"reason": repr(exc)})
         return unavailable("database unavailable; nothing was written")
     log.error("database error", extra={"reason": repr(exc)})
