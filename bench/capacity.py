@@ -27,7 +27,7 @@ from bench.capacity_model import (
     ramp_capacity,
     step_sustained,
 )
-from bench.e2e_phase import measure, warm_up
+from bench.e2e_phase import measure_with_cpu, warm_up
 from bench.run import Run
 from bench.stats import median_run
 
@@ -59,7 +59,7 @@ async def ramp(run: Run, design: str) -> dict[str, Any]:
         for rate in plan.capacity_rates:
             label = f"capacity_{design}_{rate:g}"
             recorders = run.start_profile(label, plan.capacity_step_seconds)
-            result = await measure(
+            result, cpu_figure = await measure_with_cpu(
                 run,
                 pipeline,
                 rate,
@@ -81,6 +81,7 @@ async def ramp(run: Run, design: str) -> dict[str, Any]:
                     "missing_reservation": asdict(result.missing_reservation),
                     "missing_email": asdict(result.missing_email),
                     "p50_reservation_ms": result.reservation.p50_ms if result.reservation else None,
+                    "cpu": cpu_figure,
                 }
             )
             print(f"capacity {design} @ {rate}/s: {why}", flush=True)

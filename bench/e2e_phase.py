@@ -10,10 +10,11 @@ article/ours ratios run by run (run i of one design against run i of the other).
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Any, Final
 
-from bench import order_api, pipelines, report
+from bench import cpu, order_api, pipelines, report
 from bench.e2e_latency import LatencyResult, OrderTimes, measure_e2e
 from bench.pipelines import Pipeline
 from bench.run import Run
@@ -51,6 +52,32 @@ async def measure(
     )
 
 
+async def measure_with_cpu(
+    run: Run,
+    pipeline: Pipeline,
+    rate: float,
+    seconds: float,
+    settle: float,
+    cancel_every: int = 0,
+) -> tuple[LatencyResult, dict[str, Any]]:
+    """:func:`measure`, and the CPU every process of the run spent per completed order over
+    the same window (the sends and the settle: the orders sent are all finished, or counted
+    as incomplete, when it ends)."""
+    before = cpu.snapshot(run.process_pids())
+    started = time.monotonic()
+    result = await measure(run, pipeline, rate, seconds, settle, cancel_every)
+    elapsed = time.monotonic() - started
+    after = cpu.snapshot(run.process_pids())
+    figure = cpu.per_order(
+        cpu.ticks_used(before, after),
+        max(0, result.created - result.incomplete()),
+        elapsed,
+        cpu.clock_ticks_per_second(),
+        cpu.usable_cores(),
+    )
+    return result, figure
+
+
 async def warm_up(run: Run, pipeline: Pipeline) -> None:
     """Connections, lazy imports, first change-stream wake-ups: not measured."""
     await measure(run, pipeline, LIGHT_RATE, run.plan.e2e_warmup_seconds, WARMUP_SETTLE_SECONDS)
@@ -70,10 +97,12 @@ async def _e2e_rate(run: Run, api_url: str) -> float:
     return rate
 
 
-def _record(run: Run, key: str, result: LatencyResult) -> None:
+def _record(
+    run: Run, key: str, result: LatencyResult, cpu_figure: dict[str, Any] | None = None
+) -> None:
     """Add one run of ``key``; ``e2e[key]`` becomes the run of median p50 to the reservation."""
     runs: list[dict[str, Any]] = run.results.setdefault("e2e_runs", {}).setdefault(key, [])
-    runs.append(asdict(result))
+    runs.append({**asdict(result), "cpu": cpu_figure} if cpu_figure else asdict(result))
     p50s = [(r.get("reservation") or {}).get("p50_ms") for r in runs]
     shown = median_run(p50s)
     run.results.setdefault("e2e", {})[key] = runs[shown if shown is not None else -1]
@@ -88,8 +117,10 @@ async def _both_loads(run: Run, pipeline: Pipeline, rate: float, key: str) -> No
         result = await measure(run, pipeline, rate, plan.e2e_seconds, plan.settle_seconds)
         await run.finish_profile(label, recorders)
         _record(run, key, result)
-        light = await measure(run, pipeline, LIGHT_RATE, plan.light_seconds, plan.settle_seconds)
-        _record(run, f"{key}_light", light)
+        light, light_cpu = await measure_with_cpu(
+            run, pipeline, LIGHT_RATE, plan.light_seconds, plan.settle_seconds
+        )
+        _record(run, f"{key}_light", light, light_cpu)
         print(
             f"e2e {key} run {attempt + 1}/{plan.repeats}: p50 to reservation "
             f"{_p50(result)} ms at {result.achieved_rate}/s, {_p50(light)} ms at "

@@ -34,6 +34,12 @@ GOAL_SERVICE_RSS_MIB: Final = 150.0
 CAPACITY_BASELINE_ORDERS_PER_S: Final[float | None] = 10.0
 # Where that figure comes from, shown with the goal.
 CAPACITY_BASELINE_SOURCE: Final = "docs/bench-runs/quiet-baseline.json"
+# Issue 21: total CPU per completed order (every process, the bench's included) at light load
+# (our design, 5/s: a fixed rate, so runs compare), median of the light runs, on main before
+# any change of the issue; None until recorded.
+GOAL_CPU_VS_BASELINE: Final = 0.5
+CPU_PER_ORDER_BASELINE_MS: Final[float | None] = None
+CPU_PER_ORDER_BASELINE_SOURCE: Final = "docs/bench-runs/cpu-baseline.json"
 
 
 def get(results: dict[str, Any], *path: str) -> Any:
@@ -166,6 +172,49 @@ def capacity_summary(results: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _cpu_of(items: Any) -> list[dict[str, Any]]:
+    """The CPU figure of each run (an empty one for a run without it)."""
+    if not isinstance(items, list):
+        return []
+    return [(one.get("cpu") or {}) if isinstance(one, dict) else {} for one in items]
+
+
+def cpu_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """CPU per completed order: at light load, the spread over the runs of the total, of the
+    stack's share (without the bench's process), of the bound it implies and of each process;
+    in the capacity ramp, each step of the ramp shown (``capacity[design]``)."""
+    summary: dict[str, Any] = {}
+    for key, items in (get(results, "e2e_runs") or {}).items():
+        figures = [f for f in _cpu_of(items) if f]
+        if not figures:
+            continue
+        processes = sorted({name for f in figures for name in (f.get("per_order_ms") or {})})
+        summary[key] = {
+            "total_ms_per_order": spread(_figures(figures, "total_ms_per_order")),
+            "stack_ms_per_order": spread(_figures(figures, "stack_ms_per_order")),
+            "bound_orders_per_s": spread(_figures(figures, "bound_orders_per_s")),
+            "per_order_ms": {
+                name: spread([(f.get("per_order_ms") or {}).get(name) for f in figures])["median"]
+                for name in processes
+            },
+        }
+    for design in ("ours", "article"):
+        steps = get(results, "capacity", design, "steps") or []
+        rows = [
+            {
+                "offered_rate": step.get("offered_rate"),
+                "total_ms_per_order": get(step, "cpu", "total_ms_per_order"),
+                "bound_orders_per_s": get(step, "cpu", "bound_orders_per_s"),
+                "per_order_ms": get(step, "cpu", "per_order_ms"),
+            }
+            for step in steps
+            if isinstance(step, dict) and isinstance(step.get("cpu"), dict)
+        ]
+        if rows:
+            summary[f"capacity_{design}"] = rows
+    return {"cpu_per_order": summary} if summary else {}
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     """Every throughput as the spread (median, min, max) of its runs, and every ratio taken run
     by run. The API figure of the ratio is wrk's when wrk ran, else httpx's (said in
@@ -205,6 +254,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     summary.update(e2e_summary(results))
     summary.update(relays_scaling_summary(results))
     summary.update(capacity_summary(results))
+    summary.update(cpu_summary(results))
     return summary
 
 
@@ -232,6 +282,20 @@ def capacity_vs_baseline_goal(ramp: Any, baseline: float | None) -> dict[str, An
     if not isinstance(capacity, int | float):
         capacity, source = 0.0, "no rate of the ramp sustained; " + source
     return _goal(name, _ratio(capacity, baseline), GOAL_CAPACITY_VS_BASELINE, True, "x", source)
+
+
+def cpu_vs_baseline_goal(summary: dict[str, Any], baseline_ms: float | None) -> dict[str, Any]:
+    """Total CPU per order at light load (ours, median of the runs) over the baseline."""
+    name = "total CPU per order <= 0.5x baseline"
+    if not baseline_ms:
+        return _goal(name, None, GOAL_CPU_VS_BASELINE, False, "x", "baseline not recorded yet")
+    value = get(summary, "cpu_per_order", "ours_light", "total_ms_per_order", "median")
+    note = f"baseline {baseline_ms:g} ms/order at 5/s ({CPU_PER_ORDER_BASELINE_SOURCE})"
+    if not isinstance(value, int | float):
+        note = "light run not measured; " + note
+        return _goal(name, None, GOAL_CPU_VS_BASELINE, False, "x", note)
+    note = f"{value:g} ms/order now; " + note
+    return _goal(name, _ratio(value, baseline_ms), GOAL_CPU_VS_BASELINE, False, "x", note)
 
 
 def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -310,6 +374,7 @@ def evaluate_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             note or runs_note,
         )
     )
+    goals.append(cpu_vs_baseline_goal(summary, CPU_PER_ORDER_BASELINE_MS))
     memory = get(results, "memory") or {}
     for service in SERVICES:
         peak = get(memory, service, "peak_rss_mib")
@@ -563,8 +628,48 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 bound["arithmetic"],
             )
         )
+    rows += cpu_rows(summary)
     for name, peak in (get(results, "memory") or {}).items():
         rows.append((f"peak RSS {name}", _fmt(peak.get("peak_rss_mib"), " MiB"), ""))
+    return rows
+
+
+def _per_process_text(per_order_ms: Any) -> str:
+    """``mongo 12.1, kafka 5.0, ...`` ms, the largest first."""
+    if not isinstance(per_order_ms, dict):
+        return ""
+    ranked = sorted(
+        ((n, v) for n, v in per_order_ms.items() if isinstance(v, int | float)),
+        key=lambda item: -item[1],
+    )
+    return ", ".join(f"{n} {v:.1f}" for n, v in ranked) + " ms"
+
+
+def cpu_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """CPU per completed order: each light run's spread, and each capacity step shown."""
+    rows: list[tuple[str, str, str]] = []
+    figures = summary.get("cpu_per_order") or {}
+    for key, entry in figures.items():
+        if isinstance(entry, dict):
+            bound = get(entry, "bound_orders_per_s", "median")
+            rows.append(
+                (
+                    f"CPU per order, e2e {key}",
+                    _spread_text(entry.get("total_ms_per_order"), " ms")
+                    + f" -> bound {_fmt(bound, ' orders/s')}",
+                    _per_process_text(entry.get("per_order_ms")),
+                )
+            )
+        elif isinstance(entry, list):
+            for step in entry:
+                rows.append(
+                    (
+                        f"CPU per order, {key} @ {_fmt(step.get('offered_rate'), '/s', 0)}",
+                        f"{_fmt(step.get('total_ms_per_order'), ' ms', 2)} -> bound "
+                        f"{_fmt(step.get('bound_orders_per_s'), ' orders/s')}",
+                        _per_process_text(step.get("per_order_ms")),
+                    )
+                )
     return rows
 
 

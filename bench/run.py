@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from bench import profiling
+from bench import cpu, profiling
 from bench.memory import PeakMemory
 from shared.slots import DEFAULT_RELAY_SLOTS
 from stack import Stack, StackConfig
@@ -147,6 +147,11 @@ class Run:
     def own_pids(self) -> dict[str, int]:
         return {n: p.pid for n, p in self._own.items() if p.poll() is None}
 
+    def process_pids(self) -> dict[str, int]:
+        """Every process of the run: the stack's instances, the bench's own and this one (the
+        load generator and its observers run in it)."""
+        return {**self.stack.pids(), **self.own_pids(), cpu.BENCH_PROCESS: os.getpid()}
+
     def stop_own(self, name: str) -> None:
         proc = self._own.pop(name, None)
         if proc is None or proc.poll() is not None:
@@ -171,7 +176,7 @@ class Run:
         :meth:`finish_profile`); nothing without ``--profile``."""
         if self.profile_dir is None:
             return []
-        pids = {**self.stack.pids(), **self.own_pids(), "bench": os.getpid()}
+        pids = self.process_pids()
         # Not the JVMs (every Kafka node: kafka, kafka-2 ...) nor redis-server.
         targets = {n: p for n, p in pids.items() if n.split("-")[0] not in ("kafka", "redis")}
         recorders = profiling.start(targets, seconds, self.profile_dir / label)
