@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
+from bson import ObjectId
+from bson.errors import InvalidId
 from pydantic import AfterValidator, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
@@ -92,4 +94,30 @@ class _PublishPattern:
 # Use as a field type (length bounds stay with the field: ``Field(min_length=1, max_length=64)``).
 Identifier = Annotated[str, AfterValidator(check_identifier), _PublishPattern()]
 
-__all__ = ["IDENTIFIER_PATTERN", "Identifier", "check_identifier"]
+
+# An ObjectId as a client may spell it: ObjectId() reads hex in either case, so this pattern (for
+# a published schema) accepts both; :func:`parse_object_id` makes the one stored spelling of it.
+OBJECT_ID_PATTERN: Final = "^[0-9a-fA-F]{24}$"
+
+
+def parse_object_id(text: str) -> ObjectId | None:
+    """The ObjectId that ``text`` spells (24 hex characters, either case), or None.
+
+    ``str()`` of the result is the canonical spelling (lower-case hex), the one the database
+    stores and every event, key and log carries. Turn a client's text into it where it enters,
+    once: ``"6B13..."`` and ``"6b13..."`` are one order, but as strings they hash to other relay
+    slots and Kafka partitions and miss each other in every lookup by string.
+    """
+    try:
+        return ObjectId(text)
+    except (InvalidId, TypeError):
+        return None
+
+
+__all__ = [
+    "IDENTIFIER_PATTERN",
+    "OBJECT_ID_PATTERN",
+    "Identifier",
+    "check_identifier",
+    "parse_object_id",
+]

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import pymongo
 from bson import ObjectId
-from bson.errors import InvalidId
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
@@ -74,7 +73,7 @@ async def _key_used_elsewhere(
 
 async def cancel_order(
     client: MongoClient,
-    order_id: str,
+    oid: ObjectId,
     *,
     idempotency_key: str | None,
     traceparent: str,
@@ -84,15 +83,15 @@ async def cancel_order(
 ) -> CancelResult | None:
     """Cancel the order and write its pending ``OrderCancelled`` event, atomically.
 
-    Returns None for an unknown or malformed id. A cancelled order is returned unchanged (no
-    event). An ``idempotency_key`` is scoped to the order's user: the same key on the same order
-    is a replay; the same key on another order of that user raises :class:`IdempotencyConflict`.
+    Returns None for an unknown id. ``oid`` was parsed where the request entered
+    (:func:`shared.identifiers.parse_object_id`): the event's aggregateId, slot and payload carry
+    ``str(oid)``, the stored spelling, whatever case the client sent. A cancelled order is
+    returned unchanged (no event). An ``idempotency_key`` is scoped to the order's user: the same
+    key on the same order is a replay; the same key on another order of that user raises
+    :class:`IdempotencyConflict`.
     All database work shares one deadline, after which PyMongo raises a timeout (503).
     """
-    try:
-        oid = ObjectId(order_id)
-    except (InvalidId, TypeError):
-        return None
+    order_id = str(oid)
 
     async def work(session: AsyncClientSession) -> _Outcome | None:
         order = await Order.get(oid, session=session)

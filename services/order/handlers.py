@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 
 import pymongo
 from bson import ObjectId
-from bson.errors import InvalidId
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
@@ -222,12 +221,8 @@ async def create_order(
     return CreateResult(order_out(order), replayed=False)
 
 
-async def get_order(order_id: str, *, deadline_seconds: float) -> OrderWithEventsOut | None:
-    """The order with its outbox events (oldest first), or None for an unknown or malformed id."""
-    try:
-        oid = ObjectId(order_id)
-    except (InvalidId, TypeError):
-        return None
+async def get_order(oid: ObjectId, *, deadline_seconds: float) -> OrderWithEventsOut | None:
+    """The order with its outbox events (oldest first), or None for an unknown id."""
     with pymongo.timeout(deadline_seconds):
         order = await Order.get(oid)
         if order is None:

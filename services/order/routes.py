@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Path, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -26,6 +26,7 @@ from services.order.schemas import (
 )
 from services.order.state import ReadyStateDep, StateDep
 from shared.health import readiness_body
+from shared.identifiers import OBJECT_ID_PATTERN, parse_object_id
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,21 @@ IdempotencyKeyHeader = Annotated[
         description="1-255 printable ASCII characters, scoped to the request's userId. Same "
         "user, key and body: the original order (200, Idempotent-Replayed: true); same user and "
         "key, other body: 409. Another user's key never matches.",
+    ),
+]
+# Served, not refused: ObjectId hex is case-insensitive, so "6B13..." names the order "6b13..." does
+# and a client that upper-cased an id (a spreadsheet, a log viewer) still reaches it. The route
+# turns the text into the ObjectId at once; only its stored spelling travels on (body, event,
+# slot, Kafka key, logs). The pattern is published but not enforced: any other text is 404.
+OrderIdPath = Annotated[
+    str,
+    Path(
+        description="The order's id: 24 hexadecimal characters, in either case (an ObjectId's "
+        "hex is case-insensitive, so both spellings name the same order). Whatever case is "
+        "sent, the answer, the order's events and everything downstream carry the stored "
+        "lower-case spelling. Any other text is an unknown order (404).",
+        json_schema_extra={"pattern": OBJECT_ID_PATTERN},
+        examples=["6b13e4556b13e4556b13e455"],
     ),
 ]
 TraceparentHeader = Annotated[
@@ -121,15 +137,18 @@ async def post_order(
     },
 )
 async def post_cancel(
-    order_id: str,
+    order_id: OrderIdPath,
     response: Response,
     state: ReadyStateDep,
     idempotency_key: IdempotencyKeyHeader = None,
     traceparent: TraceparentHeader = None,
 ) -> OrderOut | JSONResponse:
+    oid = parse_object_id(order_id)
+    if oid is None:
+        return order_not_found(order_id)
     result = await cancel_order(
         state.client,
-        order_id,
+        oid,
         idempotency_key=idempotency_key,
         traceparent=traceparent_for(traceparent),
         metrics=state.metrics,
@@ -137,7 +156,7 @@ async def post_cancel(
         slots=state.settings.relay_slots,
     )
     if result is None:
-        return order_not_found(order_id)
+        return order_not_found(str(oid))
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return result.order
@@ -152,10 +171,15 @@ async def post_cancel(
         503: UNAVAILABLE,
     },
 )
-async def read_order(order_id: str, state: ReadyStateDep) -> OrderWithEventsOut | JSONResponse:
-    found = await get_order(order_id, deadline_seconds=state.settings.request_deadline_seconds)
-    if found is None:
+async def read_order(
+    order_id: OrderIdPath, state: ReadyStateDep
+) -> OrderWithEventsOut | JSONResponse:
+    oid = parse_object_id(order_id)
+    if oid is None:
         return order_not_found(order_id)
+    found = await get_order(oid, deadline_seconds=state.settings.request_deadline_seconds)
+    if found is None:
+        return order_not_found(str(oid))
     return found
 
 
