@@ -15,12 +15,24 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal, TypeAlias, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from shared.contracts import SCHEMA_VERSION, Header
 from shared.errors import PoisonMessage
+from shared.identifiers import parse_object_id
 
 Money = Annotated[Decimal, Field(ge=0, decimal_places=2, allow_inf_nan=False)]
+
+
+def _stored_spelling(order_id: str) -> str:
+    # The order API writes str(order.id); one before issue 20 wrote a cancel under the client's
+    # spelling ("6B13..."). Read as the stored spelling, such an event still finds the order's
+    # reservation and mail state. An id that is no ObjectId is left as written.
+    oid = parse_object_id(order_id)
+    return order_id if oid is None else str(oid)
+
+
+OrderId = Annotated[str, Field(alias="orderId", min_length=1), AfterValidator(_stored_spelling)]
 
 
 class _Strict(BaseModel):
@@ -38,7 +50,7 @@ class EventItem(_Strict):
 
 class OrderCreated(_Strict):
     schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schemaVersion")
-    order_id: str = Field(alias="orderId", min_length=1)
+    order_id: OrderId
     user_id: str = Field(alias="userId", min_length=1)
     customer_email: str = Field(alias="customerEmail", min_length=3)
     total: Annotated[Money, Field(strict=False)]
@@ -55,7 +67,7 @@ class OrderCancelled(_Strict):
     what the email needs; inventory releases what its own reservation recorded."""
 
     schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schemaVersion")
-    order_id: str = Field(alias="orderId", min_length=1)
+    order_id: OrderId
     user_id: str = Field(alias="userId", min_length=1)
     customer_email: str = Field(alias="customerEmail", min_length=3)
     total: Annotated[Money, Field(strict=False)]
@@ -110,6 +122,7 @@ def aggregate_version_of(headers: Mapping[str, str]) -> int:
     """The record's ``aggregateVersion`` header (what the relay copies from the outbox), or
     ``PoisonMessage``: a consumer that orders an aggregate's events cannot guess it."""
     text = headers.get(Header.AGGREGATE_VERSION, "")
-    if not text.isdigit() or int(text) < 1:
+    # isascii() too: "²" is str.isdigit() and int() raises on it; other scripts' digits int() reads.
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise PoisonMessage(f"{Header.AGGREGATE_VERSION} header must be a positive integer")
     return int(text)
