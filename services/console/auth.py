@@ -20,6 +20,13 @@ SESSION_COOKIE = "console_session"
 CSRF_FIELD = "csrf"
 
 
+def _same(candidate: str, expected: bytes) -> bool:
+    """Constant-time equality of untrusted text and a secret, for any text. On two ``str``
+    ``hmac.compare_digest`` raises TypeError for non-ASCII (a 500 for ``Cookie: ...=1.a.\u00e9``):
+    compare bytes. surrogatepass: no text, even one with a lone surrogate, fails to encode."""
+    return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), expected)
+
+
 @dataclass(frozen=True)
 class Session:
     nonce: str
@@ -38,10 +45,10 @@ class Keys:
     def bearer_ok(self, header: str | None) -> bool:
         if not header or not header.startswith("Bearer "):
             return False
-        return hmac.compare_digest(header[len("Bearer ") :].encode(), self._token)
+        return _same(header[len("Bearer ") :], self._token)
 
     def token_ok(self, candidate: str) -> bool:
-        return hmac.compare_digest(candidate.encode(), self._token)
+        return _same(candidate, self._token)
 
     def new_session(self) -> str:
         issued, nonce = str(int(time.time())), secrets.token_urlsafe(16)
@@ -51,9 +58,12 @@ class Keys:
         if not cookie or cookie.count(".") != 2:
             return None
         issued, nonce, mac = cookie.split(".")
-        if not hmac.compare_digest(mac, self._mac("session", f"{issued}.{nonce}")):
+        if not _same(mac, self._mac("session", f"{issued}.{nonce}").encode()):
             return None
-        if not issued.isdigit() or time.time() - int(issued) > self._session_seconds:
+        # isascii(): "\u00b2" (superscript two) is str.isdigit() and int() raises on it.
+        if not (issued.isascii() and issued.isdigit()):
+            return None
+        if time.time() - int(issued) > self._session_seconds:
             return None
         return Session(nonce, "cookie")
 
@@ -63,4 +73,4 @@ class Keys:
     def csrf_ok(self, session: Session, candidate: str | None) -> bool:
         if session.kind == "bearer":
             return True
-        return candidate is not None and hmac.compare_digest(candidate, self.csrf_for(session))
+        return candidate is not None and _same(candidate, self.csrf_for(session).encode())
