@@ -82,6 +82,24 @@ def format_table(records: Sequence[StoredDlqRecord]) -> str:
     return "\n".join(lines) + f"\n({len(records)} record{'s' if len(records) != 1 else ''})\n"
 
 
+def _number(text: str) -> int | None:
+    # isascii() too: "\u00b2" is str.isdigit() and int() raises on it; "\u0663" int() reads as 3.
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def parse_ref(ref: str) -> tuple[int | None, int]:
+    """``(partition, offset)`` of ``PARTITION:OFFSET``, or ``(None, offset)`` of a bare offset,
+    read as numbers (``1:07`` is ``1:7``); a :class:`CliError` naming ``ref`` for anything else."""
+    head, colon, tail = ref.strip().partition(":")
+    partition = _number(head) if colon else None
+    offset = _number(tail if colon else head)
+    if offset is None or (colon and partition is None):
+        raise CliError(
+            f"a record is PARTITION:OFFSET or OFFSET in digits, as list prints it; got {ref!r}"
+        )
+    return partition, offset
+
+
 def select(
     records: Sequence[StoredDlqRecord], *, group: str | None = None, ref: str | None = None
 ) -> list[StoredDlqRecord]:
@@ -89,15 +107,13 @@ def select(
     chosen = [r for r in records if group is None or r.consumer_group == group]
     if ref is None:
         return chosen
-    if ":" in ref:
-        matches = [r for r in chosen if r.ref == ref]
-    else:
-        if not ref.isdigit():
-            raise CliError(f"offset must be PARTITION:OFFSET or a number, got {ref!r}")
-        matches = [r for r in chosen if r.offset == int(ref)]
-        if len(matches) > 1:
-            refs = ", ".join(r.ref for r in matches)
-            raise CliError(f"offset {ref} exists in several partitions ({refs}); use P:O")
+    partition, offset = parse_ref(ref)
+    matches = [
+        r for r in chosen if r.offset == offset and (partition is None or r.partition == partition)
+    ]
+    if partition is None and len(matches) > 1:
+        refs = ", ".join(r.ref for r in matches)
+        raise CliError(f"offset {offset} exists in several partitions ({refs}); use P:O")
     if not matches:
         raise CliError(f"no DLQ record {ref}" + (f" for group {group}" if group else ""))
     return matches
@@ -207,6 +223,9 @@ async def main_async(argv: Sequence[str] | None, out: TextIO = sys.stdout) -> in
     which.add_argument("--all", action="store_true", help="every (matching) record")
     rep.add_argument("--dry-run", action="store_true", help="print, do not send")
     args = parser.parse_args(argv)
+    ref = args.ref if args.command == "show" else getattr(args, "offset", None)
+    if ref is not None:
+        parse_ref(ref)  # a malformed reference is refused before Kafka is asked
 
     settings = load_settings_or_exit(DlqSettings)
     records = await read_dlq(settings.kafka_bootstrap_servers, settings.topic)
