@@ -1,8 +1,10 @@
 """``python -m bench [capacity] [--quick]``: one benchmark run on one fresh embedded stack.
 
 The one entry point of the benchmark; it orchestrates the phases, each implemented in its own
-module (each bounded in count and time; a phase that fails is reported as failed and the run
-goes on, so one broken part never hides the others' figures):
+module (each bounded in count and time). A run, phase or clean-up that fails is recorded in
+``failures`` (phase, run, step, error) and left out of the spreads, and the run goes on, so one
+broken part never hides the others' figures; the report and the JSON are always written, and
+the exit status is 1 only when a phase produced no figure at all (named on stderr):
 
 1. ``order_api`` (bench/order_api.py): the API's transaction in raw PyMongo, and the API loaded
    by wrk and by httpx;
@@ -26,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
@@ -77,8 +81,10 @@ async def run_all(run: Run, only: list[str]) -> None:
     for name, body in PHASES.items():
         if name in only:
             await phase(run, name, lambda body=body: body(run))  # type: ignore[misc]
-            # Later phases read earlier figures (the e2e rate is 50% of the API's median).
-            run.results["summary"] = report.summarize(run.results)
+            # Later phases read earlier figures (the e2e rate is 50% of the API's median); a
+            # summary that cannot be computed yet is recomputed (and recorded) at the end.
+            with contextlib.suppress(Exception):
+                run.results["summary"] = report.summarize(run.results)
 
 
 def _rates(text: str) -> tuple[float, ...]:
@@ -195,20 +201,43 @@ def main(argv: list[str] | None = None) -> int:
     # Settings classes of the in-process phases (consumers) read the infrastructure from here.
     os.environ.update(stack.config.service_env())
     try:
+        run.phase_name = "stack"
         stack.up(INFRA)
         asyncio.run(run_all(run, only))
+    except Exception as exc:
+        # The stack did not come up, or the topics were not created: every phase is without
+        # figures, which the exit status says; the report is still written.
+        traceback.print_exc()
+        run.record_failure(exc)
     finally:
-        run.observe_memory()
-        run.stop_all_own()
-        stack.down(wipe=not args.keep)
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-    run.results["memory"] = run.memory.as_dict()
-    run.results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    run.results["total_seconds"] = round(time.monotonic() - started, 1)
-    print(report.finish(run.results, args.json))
-    print(f"\nresults: {args.json} ({run.results['total_seconds']} s)")
-    return 1 if run.results["errors"] else 0
+        # Whatever happened (SIGTERM included), stop what was started and write the report.
+        _shut_down(run, stack, root, keep=args.keep)
+        run.results["memory"] = run.memory.as_dict()
+        run.results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        run.results["total_seconds"] = round(time.monotonic() - started, 1)
+        print(report.finish(run.results, args.json))
+        print(f"\nresults: {args.json} ({run.results['total_seconds']} s)")
+    without = report.phases_without_figure(run.results)
+    if without:
+        sys.stderr.write(f"bench: no figure from phase(s) {', '.join(without)}\n")
+        return 1
+    return 0
+
+
+def _shut_down(run: Run, stack: Stack, root: Path, *, keep: bool) -> None:
+    """Each step of the shutdown on its own: one that fails is recorded, the others run."""
+    run.phase_name = "shutdown"
+    for step, action in (
+        ("memory", run.observe_memory),
+        ("bench processes", run.stop_all_own),
+        ("stack down", lambda: stack.down(wipe=not keep)),
+    ):
+        try:
+            action()
+        except Exception as exc:
+            run.record_failure(exc, step=step)
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ async def run_phase(run: Run) -> None:
     results: dict[str, Any] = {"step_seconds": run.plan.capacity_step_seconds}
     run.results["brokers"] = results
     for brokers in run.plan.broker_counts:
-        results[str(brokers)] = await ramp_with_brokers(run, brokers)
-        print(
-            f"brokers {brokers}: capacity {results[str(brokers)]['capacity_orders_per_s']}/s",
-            flush=True,
-        )
+        ramp = await run.attempt(f"{brokers} broker(s)", None, ramp_with_brokers(run, brokers))
+        if ramp is None:
+            continue  # recorded in ``failures``; the other count still runs
+        results[str(brokers)] = ramp
+        print(f"brokers {brokers}: capacity {ramp['capacity_orders_per_s']}/s", flush=True)

@@ -59,15 +59,16 @@ async def ramp(run: Run, design: str) -> dict[str, Any]:
         for rate in plan.capacity_rates:
             label = f"capacity_{design}_{rate:g}"
             recorders = run.start_profile(label, plan.capacity_step_seconds)
-            result, cpu_figure = await measure_with_cpu(
-                run,
-                pipeline,
-                rate,
-                plan.capacity_step_seconds,
-                plan.settle_seconds,
-                cancel_every,
+            one_step = measure_with_cpu(
+                run, pipeline, rate, plan.capacity_step_seconds, plan.settle_seconds, cancel_every
             )
+            measured = await run.attempt(f"{design} @ {rate:g}/s", None, one_step)
             await run.finish_profile(label, recorders)
+            if measured is None:
+                # The steps so far stand; a rate above one that failed would start from
+                # whatever that step left behind.
+                break
+            result, cpu_figure = measured
             step = _step(result)
             ok, why = step_sustained(step)
             steps.append(step)
@@ -108,19 +109,25 @@ async def run_phase(run: Run) -> None:
         "step_seconds": run.plan.capacity_step_seconds,
     }
     run.results["capacity"] = results
-    runs: dict[str, list[dict[str, Any]]] = {design: [] for design in DESIGNS}
+    # Ramp i of each design sits at index i (None: that ramp failed, see ``failures``).
+    runs: dict[str, list[dict[str, Any] | None]] = {design: [] for design in DESIGNS}
     results["runs"] = runs
-    for _ in range(run.plan.capacity_repeats):
+    for attempt in range(run.plan.capacity_repeats):
         for design in DESIGNS:
-            runs[design].append(await ramp(run, design))
-            # A ramp that sustained no rate ranks lowest.
-            shown = median_run([r["capacity_orders_per_s"] or 0.0 for r in runs[design]])
-            results[design] = runs[design][shown if shown is not None else -1]
+            runs[design].append(await run.attempt(f"{design} ramp", attempt, ramp(run, design)))
+            # A ramp that sustained no rate ranks lowest; a ramp that failed is not shown.
+            shown = median_run(
+                [None if r is None else r["capacity_orders_per_s"] or 0.0 for r in runs[design]]
+            )
+            if shown is not None:
+                results[design] = runs[design][shown]
     raw = report.get(run.results, "summary", "raw_txn_per_s", "median")
     if not isinstance(raw, int | float):
+        database = f"bench_cap_raw_{run.run_id}"
         measured = await order_api.measure_raw_txn(
-            run.config.mongo_uri, f"bench_cap_raw_{run.run_id}", run.plan.throughput_seconds
+            run.config.mongo_uri, database, run.plan.throughput_seconds
         )
+        await run.drop_database(database)
         raw = measured["txn_per_s"]
         results["raw_txn_measured_here"] = measured
     results["bounds"] = [capacity_bound(float(raw), cost) for cost in order_costs()]
@@ -128,6 +135,8 @@ async def run_phase(run: Run) -> None:
     # this share is what compares across runs (and before/after a change) best.
     for bound in results["bounds"]:
         for one in runs.get(bound["design"], []):
+            if one is None:
+                continue
             capacity = one.get("capacity_orders_per_s")
             one["share_of_bound"] = (
                 round(capacity / bound["bound_orders_per_s"], 3)

@@ -145,9 +145,7 @@ async def _article_consumer_drain(
     except TimeoutError:
         complete = False  # the rate so far is still a measured rate; say it was cut short
     finally:
-        client = make_mongo_client(cfg.mongo_uri, 30.0, "bench-cleaner")
-        await client.drop_database(database)
-        await client.close()
+        await run.drop_database(database)
     return {
         "msgs_per_s": round(stats.rate(), 1),
         "handled": stats.processed,
@@ -157,7 +155,9 @@ async def _article_consumer_drain(
     }
 
 
-async def _one_run(run: Run, tag: str, limit: float) -> dict[str, dict[str, Any]]:
+async def _one_run(
+    run: Run, tag: str, attempt: int, limit: float
+) -> dict[str, dict[str, Any] | None]:
     """Each consumer once, on a backlog of its own run: a topic of fresh orders (the article's
     dedup key is the order id, so a second pass over the same orders would be all duplicates),
     fresh groups, dedup key spaces and inventory database."""
@@ -176,7 +176,7 @@ async def _one_run(run: Run, tag: str, limit: float) -> dict[str, dict[str, Any]
     mongo = make_mongo_client(cfg.mongo_uri, 30.0, "bench-consumers")
     # The email handler's per-order state (confirmation vs cancellation) lives in Redis.
     states_redis = make_redis(cfg.redis_url)
-    figures: dict[str, dict[str, Any]] = {}
+    figures: dict[str, dict[str, Any] | None] = {}
     try:
         await ensure_indexes(mongo, database)
         await mongo[database][STOCK].insert_many(
@@ -191,30 +191,34 @@ async def _one_run(run: Run, tag: str, limit: float) -> dict[str, dict[str, Any]
         ]
         for name, settings, handler in plan:
             recorders = run.start_profile(f"consumer_{name}_{tag}", None)
-            figures[name] = await drain(
-                settings, f"bench-{name}-{tag}", handler, cfg.redis_url, events, limit
-            )
+            one = drain(settings, f"bench-{name}-{tag}", handler, cfg.redis_url, events, limit)
+            figures[name] = await run.attempt(name, attempt, one)
             await run.finish_profile(f"consumer_{name}_{tag}", recorders)
-        figures["article"] = await _article_consumer_drain(run, topic, tag, events, limit)
+        article = _article_consumer_drain(run, topic, tag, events, limit)
+        figures["article"] = await run.attempt("article", attempt, article)
     finally:
-        await mongo.drop_database(database)
         await mongo.close()
         await states_redis.aclose()
+        await run.drop_database(database)
     return figures
 
 
 async def run_phase(run: Run) -> None:
     """Each consumer's drain rate from a backlog, then the article's consumer on the same
     backlog; ``plan.repeats`` times (the report takes the spread and the per-run ratios)."""
-    runs: dict[str, list[dict[str, Any]]] = {"inventory": [], "email": [], "article": []}
+    # Run i of each consumer sits at index i (None: that drain failed, see ``failures``).
+    runs: dict[str, list[dict[str, Any] | None]] = {"inventory": [], "email": [], "article": []}
     run.results["consumers"] = {
         "backlog": run.plan.consumer_backlog,
         "topic_partitions": TOPIC_PARTITIONS,
     }
     run.results["consumer_runs"] = runs
     for attempt in range(run.plan.repeats):
-        figures = await _one_run(run, f"{run.run_id}_{attempt}", run.plan.consumer_timeout_seconds)
-        for name, figure in figures.items():
-            runs[name].append(figure)
-        rates = {name: figure.get("msgs_per_s") for name, figure in figures.items()}
+        tag = f"{run.run_id}_{attempt}"
+        one = _one_run(run, tag, attempt, run.plan.consumer_timeout_seconds)
+        # A run whose backlog could not be set up has no figure for any consumer.
+        figures = await run.attempt("backlog", attempt, one) or {}
+        for name in runs:
+            runs[name].append(figures.get(name))
+        rates = {name: (figure or {}).get("msgs_per_s") for name, figure in figures.items()}
         print(f"consumers run {attempt + 1}/{run.plan.repeats}: {rates}", flush=True)

@@ -98,14 +98,20 @@ async def _e2e_rate(run: Run, api_url: str) -> float:
 
 
 def _record(
-    run: Run, key: str, result: LatencyResult, cpu_figure: dict[str, Any] | None = None
+    run: Run, key: str, result: LatencyResult | None, cpu_figure: dict[str, Any] | None = None
 ) -> None:
-    """Add one run of ``key``; ``e2e[key]`` becomes the run of median p50 to the reservation."""
-    runs: list[dict[str, Any]] = run.results.setdefault("e2e_runs", {}).setdefault(key, [])
-    runs.append({**asdict(result), "cpu": cpu_figure} if cpu_figure else asdict(result))
-    p50s = [(r.get("reservation") or {}).get("p50_ms") for r in runs]
+    """Add one run of ``key`` (None: it failed, recorded in ``failures``); ``e2e[key]``
+    becomes the run of median p50 to the reservation."""
+    runs: list[dict[str, Any] | None] = run.results.setdefault("e2e_runs", {}).setdefault(key, [])
+    if result is None:
+        runs.append(None)
+    else:
+        runs.append({**asdict(result), "cpu": cpu_figure} if cpu_figure else asdict(result))
+    p50s = [((r or {}).get("reservation") or {}).get("p50_ms") for r in runs]
     shown = median_run(p50s)
-    run.results.setdefault("e2e", {})[key] = runs[shown if shown is not None else -1]
+    measured = [r for r in runs if r is not None]
+    if measured:
+        run.results.setdefault("e2e", {})[key] = runs[shown] if shown is not None else measured[-1]
 
 
 async def _both_loads(run: Run, pipeline: Pipeline, rate: float, key: str) -> None:
@@ -114,24 +120,26 @@ async def _both_loads(run: Run, pipeline: Pipeline, rate: float, key: str) -> No
     for attempt in range(plan.repeats):
         label = f"e2e_{key}_{attempt}"
         recorders = run.start_profile(label, plan.e2e_seconds)
-        result = await measure(run, pipeline, rate, plan.e2e_seconds, plan.settle_seconds)
+        loaded = measure(run, pipeline, rate, plan.e2e_seconds, plan.settle_seconds)
+        result = await run.attempt(f"{key} at {rate:g}/s", attempt, loaded)
         await run.finish_profile(label, recorders)
         _record(run, key, result)
-        light, light_cpu = await measure_with_cpu(
+        light_run = measure_with_cpu(
             run, pipeline, LIGHT_RATE, plan.light_seconds, plan.settle_seconds
         )
+        light, light_cpu = await run.attempt(f"{key} light", attempt, light_run) or (None, None)
         _record(run, f"{key}_light", light, light_cpu)
         print(
             f"e2e {key} run {attempt + 1}/{plan.repeats}: p50 to reservation "
-            f"{_p50(result)} ms at {result.achieved_rate}/s, {_p50(light)} ms at "
-            f"{light.achieved_rate}/s",
+            f"{_p50(result)} ms at {result.achieved_rate if result else '-'}/s, {_p50(light)} ms "
+            f"at {light.achieved_rate if light else '-'}/s",
             flush=True,
         )
         run.observe_memory()
 
 
-def _p50(result: LatencyResult) -> float | None:
-    return result.reservation.p50_ms if result.reservation else None
+def _p50(result: LatencyResult | None) -> float | None:
+    return result.reservation.p50_ms if result and result.reservation else None
 
 
 async def run_ours(run: Run) -> None:

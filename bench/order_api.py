@@ -101,7 +101,7 @@ async def measure_raw_txn(
     db = client[database]
     done = 0
     try:
-        await client.drop_database(database)
+        # A fresh database (the caller names it per run and drops it after, outside the window).
         await ensure_indexes(db["orders"], order_indexes())
         await ensure_outbox_indexes(db[OUTBOX_COLLECTION], DEFAULT_PUBLISHED_TTL_SECONDS)
         deadline = time.monotonic() + seconds
@@ -125,7 +125,6 @@ async def measure_raw_txn(
         started = time.monotonic()
         await asyncio.gather(*(loop(w) for w in range(concurrency)))
         elapsed = time.monotonic() - started
-        await client.drop_database(database)
     finally:
         await client.close()
     return {"txn_per_s": round(done / elapsed, 1), "transactions": done, "concurrency": concurrency}
@@ -225,26 +224,25 @@ async def run_phase(run: Run) -> None:
     """Raw transaction, API by wrk, API by httpx: ``plan.repeats`` times each."""
     cfg = run.config
     seconds = run.plan.throughput_seconds
+    # Run i of each figure sits at index i (None: that run failed, recorded in ``failures``).
     runs: dict[str, list[dict[str, Any] | None]] = {"raw_txn": [], "api_wrk": [], "api_httpx": []}
     await run.start_service("order", {"ORDER_DATABASE": API_DATABASE})
     try:
         api_url = f"http://127.0.0.1:{cfg.port_of('order')}"
         for attempt in range(run.plan.repeats):
+            database = f"bench_raw_txn_{run.run_id}_{attempt}"
+            raw = measure_raw_txn(cfg.mongo_uri, database, seconds)
             runs["raw_txn"].append(
-                await asyncio.wait_for(
-                    measure_raw_txn(cfg.mongo_uri, f"bench_raw_txn_{run.run_id}", seconds),
-                    seconds + 60,
-                )
+                await run.attempt("raw_txn", attempt, asyncio.wait_for(raw, seconds + 60))
             )
+            await run.drop_database(database)
             label = f"api_{attempt}"
             recorders = run.start_profile(label, None)
-            runs["api_wrk"].append(
-                await asyncio.wait_for(measure_api_wrk(api_url, seconds), seconds + 90)
-            )
+            wrk = asyncio.wait_for(measure_api_wrk(api_url, seconds), seconds + 90)
+            runs["api_wrk"].append(await run.attempt("api_wrk", attempt, wrk))
             await run.finish_profile(label, recorders)
-            runs["api_httpx"].append(
-                await asyncio.wait_for(measure_api_httpx(api_url, seconds), seconds + 60)
-            )
+            httpx_load = asyncio.wait_for(measure_api_httpx(api_url, seconds), seconds + 60)
+            runs["api_httpx"].append(await run.attempt("api_httpx", attempt, httpx_load))
             print(f"order api run {attempt + 1}/{run.plan.repeats}: {runs}", flush=True)
     finally:
         run.results["order_api_runs"] = runs

@@ -32,7 +32,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import PyMongoError
 
 from bench import article_relay
-from bench.run import Run
+from bench.run import CLEANUP_TIMEOUT, Run
 from bench.stats import Distribution
 from services.relay.main import Relay
 from services.relay.publisher import OutboxEvent, published_fields
@@ -148,10 +148,21 @@ def _published_counter(relay: Relay) -> Callable[[], Awaitable[int]]:
 
 
 async def bench_latency(
-    infra: InfraSettings, client: MongoClient, count: int, within: float
+    infra: InfraSettings,
+    client: MongoClient,
+    count: int,
+    within: float,
+    database: str | None = None,
 ) -> Distribution:
-    """Commit-to-publish of ``count`` events inserted 50 ms apart with the relay running."""
-    database = f"bench_relay_latency_{uuid.uuid4().hex[:6]}"
+    """Commit-to-publish of ``count`` events inserted 50 ms apart with the relay running, on
+    a fresh ``database`` that the caller drops (without one: a database of its own, dropped
+    here with :func:`drop_quietly`)."""
+    if database is None:
+        own = f"bench_relay_latency_{uuid.uuid4().hex[:6]}"
+        try:
+            return await bench_latency(infra, client, count, within, own)
+        finally:
+            await drop_quietly(client, own)
     outbox = client[database][OUTBOX_COLLECTION]
     relay = Relay(relay_settings(infra, database), client)
     published = _published_counter(relay)
@@ -175,16 +186,13 @@ async def bench_latency(
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
-    try:
-        docs = await outbox.find({"_id": {"$in": ids}}).to_list()
-        latencies = [
-            (d["publishedAt"] - d["createdAt"]).total_seconds() * 1000.0
-            for d in docs
-            if d.get("publishedAt") is not None
-        ]
-        return Distribution.of(latencies, missing=count - len(latencies))
-    finally:
-        await drop_quietly(client, database)
+    docs = await outbox.find({"_id": {"$in": ids}}).to_list()
+    latencies = [
+        (d["publishedAt"] - d["createdAt"]).total_seconds() * 1000.0
+        for d in docs
+        if d.get("publishedAt") is not None
+    ]
+    return Distribution.of(latencies, missing=count - len(latencies))
 
 
 async def drain(
@@ -288,11 +296,12 @@ async def raw_mongo_relay_work(
 
 
 async def drop_quietly(client: MongoClient, database: str) -> None:
-    """Cleanup only: a slow drop must not cost the next measurement its figure."""
+    """Clean-up only, for a caller without a :class:`Run` to record it in (a phase uses
+    ``Run.drop_database``): a slow or failed drop is printed, never raised."""
     try:
-        await asyncio.wait_for(client.drop_database(database), 60)
+        await asyncio.wait_for(client.drop_database(database), CLEANUP_TIMEOUT)
     except (TimeoutError, PyMongoError) as exc:
-        print(f"(cleanup: could not drop {database}: {exc!r})", flush=True)
+        print(f"(clean-up: could not drop {database}: {exc!r})", flush=True)
 
 
 async def seed_backlog(
@@ -313,76 +322,98 @@ async def seed_backlog(
     await asyncio.wait_for(seed(client, database, count, slots), 300)
 
 
+async def _relay_run(
+    run: Run, client: MongoClient, infra: InfraSettings, tag: str, attempt: int
+) -> dict[str, dict[str, Any] | None]:
+    """One run of each figure, each on a fresh database dropped after its window; a figure
+    that fails is recorded (None) and the others are still measured."""
+    cfg = run.config
+    plan = run.plan
+    batch = relay_settings(infra, "unused").batch_size
+
+    async def raw_producer() -> dict[str, Any]:
+        docs = [make_event() for _ in range(plan.backlog)]
+        raw = await asyncio.wait_for(bench_raw(cfg.kafka_bootstrap, docs), 120)
+        return {"msgs_per_s": round(raw, 1), "messages": plan.backlog}
+
+    async def raw_mongo(database: str) -> dict[str, Any]:
+        await seed_backlog(client, database, plan.backlog, "ours")
+        return await raw_mongo_relay_work(
+            client, database, plan.backlog, plan.relay_timeout_seconds, batch
+        )
+
+    async def relay(database: str) -> dict[str, Any]:
+        await seed_backlog(client, database, plan.backlog, "ours")
+        relay = Relay(relay_settings(infra, database), client)
+        recorders = run.start_profile(f"relay_drain_{attempt}", None)
+        figure = await drain(
+            client,
+            database,
+            plan.backlog,
+            plan.relay_timeout_seconds,
+            relay.run,
+            _published_counter(relay),
+        )
+        await run.finish_profile(f"relay_drain_{attempt}", recorders)
+        return figure
+
+    async def article(database: str) -> dict[str, Any]:
+        await seed_backlog(client, database, plan.article_backlog, "article")
+        outbox = client[database][OUTBOX_COLLECTION]
+
+        async def runner(stop: asyncio.Event) -> None:
+            await article_relay.run(outbox, cfg.kafka_bootstrap, stop)
+
+        return await drain(
+            client, database, plan.article_backlog, plan.article_timeout_seconds, runner
+        )
+
+    figures: dict[str, dict[str, Any] | None] = {
+        "raw_producer": await run.attempt("raw_producer", attempt, raw_producer())
+    }
+    for name, body, database in (
+        ("raw_mongo", raw_mongo, f"bench_relay_rawmongo_{tag}"),
+        ("relay", relay, f"bench_relay_{tag}"),
+        ("article_relay", article, f"bench_article_relay_{tag}"),
+    ):
+        figures[name] = await run.attempt(name, attempt, body(database))
+        await run.drop_database(database)
+    return figures
+
+
 async def run_phase(run: Run) -> None:
     """Raw producer, raw MongoDB, our relay and the article's relay, ``plan.repeats`` times,
     then the relay's commit-to-publish latency at light load."""
     cfg = run.config
     plan = run.plan
     infra = InfraSettings(mongo_uri=cfg.mongo_uri, kafka_bootstrap_servers=cfg.kafka_bootstrap)
-    settings = relay_settings(infra, "unused")
     client = make_mongo_client(cfg.mongo_uri, 30.0, "bench-relay")
     await ensure_topics(cfg.kafka_bootstrap, [BENCH_TOPIC], replication=cfg.kafka_replication)
     await wait_for_topics(cfg.kafka_bootstrap, [BENCH_TOPIC], 60)
-    runs: dict[str, list[dict[str, Any]]] = {"raw_producer": [], "raw_mongo": [], "relay": [],
-                                             "article_relay": []}  # fmt: skip
+    # Run i of each figure sits at index i (None: that run failed, recorded in ``failures``).
+    runs: dict[str, list[dict[str, Any] | None]] = {"raw_producer": [], "raw_mongo": [],
+                                                    "relay": [], "article_relay": []}  # fmt: skip
+    run.results["relay_runs"] = runs
     try:
         for attempt in range(plan.repeats):
-            tag = f"{run.run_id}_{attempt}"
-            docs = [make_event() for _ in range(plan.backlog)]
-            raw = await asyncio.wait_for(bench_raw(cfg.kafka_bootstrap, docs), 120)
-            runs["raw_producer"].append({"msgs_per_s": round(raw, 1), "messages": plan.backlog})
-
-            database = f"bench_relay_rawmongo_{tag}"
-            await seed_backlog(client, database, plan.backlog, "ours")
-            runs["raw_mongo"].append(
-                await raw_mongo_relay_work(
-                    client, database, plan.backlog, plan.relay_timeout_seconds, settings.batch_size
-                )
-            )
-            await drop_quietly(client, database)
-
-            database = f"bench_relay_{tag}"
-            await seed_backlog(client, database, plan.backlog, "ours")
-            relay = Relay(relay_settings(infra, database), client)
-            recorders = run.start_profile(f"relay_drain_{attempt}", None)
-            runs["relay"].append(
-                await drain(
-                    client,
-                    database,
-                    plan.backlog,
-                    plan.relay_timeout_seconds,
-                    relay.run,
-                    _published_counter(relay),
-                )
-            )
-            await run.finish_profile(f"relay_drain_{attempt}", recorders)
-            await drop_quietly(client, database)
-
-            database = f"bench_article_relay_{tag}"
-            await seed_backlog(client, database, plan.article_backlog, "article")
-            outbox = client[database][OUTBOX_COLLECTION]
-
-            async def article(stop: asyncio.Event, o: Any = outbox) -> None:
-                await article_relay.run(o, cfg.kafka_bootstrap, stop)
-
-            runs["article_relay"].append(
-                await drain(
-                    client,
-                    database,
-                    plan.article_backlog,
-                    plan.article_timeout_seconds,
-                    article,
-                )
-            )
-            await drop_quietly(client, database)
-            figures = {
-                k: v[-1].get("events_per_s", v[-1].get("msgs_per_s")) for k, v in runs.items()
+            figures = await _relay_run(run, client, infra, f"{run.run_id}_{attempt}", attempt)
+            for name, figure in figures.items():
+                runs[name].append(figure)
+            shown = {
+                k: (v or {}).get("events_per_s", (v or {}).get("msgs_per_s"))
+                for k, v in figures.items()
             }
-            print(f"relay run {attempt + 1}/{plan.repeats}: {figures}", flush=True)
-        latency = await bench_latency(
-            infra, client, plan.latency_events, plan.latency_events * 0.05 + 60
+            print(f"relay run {attempt + 1}/{plan.repeats}: {shown}", flush=True)
+        database = f"bench_relay_latency_{run.run_id}"
+        latency = await run.attempt(
+            "latency",
+            None,
+            bench_latency(
+                infra, client, plan.latency_events, plan.latency_events * 0.05 + 60, database
+            ),
         )
+        await run.drop_database(database)
     finally:
-        run.results["relay_runs"] = runs
         await client.close()
-    run.results["relay_latency"] = asdict(latency)
+    if latency is not None:
+        run.results["relay_latency"] = asdict(latency)

@@ -130,8 +130,8 @@ async def drain_with(run: Run, relays: int, tag: str) -> dict[str, Any]:
     finally:
         for name in names:
             run.stop_service(name)
-        await relay_drain.drop_quietly(client, database)
         await client.close()
+        await run.drop_database(database)
     return {
         "relays": relays,
         "backlog": plan.scaling_backlog,
@@ -151,7 +151,8 @@ async def run_phase(run: Run) -> None:
         cfg.kafka_bootstrap, [relay_drain.BENCH_TOPIC], replication=cfg.kafka_replication
     )
     await wait_for_topics(cfg.kafka_bootstrap, [relay_drain.BENCH_TOPIC], 60)
-    runs: dict[str, list[dict[str, Any]]] = {str(n): [] for n in plan.relay_counts}
+    # Run i of each count sits at index i (None: that drain failed, recorded in ``failures``).
+    runs: dict[str, list[dict[str, Any] | None]] = {str(n): [] for n in plan.relay_counts}
     run.results["relays_scaling"] = {
         "backlog": plan.scaling_backlog,
         "relay_slots": plan.relay_slots,
@@ -159,8 +160,11 @@ async def run_phase(run: Run) -> None:
     }
     for attempt in range(plan.repeats):
         for relays in plan.relay_counts:
-            figure = await drain_with(run, relays, f"{run.run_id}_{relays}_{attempt}")
+            tag = f"{run.run_id}_{relays}_{attempt}"
+            figure = await run.attempt(f"{relays} relay(s)", attempt, drain_with(run, relays, tag))
             runs[str(relays)].append(figure)
+            if figure is None:
+                continue
             print(
                 f"relays scaling run {attempt + 1}/{plan.repeats}, {relays} relay(s): "
                 f"{figure['steady_events_per_s']} ev/s steady, shares {figure['shares']}",

@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -131,7 +132,12 @@ def e2e_summary(results: dict[str, Any]) -> dict[str, Any]:
                 continue
 
             def p50s(items: list[Any], target: str = target) -> list[float | None]:
-                return [_latency((one.get(target) or {}).get("p50_ms")) for one in items]
+                return [
+                    _latency((one.get(target) or {}).get("p50_ms"))
+                    if isinstance(one, dict)
+                    else None
+                    for one in items
+                ]
 
             summary[f"article_vs_ours{suffix}_{target}_p50"] = ratio_spread(
                 p50s(article[:count]), p50s(ours[:count])
@@ -596,7 +602,8 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
     for count, entry in (get(summary, "relays_scaling") or {}).items():
         items = get(results, "relays_scaling", "runs", count) or []
-        last = items[-1] if items else {}
+        done = [one for one in items if isinstance(one, dict)]
+        last = done[-1] if done else {}
         speedup = entry.get("speedup_vs_one_relay")
         rows.append(
             (
@@ -699,10 +706,89 @@ def render(results: dict[str, Any]) -> str:
         value = _fmt(goal["value"], goal.get("unit", ""), 2)
         note = f"  ({goal['note']})" if goal.get("note") else ""
         out.append(f"  [{status:^12}] {goal['goal']:<40} {value}{note}")
-    if results.get("errors"):
-        out += ["", "Phases that failed (their figures are missing, not guessed):"]
-        out += [f"  {phase}: {error}" for phase, error in results["errors"].items()]
+    failures = results.get("failures") or []
+    if failures:
+        out += ["", "What failed (its figures are missing, not guessed):"]
+        out += [f"  {failure_text(f)}" for f in failures if isinstance(f, dict)]
+    without = phases_without_figure(results)
+    if without:
+        out += ["", f"Phases that produced no figure: {', '.join(without)}"]
     return "\n".join(out)
+
+
+def failure_text(failure: dict[str, Any]) -> str:
+    """``relay: run 2, relay drain: TimeoutError: ...``."""
+    where = [f"run {failure['run'] + 1}"] if isinstance(failure.get("run"), int) else []
+    where += [failure["step"]] if failure.get("step") else []
+    return f"{failure.get('phase')}: " + "".join(f"{w}, " for w in where) + str(failure["error"])
+
+
+def _measured(value: Any) -> bool:
+    if isinstance(value, int | float):
+        return not math.isnan(value)
+    return bool(value)
+
+
+def _any_median(summary: Any, *keys: str) -> bool:
+    return any(_measured(get(summary, key, "median")) for key in keys)
+
+
+# What counts as a figure of each phase: at least one of these was measured.
+PHASE_FIGURES: Final[dict[str, Callable[[dict[str, Any]], bool]]] = {
+    "order_api": lambda r: _any_median(
+        r.get("summary"), "raw_txn_per_s", "api_wrk_orders_per_s", "api_httpx_orders_per_s"
+    ),
+    "relay": lambda r: (
+        _any_median(
+            r.get("summary"),
+            "raw_producer_msgs_per_s",
+            "raw_mongo_relay_events_per_s",
+            "relay_events_per_s",
+            "article_relay_events_per_s",
+        )
+        or _measured(get(r, "relay_latency", "p50_ms"))
+    ),
+    "consumers": lambda r: any(
+        _measured(f)
+        for items in (get(r, "consumer_runs") or {}).values()
+        for f in _figures(items, "msgs_per_s")
+    ),
+    "e2e_ours": lambda r: bool(get(r, "e2e", "ours") or get(r, "e2e", "ours_light")),
+    "e2e_article": lambda r: bool(get(r, "e2e", "article") or get(r, "e2e", "article_light")),
+    "capacity": lambda r: any(
+        _measured(get(r, "capacity", design, "steps")) for design in ("ours", "article")
+    ),
+    "tracing_off": lambda r: _measured(get(r, "tracing_off", "hooks_ns")),
+    "breakdown": lambda r: _measured(get(r, "breakdown", "orders")),
+    "relays_scaling": lambda r: any(
+        _measured(get(entry, "steady_events_per_s", "median"))
+        for entry in (get(r, "summary", "relays_scaling") or {}).values()
+    ),
+    "brokers": lambda r: any(
+        isinstance(ramp, dict) and _measured(ramp.get("steps"))
+        for ramp in (get(r, "brokers") or {}).values()
+    ),
+}
+
+
+def phases_without_figure(results: dict[str, Any]) -> list[str]:
+    """The phases of the run that produced no figure at all (``make bench`` fails on them).
+
+    A phase with some failed runs but a figure from another is not among them: its failures
+    are recorded and its figure stands on the runs that worked. A phase this module has no
+    rule for counts as without figure when it failed as a whole.
+    """
+    failed_whole = {
+        f.get("phase")
+        for f in results.get("failures") or []
+        if isinstance(f, dict) and f.get("run") is None and f.get("step") is None
+    }
+    without = []
+    for name in results.get("phases") or []:
+        produced = PHASE_FIGURES.get(name)
+        if (produced is None and name in failed_whole) or (produced and not produced(results)):
+            without.append(name)
+    return without
 
 
 def _json_safe(value: Any) -> Any:
@@ -715,9 +801,35 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _report_failure(results: dict[str, Any], step: str, exc: Exception) -> None:
+    failure = {
+        "phase": "report",
+        "run": None,
+        "step": step,
+        "error": f"{type(exc).__name__}: {exc}",
+    }
+    results.setdefault("failures", []).append(failure)
+
+
 def finish(results: dict[str, Any], json_path: Path) -> str:
-    """Add ratios and goals to ``results``, write the JSON file, return the terminal report."""
-    results["summary"] = summarize(results)
-    results["goals"] = evaluate_goals(results)
+    """Add ratios and goals to ``results``, write the JSON file, return the terminal report.
+
+    Always writes the file: a summary, goal or table that cannot be computed from what the
+    phases left is recorded as a failure of the report (the raw figures are all there)."""
+    try:
+        results["summary"] = summarize(results)
+    except Exception as exc:
+        _report_failure(results, "summary", exc)
+        results["summary"] = {}
+    try:
+        results["goals"] = evaluate_goals(results)
+    except Exception as exc:
+        _report_failure(results, "goals", exc)
+        results["goals"] = []
+    try:
+        text = render(results)
+    except Exception as exc:
+        _report_failure(results, "table", exc)
+        text = "\n".join(["(report table failed)"] + [failure_text(f) for f in results["failures"]])
     json_path.write_text(json.dumps(_json_safe(results), indent=2, default=str) + "\n")
-    return render(results)
+    return text

@@ -14,16 +14,24 @@ import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
+
+from pymongo.errors import PyMongoError
 
 from bench import cpu, profiling
 from bench.memory import PeakMemory
+from shared.mongo import make_mongo_client
 from shared.slots import DEFAULT_RELAY_SLOTS
 from stack import Stack, StackConfig
 from stack.config import REPO_ROOT
 
 SUBPROCESS_READY_TIMEOUT: Final = 60.0
 SUBPROCESS_STOP_TIMEOUT: Final = 20.0
+# A clean-up's deadline: dropping a large database on the Python server under load took over
+# the clients' 30 s (issue 21), and a drop is never worth a figure.
+CLEANUP_TIMEOUT: Final = 180.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,10 @@ class Run:
         self.plan = plan
         self.run_id = run_id
         self.memory = PeakMemory()
-        self.results: dict[str, Any] = {"errors": {}, "phase_seconds": {}}
+        # Every run, phase or clean-up that failed: {"phase", "run", "step", "error"}.
+        self.results: dict[str, Any] = {"failures": [], "phase_seconds": {}}
+        # The phase running now (set by ``phase``): where a failure is recorded.
+        self.phase_name: str | None = None
         self._own: dict[str, subprocess.Popen[bytes]] = {}
         self.profile_dir: Path | None = None
         self._profiling: dict[str, list[profiling.Recorder]] = {}
@@ -126,6 +137,42 @@ class Run:
     @property
     def config(self) -> StackConfig:
         return self.stack.config
+
+    # -- failures: recorded, never hiding the other figures -------------------------------------
+    def record_failure(
+        self, error: BaseException, *, run: int | None = None, step: str | None = None
+    ) -> None:
+        """Record that ``step`` of run ``run`` (None: the whole phase) of the current phase
+        failed; its figure is then missing from every spread and ratio, not guessed."""
+        text = f"{type(error).__name__}: {error}"
+        self.results["failures"].append(
+            {"phase": self.phase_name, "run": run, "step": step, "error": text}
+        )
+        where = f"run {run + 1} " if run is not None else ""
+        print(f"--- {self.phase_name}: {step or ''} {where}failed: {text}", flush=True)
+
+    async def attempt(self, step: str, run: int | None, work: Awaitable[T]) -> T | None:
+        """``work``'s result, or None (the failure recorded) when it raised: one failed run
+        costs its own figure only, and the list it goes into keeps its run index."""
+        try:
+            return await work
+        except Exception as exc:
+            self.record_failure(exc, run=run, step=step)
+            return None
+
+    async def drop_database(
+        self, database: str, *, uri: str | None = None, within: float = CLEANUP_TIMEOUT
+    ) -> None:
+        """Drop a database a measurement used, after its window: clean-up only, so it never
+        decides a run. A drop that fails or outlasts ``within`` seconds is recorded (what is
+        left goes with the stack's data at the end of the run)."""
+        client = make_mongo_client(uri or self.config.mongo_uri, within, "bench-cleanup")
+        try:
+            await asyncio.wait_for(client.drop_database(database), within + 5)
+        except (TimeoutError, PyMongoError) as exc:
+            self.record_failure(exc, step=f"clean-up: drop {database}")
+        finally:
+            await client.close()
 
     # -- bench-owned processes (the article's relay and consumer) -------------------------------
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -220,12 +267,13 @@ async def wait_for_file(path: Path, proc: subprocess.Popen[bytes], limit: float)
 async def phase(run: Run, name: str, body: Callable[[], Awaitable[None]]) -> None:
     """Run one phase; record its duration, and its error instead of aborting the whole run."""
     started = time.monotonic()
+    run.phase_name = name
     print(f"--- {name} ...", flush=True)
     try:
         await body()
     except Exception as exc:
-        run.results["errors"][name] = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
+        run.record_failure(exc)
     finally:
         await run.finish_all_profiles()
         elapsed = round(time.monotonic() - started, 1)

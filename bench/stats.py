@@ -5,6 +5,7 @@ No I/O here, so the rules every reported number follows are unit-tested (tests/u
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -98,9 +99,11 @@ def ratio_spread(
     numerators: Sequence[float | None], denominators: Sequence[float | None]
 ) -> dict[str, Any]:
     """Ratios computed run by run (run i's numerator over run i's denominator), then their
-    spread: a ratio of medians would pair figures from different runs."""
+    spread: a ratio of medians would pair figures from different runs. Run i has a ratio only
+    when both of its figures exist: a run one side lacks (it failed, or was never reached)
+    counts as a failed run, it never shifts the pairing of the runs after it."""
     per_run: list[float | None] = []
-    for num, den in zip(numerators, denominators, strict=True):
+    for num, den in itertools.zip_longest(numerators, denominators):
         if num is None or den is None or den <= 0:
             per_run.append(None)
         else:

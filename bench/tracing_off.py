@@ -30,7 +30,6 @@ from bench.relay_drain import (
     BENCH_TOPIC,
     _published_counter,
     drain,
-    drop_quietly,
     relay_settings,
     seed_backlog,
 )
@@ -163,27 +162,29 @@ async def run_phase(run: Run) -> None:
     # or there is no spread to judge against.
     backlog = max(500, plan.backlog // 4)
     client = make_mongo_client(cfg.mongo_uri, 30.0, "bench-tracing-off")
-    drains: list[dict[str, Any]] = []
+    drains: list[dict[str, Any] | None] = []
     results["relay_drain"] = drains
+
+    async def one_drain(database: str) -> dict[str, Any]:
+        await seed_backlog(client, database, backlog, "ours")
+        relay = Relay(relay_settings(infra, database), client)
+        return await drain(
+            client,
+            database,
+            backlog,
+            plan.relay_timeout_seconds,
+            relay.run,
+            _published_counter(relay),
+        )
+
     try:
         for attempt in range(max(2, plan.repeats)):
             database = f"bench_tracing_off_{run.run_id}_{attempt}"
-            await seed_backlog(client, database, backlog, "ours")
-            relay = Relay(relay_settings(infra, database), client)
-            drains.append(
-                await drain(
-                    client,
-                    database,
-                    backlog,
-                    plan.relay_timeout_seconds,
-                    relay.run,
-                    _published_counter(relay),
-                )
-            )
-            await drop_quietly(client, database)
+            drains.append(await run.attempt("relay drain", attempt, one_drain(database)))
+            await run.drop_database(database)
     finally:
         await client.close()
-    rates = [d["events_per_s"] for d in drains]
+    rates = [d["events_per_s"] for d in drains if d is not None]
     results["relay_events_per_s"] = spread(rates)
     hooks = results["hooks_ns"]
     # The batch's span is paid once per batch of RELAY_BATCH_SIZE events.

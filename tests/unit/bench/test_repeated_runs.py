@@ -81,7 +81,7 @@ def test_the_light_load_goals_use_the_median_run_and_no_p99_from_a_small_sample(
         "e2e_runs": {
             "ours_light": [_e2e(12.0, 30.0), _e2e(14.0, 35.0), _e2e(20.0, 80.0, small=True)]
         },
-        "errors": {},
+        "failures": [],
     }
     results["summary"] = summarize(results)
     goals = {g["goal"]: g for g in evaluate_goals(results)}
@@ -133,7 +133,7 @@ def test_repeated_capacity_ramps_give_a_spread_and_the_article_ratio_ramp_by_ram
                 "article": [ramp(10.0), ramp(None), ramp(10.0)],
             }
         },
-        "errors": {},
+        "failures": [],
     }
     results["summary"] = summarize(results)
     summary = results["summary"]
