@@ -33,7 +33,7 @@ def group_members(pgid: int) -> list[int]:
     """PIDs in process group ``pgid`` (the stack starts each component as a group leader)."""
     members = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not (entry.name.isascii() and entry.name.isdigit()):
             continue
         try:
             stat = (entry / "stat").read_text()

@@ -102,7 +102,7 @@ def summarise(path: Path, seconds: float, top: int = 12) -> dict[str, Any]:
     idle = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
+        if not (count_text.isascii() and count_text.isdigit()):
             continue
         count = int(count_text)
         frames = [_short(f) for f in stack.split(";") if f and not f.startswith("process ")]

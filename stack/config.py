@@ -95,7 +95,8 @@ def kafka_node_id(instance: str) -> int:
     if instance == "kafka":
         return 1
     head, _, number = instance.partition("-")
-    if head == "kafka" and number.isdigit() and len(number) == 1 and int(number) >= 2:
+    ascii_digit = number.isascii() and number.isdigit()  # "²" is isdigit(); int() refuses it
+    if head == "kafka" and ascii_digit and len(number) == 1 and int(number) >= 2:
         return int(number)
     raise ValueError(f"{instance!r} is not a Kafka node name (kafka, kafka-2 ... kafka-9)")
 

@@ -137,3 +137,9 @@ def test_a_stack_keeps_the_cluster_size_its_kafka_was_formatted_for(
     single = Stack(StackConfig.for_tests(tmp_path, kafka_brokers=1))
     with pytest.raises(StackError, match="belongs to a cluster of 3 broker"):
         single.up(["kafka"])
+
+
+def test_a_kafka_node_number_is_ascii_digits() -> None:
+    # "²" passes str.isdigit() and int() raises on it: the answer must still name the rule.
+    with pytest.raises(ValueError, match="is not a Kafka node name"):
+        kafka_node_id("kafka-\u00b2")
