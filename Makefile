@@ -8,6 +8,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/pytest
+# NO_MKDOCS_2_WARNING: mkdocs-material's banner about MkDocs 2 is printed on every build otherwise.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+MKDOCS_STRICT := $(MKDOCS) build --strict --quiet
 KAFKA_LIBS := .stack/kafka/libs
 # Stamps: reinstall only when what they were built from changed.
 SETUP_STAMP := $(VENV)/.installed
@@ -16,15 +19,16 @@ KAFKA_STAMP := $(KAFKA_LIBS)/.resolved
 comma := ,
 
 .PHONY: help setup test-tools redis-server wrk chromium promtool jaeger toxiproxy up down demo test test-unit test-integration test-e2e chaos \
-	bench lint
+	bench debezium-jars lint docs docs-build
 
 help:
 	@echo "make setup            .venv + dev install, Kafka jars, redis-server (idempotent)"
 	@echo "make test-tools       what only the tests need: chromium, promtool, jaeger, toxiproxy"
 	@echo "make demo             start everything, send orders, show them travel, stop"
-	@echo "make test             the whole suite (unit, integration, e2e, chaos)"
+	@echo "make test             the whole suite (unit, integration, e2e, chaos) and the docs build"
 	@echo "make test-unit | test-integration | test-e2e | chaos | bench | lint"
 	@echo "make up               embedded stack, four services and the console (Ctrl-C stops)"
+	@echo "make docs             serve the documentation site on http://127.0.0.1:8090"
 
 setup: $(SETUP_STAMP) $(KAFKA_STAMP) redis-server
 
@@ -117,15 +121,18 @@ endef
 # (services as processes, mostly waiting out the faults it injects) beside the unit and
 # integration tiers. On two cores that keeps `make test` inside its 20-minute budget. The e2e
 # half's report is printed after the other half's; either half failing fails the target (the
-# `|| rc=$?` forms keep the shell's -e from leaving before the e2e report is printed).
+# `|| rc=$?` forms keep the shell's -e from leaving before the e2e report is printed). The docs
+# site is built strictly first (about 15 s), beside the e2e tier's start; its failure fails the
+# target too.
 test: test-tools
 	@$(PYTEST) tests/e2e --durations=15 > .e2e-tier.log 2>&1 & e2e=$$!; \
+	docs=0; $(MKDOCS_STRICT) || docs=$$?; \
 	rest=0; $(PYTEST) tests/unit tests/integration --durations=20 || rest=$$?; \
 	e2e_rc=0; wait $$e2e || e2e_rc=$$?; \
 	echo "=== the e2e tier, run at the same time ==="; cat .e2e-tier.log; \
 	for rc in $$rest $$e2e_rc; do [ $$rc -ne 5 ] || echo "make: pytest collected no tests" >&2; done; \
-	echo "make test: unit+integration exit $$rest, e2e exit $$e2e_rc"; \
-	[ $$rest -eq 0 ] && [ $$e2e_rc -eq 0 ]
+	echo "make test: docs build exit $$docs, unit+integration exit $$rest, e2e exit $$e2e_rc"; \
+	[ $$docs -eq 0 ] && [ $$rest -eq 0 ] && [ $$e2e_rc -eq 0 ]
 
 test-unit: test-tools
 	$(call run_pytest,tests/unit)
@@ -145,11 +152,38 @@ chaos: setup toxiproxy
 wrk:
 	$(call apt_install,wrk,wrk,bench,echo "bench: wrk is missing and cannot be installed here; the API figure will come from httpx only (install wrk 4.x to measure it the issue's way)." >&2)
 
+# Kafka Connect and Debezium's MongoDB connector (stack/debezium/pom.xml) for the bench's
+# `debezium` phase only: `make test` and `make demo` never download them. Resolved into a fresh
+# directory and swapped in, like the Kafka jars.
+DEBEZIUM_LIBS := .stack/debezium/libs
+DEBEZIUM_STAMP := $(DEBEZIUM_LIBS)/.resolved
+debezium-jars: $(DEBEZIUM_STAMP)
+$(DEBEZIUM_STAMP): stack/debezium/pom.xml | $(KAFKA_STAMP)
+	rm -rf $(DEBEZIUM_LIBS).new
+	mvn -q -B -f stack/debezium/pom.xml dependency:copy-dependencies \
+	  -DoutputDirectory=$(abspath $(DEBEZIUM_LIBS)).new
+	rm -rf $(DEBEZIUM_LIBS)
+	mv $(DEBEZIUM_LIBS).new $(DEBEZIUM_LIBS)
+	touch $@
+
 # Every phase, the capacity ramp included. The ramp alone: `.venv/bin/python -m bench capacity`.
+# Without Debezium's jars the other phases still run; the debezium phase records why it did not.
 bench: setup wrk
+	$(MAKE) debezium-jars || echo "bench: Debezium's jars could not be resolved (see above)" >&2
 	$(BIN)/python -m bench
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+
+# The documentation site (mkdocs.yml, docs/). The settings, HTTP API and CLI reference pages are
+# generated from the code at build time (docs/hooks/). Port 8090: 8000-8004 are the services'.
+
+docs: setup
+	$(MKDOCS) serve --dev-addr 127.0.0.1:8090
+
+# `make test` runs the same build beside the e2e tier: a broken link, a missing page or a failing
+# generator fails the target (after the test tiers have run and reported).
+docs-build: setup
+	$(MKDOCS_STRICT)
