@@ -13,7 +13,8 @@ are refused at the door:
 * lone surrogates (U+D800-U+DFFF): possible in a JSON string escape, but without a UTF-8
   encoding, so BSON, Kafka and SMTP could not carry them;
 
-and an identifier that is empty or only whitespace is refused too (``"   "`` names nothing).
+and an identifier that is empty or only whitespace (as ECMA-262 counts it, U+FEFF included) is
+refused too (``"   "`` names nothing).
 
 :data:`IDENTIFIER_PATTERN` says the same thing as a regular expression that reads alike in
 Python and in ECMA-262 (JSON Schema), so the published OpenAPI schema and the check agree and a
@@ -46,9 +47,16 @@ _FORBIDDEN_CLASS: Final = "".join(
     f"\\u{first:04x}" if first == last else f"\\u{first:04x}-\\u{last:04x}"
     for first, last in _FORBIDDEN_RANGES
 )
+# Whitespace, spelt out: `\s` is not one set in both engines. ECMA-262's holds U+FEFF (which
+# Python's does not), so "\ufeff" alone was blank to a client and an identifier to the API.
+# This is ECMA-262's WhiteSpace and LineTerminator; the rest of Python's `\s` (U+001C-U+001F,
+# U+0085) is forbidden anyway.
+_BLANK_CLASS: Final = (
+    "\\t\\n\\u000b\\f\\r \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+)
 # Any allowed characters, at least one of them not whitespace.
 IDENTIFIER_PATTERN: Final = (
-    f"^[^{_FORBIDDEN_CLASS}]*[^{_FORBIDDEN_CLASS}\\s][^{_FORBIDDEN_CLASS}]*$"
+    f"^[^{_FORBIDDEN_CLASS}]*[^{_FORBIDDEN_CLASS}{_BLANK_CLASS}][^{_FORBIDDEN_CLASS}]*$"
 )
 
 # Surrogates are refused as well but are not in the published pattern: they are not characters
