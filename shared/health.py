@@ -146,9 +146,12 @@ class HealthServer:
         registry: CollectorRegistry,
         *,
         ready_sample_seconds: float = READY_SAMPLE_SECONDS,
+        not_ready_reason: Callable[[], str | None] | None = None,
     ) -> None:
         self._host, self._port = host, port
         self._ready = ready
+        # Why a failing check fails, when the service knows more than the check's name.
+        self._not_ready_reason = not_ready_reason
         self._registry = registry
         self._readiness = ReadinessSampler(
             self._checks, readiness_gauge(registry), interval=ready_sample_seconds
@@ -198,11 +201,13 @@ class HealthServer:
     async def _checks(self) -> tuple[dict[str, bool], str | None]:
         """The readiness checks, and why the probe itself failed (a hang or a crash), if it did."""
         try:
-            return await asyncio.wait_for(self._ready(), timeout=READY_TIMEOUT_SECONDS), None
+            checks = await asyncio.wait_for(self._ready(), timeout=READY_TIMEOUT_SECONDS)
         except Exception as exc:  # a probe failure is an answer, not a crash
             reason = repr(exc)
             log.warning("readiness check failed", extra={"reason": reason})
             return {"error": False}, reason
+        failing = not all(checks.values())
+        return checks, (self._not_ready_reason() if failing and self._not_ready_reason else None)
 
     async def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
         if method != "GET":

@@ -273,10 +273,11 @@ def create_app(settings: ConsoleSettings) -> FastAPI:
         dlq, dlq_error = await _attempt(
             read_dlq(settings.kafka_bootstrap_servers, settings.dlq_topic)
         )
-        ready, leader, slots, counts, lags = await asyncio.gather(
+        ready, leader, slots, dissent, counts, lags = await asyncio.gather(
             _attempt(views.readiness(settings)),
             _attempt(views.leader(state.client, settings)),
             _attempt(views.slot_owners(state.client, settings)),
+            _attempt(views.slot_count_dissenters(state.client, settings)),
             _attempt(views.outbox_counts(state.client, settings)),
             _attempt(views.group_lags(settings, settings.source_topic)),
         )
@@ -290,6 +291,8 @@ def create_app(settings: ConsoleSettings) -> FastAPI:
             "slots": [{**asdict(s), "held": s.held} for s in slots[0] or []],
             "slotOwners": views.owner_summary(slots[0] or []),
             "slotsError": slots[1],
+            # Relays with another RELAY_SLOTS (they refuse to act): instance -> their value.
+            "slotDissenters": dissent[0] or {},
             "outbox": asdict(counts[0]) if counts[0] is not None else None,
             "outboxError": counts[1],
             "lag": [

@@ -25,6 +25,8 @@ from bson.errors import InvalidId
 
 from services.console.settings import ConsoleSettings
 from services.relay.lease import LEASE_COLLECTION, lease_id
+from services.relay.members import MEMBERS_COLLECTION, live_members, slot_count_votes
+from services.relay.share import dissenters
 from shared.contracts import TOPIC_PARTITIONS, Header, OutboxStatus, topic_for_event_type
 from shared.dlq import StoredDlqRecord
 from shared.kafka import REQUEST_TIMEOUT_MS
@@ -194,6 +196,13 @@ def owner_summary(owners: list[SlotOwner]) -> dict[str, int]:
         if owner.held and owner.owner is not None:
             counts[owner.owner] += 1
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+async def slot_count_dissenters(client: MongoClient, settings: ConsoleSettings) -> dict[str, int]:
+    """Live relays whose RELAY_SLOTS is not the one the running relays use, with their value:
+    each refuses to take or give up a slot until it is restarted with the right one."""
+    members = await live_members(client[settings.orders_database][MEMBERS_COLLECTION])
+    return dissenters(slot_count_votes(members)) if members else {}
 
 
 # ---------------------------------------------------------------- the outbox

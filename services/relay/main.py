@@ -23,11 +23,22 @@ from pymongo.errors import PyMongoError
 
 from services.relay.backfill import assign_slots
 from services.relay.lease import LEASE_COLLECTION, LEGACY_LEASE_ID, Lease, lease_id
-from services.relay.members import MEMBERS_COLLECTION, Membership, ensure_member_indexes
+from services.relay.members import (
+    MEMBERS_COLLECTION,
+    Membership,
+    ensure_member_indexes,
+    slot_count_votes,
+)
 from services.relay.metrics import RelayMetrics
 from services.relay.publisher import BatchResult
 from services.relay.settings import RelaySettings
-from services.relay.share import fair_share, to_acquire, to_release
+from services.relay.share import (
+    dissenters,
+    fair_share,
+    prevailing_slot_count,
+    to_acquire,
+    to_release,
+)
 from services.relay.slot_worker import (
     KAFKA_UNAVAILABLE,
     MONGO_UNAVAILABLE,
@@ -78,8 +89,12 @@ class Relay:
         # without a valid slot was seen).
         self._rebalance = asyncio.Event()
         self._backfill_now = asyncio.Event()
-        # False while a live relay has another RELAY_SLOTS: no re-slotting, no new slots.
+        # False while a live relay has another RELAY_SLOTS: nobody re-slots events. The relays
+        # whose value is not the prevailing one (``share.py``) also take and give up no slot;
+        # ``_refusal`` says why when this relay is one of them (its /readyz reason).
         self._agreed = True
+        self._dissent: dict[str, int] = {}
+        self._refusal: str | None = None
         self._legacy_logged = False
 
     # -- what the relay holds ----------------------------------------------------------------
@@ -106,7 +121,12 @@ class Relay:
             mongo = True
         except PyMongoError:
             mongo = False
-        return {"mongo": mongo}
+        # Not ready while it refuses to act: a relay that publishes nothing must not look fine.
+        return {"mongo": mongo, "relay_slots": self._refusal is None}
+
+    def not_ready_reason(self) -> str | None:
+        """Why ``ready()`` fails beyond a check's name (its /readyz ``reason``), if known."""
+        return self._refusal
 
     def _set_state(self, state: str, reason: BaseException | None = None) -> None:
         """Log once per state change, never once per retry (no log flood during an outage)."""
@@ -201,17 +221,18 @@ class Relay:
         await self.members.heartbeat(self.workers)
         live = await self.members.live()
         me = self.settings.instance_id
-        others = {m.slot_count for m in live if m.instance != me and m.slot_count is not None}
-        agreed = others <= {self.settings.relay_slots}
-        if agreed != self._agreed:
-            self._agreed = agreed
-            if not agreed:
-                log.error(
-                    "relays disagree on RELAY_SLOTS; taking no new slot and re-slotting nothing "
-                    "until they agree (changing it is a migration: see the README, Scaling)",
-                    extra={"slots": self.settings.relay_slots, "others": sorted(others)},
-                )
-        held = {m.instance: len(m.slots) for m in live}
+        counts = slot_count_votes(live)
+        counts[me] = (self.settings.relay_slots, len(self.workers))  # ours is never stale
+        prevailing = prevailing_slot_count(counts)
+        dissent = dissenters(counts)
+        self._on_dissent(prevailing, dissent)
+        if me in dissent:
+            # Another RELAY_SLOTS prevails: take nothing and give up nothing (the others do not
+            # count us, so a slot we released could wait for its next taker); keep publishing
+            # the slots already held until the operator fixes the value.
+            self._publish_ownership()
+            return
+        held = {m.instance: len(m.slots) for m in live if m.instance not in dissent}
         held[me] = len(self.workers)  # our own count is never stale
         share = fair_share(held, me, self.settings.relay_slots)
         active = [slot for slot, worker in self.workers.items() if not worker.releasing]
@@ -221,7 +242,7 @@ class Relay:
                 extra={"component": "lease", "slot": slot, "share": share},
             )
             self.workers[slot].release()
-        if agreed and len(self.workers) < share and not await self._legacy_leader():
+        if len(self.workers) < share and not await self._legacy_leader():
             for slot in to_acquire(await self._free_slots(), len(self.workers), share):
                 lease = Lease(self.leases, me, self.settings.lease_ttl_seconds, slot)
                 if not await lease.try_acquire():
@@ -235,6 +256,34 @@ class Relay:
                 assert worker.task is not None
                 worker.task.add_done_callback(lambda _task: self._rebalance.set())
         self._publish_ownership()
+
+    def _on_dissent(self, prevailing: int, dissent: Mapping[str, int]) -> None:
+        """Record who disagrees on RELAY_SLOTS (gauge, readiness), logged once per change."""
+        me = self.settings.instance_id
+        refusing = me in dissent
+        self._agreed = not dissent
+        self._refusal = (
+            f"RELAY_SLOTS={self.settings.relay_slots} here, but the running relays use "
+            f"{prevailing}: taking and giving up no slot until it is changed"
+            if refusing
+            else None
+        )
+        self.metrics.slots_disagreement.set(1 if refusing else 0)
+        if dissent == self._dissent:
+            return
+        self._dissent = dict(dissent)
+        extra = {"slots": self.settings.relay_slots, "prevailing": prevailing}
+        if refusing:
+            # Changing RELAY_SLOTS is a migration (README, Scaling): every relay stops first.
+            log.error(f"refusing to act: {self._refusal}", extra=extra)
+        elif dissent:
+            log.warning(
+                "relays with another RELAY_SLOTS are left out of the share; re-slotting nothing "
+                "until they are gone",
+                extra={**extra, "others": dict(sorted(dissent.items()))},
+            )
+        else:
+            log.info("the relays agree on RELAY_SLOTS again", extra=extra)
 
     async def _legacy_leader(self) -> bool:
         """A relay of the version before slots still holds its one lease (a rolling upgrade):
@@ -349,11 +398,22 @@ class Relay:
         return float(count), max(0.0, age)
 
 
+def health_server(settings: RelaySettings, relay: Relay) -> HealthServer:
+    """The relay's /healthz, /readyz (with why it refuses to act, if it does) and /metrics."""
+    return HealthServer(
+        settings.host,
+        settings.port,
+        relay.ready,
+        relay.metrics.registry,
+        not_ready_reason=relay.not_ready_reason,
+    )
+
+
 async def serve(settings: RelaySettings, stop: asyncio.Event) -> int:
     """Run one relay process until ``stop``; the exit code for ``python -m services.relay``."""
     client = make_mongo_client(settings.mongo_uri, settings.mongo_timeout_seconds, "outbox-relay")
     relay = Relay(settings, client)
-    health = HealthServer(settings.host, settings.port, relay.ready, relay.metrics.registry)
+    health = health_server(settings, relay)
     await health.start()
     log.info(
         "relay started",

@@ -104,6 +104,12 @@ class RelayMetrics:
             "RELAY_SLOTS: the number of slots the outbox is divided into",
             registry=self.registry,
         )
+        self.slots_disagreement = Gauge(
+            "relay_slots_disagreement",
+            "1 while this instance's RELAY_SLOTS is not the one the running relays use: it takes "
+            "and gives up no slot and is not ready (the others publish every slot without it)",
+            registry=self.registry,
+        )
         self._last_token_save: float | None = None
         self.resume_token_age = Gauge(
             "relay_resume_token_save_age_seconds",

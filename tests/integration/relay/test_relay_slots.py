@@ -4,18 +4,23 @@ fencing in Kafka and in MongoDB, events without a slot, and the retry CLI by slo
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+import httpx
 from bson import ObjectId
 
+from services.console.settings import ConsoleSettings
+from services.console.views import slot_count_dissenters
 from services.relay.lease import LEASE_COLLECTION, Lease, lease_id, transactional_id_for
-from services.relay.main import Relay
+from services.relay.main import Relay, health_server
 from services.relay.members import MEMBERS_COLLECTION
 from services.relay.metrics import RelayMetrics
 from services.relay.publisher import Publisher
+from services.relay.settings import RelaySettings
 from shared.contracts import OutboxStatus
 from shared.kafka import make_producer
 from shared.outbox import INDEX_SLOT_PENDING, ensure_outbox_indexes
@@ -313,3 +318,104 @@ async def test_a_killed_relays_membership_document_is_removed_by_a_ttl_index(
         if dict(info["key"]) == {"expiresAt": 1} and "expireAfterSeconds" in info
     ]
     assert ttl, await members.index_information()
+
+
+async def _publish_in_every_slot_for(
+    world: RelayWorld, within: float, rounds_lasting: float
+) -> None:
+    """Rounds of one event in every slot, each published within ``within``, until the rounds
+    have covered ``rounds_lasting`` seconds (several balance rounds of every relay) and at
+    least two of them ran."""
+    started = time.monotonic()
+    rounds = 0
+    while rounds < 2 or time.monotonic() - started < rounds_lasting:
+        ids = [await world.insert(aggregate_in_slot(s, world.slots), 1) for s in range(world.slots)]
+        await world.wait_published(ids, within=within)
+        rounds += 1
+
+
+async def test_a_relay_with_another_slot_count_leaves_no_slot_unpublished(
+    world: RelayWorld,
+) -> None:
+    settings = partial(world.settings, lease_ttl_seconds=3.0, lease_renew_seconds=1.0)
+    async with (
+        running_relay(settings(instance_id="one")) as one,
+        running_relay(settings(instance_id="two")) as two,
+    ):
+        await wait_until(
+            lambda: split_evenly([one, two], world.slots), timeout=30, message="an 8/8 split"
+        )
+        # Every slot's producer is up before the clock below starts (its first start is slow).
+        warm = [
+            await world.insert(aggregate_in_slot(s, world.slots), 1) for s in range(world.slots)
+        ]
+        await world.wait_published(warm, within=60)
+        held = {"one": one.owned_slots(), "two": two.owned_slots()}
+        odd = settings(instance_id="odd", relay_slots=2 * world.slots)
+        async with running_relay(odd) as dissenter:
+            await wait_until(
+                partial(_is_member, world, "odd"), timeout=20, message="the odd relay's heartbeat"
+            )
+            # While it runs, every order is published within a sweep and a lease TTL, through
+            # several balance rounds of every relay (each renewal interval).
+            budget = odd.sweep_interval_seconds + odd.lease_ttl_seconds
+            await _publish_in_every_slot_for(world, budget, rounds_lasting=4 * 1.0)
+            assert {"one": one.owned_slots(), "two": two.owned_slots()} == held
+            assert dissenter.owned_slots() == set()
+            # It says so: its gauge, its /readyz (with the reason) and not the others'.
+            assert dissenter.metrics.registry.get_sample_value("relay_slots_disagreement") == 1
+            assert one.metrics.registry.get_sample_value("relay_slots_disagreement") == 0
+            odd_ready = await _readyz(odd, dissenter)
+            assert odd_ready.status_code == 503 and not odd_ready.json()["checks"]["relay_slots"]
+            reason = odd_ready.json()["reason"]
+            assert "RELAY_SLOTS=32" in reason and "use 16" in reason, reason
+            assert (await _readyz(settings(instance_id="one"), one)).status_code == 200
+            # The console's slot view names it, with its value.
+            console = ConsoleSettings(token="t" * 32, orders_database=world.database)
+            assert await slot_count_dissenters(world.mongo, console) == {"odd": 32}
+
+
+async def test_the_relays_that_agree_take_every_slot_while_another_disagrees(
+    world: RelayWorld,
+) -> None:
+    settings = partial(world.settings, lease_ttl_seconds=3.0, lease_renew_seconds=1.0)
+    async with running_relay(settings(instance_id="stays")) as stays:
+        await wait_until(
+            lambda: stays.owned_slots() == set(range(world.slots)), timeout=30, message="all"
+        )
+        odd = settings(instance_id="odd", relay_slots=2 * world.slots)
+        async with running_relay(odd) as dissenter:
+            await wait_until(
+                partial(_is_member, world, "odd"), timeout=20, message="the odd relay's heartbeat"
+            )
+            async with running_relay(settings(instance_id="joins")) as joins:
+                # The newcomer shares with the relay that agrees, not with the odd one: 8/8.
+                await wait_until(
+                    lambda: split_evenly([stays, joins], world.slots),
+                    timeout=30,
+                    message="an 8/8 split of the two that agree",
+                )
+            # The newcomer stopped: its slots go back to the one that agrees, none to the odd one.
+            await wait_until(
+                lambda: stays.owned_slots() == set(range(world.slots)),
+                timeout=30,
+                message="the relay that agrees holds every slot again",
+            )
+            assert dissenter.owned_slots() == set()
+            ids = [await world.insert(str(ObjectId()), 1) for _ in range(20)]
+            await world.wait_published(ids, within=30)
+
+
+async def _readyz(settings: RelaySettings, relay: Relay) -> httpx.Response:
+    """The relay's /readyz, from the health server its process serves."""
+    server = health_server(settings, relay)
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+            return await http.get("/readyz")
+    finally:
+        await server.stop()
+
+
+async def _is_member(world: RelayWorld, instance: str) -> bool:
+    return bool(await world.db[MEMBERS_COLLECTION].count_documents({"_id": instance}) == 1)
