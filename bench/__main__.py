@@ -10,6 +10,8 @@ the exit status is 1 only when a phase produced no figure at all (named on stder
    by wrk and by httpx;
 2. ``relay`` (bench/relay_drain.py): raw producer, raw MongoDB relay work, our relay's drain,
    the article's relay; commit-to-publish latency;
+   ``debezium`` (bench/debezium.py): our relay and Debezium's MongoDB outbox connector side by
+   side (backlog drain, commit-to-publish latency);
 3. ``consumers`` (bench/consumers_drain.py): each consumer's drain and Redis cost per message;
 4. ``e2e_ours``/``e2e_article`` (bench/e2e_phase.py): open-loop latency at 50% of the API's
    maximum and at 5/s, for both designs;
@@ -46,6 +48,7 @@ from bench import (
     brokers,
     capacity,
     consumers_drain,
+    debezium,
     e2e_phase,
     order_api,
     relay_drain,
@@ -63,6 +66,7 @@ from stack.observe import wait_for_topics
 PHASES: dict[str, Callable[[Run], Awaitable[None]]] = {
     "order_api": order_api.run_phase,
     "relay": relay_drain.run_phase,
+    "debezium": debezium.run_phase,
     "consumers": consumers_drain.run_phase,
     "e2e_ours": e2e_phase.run_ours,
     "e2e_article": e2e_phase.run_article,
