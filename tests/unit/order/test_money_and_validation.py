@@ -60,10 +60,11 @@ def test_bad_money_is_refused_with_a_reason(value: Any, reason: str) -> None:
 
 
 def test_total_is_exact_where_floats_are_not() -> None:
-    lines = [(1, Decimal("0.10")), (1, Decimal("0.20"))]
-    assert 0.10 + 0.20 != 0.30  # the float answer is 0.30000000000000004
-    assert compute_total(lines) == Decimal("0.30")
-    assert format_money(compute_total(lines)) == "0.30"
+    # 99 lines of 10 000 x 999 999 999.99 and one cent: 989 999 999 990 100.01 needs 17
+    # significant digits; summed as binary floats it comes out a cent short (...100.00).
+    lines = [(10_000, Decimal("999999999.99"))] * 99 + [(1, Decimal("0.01"))]
+    assert compute_total(lines) == Decimal("989999999990100.01")
+    assert format_money(compute_total([(1, Decimal("0.10")), (1, Decimal("0.20"))])) == "0.30"
 
 
 def test_largest_order_total_stays_exact() -> None:
@@ -112,14 +113,39 @@ def test_invalid_requests_name_the_field(overrides: dict[str, Any], loc: tuple[A
     assert loc in [tuple(e["loc"]) for e in caught.value.errors()]
 
 
-def test_fingerprint_ignores_spelling_but_not_meaning() -> None:
-    a = CreateOrderRequest.model_validate(_body())
-    b = CreateOrderRequest.model_validate(
-        _body(items=[{"unitPrice": "1.250"[:-1], "quantity": 2, "sku": "A"}])
-    )
-    c = CreateOrderRequest.model_validate(_body(userId="other"))
-    assert a.fingerprint() == b.fingerprint()
-    assert a.fingerprint() != c.fingerprint()
+_LINE: dict[str, Any] = {"sku": "A", "quantity": 2, "unitPrice": "1.20"}
+
+
+def _request(*, lines: list[dict[str, Any]] | None = None, **fields: Any) -> CreateOrderRequest:
+    return CreateOrderRequest.model_validate(_body(items=lines or [_LINE], **fields))
+
+
+@pytest.mark.parametrize(
+    ("one", "other"), [("1.2", "1.20"), ("01.20", "1.2"), ("7", "7.00"), ("0.5", "000.50")]
+)
+def test_fingerprint_ignores_how_a_price_is_spelt(one: str, other: str) -> None:
+    # An idempotent retry may come from another client that writes the price its own way: the
+    # same request must be recognised (replayed), not refused as a reuse of the key (409).
+    spelt_one = _request(lines=[{**_LINE, "unitPrice": one}])
+    spelt_other = _request(lines=[{**_LINE, "unitPrice": other}])
+    assert spelt_one.fingerprint() == spelt_other.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"userId": "other"},
+        {"customerEmail": "b@example.com"},
+        {"lines": [{**_LINE, "sku": "B"}]},
+        {"lines": [{**_LINE, "quantity": 3}]},
+        {"lines": [{**_LINE, "unitPrice": "1.21"}]},
+        {"lines": [_LINE, _LINE]},
+    ],
+    ids=["user", "email", "sku", "quantity", "price", "lines"],
+)
+def test_fingerprint_tells_every_change_of_meaning(change: dict[str, Any]) -> None:
+    # A key reused with another request must be a 409, never the replay of another order.
+    assert _request(**change).fingerprint() != _request().fingerprint()
 
 
 def test_valid_traceparent_keeps_the_trace_and_flags() -> None:
