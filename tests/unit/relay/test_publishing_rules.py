@@ -25,7 +25,7 @@ from services.relay.publisher import (
     judge_failures,
     plan_batch,
 )
-from services.relay.settings import RelaySettings
+from services.relay.settings import FAILPOINT_AFTER_KAFKA_ACK, RelaySettings
 from shared.contracts import Header, topic_for_event_type
 from shared.errors import FaultKind
 from shared.kafka import decode_headers
@@ -140,15 +140,24 @@ def test_settings_refuse_a_renewal_interval_too_close_to_the_lease_ttl() -> None
         RelaySettings(lease_ttl_seconds=4, lease_renew_seconds=3)
 
 
-def test_settings_refuse_unknown_failpoints_and_any_failpoint_in_production() -> None:
-    with pytest.raises(ValidationError, match="unknown failpoint"):
+def test_settings_refuse_unknown_failpoints() -> None:
+    # Opted in, so only the name can be what is refused.
+    with pytest.raises(ValidationError, match="unknown failpoint 'before_everything'"):
         RelaySettings(failpoint="before_everything", enable_failpoints=True)
-    with pytest.raises(ValidationError):
-        RelaySettings(
-            failpoint="after_kafka_ack",
-            environment="production",
-            mongo_uri="mongodb://db:27017/?replicaSet=rs0",
-        )
+    assert RelaySettings(failpoint=FAILPOINT_AFTER_KAFKA_ACK, enable_failpoints=True).failpoint
+
+
+def test_settings_refuse_any_failpoint_in_production_even_opted_in() -> None:
+    # Everything else is valid for production (a replica set, the opt-in given), so the
+    # production rule alone refuses it; the same settings outside production are accepted.
+    armed: dict[str, Any] = {
+        "failpoint": FAILPOINT_AFTER_KAFKA_ACK,
+        "enable_failpoints": True,
+        "mongo_uri": "mongodb://db:27017/?replicaSet=rs0",
+    }
+    assert RelaySettings(**armed, environment="test").failpoint == FAILPOINT_AFTER_KAFKA_ACK
+    with pytest.raises(ValidationError, match="ENABLE_FAILPOINTS must not be set"):
+        RelaySettings(**armed, environment="production")
 
 
 def test_settings_defaults_match_the_documented_ones() -> None:
