@@ -15,7 +15,8 @@ launcher and its server, or a JVM's helpers, count as one instance.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -124,3 +125,29 @@ def per_order(
             round(cores * 1000 / total_per_order, 1) if total_per_order > 0 else None
         )
     return figure
+
+
+class Window:
+    """CPU of every process of the run over one measured window: :meth:`open` when the first
+    order is sent, :meth:`close` when the last one completed (or the settle wait gave up), so
+    neither the observers' start-up nor their shutdown is counted."""
+
+    def __init__(self, pids: Callable[[], Mapping[str, int]]) -> None:
+        self._pids = pids
+        self._before: Snapshot = {}
+        self._opened = 0.0
+        self.used: dict[str, int] = {}
+        self.seconds = 0.0
+
+    def open(self) -> None:
+        self._before = snapshot(self._pids())
+        self._opened = time.monotonic()
+
+    def close(self) -> None:
+        self.seconds = time.monotonic() - self._opened
+        self.used = ticks_used(self._before, snapshot(self._pids()))
+
+    def per_order(self, completed_orders: int) -> dict[str, Any]:
+        return per_order(
+            self.used, completed_orders, self.seconds, clock_ticks_per_second(), usable_cores()
+        )

@@ -36,6 +36,7 @@ from typing import Any, Final
 import httpx
 from aiokafka import AIOKafkaConsumer
 
+from bench import cpu
 from bench.stats import Distribution, achieved_rate, open_loop_schedule
 from services.inventory.models import RESERVATIONS, ReservationStatus
 from shared.contracts import ORDER_CREATED_TOPIC
@@ -375,6 +376,7 @@ async def measure_e2e(
     body_for: Callable[[int], dict[str, Any]] = order_body,
     cancel_every: int = 0,
     times: OrderTimes | None = None,
+    cpu_window: cpu.Window | None = None,
 ) -> LatencyResult:
     """Send ``rate`` orders/s for ``duration`` s, then wait up to ``settle_timeout`` s for every
     reservation and email; return the latency distributions from the scheduled send to each,
@@ -384,6 +386,7 @@ async def measure_e2e(
     completes when its reservation reads ``cancelled`` and its cancellation email arrived (its
     confirmation may or may not be sent, depending on which event the email service saw first).
     ``times``, when given, receives each order's own timestamps (for a latency breakdown).
+    ``cpu_window``, when given, is open from the first send to the end of the settle wait.
     """
     result = LatencyResult(
         design=design,
@@ -414,10 +417,14 @@ async def measure_e2e(
         return cancelled_done >= sent.cancelled
 
     try:
+        if cpu_window is not None:
+            cpu_window.open()
         await _send_orders(api_url, rate, duration, sent, result, body_for, cancel_every)
         deadline = time.monotonic() + settle_timeout
         while not await complete() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)  # poll interval of the settle wait, bounded by its deadline
+        if cpu_window is not None:
+            cpu_window.close()
         reserved, mailed = set(watcher.committed), set(scanner.received)
         live = set(sent.scheduled) - sent.cancelled
         missing_r = live - reserved

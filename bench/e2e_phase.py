@@ -10,7 +10,6 @@ article/ours ratios run by run (run i of one design against run i of the other).
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from typing import Any, Final
 
@@ -34,6 +33,7 @@ async def measure(
     settle: float,
     cancel_every: int = 0,
     times: OrderTimes | None = None,
+    cpu_window: cpu.Window | None = None,
 ) -> LatencyResult:
     """One open-loop measurement of ``pipeline`` at ``rate`` orders/s for ``seconds``."""
     cfg = run.config
@@ -49,6 +49,7 @@ async def measure(
         settle_timeout=settle,
         cancel_every=cancel_every,
         times=times,
+        cpu_window=cpu_window,
     )
 
 
@@ -60,22 +61,12 @@ async def measure_with_cpu(
     settle: float,
     cancel_every: int = 0,
 ) -> tuple[LatencyResult, dict[str, Any]]:
-    """:func:`measure`, and the CPU every process of the run spent per completed order over
-    the same window (the sends and the settle: the orders sent are all finished, or counted
-    as incomplete, when it ends)."""
-    before = cpu.snapshot(run.process_pids())
-    started = time.monotonic()
-    result = await measure(run, pipeline, rate, seconds, settle, cancel_every)
-    elapsed = time.monotonic() - started
-    after = cpu.snapshot(run.process_pids())
-    figure = cpu.per_order(
-        cpu.ticks_used(before, after),
-        max(0, result.created - result.incomplete()),
-        elapsed,
-        cpu.clock_ticks_per_second(),
-        cpu.usable_cores(),
-    )
-    return result, figure
+    """:func:`measure`, and the CPU every process of the run spent per completed order from
+    the first send to the end of the settle wait (when the orders sent are all finished, or
+    counted as incomplete)."""
+    window = cpu.Window(run.process_pids)
+    result = await measure(run, pipeline, rate, seconds, settle, cancel_every, cpu_window=window)
+    return result, window.per_order(max(0, result.created - result.incomplete()))
 
 
 async def warm_up(run: Run, pipeline: Pipeline) -> None:

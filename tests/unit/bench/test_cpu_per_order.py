@@ -4,10 +4,11 @@ bound it implies (cores x 1000 / total ms orders/s)."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
-from bench.cpu import parse_cpu_ticks, per_order, read_cpu_ticks, snapshot, ticks_used
+from bench.cpu import Window, parse_cpu_ticks, per_order, read_cpu_ticks, snapshot, ticks_used
 from bench.report import cpu_vs_baseline_goal, summarize, table_rows
 
 
@@ -91,3 +92,17 @@ def test_the_light_cpu_figure_is_the_median_of_the_runs_and_judged_against_the_b
     assert cpu_vs_baseline_goal(summary, None)["met"] is None
     rows = [r for r in table_rows({"summary": summary}) if r[0].startswith("CPU per order")]
     assert rows and "mongo 15.0" in rows[0][2]
+
+
+def test_a_window_counts_the_cpu_spent_between_its_opening_and_its_closing() -> None:
+    window = Window(lambda: {"me": os.getpid()})
+    window.open()
+    spent, deadline = 0, time.monotonic() + 10.0
+    # Busy until the kernel has counted two ticks of this process (20 ms at 100 Hz).
+    while window.used.get("me", 0) < 2 and time.monotonic() < deadline:
+        spent += sum(range(10_000))
+        window.close()
+    figure = window.per_order(completed_orders=2)
+    assert figure["cpu_ms"]["me"] >= 2 * 1000 / os.sysconf("SC_CLK_TCK")
+    assert figure["total_ms_per_order"] == figure["per_order_ms"]["me"] > 0
+    assert spent > 0
