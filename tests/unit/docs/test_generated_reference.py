@@ -7,10 +7,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import yaml
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from docs.hooks import cli_reference, openapi_reference, settings_reference
+from docs.hooks import alerts_reference, cli_reference, openapi_reference, settings_reference
 from docs.hooks.settings_reference import SETTINGS_CLASSES, field_comment, rows, settings_class
 from shared.settings import InfraSettings
 
@@ -116,3 +117,39 @@ def test_the_cli_page_finds_the_subcommands_in_argparse_usage() -> None:
         "run",
     ]
     assert cli_reference.subcommands("usage: python -m stack.demo [-h] [--orders ORDERS]") == []
+
+
+def _mermaid_blocks(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    return [block.split("```", 1)[0] for block in text.split("```mermaid\n")[1:]]
+
+
+def test_the_readme_shows_the_site_home_page_picture() -> None:
+    # The one architecture picture lives in two files (GitHub shows the README, the site its
+    # home page); they must not drift apart.
+    readme = _mermaid_blocks(ROOT / "README.md")
+    home = _mermaid_blocks(ROOT / "docs" / "index.md")
+    assert len(readme) == 1
+    assert readme == home
+
+
+def test_every_alert_rule_is_on_the_alerts_page_with_its_expression() -> None:
+    document = yaml.safe_load(alerts_reference.RULES.read_text(encoding="utf-8"))
+    page = alerts_reference.render("operating/alerts.md")
+    rules = [rule for group in document["groups"] for rule in group["rules"]]
+    assert rules
+    for rule in rules:
+        assert f"### `{rule['alert']}`" in page
+        assert " ".join(str(rule["expr"]).split()) in page
+
+
+def test_an_alert_is_explained_by_the_comment_above_it() -> None:
+    text = (
+        "groups:\n  - name: g\n    rules:\n"
+        "      # Why it fires.\n      # Second line.\n      - alert: First\n        expr: x > 0\n"
+        "      - alert: Second\n        expr: y > 0\n"
+    )
+    assert alerts_reference.alert_comments(text) == {
+        "First": "Why it fires. Second line.",
+        "Second": "",
+    }
