@@ -126,9 +126,14 @@ def worker_properties(setup: DebeziumSetup) -> dict[str, str]:
     }
 
 
-def connector_properties(setup: DebeziumSetup) -> dict[str, str]:
-    """Debezium's MongoDB connector on ``<database>.outbox`` with the outbox event router."""
+def connector_properties(
+    setup: DebeziumSetup, poll_interval_ms: int | None = None
+) -> dict[str, str]:
+    """Debezium's MongoDB connector on ``<database>.outbox`` with the outbox event router;
+    Debezium's defaults elsewhere, except ``poll.interval.ms`` when given (its default, 500 ms,
+    is how long the task waits for a batch to fill: a latency/batching trade-off a user tunes)."""
     router = "transforms.outbox."
+    tuned = {} if poll_interval_ms is None else {"poll.interval.ms": str(poll_interval_ms)}
     topic_config = {
         **setup.replication.topic_config(),
         # The record's timestamp is when the broker appended it: the bench's publish time.
@@ -158,6 +163,7 @@ def connector_properties(setup: DebeziumSetup) -> dict[str, str]:
         ),
         router + "route.by.field": OutboxField.EVENT_TYPE,
         router + "route.topic.replacement": TOPIC_PREFIX + "${routedByValue}",
+        **tuned,
     }
 
 

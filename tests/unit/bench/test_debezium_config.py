@@ -169,3 +169,8 @@ def test_ratios_pair_runs_that_both_produced_a_drain() -> None:
     assert summary["relay_over_debezium"]["per_run"] == [0.5, None]
     assert summary["relay_events_per_s"]["median"] == 450.0
     assert summary["debezium_commit_to_publish_ms"] == {"p50": 20.0, "p99": 60.0, "missing": 1}
+
+
+def test_only_the_tuned_run_changes_debeziums_batch_wait() -> None:
+    assert "poll.interval.ms" not in connector_properties(_setup())
+    assert connector_properties(_setup(), poll_interval_ms=10)["poll.interval.ms"] == "10"
