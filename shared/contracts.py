@@ -26,6 +26,16 @@ EMAIL_GROUP: Final = "email-service"
 # a DLQ replay the next working day), short enough that Redis does not grow without bound.
 IDEMPOTENCY_TTL_SECONDS: Final = 172_800
 
+# Seven days (Kafka's own default, stated here so what depends on it is derived from it): how
+# long a dead-letter topic keeps a record, i.e. how late an operator can still replay it.
+# :func:`shared.kafka.ensure_topics` creates every ``*.dlq`` topic with this ``retention.ms``.
+DLQ_RETENTION_SECONDS: Final = 604_800
+# How long a service remembers an order's lifecycle (:func:`order_state_key`). A replayed
+# record can reach a consumer as late as its DLQ keeps it, plus the redelivery window of the
+# source topic it is replayed into (the 48 h the dedup keys assume). Forgetting sooner would let
+# a late replay confirm an order whose customer was told it is cancelled.
+ORDER_STATE_TTL_SECONDS: Final = DLQ_RETENTION_SECONDS + IDEMPOTENCY_TTL_SECONDS
+
 # The envelope version consumers understand; anything else is a poison message.
 SCHEMA_VERSION: Final = 1
 
@@ -105,7 +115,8 @@ ALL_TOPICS: Final = (
 
 def order_state_key(service: str, order_id: str) -> str:
     """Redis key of what ``service`` knows about one order's lifecycle (e.g. email's
-    ``confirming``/``confirmed``/``cancelled``): ``order:email:<order id>``."""
+    ``confirming``/``confirmed``/``cancelled``): ``order:email:<order id>``, kept
+    :data:`ORDER_STATE_TTL_SECONDS`."""
     if not service or ":" in service:
         raise ValueError(f"service name must be non-empty and free of ':', got {service!r}")
     return f"order:{service}:{order_id}"

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from shared.contracts import ALL_TOPICS, TOPIC_PARTITIONS
+from shared.contracts import ALL_TOPICS, DLQ_RETENTION_SECONDS, DLQ_SUFFIX, TOPIC_PARTITIONS
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(t, partitions, replication.factor, topic_configs=replication.topic_config())
+            NewTopic(t, partitions, replication.factor, topic_configs=topic_config(t, replication))
             for t in topics
             if t not in existing
         ]
@@ -131,6 +131,16 @@ async def ensure_topics(
             _raise_refusals(response.topic_errors)
     finally:
         await admin.close()
+
+
+def topic_config(topic: str, replication: TopicReplication) -> dict[str, str]:
+    """The settings :func:`ensure_topics` creates ``topic`` with: its replication's, and for a
+    dead-letter topic the retention the per-order state is sized for
+    (:data:`shared.contracts.ORDER_STATE_TTL_SECONDS`)."""
+    config = replication.topic_config()
+    if topic.endswith(DLQ_SUFFIX):
+        config["retention.ms"] = str(DLQ_RETENTION_SECONDS * 1000)
+    return config
 
 
 def _raise_refusals(topic_errors: Iterable[tuple[Any, ...]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 log = logging.getLogger(__name__)
@@ -11,6 +12,15 @@ log = logging.getLogger(__name__)
 # Exit code of a test failpoint (``*_FAILPOINT``): distinct from 0, 1 (fatal error), 2 (usage),
 # 137 and 143 (killed, terminated), so a test can tell "crashed where asked" from anything else.
 FAILPOINT_EXIT_CODE = 86
+
+
+def exit_at_failpoint(armed: str | None, name: str) -> None:
+    """Exit the process at once, without any cleanup (like a ``kill -9``), when ``armed`` (the
+    service's ``failpoint`` setting, test-only) names the failpoint ``name`` reached here."""
+    if armed == name:
+        log.warning("failpoint hit, exiting", extra={"failpoint": name})
+        logging.shutdown()
+        os._exit(FAILPOINT_EXIT_CODE)
 
 
 def stop_event_on_signals() -> asyncio.Event:

@@ -1,11 +1,15 @@
 """What happens to one order event: one confirmation (``OrderCreated``) or one cancellation
 notice (``OrderCancelled``) over SMTP.
 
-Exactly-once is impossible across SMTP: between the server's ``250 OK`` and our ``done`` marker
-in Redis a crash leaves no record that the mail left, and the redelivery sends it again. The
-consumer loop writes ``done`` immediately after this handler returns (nothing else in between),
-which keeps that window to one Redis round trip; the stable ``Message-ID`` makes a copy
-recognisable.
+Exactly-once is impossible across SMTP: between the server's ``250 OK`` and the one Redis write
+that records the send, a crash leaves no record that the mail left, and the redelivery sends it
+again; the stable ``Message-ID`` makes that copy recognisable. That is the only window:
+
+* each send is recorded in the order's state (``confirmed``, ``cancellation_sent``) right after
+  the 250; every later delivery of the event (a retry, a redelivery after a crash before the
+  engine's ``done``, a late replay) finds the record and sends nothing;
+* if that write fails (Redis away), the mail is remembered in this process as sent and the
+  engine's retry of the attempt writes the record, never the mail again.
 
 The two events travel on two topics, so their order is not Kafka's to keep: the per-order state
 of :mod:`services.email.order_state` makes sure no confirmation leaves for an order this service
@@ -27,6 +31,7 @@ from services.email.settings import EmailSettings
 from shared.consumer import Delivery
 from shared.errors import TransientFault
 from shared.events import OrderCancelled, OrderEvent
+from shared.lifecycle import exit_at_failpoint
 from shared.tracing import step_span
 
 log = logging.getLogger(__name__)
@@ -35,34 +40,74 @@ SERVICE: Final = "email"
 OUTCOME_SENT = "sent"
 OUTCOME_CANCELLATION_SENT = "cancellation_sent"
 OUTCOME_SKIPPED_CANCELLED = "skipped_cancelled"
+OUTCOME_SKIPPED_ALREADY_SENT = "skipped_already_sent"
+
+# Failpoint (test-only): exit right after SMTP's 250, before the send is recorded: the one
+# window in which an email can be sent twice.
+FAILPOINT_AFTER_SMTP_OK = "after_smtp_ok"
 
 
 class ConfirmationSender:
     def __init__(self, settings: EmailSettings, states: OrderStates) -> None:
         self._settings = settings
         self._states = states
+        # Dedup claim keys of confirmations that left (SMTP said 250) and are not recorded in
+        # Redis yet. One entry per record in flight at most: it goes once the record is written.
+        self._sent_unrecorded: set[str] = set()
 
     async def handle(self, event: OrderEvent, delivery: Delivery) -> str:
-        """Send the event's email; SMTP errors propagate for the loop to classify (connection
-        refused, timeouts and 4xx are transient; a 5xx is retried 3 times, then the DLQ)."""
+        """Send the event's email unless the order's state forbids it, then record the send.
+        SMTP errors propagate for the loop to classify (connection refused, timeouts and 4xx
+        are transient; a 5xx is retried 3 times, then the DLQ)."""
         extra = {"order_id": event.order_id, "event_id": delivery.event_id}
+        claim = delivery.claim_key
+        if claim not in self._sent_unrecorded:
+            skipped = await self._begin(event, claim, extra)
+            if skipped is not None:
+                return skipped
+            await self._send(self._message(event, delivery.event_id))
+            # From the 250 on, only this process knows the mail left until the write below
+            # records it. If that write fails, so does the attempt, and the engine's retry (the
+            # same claim) comes back here to write the record, not to send again.
+            self._sent_unrecorded.add(claim)
+            exit_at_failpoint(self._settings.failpoint, FAILPOINT_AFTER_SMTP_OK)
         if isinstance(event, OrderCancelled):
-            if await self._states.begin_cancellation(event.order_id) is OrderState.CONFIRMING:
+            await self._states.end_cancellation(event.order_id)
+            outcome, done = OUTCOME_CANCELLATION_SENT, "cancellation sent"
+        else:
+            await self._states.end_confirmation(event.order_id)
+            outcome, done = OUTCOME_SENT, "confirmation sent"
+        self._sent_unrecorded.discard(claim)
+        log.info(done, extra=extra)
+        return outcome
+
+    async def _begin(self, event: OrderEvent, claim: str, extra: dict[str, str]) -> str | None:
+        """Mark the email in flight in the order's state; the outcome to stop with when it must
+        not be sent, ``None`` to send it."""
+        if isinstance(event, OrderCancelled):
+            before = await self._states.begin_cancellation(event.order_id)
+            if before is OrderState.CONFIRMING:
                 # Retried with backoff; the confirmation ends within one lease at most.
                 raise TransientFault(f"confirmation of order {event.order_id} is being sent")
-            await self._send(cancellation_email(event, delivery.event_id, self._settings.sender))
-            log.info("cancellation sent", extra=extra)
-            return OUTCOME_CANCELLATION_SENT
+            if before is OrderState.CANCELLATION_SENT:
+                log.info("cancellation skipped: already sent", extra=extra)
+                return OUTCOME_SKIPPED_ALREADY_SENT
+            return None
         # The engine claimed this event before calling us: while that claim is live (renewed
         # during a slow send, gone soon after a crash) the confirmation counts as in flight.
-        started = await self._states.begin_confirmation(event.order_id, delivery.claim_key)
-        if started is OrderState.CANCELLED:
+        before = await self._states.begin_confirmation(event.order_id, claim)
+        if before.is_cancelled:
             log.info("confirmation skipped: order already cancelled", extra=extra)
             return OUTCOME_SKIPPED_CANCELLED
-        await self._send(confirmation_email(event, delivery.event_id, self._settings.sender))
-        await self._states.end_confirmation(event.order_id)
-        log.info("confirmation sent", extra=extra)
-        return OUTCOME_SENT
+        if before is OrderState.CONFIRMED:
+            log.info("confirmation skipped: already sent", extra=extra)
+            return OUTCOME_SKIPPED_ALREADY_SENT
+        return None
+
+    def _message(self, event: OrderEvent, event_id: str) -> EmailMessage:
+        if isinstance(event, OrderCancelled):
+            return cancellation_email(event, event_id, self._settings.sender)
+        return confirmation_email(event, event_id, self._settings.sender)
 
     async def _send(self, message: EmailMessage) -> None:
         with step_span("smtp send", **{"messaging.message.id": str(message["Message-ID"])}):

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from services.email.handlers import FAILPOINT_AFTER_SMTP_OK
+from shared.consumer import FAILPOINT_AFTER_SIDE_EFFECT
 from shared.contracts import (
     EMAIL_GROUP,
     EVENT_ORDER_CANCELLED,
@@ -213,12 +215,19 @@ async def test_inventory_killed_after_reserving_before_marking_done(chaos: Chaos
 
 async def test_email_killed_after_sending_before_marking_done(chaos: Chaos) -> None:
     """email killed after side effect"""
-    # The one documented window: the SMTP server said 250, `done` is not written yet. The
+    # The one documented window: the SMTP server said 250, the send is not recorded yet. The
     # redelivery sends a second copy (same Message-ID). The email consumer keeps one email in
     # flight (EMAIL_MAX_CONCURRENT_PARTITIONS=1), so one crash duplicates at most one email.
     chaos.expect.max_duplicate_emails = 1
-    evaluation = await _crash_at_failpoint(chaos, "email", "after_side_effect", "failpoint hit")
+    evaluation = await _crash_at_failpoint(chaos, "email", FAILPOINT_AFTER_SMTP_OK, "failpoint hit")
     assert evaluation.counts.duplicate_emails >= 1, "no second copy: the crash window was missed"
+
+
+async def test_email_killed_after_recording_the_send_sends_no_copy(chaos: Chaos) -> None:
+    """email killed after recording the send"""
+    # Past the window: the order's state says the mail left, only `done` is missing. The
+    # redelivery finds the record and sends nothing (max_duplicate_emails stays 0).
+    await _crash_at_failpoint(chaos, "email", FAILPOINT_AFTER_SIDE_EFFECT, "failpoint hit")
 
 
 async def _crash_at_failpoint(

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
@@ -32,51 +31,18 @@ from shared.contracts import (
     Header,
     dlq_topic_for,
 )
-from shared.dlq import StoredDlqRecord, read_dlq
-from shared.events import EventItem, OrderCancelled, OrderCreated
+from shared.dlq import StoredDlqRecord, build_dlq_record, read_dlq, send_to_dlq
+from shared.events import OrderCancelled, OrderCreated
 from shared.kafka import encode_headers, ensure_topics, make_producer
 from shared.mongo import MongoClient, make_mongo_client
 from shared.redis import make_redis
 from stack import Stack
 from tests.background import finish_service_tasks
+from tests.order_events import cancel_event, order_event
+
+__all__ = ["Pipeline", "cancel_event", "event_headers", "order_event", "poison_values"]
 
 TOPIC_PARTITIONS = 3
-
-
-def order_event(
-    order_id: str | None = None,
-    *,
-    sku: str = "SKU-1",
-    quantity: int = 2,
-    email: str = "buyer@example.com",
-) -> OrderCreated:
-    order_id = order_id or f"ord-{uuid.uuid4().hex[:12]}"
-    price = Decimal("12.50")
-    return OrderCreated.model_validate(
-        {
-            "orderId": order_id,
-            "userId": "user-1",
-            "customerEmail": email,
-            "total": str(price * quantity),
-            "items": [
-                EventItem.model_validate(
-                    {"sku": sku, "quantity": quantity, "unitPrice": str(price)}
-                ).model_dump(by_alias=True)
-            ],
-            "createdAt": datetime.now(UTC),
-        }
-    )
-
-
-def cancel_event(created: OrderCreated) -> OrderCancelled:
-    """The cancellation of ``created`` (what POST /orders/{id}/cancel writes)."""
-    return OrderCancelled(
-        order_id=created.order_id,
-        user_id=created.user_id,
-        customer_email=created.customer_email,
-        total=created.total,
-        cancelled_at=datetime.now(UTC),
-    )
 
 
 def event_headers(
@@ -212,6 +178,30 @@ class Pipeline:
             ),
         )
         return event_id
+
+    async def dead_letter(
+        self,
+        event: OrderCreated,
+        event_id: str,
+        *,
+        group: str,
+        target: str | None = None,
+        reason: str = "RuntimeError: a bug since fixed",
+    ) -> None:
+        """What ``group`` writes to the creation topic's DLQ when it gives up on ``event`` (read
+        from ``target``, by default the creation topic) after three attempts."""
+        record = build_dlq_record(
+            topic=target or self.topic,
+            partition=0,
+            offset=42,
+            key=event.order_id.encode(),
+            value=event.to_json().encode(),
+            headers=event_headers(event_id, event.order_id),
+            reason=reason,
+            retry_count=2,
+            consumer_group=group,
+        )
+        await send_to_dlq(self.producer, self.dlq_topic, record)
 
     async def reservations(self, order_id: str) -> list[dict[str, Any]]:
         cursor = self.mongo[self.database][RESERVATIONS].find({"orderId": order_id})

@@ -14,6 +14,7 @@ from functools import partial
 import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from services.email.handlers import FAILPOINT_AFTER_SMTP_OK
 from shared.consumer import FAILPOINT_AFTER_MARK_DONE, FAILPOINT_AFTER_SIDE_EFFECT
 from shared.contracts import (
     EVENT_ORDER_CREATED,
@@ -21,13 +22,12 @@ from shared.contracts import (
     Header,
     idempotency_key,
 )
-from shared.dlq import StoredDlqRecord, build_dlq_record, send_to_dlq
+from shared.dlq import StoredDlqRecord
 from shared.dlq.__main__ import DlqSettings, format_table, replay, select
-from shared.events import OrderCreated
 from shared.kafka import decode_headers, ensure_topics
 from stack import Stack
 from stack.config import free_port
-from tests.integration.consumers.conftest import Pipeline, event_headers, order_event, poison_values
+from tests.integration.consumers.conftest import Pipeline, order_event, poison_values
 from tests.waiting import wait_until
 
 TIMEOUT = 60
@@ -134,22 +134,6 @@ def _dlq_settings(p: Pipeline) -> DlqSettings:
     )
 
 
-async def _dead_letter(p: Pipeline, event: OrderCreated, event_id: str, *, target: str) -> None:
-    """What inventory writes when it gives up on ``event`` (read from ``target``)."""
-    record = build_dlq_record(
-        topic=target,
-        partition=0,
-        offset=42,
-        key=event.order_id.encode(),
-        value=event.to_json().encode(),
-        headers=event_headers(event_id, event.order_id),
-        reason="RuntimeError: a bug since fixed",
-        retry_count=2,
-        consumer_group=p.inventory_group,
-    )
-    await send_to_dlq(p.producer, p.dlq_topic, record)
-
-
 async def test_a_replay_takes_effect_only_in_the_group_that_dead_lettered_it(
     pipeline: Pipeline,
 ) -> None:
@@ -159,7 +143,7 @@ async def test_a_replay_takes_effect_only_in_the_group_that_dead_lettered_it(
     p = pipeline
     event = order_event(sku="SKU-3", quantity=2)
     event_id = "evt-replay-" + event.order_id
-    await _dead_letter(p, event, event_id, target=p.topic)
+    await p.dead_letter(event, event_id, group=p.inventory_group)
     settings = _dlq_settings(p)
     stored = select(await p.dlq(), group=p.inventory_group)
     assert len(stored) == 1 and stored[0].ref in format_table(stored)
@@ -194,7 +178,7 @@ async def test_a_replay_killed_between_claim_and_send_leaves_the_record_replayab
     target = f"{p.topic}.replay-target"  # created only after the kill
     event = order_event()
     event_id = "evt-killed-replay-" + event.order_id
-    await _dead_letter(p, event, event_id, target=target)
+    await p.dead_letter(event, event_id, group=p.inventory_group, target=target)
     [record] = await p.dlq(p.inventory_group)
     ledger = record.ledger_key()
     c = p.stack.config
@@ -301,11 +285,11 @@ async def test_email_crash_after_marking_before_commit_sends_once(
 async def test_email_crash_between_smtp_ok_and_done_is_the_one_duplicate_window(
     pipeline: Pipeline, stack: Stack
 ) -> None:
-    """Documented, not hidden: a crash after SMTP's 250 and before `done` sends a second copy,
-    with the same Message-ID so the copy is recognisable."""
+    """Documented, not hidden: a crash after SMTP's 250 and before the send is recorded sends a
+    second copy, with the same Message-ID so the copy is recognisable."""
     p = pipeline
     env = {**p.env(), "EMAIL_CLAIM_LEASE_SECONDS": "2"}
-    stack.start("email", env={**env, "EMAIL_FAILPOINT": FAILPOINT_AFTER_SIDE_EFFECT})
+    stack.start("email", env={**env, "EMAIL_FAILPOINT": FAILPOINT_AFTER_SMTP_OK})
     try:
         event_id = await p.send(order_event())
         await _wait_exit(stack, "email")
