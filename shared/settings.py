@@ -134,7 +134,7 @@ class RelaySlotsSetting(BaseSettings):
 
     Read by the order API (it stores each event's slot at insert, in the order's transaction)
     and by every relay (each publishes the slots it holds), so it is one un-prefixed name for
-    both. A deployment-time constant: changing it is a migration (README, "Scaling").
+    both. A deployment-time constant: changing it is a migration (docs/operating/scaling.md).
     """
 
     relay_slots: int = Field(

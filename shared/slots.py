@@ -13,7 +13,8 @@ cryptographic hash and need not be: slots only spread load, and aggregate ids (O
 not chosen by an adversary.
 
 Changing the slot count moves most aggregates to another slot: it is a migration, described in
-the README ("Scaling") and carried out by ``python -m services.relay reslot``.
+docs/operating/scaling.md (upgrades and migrations) and carried out by
+``python -m services.relay reslot``.
 """
 
 from __future__ import annotations

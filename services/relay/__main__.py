@@ -6,7 +6,7 @@ order with the events of their aggregate that waited behind them. ``--slot N`` l
 ``--all-failed`` to one slot.
 
 ``reslot`` is the migration after a change of ``RELAY_SLOTS``: with every relay stopped, it
-stores each Pending and Failed event's slot under the new count (README, "Scaling").
+stores each Pending and Failed event's slot under the new count (docs/operating/scaling.md).
 """
 
 from __future__ import annotations
