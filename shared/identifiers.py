@@ -24,6 +24,7 @@ client generated from it never builds a value the API refuses.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
@@ -67,11 +68,14 @@ _IDENTIFIER: Final = re.compile(IDENTIFIER_PATTERN)
 
 
 def check_identifier(value: str) -> str:
-    """Return ``value`` unchanged if it is a usable identifier, else raise a pydantic error.
+    """Return ``value`` in Unicode NFC if it is a usable identifier, else raise a pydantic error.
 
     Raises ``PydanticCustomError`` of type ``forbidden_character`` (naming the first offending
     code point and its index) or ``blank``; in a request model pydantic turns it into a 422 that
-    names the field. Nothing is stripped or normalised: the identifier is stored as sent.
+    names the field. The check reads the value as sent (as the published pattern does); what is
+    stored is its NFC form, so canonically equivalent spellings (``"cafe\u0301"``, ``"caf\u00e9"``)
+    are one user or one SKU everywhere after. Nothing is stripped, case-folded or width-folded:
+    NFC only joins spellings that are the same text.
     """
     found = _FORBIDDEN.search(value)
     if found is not None:
@@ -84,7 +88,7 @@ def check_identifier(value: str) -> str:
     # fullmatch, not match: `$` also matches before a trailing newline.
     if _IDENTIFIER.fullmatch(value) is None:
         raise PydanticCustomError("blank", "must not be empty or only whitespace")
-    return value
+    return unicodedata.normalize("NFC", value)
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,14 @@ class _PublishPattern:
         json_schema: dict[str, Any] = handler(schema)
         json_schema["pattern"] = IDENTIFIER_PATTERN
         return json_schema
+
+
+# For the field's description (a pattern cannot say it; a field's own description replaces any
+# the type sets, so each Identifier field states it): how the API stores what it accepted.
+IDENTIFIER_NORMALISATION: Final = (
+    "Stored and answered in Unicode NFC: canonically equivalent spellings (e followed by U+0301 "
+    "COMBINING ACUTE ACCENT, and U+00E9) are one identifier."
+)
 
 
 # Use as a field type (length bounds stay with the field: ``Field(min_length=1, max_length=64)``).
@@ -123,6 +135,7 @@ def parse_object_id(text: str) -> ObjectId | None:
 
 
 __all__ = [
+    "IDENTIFIER_NORMALISATION",
     "IDENTIFIER_PATTERN",
     "OBJECT_ID_PATTERN",
     "Identifier",

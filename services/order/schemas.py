@@ -3,9 +3,9 @@
 Validation is strict: a quantity of ``"2"`` or ``2.5`` is refused rather than coerced (``2.0`` is
 accepted: JSON Schema, and so the published OpenAPI document, counts it as an integer), unknown
 fields are refused rather than ignored, identifiers follow :mod:`shared.identifiers` (no control
-or bidi characters, not blank), and a price must be a decimal *string* (a JSON number is a binary
-float on most clients, so ``0.1`` may already be ``0.1000000000000000055`` before it reaches us:
-money never travels that way).
+or bidi characters, not blank, stored in NFC), and a price must be a decimal *string* (a JSON
+number is a binary float on most clients, so ``0.1`` may already be ``0.1000000000000000055``
+before it reaches us: money never travels that way).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from shared.contracts import OutboxStatus
-from shared.identifiers import Identifier
+from shared.identifiers import IDENTIFIER_NORMALISATION, Identifier
 
 MAX_ITEMS: Final = 100
 MAX_QUANTITY: Final = 10_000
@@ -164,13 +164,19 @@ Quantity = Annotated[int, BeforeValidator(_integral_number)]
 
 
 class OrderItemIn(_StrictIn):
-    sku: Identifier = Field(min_length=1, max_length=64, description="Stock keeping unit.")
+    sku: Identifier = Field(
+        min_length=1,
+        max_length=64,
+        description=f"Stock keeping unit. {IDENTIFIER_NORMALISATION}",
+    )
     quantity: Quantity = Field(ge=1, le=MAX_QUANTITY, description="Whole units, 1..10000.")
     unit_price: MoneyIn = Field(alias="unitPrice", description="Price of one unit.")
 
 
 class CreateOrderRequest(_StrictIn):
-    user_id: Identifier = Field(alias="userId", min_length=1, max_length=128)
+    user_id: Identifier = Field(
+        alias="userId", min_length=1, max_length=128, description=IDENTIFIER_NORMALISATION
+    )
     customer_email: EmailStr = Field(
         alias="customerEmail",
         max_length=254,

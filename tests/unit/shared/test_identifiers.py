@@ -132,3 +132,20 @@ def test_the_published_pattern_read_as_ecma_262_accepts_exactly_what_the_api_acc
             if api != ecma
         ]
         assert not disagreements, disagreements[:10]
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("cafe\u0301", "caf\u00e9"),  # e + COMBINING ACUTE ACCENT: what macOS and iOS may send
+        ("\u212b-1", "\u00c5-1"),  # ANGSTROM SIGN is canonically the letter A with ring
+        ("user-1", "user-1"),
+    ],
+    ids=repr,
+)
+def test_canonically_equivalent_spellings_are_stored_as_one_nfc_identifier(
+    sent: str, stored: str
+) -> None:
+    # Two spellings of one name must not become two users (an idempotent retry missing its
+    # first order) or two SKUs (stock that an order cannot find).
+    assert check_identifier(sent) == stored
