@@ -56,3 +56,14 @@ def test_missing_file_exits_non_zero_before_touching_mongodb(
     missing = tmp_path / "nope.json"
     assert main(["seed-stock", str(missing)]) == 2
     assert f"seed-stock: {missing}: file not found" in capsys.readouterr().err
+
+
+def test_a_sku_is_seeded_in_the_form_the_order_api_stores(tmp_path: Path) -> None:
+    # The order API stores identifiers in NFC (shared.identifiers); a seed file written with a
+    # decomposed accent must name the same stock, and two spellings of one SKU are one SKU.
+    path = tmp_path / "stock.json"
+    path.write_text('{"CAFE\\u0301-250G": 3}')
+    assert [lv.sku for lv in load_stock_file(path)] == ["CAF\u00c9-250G"]
+    path.write_text('{"CAFE\\u0301-250G": 3, "CAF\\u00c9-250G": 4}')
+    with pytest.raises(SeedFileError, match="more than once"):
+        load_stock_file(path)
