@@ -168,8 +168,8 @@ class ConsumerMetrics:
         )
         self.dlq_routed = Counter(
             "consumer_dlq_routed_total",
-            "Records written to the DLQ, by fault kind",
-            ["service", "kind"],
+            "Records written to the DLQ, by source topic and fault kind",
+            ["service", "topic", "kind"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -181,8 +181,9 @@ class ConsumerMetrics:
         ).labels(**labels)
         self.lag = Gauge(
             "consumer_lag",
-            "Records behind the end of the partition (last stable offset)",
-            ["service", "partition"],
+            "Records still to read: last stable offset minus the position (which moves past "
+            "transaction markers, so a caught-up partition shows 0)",
+            ["service", "topic", "partition"],
             registry=self.registry,
         )
         self._service = service
@@ -193,8 +194,8 @@ class ConsumerMetrics:
     def retry(self, kind: FaultKind) -> None:
         self.retries.labels(service=self._service, kind=kind.value).inc()
 
-    def dlq(self, kind: FaultKind) -> None:
-        self.dlq_routed.labels(service=self._service, kind=kind.value).inc()
+    def dlq(self, topic: str, kind: FaultKind) -> None:
+        self.dlq_routed.labels(service=self._service, topic=topic, kind=kind.value).inc()
 
 
 class _Abandon(Exception):
@@ -507,7 +508,7 @@ class IdempotentConsumer(Generic[E]):
                 log.warning("DLQ write failed, retrying", extra={"reason": repr(exc)})
                 if await wait_or_stop(self._stop, backoff.next_delay()):
                     raise _Abandon() from exc
-        self.metrics.dlq(kind)
+        self.metrics.dlq(record.topic, kind)
         self.metrics.outcome("dead_lettered")
         log.warning(
             "routed to DLQ",
@@ -564,7 +565,7 @@ class IdempotentConsumer(Generic[E]):
         for tp in revoked:
             self._state.finished.pop(tp, None)
             with contextlib.suppress(KeyError):
-                self.metrics.lag.remove(self.service, str(tp.partition))
+                self.metrics.lag.remove(self.service, tp.topic, str(tp.partition))
         log.info("partitions revoked", extra={"count": len(revoked)})
 
     async def _update_lag(self) -> None:
@@ -579,9 +580,8 @@ class IdempotentConsumer(Generic[E]):
                 position = await self._consumer.position(tp)
             except Exception:
                 continue
-            self.metrics.lag.labels(service=self.service, partition=str(tp.partition)).set(
-                max(0, end - position)
-            )
+            labels = {"service": self.service, "topic": tp.topic, "partition": str(tp.partition)}
+            self.metrics.lag.labels(**labels).set(max(0, end - position))
 
     # ------------------------------------------------------------------ helpers
 

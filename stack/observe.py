@@ -3,7 +3,8 @@ Kafka cluster, which node leads each), offsets.
 
 One place for what the bench, the demo and the chaos harness read to tell how far orders got:
 the SMTP sink's ``.eml`` files, the records of a topic as a ``read_committed`` consumer sees
-them, the end offsets of a topic and a consumer group's committed offsets (and so its lag).
+them, the end offsets of a topic and a consumer group's committed offsets, and its lag (what it
+still has to read, :mod:`shared.lag`).
 None of it joins a consumer group or commits anything, except :func:`position_groups_at_end`,
 whose whole job is to commit.
 """
@@ -24,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.kafka import REQUEST_TIMEOUT_MS
+from shared.lag import group_lags
 
 # Poll interval of :func:`wait_for_topics`; the caller's ``within`` bounds the whole wait.
 _METADATA_POLL_SECONDS: Final = 0.2
@@ -146,16 +148,11 @@ async def partition_leaders(
     return {p: state.leader for p, state in states.items()}
 
 
-def lag(ends: dict[int, int], committed: dict[int, int]) -> int:
-    """Records between a group's committed offsets and the ends (a partition the group never
-    committed counts from offset 0)."""
-    return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())
-
-
 async def group_lag(bootstrap: str, group: str, topic: str) -> int:
-    """How many records of ``topic`` ``group`` has not committed yet."""
-    ends = await end_offsets(bootstrap, topic)
-    return lag(ends, await committed_offsets(bootstrap, group, topic))
+    """How many records of ``topic`` ``group`` still has to read (:mod:`shared.lag`: the
+    transaction markers after its committed offsets are not records)."""
+    [lag] = await group_lags(bootstrap, [group], [topic])
+    return lag.total
 
 
 async def position_groups_at_end(bootstrap: str, groups: Iterable[str], topic: str) -> None:

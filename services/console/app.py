@@ -270,16 +270,14 @@ def create_app(settings: ConsoleSettings) -> FastAPI:
     # ------------------------------------------------------------------ overview
 
     async def overview_data(state: ConsoleState) -> dict[str, Any]:
-        dlq, dlq_error = await _attempt(
-            read_dlq(settings.kafka_bootstrap_servers, settings.dlq_topic)
-        )
+        dlq, dlq_error = await _attempt(dead_letters())
         ready, leader, slots, dissent, counts, lags = await asyncio.gather(
             _attempt(views.readiness(settings)),
             _attempt(views.leader(state.client, settings)),
             _attempt(views.slot_owners(state.client, settings)),
             _attempt(views.slot_count_dissenters(state.client, settings)),
             _attempt(views.outbox_counts(state.client, settings)),
-            _attempt(views.group_lags(settings, settings.source_topic)),
+            _attempt(views.group_lags(settings)),
         )
         return {
             "readiness": [asdict(r) for r in ready[0] or []],
@@ -296,7 +294,7 @@ def create_app(settings: ConsoleSettings) -> FastAPI:
             "outbox": asdict(counts[0]) if counts[0] is not None else None,
             "outboxError": counts[1],
             "lag": [
-                {"group": g.group, "partitions": g.partitions, "total": g.total}
+                {"group": g.group, "topic": g.topic, "partitions": g.partitions, "total": g.total}
                 for g in lags[0] or []
             ],
             "lagError": lags[1],
@@ -369,13 +367,19 @@ def create_app(settings: ConsoleSettings) -> FastAPI:
 
     # ------------------------------------------------------------------ dead letters
 
-    async def dead_letters() -> list[StoredDlqRecord]:
-        records, error = await _attempt(
-            read_dlq(settings.kafka_bootstrap_servers, settings.dlq_topic)
-        )
-        if error is not None:
-            raise BadForm(f"cannot read {settings.dlq_topic}: {error}", 503)
-        return records or []
+    async def dead_letters(topic: str | None = None) -> list[StoredDlqRecord]:
+        """The records of ``topic`` (one of the DLQ topics), or of every DLQ topic."""
+        topics = settings.dlq_topics if topic is None else (topic,)
+        if topic is not None and topic not in settings.dlq_topics:
+            known = ", ".join(settings.dlq_topics)
+            raise BadForm(f"topic must be one of the dead-letter topics ({known}), got {topic!r}")
+        records = []
+        for name in topics:
+            found, error = await _attempt(read_dlq(settings.kafka_bootstrap_servers, name))
+            if error is not None:
+                raise BadForm(f"cannot read {name}: {error}", 503)
+            records += found or []
+        return records
 
     @app.get("/dlq", response_class=HTMLResponse)
     async def dlq_page(session: Auth) -> Response:
@@ -384,6 +388,7 @@ def create_app(settings: ConsoleSettings) -> FastAPI:
             "dlq.html",
             session,
             title="Dead letters",
+            topics=settings.dlq_topics,
             groups=[(g, [views.record_view(r) for r in g.records]) for g in groups],
         )
 
@@ -394,6 +399,7 @@ def create_app(settings: ConsoleSettings) -> FastAPI:
             {
                 "groups": [
                     {
+                        "topic": g.topic,
                         "group": g.group,
                         "cause": g.cause,
                         "records": [views.record_view(r) for r in g.records],
@@ -403,40 +409,62 @@ def create_app(settings: ConsoleSettings) -> FastAPI:
             }
         )
 
-    async def do_replay(ref: str | None, group: str | None, dry_run: bool) -> list[str]:
-        """The CLI's own ``select`` and ``replay`` (same Redis ledger: at most once a record)."""
-        records = await dead_letters()
+    async def do_replay(
+        topic: str | None, ref: str | None, group: str | None, dry_run: bool
+    ) -> list[str]:
+        """The CLI's own ``select`` and ``replay`` (same Redis ledger: at most once a record),
+        on one dead-letter topic: the one named, or the only one holding the record."""
         if ref is None and group is None:
             raise BadForm("name a record (partition:offset) or a consumer group")
-        try:
-            chosen = select(records, group=group, ref=ref)
-        except CliError as exc:
-            raise BadForm(str(exc), 404) from None
-        dlq_settings = DlqSettings(
-            kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
-            redis_url=settings.redis_url,
-            topic=settings.dlq_topic,
-        )
-        out = io.StringIO()
-        try:
-            count = await replay(dlq_settings, chosen, dry_run=dry_run, out=out)
-        except Exception as exc:
-            raise BadForm(redact(f"replay failed: {type(exc).__name__}: {exc}"), 503) from None
-        summary = f"{'would replay' if dry_run else 'replayed'} {count} record(s)"
-        return [*out.getvalue().splitlines(), summary]
+        records = await dead_letters(topic)
+        chosen: dict[str, list[StoredDlqRecord]] = {}
+        for name in sorted({r.topic for r in records}):
+            with contextlib.suppress(CliError):
+                if picked := select([r for r in records if r.topic == name], group=group, ref=ref):
+                    chosen[name] = picked
+        if not chosen:
+            # Asked again of all of them together, for the CLI's own words on what is wrong.
+            try:
+                select(records, group=group, ref=ref)
+            except CliError as exc:
+                raise BadForm(str(exc), 404) from None
+            raise BadForm(f"no DLQ record {ref or ''} for group {group}", 404)
+        if ref is not None and len(chosen) > 1:
+            raise BadForm(
+                f"record {ref} exists in several dead-letter topics ({', '.join(chosen)}): "
+                "name the topic",
+                409,
+            )
+        lines: list[str] = []
+        count = 0
+        for name, picked in chosen.items():
+            dlq_settings = DlqSettings(
+                kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
+                redis_url=settings.redis_url,
+                topic=name,
+            )
+            out = io.StringIO()
+            try:
+                count += await replay(dlq_settings, picked, dry_run=dry_run, out=out)
+            except Exception as exc:
+                raise BadForm(redact(f"replay failed: {type(exc).__name__}: {exc}"), 503) from None
+            lines += out.getvalue().splitlines()
+        return [*lines, f"{'would replay' if dry_run else 'replayed'} {count} record(s)"]
 
     @app.post("/dlq/replay", response_class=HTMLResponse)
     async def replay_from_page(request: Request, session: Auth) -> Response:
         form = await form_of(request, session)
+        topic = form.get("topic") or None
         ref, group = form.get("ref") or None, form.get("group") or None
         dry_run = form.get("confirm") != "1"
-        lines = await do_replay(ref, group, dry_run)
+        lines = await do_replay(topic, ref, group, dry_run)
         return page(
             "replay.html",
             session,
             title="Replay preview" if dry_run else "Replayed",
             lines=lines,
             dry_run=dry_run,
+            topic=topic or "",
             ref=ref or "",
             group=group or "",
         )
@@ -444,8 +472,9 @@ def create_app(settings: ConsoleSettings) -> FastAPI:
     @app.post("/api/dlq/replay")
     async def api_replay(request: Request, session: Auth) -> Response:
         body = await json_of(request, session)
-        ref, group = body.get("ref"), body.get("group")
+        topic, ref, group = body.get("topic"), body.get("ref"), body.get("group")
         lines = await do_replay(
+            topic if isinstance(topic, str) else None,
             ref if isinstance(ref, str) else None,
             group if isinstance(group, str) else None,
             body.get("dryRun", True) is not False,

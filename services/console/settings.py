@@ -7,12 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.contracts import (
-    EMAIL_GROUP,
-    INVENTORY_GROUP,
-    ORDER_CREATED_DLQ_TOPIC,
-    ORDER_CREATED_TOPIC,
-)
+from shared.contracts import EMAIL_GROUP, INVENTORY_GROUP, ORDER_TOPICS, dlq_topic_for
 from shared.settings import RelaySlotsSetting, ServiceSettings
 
 # 32 characters: what `secrets.token_urlsafe(24)` gives; anything shorter is guessable enough
@@ -35,9 +30,9 @@ class ConsoleSettings(ServiceSettings, RelaySlotsSetting):
     email_url: str = "http://127.0.0.1:8003"
     orders_database: str = Field(default="orders", min_length=1)
     inventory_database: str = Field(default="inventory", min_length=1)
-    # The consumers' source topic (their lag) and its dead-letter topic.
-    source_topic: str = Field(default=ORDER_CREATED_TOPIC, min_length=1)
-    dlq_topic: str = Field(default=ORDER_CREATED_DLQ_TOPIC, min_length=1)
+    # The topics the consumer groups read (their lag), each with its dead-letter topic
+    # (``<topic>.dlq``): every order topic of shared/contracts.py unless a test names its own.
+    topics: tuple[str, ...] = Field(default=ORDER_TOPICS, min_length=1)
     groups: tuple[str, ...] = (INVENTORY_GROUP, EMAIL_GROUP)
     # Emails for the order timeline: the embedded SMTP sink's directory, or Mailpit's API.
     smtp_dir: Path | None = None
@@ -49,6 +44,10 @@ class ConsoleSettings(ServiceSettings, RelaySlotsSetting):
     samples_kept: int = Field(default=120, ge=2, le=10_000)
     # A signed-in browser stays signed in this long.
     session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+
+    @property
+    def dlq_topics(self) -> tuple[str, ...]:
+        return tuple(dlq_topic_for(topic) for topic in self.topics)
 
     @field_validator("token")
     @classmethod

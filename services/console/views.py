@@ -7,8 +7,6 @@ probe): a component that is down shows as down, it never hangs a page.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,22 +15,30 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 from bson import ObjectId
 from bson.errors import InvalidId
 
 from services.console.settings import ConsoleSettings
+from services.email.models import CANCELLATION_KIND, CONFIRMATION_KIND, message_id_for
 from services.relay.lease import LEASE_COLLECTION, lease_id
 from services.relay.members import MEMBERS_COLLECTION, live_members, slot_count_votes
 from services.relay.share import dissenters
-from shared.contracts import TOPIC_PARTITIONS, Header, OutboxStatus, topic_for_event_type
+from shared.contracts import (
+    EVENT_ORDER_CANCELLED,
+    EVENT_ORDER_CREATED,
+    TOPIC_PARTITIONS,
+    Header,
+    OutboxStatus,
+    topic_for_event_type,
+)
 from shared.dlq import StoredDlqRecord
-from shared.kafka import REQUEST_TIMEOUT_MS
+from shared.lag import GroupLag
+from shared.lag import group_lags as shared_group_lags
 from shared.mongo import MongoClient
 from shared.outbox import OUTBOX_COLLECTION, OutboxField
 from shared.redaction import redact
+from stack.observe import Inbox
 
 PROBE_TIMEOUT_SECONDS = 2.0
 # The relay's and the order API's collections, named by their owners.
@@ -90,20 +96,11 @@ class OutboxCounts:
     oldest_pending_age_seconds: float
 
 
-@dataclass(frozen=True)
-class GroupLag:
-    group: str
-    partitions: dict[int, int]  # partition -> lag (records)
-
-    @property
-    def total(self) -> int:
-        return sum(self.partitions.values())
-
-
 @dataclass
 class DlqGroup:
-    """DLQ records of one consumer group with one cause."""
+    """Records of one dead-letter topic, from one consumer group, with one cause."""
 
+    topic: str
     group: str
     cause: str
     records: list[StoredDlqRecord] = field(default_factory=list)
@@ -270,42 +267,13 @@ def kafka_position(doc: dict[str, Any]) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- Kafka: lag and dead letters
 
 
-async def group_lags(settings: ConsoleSettings, topic: str) -> list[GroupLag]:
-    """Each group's lag per partition: end offset minus the committed offset."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=REQUEST_TIMEOUT_MS
+async def group_lags(settings: ConsoleSettings) -> list[GroupLag]:
+    """Each group's lag on each of its topics: records it still has to read (see
+    :mod:`shared.lag`: a caught-up group shows 0 although transaction markers follow its
+    committed offset)."""
+    return await shared_group_lags(
+        settings.kafka_bootstrap_servers, settings.groups, settings.topics
     )
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        request_timeout_ms=REQUEST_TIMEOUT_MS + 30_000,
-    )
-    await admin.start()
-    try:
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(TOPIC_PARTITIONS)]
-            ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-            lags = []
-            for group in settings.groups:
-                committed = await admin.list_consumer_group_offsets(group)
-                lags.append(
-                    GroupLag(
-                        group,
-                        {tp.partition: max(0, ends[tp] - _committed(committed, tp)) for tp in tps},
-                    )
-                )
-            return lags
-        finally:
-            await consumer.stop()
-    finally:
-        await admin.close()
-
-
-def _committed(committed: dict[TopicPartition, Any], tp: TopicPartition) -> int:
-    meta = committed.get(tp)
-    return max(0, int(meta.offset)) if meta is not None else 0
 
 
 # Digits, hex ids and quoted values vary per record; what is left is the cause's shape.
@@ -318,25 +286,31 @@ def cause_of(record: StoredDlqRecord) -> str:
     return redact(_VARIABLE.sub("…", reason))[:200]
 
 
+def _group_of(record: StoredDlqRecord) -> str:
+    return record.consumer_group or "(unknown group)"
+
+
 def group_dead_letters(records: list[StoredDlqRecord]) -> list[DlqGroup]:
-    """Records grouped by consumer group and cause, biggest group first."""
-    groups: dict[tuple[str, str], DlqGroup] = {}
+    """Records grouped by dead-letter topic, consumer group and cause, biggest group first."""
+    groups: dict[tuple[str, str, str], DlqGroup] = {}
     for record in records:
-        key = (record.consumer_group or "(unknown group)", cause_of(record))
+        key = (record.topic, _group_of(record), cause_of(record))
         groups.setdefault(key, DlqGroup(*key)).records.append(record)
-    return sorted(groups.values(), key=lambda g: (-len(g.records), g.group, g.cause))
+    return sorted(groups.values(), key=lambda g: (-len(g.records), g.topic, g.group, g.cause))
 
 
-def dlq_counts(records: list[StoredDlqRecord]) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
+def dlq_counts(records: list[StoredDlqRecord]) -> dict[str, dict[str, int]]:
+    """Dead-letter topic -> consumer group -> records (topics without records left out)."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for record in records:
-        counts[record.consumer_group or "(unknown group)"] += 1
-    return dict(counts)
+        counts[record.topic][_group_of(record)] += 1
+    return {topic: dict(groups) for topic, groups in sorted(counts.items())}
 
 
 def record_view(record: StoredDlqRecord) -> dict[str, Any]:
     """A DLQ record as text for a page or JSON: never interpreted, credentials masked."""
     return {
+        "topic": record.topic,
         "ref": record.ref,
         "partition": record.partition,
         "offset": record.offset,
@@ -362,6 +336,22 @@ class Step:
     detail: str
 
 
+@dataclass(frozen=True)
+class Mail:
+    """One message the mailbox holds (the SMTP sink's files, or Mailpit)."""
+
+    message_id: str
+    received_at: datetime | None
+    recipient: str
+
+
+# Which email each event type sends, and how the timeline names it once sent.
+_EMAIL_OF_EVENT = {
+    EVENT_ORDER_CREATED: (CONFIRMATION_KIND, "confirmation sent"),
+    EVENT_ORDER_CANCELLED: (CANCELLATION_KIND, "cancellation notice sent"),
+}
+
+
 def partition_of(key: str, partitions: int = TOPIC_PARTITIONS) -> int:
     """The partition the relay's producer picks for ``key`` (Kafka's murmur2 partitioner)."""
     chosen: int = DefaultPartitioner()(
@@ -383,49 +373,153 @@ async def timeline(
     order = await db[ORDERS].find_one({"_id": oid})
     if order is None:
         return None, [], []
-    steps = [Step(_utc(order.get("createdAt")), "order created", f"status {order.get('status')}")]
-    traces: list[str] = []
-    events: list[dict[str, Any]] = []
-    async for doc in db[OUTBOX].find({"aggregateId": order_id}).sort("aggregateVersion", 1):
-        event = _event_view(doc)
-        events.append(event)
-        steps.append(
-            Step(event["createdAt"], f"outbox {event['eventType']} written", f"event {event['id']}")
-        )
-        if event["status"] == OutboxStatus.PUBLISHED.value:
-            steps.append(Step(event["publishedAt"], "published to Kafka", _where(event, order_id)))
-        else:
-            detail = f"status {event['status']}, {event['attempts']} attempt(s)"
-            if event["lastError"]:
-                detail += f"; last error: {event['lastError']}"
-            steps.append(Step(None, f"not published yet ({event['status']})", detail))
-        if event["traceparent"]:
-            parts = str(event["traceparent"]).split("-")
-            if len(parts) == 4:
-                traces.append(parts[1])
+    events = [
+        _event_view(doc)
+        async for doc in db[OUTBOX].find({"aggregateId": order_id}).sort("aggregateVersion", 1)
+    ]
     reservation = await client[settings.inventory_database][RESERVATIONS].find_one(
         {"orderId": order_id}
     )
-    if reservation is not None:
-        reason = f" ({reservation.get('reason')})" if reservation.get("reason") else ""
-        steps.append(
-            Step(
-                _utc(reservation.get("createdAt")),
-                f"stock {reservation.get('status')}",
-                f"inventory, event {reservation.get('eventId')}{reason}",
-            )
-        )
-    steps += await _emails(settings, order_id)
-    steps.sort(key=lambda s: (s.at is None, s.at or datetime.min.replace(tzinfo=UTC)))
+    try:
+        mails, mailbox_error = await _mails(settings, order_id), None
+    except MailboxUnavailable as exc:
+        mails, mailbox_error = [], str(exc)
+    traces = [
+        parts[1]
+        for event in events
+        if event["traceparent"] and len(parts := str(event["traceparent"]).split("-")) == 4
+    ]
     summary = {
         "id": order_id,
         "status": order.get("status"),
         "userId": order.get("userId"),
         "total": str(order.get("total")),
         "createdAt": _utc(order.get("createdAt")),
+        "cancelledAt": _utc(order.get("cancelledAt")),
         "events": events,
     }
+    steps = order_steps(order_id, order, events, reservation, mails)
+    if mailbox_error is not None:
+        steps.append(Step(None, "emails unknown", mailbox_error))
     return summary, steps, traces
+
+
+def order_steps(
+    order_id: str,
+    order: dict[str, Any],
+    events: list[dict[str, Any]],
+    reservation: dict[str, Any] | None,
+    mails: list[Mail],
+) -> list[Step]:
+    """Each step that happened to the order, once, at the time it was recorded, in time order.
+
+    Built from what each service recorded when it acted (the order's ``createdAt`` and
+    ``cancelledAt``, each outbox event's ``createdAt`` and ``publishedAt``, the reservation's
+    ``createdAt`` and ``cancelledAt``, the mailbox's receive time), never from a current status
+    stamped with an earlier time.
+    """
+    steps = [Step(_utc(order.get("createdAt")), "order created", f"total {order.get('total')}")]
+    if order.get("cancelledAt") is not None:
+        steps.append(Step(_utc(order["cancelledAt"]), "order cancelled", "cancel accepted"))
+    for event in events:
+        steps += _event_steps(order_id, event)
+    if reservation is not None:
+        steps += _inventory_steps(reservation)
+    steps += _email_steps(events, mails)
+    steps.sort(key=lambda s: (s.at is None, s.at or datetime.min.replace(tzinfo=UTC)))
+    return steps
+
+
+def _event_steps(order_id: str, event: dict[str, Any]) -> list[Step]:
+    kind = event["eventType"]
+    written = Step(event["createdAt"], f"outbox {kind} written", f"event {event['id']}")
+    if event["status"] == OutboxStatus.PUBLISHED.value:
+        return [written, Step(event["publishedAt"], f"{kind} published", _where(event, order_id))]
+    detail = f"status {event['status']}, {event['attempts']} attempt(s)"
+    if event["lastError"]:
+        detail += f"; last error: {event['lastError']}"
+    return [written, Step(None, f"{kind} not published yet ({event['status']})", detail)]
+
+
+def _inventory_steps(reservation: dict[str, Any]) -> list[Step]:
+    """What inventory did, from its reservation document (services/inventory/models.py): the
+    creation's verdict at ``createdAt``, then the cancel at ``cancelledAt``. A rejection always
+    records its reason, a reservation none; a cancel seen before the creation has no
+    ``eventId``."""
+    steps = []
+    reason = reservation.get("reason")
+    cancelled_at = _utc(reservation.get("cancelledAt"))
+    cancel_event = reservation.get("cancelEventId")
+    if reservation.get("eventId") is None:
+        if cancelled_at is not None:
+            steps.append(
+                Step(
+                    cancelled_at,
+                    "cancel recorded before the order",
+                    f"inventory, event {cancel_event}: nothing reserved, the creation will "
+                    "reserve nothing",
+                )
+            )
+        return steps
+    verdict = "stock rejected" if reason else "stock reserved"
+    detail = f"inventory, event {reservation.get('eventId')}: {_items(reservation)}"
+    steps.append(
+        Step(
+            _utc(reservation.get("createdAt")), verdict, detail + (f" ({reason})" if reason else "")
+        )
+    )
+    if cancelled_at is not None:
+        if reason:
+            steps.append(
+                Step(
+                    cancelled_at,
+                    "cancel recorded",
+                    f"inventory, event {cancel_event}: nothing had been reserved",
+                )
+            )
+        else:
+            steps.append(
+                Step(
+                    cancelled_at,
+                    "stock released",
+                    f"inventory, event {cancel_event}: {_items(reservation)} back in stock",
+                )
+            )
+    return steps
+
+
+def _items(reservation: dict[str, Any]) -> str:
+    items = reservation.get("items") or []
+    return ", ".join(f"{item.get('quantity')} x {item.get('sku')}" for item in items) or "no items"
+
+
+def _email_steps(events: list[dict[str, Any]], mails: list[Mail]) -> list[Step]:
+    """One step per email the order's events sent, matched by the stable Message-ID the email
+    service gives it (services/email/models.py). A second copy (the one duplicate window SMTP
+    leaves) is the same step, noted."""
+    by_id: dict[str, list[Mail]] = defaultdict(list)
+    for mail in mails:
+        by_id[mail.message_id].append(mail)
+    steps = []
+    for event in events:
+        if event["eventType"] not in _EMAIL_OF_EVENT:
+            continue
+        kind, what = _EMAIL_OF_EVENT[event["eventType"]]
+        message_id = message_id_for(event["id"], kind)
+        copies = sorted(
+            by_id.get(message_id, []),
+            key=lambda m: (
+                m.received_at is None,
+                m.received_at or datetime.min.replace(tzinfo=UTC),
+            ),
+        )
+        if not copies:
+            continue
+        detail = f"to {copies[0].recipient}, Message-ID {message_id}"
+        if len(copies) > 1:
+            detail += f" (received {len(copies)} times)"
+        steps.append(Step(copies[0].received_at, what, detail))
+    return steps
 
 
 def _where(event: dict[str, Any], order_id: str) -> str:
@@ -447,42 +541,47 @@ def _where(event: dict[str, Any], order_id: str) -> str:
     )
 
 
-async def _emails(settings: ConsoleSettings, order_id: str) -> list[Step]:
-    subject = f"Order {order_id} confirmed"
+async def _mails(settings: ConsoleSettings, order_id: str) -> list[Mail]:
+    """The mailbox's messages that may belong to the order (the caller matches Message-IDs)."""
     if settings.smtp_dir is not None:
-        return await asyncio.to_thread(_emails_in_dir, settings.smtp_dir, subject)
+        return await asyncio.to_thread(_mails_in_dir, settings.smtp_dir)
     if settings.mailpit_url:
-        return await _emails_in_mailpit(settings.mailpit_url, subject)
+        return await _mails_in_mailpit(settings.mailpit_url, order_id)
     return []
 
 
-def _emails_in_dir(directory: Path, subject: str) -> list[Step]:
-    steps = []
-    for path in sorted(directory.glob("*.eml")):
-        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-        if message.get("Subject") != subject:
-            continue
-        when = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-        steps.append(Step(when, "email sent", f"to {message.get('To')} ({path.name})"))
-    return steps
+def _mails_in_dir(directory: Path) -> list[Mail]:
+    return [
+        Mail(
+            mail.message_id,
+            datetime.fromtimestamp(mail.received_at, UTC) if mail.received_at else None,
+            mail.recipient,
+        )
+        for mail in Inbox(directory).scan()
+    ]
 
 
-async def _emails_in_mailpit(url: str, subject: str) -> list[Step]:
+async def _mails_in_mailpit(url: str, order_id: str) -> list[Mail]:
+    # Both subjects ("Order <id> confirmed", "... cancelled") name the order.
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_SECONDS) as client:
         try:
             answer = await client.get(
-                f"{url}/api/v1/search", params={"query": f'subject:"{subject}"'}
+                f"{url}/api/v1/search", params={"query": f'subject:"{order_id}"'}
             )
             messages = answer.json().get("messages", [])
         except (httpx.HTTPError, ValueError):
-            return [Step(None, "emails unknown", "Mailpit did not answer")]
+            raise MailboxUnavailable(f"Mailpit at {redact(url)} did not answer") from None
     return [
-        Step(
+        Mail(
+            f"<{str(m.get('MessageID', '')).strip('<>')}>",
             datetime.fromisoformat(m["Created"].replace("Z", "+00:00"))
             if m.get("Created")
             else None,
-            "email sent",
-            f"to {', '.join(t.get('Address', '') for t in m.get('To', []))}",
+            ", ".join(t.get("Address", "") for t in m.get("To", [])),
         )
         for m in messages
     ]
+
+
+class MailboxUnavailable(Exception):
+    """The mailbox could not be read: the timeline says so instead of omitting the emails."""

@@ -49,6 +49,7 @@ from shared.contracts import (
     Header,
 )
 from shared.kafka import decode_headers, make_producer
+from shared.lag import lag_of
 from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from shared.redis import make_redis
@@ -796,8 +797,11 @@ class Chaos:
             uncommitted[group] = 0
             for tail in (self.orders_tail, self.cancels_tail):
                 committed = await committed_offsets(self.pipeline.bootstrap, group, tail.topic)
+                # Records still to read, the one lag arithmetic (shared/lag.py): the tail holds
+                # every record since the start, so the transaction markers never count.
                 uncommitted[group] += sum(
-                    1 for r in tail.records if r.offset >= committed.get(r.partition, 0)
+                    lag_of(committed.get(partition, 0), end, _offsets_in(tail.records, partition))
+                    for partition, end in tail.next_offsets.items()
                 )
         return Snapshot(
             attempts=attempts,
@@ -900,6 +904,10 @@ def _object_id(value: str) -> ObjectId | None:
         return ObjectId(value)
     except (InvalidId, TypeError):
         return None
+
+
+def _offsets_in(records: Iterable[Any], partition: int) -> list[int]:
+    return [r.offset for r in records if r.partition == partition]
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -9,11 +9,11 @@ then a poison record. A screenshot of each page is kept in .stack/test-artifacts
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,20 +32,9 @@ from shared.outbox import OUTBOX_COLLECTION, OutboxField
 from shared.redis import make_redis
 from shared.settings import RelaySlotsSetting
 from stack import Stack
+from tests.integration.console.browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS
 from tests.waiting import wait_until
 
-REPO = Path(__file__).resolve().parents[3]
-ARTIFACTS = REPO / ".stack" / "test-artifacts" / "console"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCRIPT_VALUE = b'{"note": "<script>window.__pwned = 1; alert(1)</script>"}'
 HTML_HEADER = '<img src=x onerror="window.__pwned = 2">'
 LEAKY_ERROR = "KafkaTimeoutError: <b>no broker</b> at mongodb://admin:s3cret-pass@db:27017/"
@@ -60,6 +49,7 @@ class World:
     url: str
     database: str
     topic: str
+    cancelled_topic: str
     mongo: MongoClient
     redis: Redis
     producer: AIOKafkaProducer
@@ -85,20 +75,23 @@ async def world(stack: Stack) -> AsyncIterator[World]:
     token = secrets.token_urlsafe(32)
     database = f"console_it_{run}"
     topic = f"console.it.{run}"
+    cancelled_topic = f"console.it.{run}.cancelled"
     group = f"console-it-inventory-{run}"
-    await ensure_topics(stack.config.kafka_bootstrap, [topic, dlq_topic_for(topic)])
+    topics = [topic, cancelled_topic]
+    await ensure_topics(stack.config.kafka_bootstrap, [*topics, *map(dlq_topic_for, topics)])
     env = {
         "ORDER_DATABASE": database,
         "RELAY_DATABASE": database,
         "RELAY_TRANSACTIONAL_ID": f"console-it-{run}",
         "INVENTORY_TOPIC": topic,
+        "INVENTORY_CANCELLED_TOPIC": cancelled_topic,
         "INVENTORY_GROUP_ID": group,
         "INVENTORY_DATABASE": f"{database}_inventory",
         "CONSOLE_TOKEN": token,
         "CONSOLE_ORDERS_DATABASE": database,
         "CONSOLE_INVENTORY_DATABASE": f"{database}_inventory",
-        "CONSOLE_SOURCE_TOPIC": topic,
-        "CONSOLE_DLQ_TOPIC": dlq_topic_for(topic),
+        # This module's private pair of order topics stands in for shared/contracts.py's.
+        "CONSOLE_TOPICS": json.dumps(topics),
         "CONSOLE_GROUPS": f'["{group}"]',
         "CONSOLE_SAMPLE_SECONDS": "1",
     }
@@ -122,6 +115,7 @@ async def world(stack: Stack) -> AsyncIterator[World]:
                 f"http://127.0.0.1:{stack.port_of('console')}",
                 database,
                 topic,
+                cancelled_topic,
                 mongo,
                 redis,
                 producer,
@@ -248,10 +242,23 @@ async def _no_pending(outbox: Any) -> bool:
     return pending == 0
 
 
-async def _dead_letter(world: World, key: bytes) -> StoredDlqRecord:
+async def _dead_letter(
+    world: World, key: bytes, topic: str | None = None, replayed_from: str | None = None
+) -> StoredDlqRecord:
+    """The DLQ record of ``key`` from ``topic`` (the created topic by default); with
+    ``replayed_from``, the one a replayed copy of that DLQ record ended in."""
+    dlq = dlq_topic_for(topic or world.topic)
+
     async def arrived() -> StoredDlqRecord | None:
-        records = await read_dlq(world.stack.config.kafka_bootstrap, dlq_topic_for(world.topic))
-        return next((r for r in records if r.key == key), None)
+        records = await read_dlq(world.stack.config.kafka_bootstrap, dlq)
+        return next(
+            (
+                r
+                for r in records
+                if r.key == key and r.headers.get(Header.REPLAYED_FROM) == replayed_from
+            ),
+            None,
+        )
 
     found: StoredDlqRecord | None = await wait_until(
         arrived, timeout=60, interval=0.5, message="the poison record's DLQ entry"
@@ -269,7 +276,7 @@ async def test_a_poison_record_is_previewed_and_replayed_from_the_page_without_r
     record = await _dead_letter(world, key)
 
     await world.page.goto(world.url + "/dlq")
-    row = world.page.locator(f"tr[data-ref='{record.ref}']")
+    row = world.page.locator(_row_of(record))
     assert SCRIPT_VALUE.decode() in await row.locator("pre.value").inner_text()
     await row.locator("summary").click()
     assert HTML_HEADER in await row.inner_text()
@@ -292,13 +299,49 @@ async def test_a_poison_record_is_previewed_and_replayed_from_the_page_without_r
     assert await world.redis.get(record.ledger_key()) == DONE  # the CLI's ledger, marked done
     # The same ledger as the CLI: a second replay of the record sends nothing.
     await world.page.goto(world.url + "/dlq")
-    await (
-        world.page.locator(f"tr[data-ref='{record.ref}']")
-        .locator("button", has_text="Preview replay")
-        .click()
-    )
+    await world.page.locator(_row_of(record)).locator("button", has_text="Preview replay").click()
     assert f"already replayed {record.ref}" in await world.page.inner_text("#replay-output")
     assert await world.pwned() is None
+
+
+def _row_of(record: StoredDlqRecord) -> str:
+    return f"tr[data-topic='{record.topic}'][data-ref='{record.ref}']"
+
+
+async def test_a_poisoned_cancellation_is_listed_and_replayed_from_the_page(world: World) -> None:
+    # A cancel nobody can parse, on the cancellation topic: inventory dead-letters it to that
+    # topic's own DLQ, which the console must list and replay like the creation topic's.
+    key = f"poison-cancel-{uuid.uuid4().hex[:8]}".encode()
+    headers = encode_headers({Header.IDEMPOTENCY_KEY: uuid.uuid4().hex})
+    await world.producer.send_and_wait(
+        world.cancelled_topic, key=key, value=b"{not json", headers=headers
+    )
+    record = await _dead_letter(world, key, world.cancelled_topic)
+    assert record.topic == dlq_topic_for(world.cancelled_topic)
+
+    await world.page.goto(world.url + "/dlq")
+    assert key.decode() in await world.page.inner_text("main"), "the cancellation DLQ is listed"
+    row = world.page.locator(_row_of(record))
+    assert await row.count() == 1
+    section = world.page.locator("section.dlq-group", has=row)
+    assert record.topic in await section.locator("h2").inner_text()
+    await world.shot("dlq-cancellation")
+
+    await row.locator("button", has_text="Preview replay").click()
+    assert f"would replay {record.ref} -> {world.cancelled_topic}" in await world.page.inner_text(
+        "#replay-output"
+    )
+    await world.page.click("#replay-confirm")
+    output = await world.page.inner_text("#replay-output")
+    assert f"replayed {record.ref} -> {world.cancelled_topic}" in output
+    assert await world.redis.get(record.ledger_key()) == DONE
+    # The copy reached inventory on the cancellation topic (still poison: back in its DLQ,
+    # now naming the record it was replayed from).
+    again = await _dead_letter(world, key, world.cancelled_topic, replayed_from=record.ref)
+    assert again.offset > record.offset or again.partition != record.partition
+    await world.page.goto(world.url + "/")
+    counts = await world.page.inner_text("#dlq-counts")
+    assert record.topic in counts
 
 
 async def test_the_overview_shows_every_slot_owned_by_the_running_relay(world: World) -> None:

@@ -1,0 +1,53 @@
+"""What the console's browser tests share: Debian's chromium driven by Playwright, the sign-in,
+and where the screenshots go (.stack/test-artifacts/console/)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Final
+
+from playwright.async_api import Page, async_playwright
+
+REPO: Final = Path(__file__).resolve().parents[3]
+ARTIFACTS: Final = REPO / ".stack" / "test-artifacts" / "console"
+CHROMIUM: Final = "/usr/bin/chromium"
+CHROMIUM_FLAGS: Final = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@asynccontextmanager
+async def chromium_page() -> AsyncIterator[Page]:
+    """A page of a fresh headless chromium; fails the test if any page opens a dialog (a
+    script that ran would most likely open one)."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+        try:
+            yield page
+            assert dialogs == [], f"a page ran a script: {dialogs}"
+        finally:
+            await browser.close()
+
+
+async def sign_in(page: Page, url: str, token: str, then: str = "/") -> None:
+    """Sign in through the form and land on ``then``."""
+    await page.goto(f"{url}/login?next={then}")
+    await page.fill("input[name=token]", token)
+    await page.click("button[type=submit]")
+    assert page.url == url + then, page.url
+
+
+async def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)

@@ -1,0 +1,289 @@
+"""The console tells the truth about a quiet system and a cancelled order, in a real browser.
+
+The whole loop runs as processes on the session's stack (order API, relay with Kafka
+transactions, inventory, email, console), on the real topics with this module's own databases
+and consumer groups (positioned at the end of the topics first, so only this module's orders
+reach them). Five orders, one of them cancelled, everything delivered; then:
+
+* the overview shows lag 0 for every group on every topic: a caught-up group has nothing left
+  to read, although each Kafka transaction's commit marker sits after its last record;
+* the cancelled order's timeline lists each step once, at the time it happened: stock reserved,
+  stock released when the cancel arrived, the confirmation and the cancellation notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from bson import ObjectId
+from playwright.async_api import Page
+
+from services.email.models import CANCELLATION_KIND, CONFIRMATION_KIND, message_id_for
+from shared.contracts import (
+    EVENT_ORDER_CANCELLED,
+    EVENT_ORDER_CREATED,
+    ORDER_TOPICS,
+    OutboxStatus,
+)
+from shared.mongo import MongoClient, make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION
+from stack import Stack
+from stack.observe import Inbox, position_groups_at_end
+from tests.integration.console.browser import chromium_page, shot, sign_in
+from tests.waiting import WaitTimeout, wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+ORDERS = 5
+# The console's timestamp format (services/console/app.py `_when`): milliseconds, UTC.
+SHOWN_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC$")
+
+
+@dataclass
+class World:
+    stack: Stack
+    token: str
+    url: str
+    database: str
+    inventory_database: str
+    groups: tuple[str, str]
+    mongo: MongoClient
+    inbox: Inbox
+    page: Page
+    order_ids: list[str]
+    cancelled_id: str = ""
+
+    @property
+    def order_url(self) -> str:
+        return f"http://127.0.0.1:{self.stack.port_of('order')}"
+
+    async def api(self, path: str) -> Any:
+        async with httpx.AsyncClient(base_url=self.url, timeout=10) as http:
+            answer = await http.get(path, headers={"Authorization": f"Bearer {self.token}"})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+
+@pytest.fixture(scope="module")
+async def world(stack: Stack) -> AsyncIterator[World]:
+    run = uuid.uuid4().hex[:8]
+    token = secrets.token_urlsafe(32)
+    database = f"console_loop_{run}"
+    inventory_database = f"{database}_inventory"
+    groups = (f"console-loop-inventory-{run}", f"console-loop-email-{run}")
+    env = {
+        "ORDER_DATABASE": database,
+        "RELAY_DATABASE": database,
+        "RELAY_TRANSACTIONAL_ID": f"console-loop-{run}",
+        "INVENTORY_GROUP_ID": groups[0],
+        "INVENTORY_DATABASE": inventory_database,
+        "EMAIL_GROUP_ID": groups[1],
+        "CONSOLE_TOKEN": token,
+        "CONSOLE_ORDERS_DATABASE": database,
+        "CONSOLE_INVENTORY_DATABASE": inventory_database,
+        "CONSOLE_GROUPS": f'["{groups[0]}", "{groups[1]}"]',
+    }
+    bootstrap = stack.config.kafka_bootstrap
+    # Other modules' records stay in the topics: the new groups start after them.
+    for topic in ORDER_TOPICS:
+        await position_groups_at_end(bootstrap, groups, topic)
+    mongo = make_mongo_client(stack.config.mongo_uri, 5.0, "console-loop-tests")
+    await mongo[inventory_database]["stock"].insert_one({"sku": "SKU-LOOP", "available": 1_000})
+    inbox = Inbox(stack.config.smtp_dir)
+    inbox.mark_start()
+    services = ("order", "relay", "inventory", "email", "console")
+    try:
+        for name in services:
+            stack.start(name, env)
+        async with chromium_page() as page:
+            url = f"http://127.0.0.1:{stack.port_of('console')}"
+            await sign_in(page, url, token)
+            yield World(
+                stack, token, url, database, inventory_database, groups, mongo, inbox, page, []
+            )
+    finally:
+        for name in reversed(services):
+            # In a thread: a stop waits for the process, and a loop blocked that long makes
+            # the client's monitor give the server up and cancel the drops below.
+            await asyncio.to_thread(stack.stop, name)
+        await mongo.drop_database(database)
+        await mongo.drop_database(inventory_database)
+        await mongo.close()
+
+
+async def _place_order(world: World, n: int) -> str:
+    body = {
+        "userId": f"loop-user-{n}",
+        "customerEmail": f"loop-{n}@example.com",
+        "items": [{"sku": "SKU-LOOP", "quantity": 1, "unitPrice": "4.50"}],
+    }
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.post(f"{world.order_url}/orders", json=body)
+    assert answer.status_code == 201, answer.text
+    order_id: str = answer.json()["id"]
+    return order_id
+
+
+async def _event_ids(world: World) -> dict[tuple[str, str], str]:
+    """(order id, event type) -> outbox event id, for this module's orders."""
+    outbox = world.mongo[world.database][OUTBOX_COLLECTION]
+    return {
+        (str(doc["aggregateId"]), str(doc["eventType"])): str(doc["_id"])
+        async for doc in outbox.find({}, {"aggregateId": 1, "eventType": 1})
+    }
+
+
+async def _confirmation_sent(world: World, order_id: str) -> bool:
+    event = (await _event_ids(world)).get((order_id, EVENT_ORDER_CREATED))
+    return event is not None and message_id_for(event) in {m.message_id for m in world.inbox.scan()}
+
+
+async def _everything_delivered(world: World) -> bool:
+    outbox = world.mongo[world.database][OUTBOX_COLLECTION]
+    if await outbox.count_documents({"status": {"$ne": OutboxStatus.PUBLISHED.value}}):
+        return False
+    reservations = {
+        doc["orderId"]: doc
+        async for doc in world.mongo[world.inventory_database]["reservations"].find({})
+    }
+    if set(reservations) != set(world.order_ids):
+        return False
+    if "cancelledAt" not in reservations[world.cancelled_id]:
+        return False
+    events = await _event_ids(world)
+    expected = {message_id_for(events[(o, EVENT_ORDER_CREATED)]) for o in world.order_ids}
+    expected.add(
+        message_id_for(events[(world.cancelled_id, EVENT_ORDER_CANCELLED)], CANCELLATION_KIND)
+    )
+    return expected <= {mail.message_id for mail in world.inbox.scan()}
+
+
+async def test_an_idle_caught_up_stack_shows_no_lag(world: World) -> None:
+    world.order_ids = [await _place_order(world, n) for n in range(ORDERS)]
+    world.cancelled_id = world.order_ids[1]
+    # Cancelled once its confirmation left, so both emails are due (had the email service seen
+    # the cancel first, it would rightly have skipped the confirmation).
+    await wait_until(
+        lambda: _confirmation_sent(world, world.cancelled_id),
+        timeout=60,
+        interval=0.3,
+        message="the confirmation of the order to cancel",
+    )
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.post(f"{world.order_url}/orders/{world.cancelled_id}/cancel")
+    assert answer.status_code == 200, answer.text
+    await wait_until(
+        lambda: _everything_delivered(world),
+        timeout=60,
+        interval=0.5,
+        message="reservations, the release and every email",
+    )
+
+    # Delivered; the groups commit right after their work. From then on nothing is pending.
+    lag: list[Any] = []
+
+    async def no_lag_shown() -> bool:
+        lag[:] = (await world.api("/api/overview"))["lag"]
+        return bool(lag) and all(row["total"] == 0 for row in lag)
+
+    try:
+        await wait_until(no_lag_shown, timeout=30, interval=0.5, message="lag 0 everywhere")
+    except WaitTimeout:
+        pytest.fail(f"an idle, caught-up stack shows lag: {lag}")
+    # Every group on every topic the consumers read (shared/contracts.py), each partition 0.
+    assert {(row["group"], row["topic"]) for row in lag} == {
+        (group, topic) for group in world.groups for topic in ORDER_TOPICS
+    }
+    assert all(set(row["partitions"].values()) == {0} for row in lag), lag
+
+    await world.page.goto(world.url + "/")
+    rows = world.page.locator("#lag tr[data-group]")
+    assert await rows.count() == len(world.groups) * len(ORDER_TOPICS)
+    for i in range(await rows.count()):
+        total = rows.nth(i).locator("td.total")
+        assert await total.inner_text() == "0"
+        assert "bad" not in (await total.get_attribute("class") or "")
+    await shot(world.page, "overview-idle")
+
+    # The consumers' own lag metric (what ConsumerLagGrowing watches) agrees, topic by topic.
+    for service in ("inventory", "email"):
+        async with httpx.AsyncClient(timeout=10) as http:
+            metrics = (
+                await http.get(f"http://127.0.0.1:{world.stack.port_of(service)}/metrics")
+            ).text
+        series = re.findall(r"^consumer_lag\{([^}]*)\} (\S+)$", metrics, re.MULTILINE)
+        topics = {re.search(r'topic="([^"]*)"', labels).group(1) for labels, _ in series}  # type: ignore[union-attr]
+        assert topics == set(ORDER_TOPICS), series
+        assert {float(value) for _, value in series} == {0.0}, series
+
+
+def _rows(table: list[list[str]], step: str) -> list[list[str]]:
+    return [row for row in table if row[1] == step]
+
+
+def _one(table: list[list[str]], step: str) -> list[str]:
+    rows = _rows(table, step)
+    assert len(rows) == 1, f"{step!r} shown {len(rows)} times in {table}"
+    return rows[0]
+
+
+def _shown(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+async def test_a_cancelled_orders_timeline_shows_each_step_once_at_its_own_time(
+    world: World,
+) -> None:
+    order_id = world.cancelled_id
+    assert order_id, "runs after the test that places and cancels the orders"
+    reservation = await world.mongo[world.inventory_database]["reservations"].find_one(
+        {"orderId": order_id}
+    )
+    assert reservation is not None
+    order = await world.mongo[world.database]["orders"].find_one({"_id": ObjectId(order_id)})
+    assert order is not None
+    events = await _event_ids(world)
+    created_event = events[(order_id, EVENT_ORDER_CREATED)]
+    cancel_event = events[(order_id, EVENT_ORDER_CANCELLED)]
+
+    await world.page.goto(world.url + f"/orders/{order_id}")
+    table = [
+        [cell.strip() for cell in await row.locator("td").all_inner_texts()]
+        for row in await world.page.locator("#timeline tr:has(td)").all()
+    ]
+    await shot(world.page, "order-timeline-cancelled")
+    assert all(SHOWN_TIME.match(row[0]) for row in table), table
+
+    # Inventory: reserved when the creation arrived, released when the cancel arrived.
+    reserved = _one(table, "stock reserved")
+    assert reserved[0] == _shown(_utc(reservation["createdAt"]))
+    released = _one(table, "stock released")
+    assert released[0] == _shown(_utc(reservation["cancelledAt"]))
+    assert not _rows(table, "stock cancelled"), table  # a status is not a step
+    # The order itself was cancelled at its own cancelledAt.
+    cancelled = _one(table, "order cancelled")
+    assert cancelled[0] == _shown(_utc(order["cancelledAt"]))
+    # Email: both messages went out, each shown once, with its own Message-ID.
+    confirmation = _one(table, "confirmation sent")
+    assert message_id_for(created_event, CONFIRMATION_KIND) in confirmation[2]
+    notice = _one(table, "cancellation notice sent")
+    assert message_id_for(cancel_event, CANCELLATION_KIND) in notice[2]
+    assert not _rows(table, "email sent"), table
+    # In time order, each at its own moment.
+    times = [row[0] for row in table]
+    assert times == sorted(times), table
+    assert table.index(reserved) < table.index(released)
+    assert table.index(confirmation) < table.index(notice)
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,154 @@
+"""The order timeline is history: each step once, at the time the service that took it recorded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from services.console.views import Mail, Step, order_steps
+from services.email.models import CANCELLATION_KIND, message_id_for
+from shared.contracts import EVENT_ORDER_CANCELLED, EVENT_ORDER_CREATED, OutboxStatus
+
+ORDER = "6b13e455aa0b2c3d4e5f6a7b"
+CREATED_EVENT = "6b13e455aa0b2c3d4e5f6a7c"
+CANCEL_EVENT = "6b13e455aa0b2c3d4e5f6a7d"
+T0 = datetime(2026, 12, 5, 12, 0, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def event(event_id: str, kind: str, written: float, published: float) -> dict[str, Any]:
+    return {
+        "id": event_id,
+        "eventType": kind,
+        "status": OutboxStatus.PUBLISHED.value,
+        "attempts": 1,
+        "createdAt": at(written),
+        "publishedAt": at(published),
+        "lastError": None,
+        "traceparent": None,
+        "kafka": {"topic": "order.x", "partition": 1, "offset": 7},
+    }
+
+
+def cancelled_order_world() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    order = {"createdAt": at(0), "cancelledAt": at(10), "status": "cancelled", "total": "9.00"}
+    events = [
+        event(CREATED_EVENT, EVENT_ORDER_CREATED, 0, 0.1),
+        event(CANCEL_EVENT, EVENT_ORDER_CANCELLED, 10, 10.1),
+    ]
+    # What inventory's reservation of a reserved-then-cancelled order holds
+    # (services/inventory/models.py, services/inventory/cancellation.py).
+    reservation = {
+        "orderId": ORDER,
+        "eventId": CREATED_EVENT,
+        "items": [{"sku": "SKU-1", "quantity": 2, "unitPrice": Decimal("4.50")}],
+        "status": "cancelled",
+        "reason": None,
+        "version": 2,
+        "createdAt": at(0.2),
+        "cancelEventId": CANCEL_EVENT,
+        "cancelledAt": at(10.2),
+    }
+    return order, events, reservation
+
+
+def mails() -> list[Mail]:
+    return [
+        Mail(message_id_for(CREATED_EVENT), at(0.3), "a@example.com"),
+        Mail(message_id_for(CANCEL_EVENT, CANCELLATION_KIND), at(10.3), "a@example.com"),
+        Mail("<somebody-else@outbox.local>", at(5), "b@example.com"),
+    ]
+
+
+def by_name(steps: list[Step]) -> dict[str, list[Step]]:
+    named: dict[str, list[Step]] = {}
+    for step in steps:
+        named.setdefault(step.what, []).append(step)
+    return named
+
+
+def test_a_cancelled_order_shows_the_reservation_and_the_release_each_at_its_own_time() -> None:
+    order, events, reservation = cancelled_order_world()
+    steps = by_name(order_steps(ORDER, order, events, reservation, mails()))
+    assert [s.at for s in steps["stock reserved"]] == [at(0.2)]
+    assert [s.at for s in steps["stock released"]] == [at(10.2)]
+    assert "2 x SKU-1" in steps["stock released"][0].detail
+    assert CANCEL_EVENT in steps["stock released"][0].detail
+    assert [s.at for s in steps["order cancelled"]] == [at(10)]
+    assert "stock cancelled" not in steps
+    assert "status cancelled" not in steps["order created"][0].detail  # not today's status
+
+
+def test_the_confirmation_and_the_cancellation_notice_are_two_steps() -> None:
+    order, events, reservation = cancelled_order_world()
+    steps = by_name(order_steps(ORDER, order, events, reservation, mails()))
+    [confirmation] = steps["confirmation sent"]
+    [notice] = steps["cancellation notice sent"]
+    assert (confirmation.at, notice.at) == (at(0.3), at(10.3))
+    assert message_id_for(CANCEL_EVENT, CANCELLATION_KIND) in notice.detail
+    assert "email sent" not in steps
+    assert not any(
+        "somebody-else" in s.detail for s in order_steps(ORDER, order, events, reservation, mails())
+    )
+
+
+def test_a_second_copy_of_an_email_is_the_same_step() -> None:
+    order, events, reservation = cancelled_order_world()
+    twice = [*mails(), Mail(message_id_for(CREATED_EVENT), at(0.9), "a@example.com")]
+    [confirmation] = by_name(order_steps(ORDER, order, events, reservation, twice))[
+        "confirmation sent"
+    ]
+    assert confirmation.at == at(0.3)
+    assert "received 2 times" in confirmation.detail
+
+
+def test_steps_are_in_time_order() -> None:
+    order, events, reservation = cancelled_order_world()
+    steps = order_steps(ORDER, order, events, reservation, mails())
+    times = [s.at for s in steps]
+    assert None not in times
+    assert times == sorted(t for t in times if t is not None)
+
+
+def test_a_rejected_then_cancelled_order_released_nothing() -> None:
+    order, events, reservation = cancelled_order_world()
+    reservation["reason"] = "insufficient stock: SKU-1 (wanted 2, available 0)"
+    steps = by_name(order_steps(ORDER, order, events, reservation, []))
+    assert [s.at for s in steps["stock rejected"]] == [at(0.2)]
+    assert "insufficient stock" in steps["stock rejected"][0].detail
+    assert [s.at for s in steps["cancel recorded"]] == [at(10.2)]
+    assert "stock released" not in steps
+    assert "stock reserved" not in steps
+
+
+def test_a_cancel_seen_before_the_creation_reserved_nothing() -> None:
+    order, events, _ = cancelled_order_world()
+    early: dict[str, Any] = {
+        "orderId": ORDER,
+        "eventId": None,
+        "items": [],
+        "status": "cancelled",
+        "reason": "cancelled before its creation was seen",
+        "version": 2,
+        "createdAt": at(10.2),
+        "cancelEventId": CANCEL_EVENT,
+        "cancelledAt": at(10.2),
+    }
+    steps = by_name(order_steps(ORDER, order, events, early, []))
+    assert [s.at for s in steps["cancel recorded before the order"]] == [at(10.2)]
+    assert not {"stock reserved", "stock rejected", "stock released"} & set(steps)
+
+
+def test_an_order_still_reserved_has_no_release() -> None:
+    order, events, reservation = cancelled_order_world()
+    del order["cancelledAt"]
+    for field in ("cancelEventId", "cancelledAt"):
+        del reservation[field]
+    reservation["status"] = "reserved"
+    steps = by_name(order_steps(ORDER, order, events[:1], reservation, mails()[:1]))
+    assert [s.at for s in steps["stock reserved"]] == [at(0.2)]
+    assert {"stock released", "order cancelled", "cancellation notice sent"}.isdisjoint(steps)
