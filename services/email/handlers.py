@@ -65,12 +65,7 @@ class ConfirmationSender:
             skipped = await self._begin(event, claim, extra)
             if skipped is not None:
                 return skipped
-            await self._send(self._message(event, delivery.event_id))
-            # From the 250 on, only this process knows the mail left until the write below
-            # records it. If that write fails, so does the attempt, and the engine's retry (the
-            # same claim) comes back here to write the record, not to send again.
-            self._sent_unrecorded.add(claim)
-            exit_at_failpoint(self._settings.failpoint, FAILPOINT_AFTER_SMTP_OK)
+            await self._send(self._message(event, delivery.event_id), claim)
         if isinstance(event, OrderCancelled):
             await self._states.end_cancellation(event.order_id)
             outcome, done = OUTCOME_CANCELLATION_SENT, "cancellation sent"
@@ -109,16 +104,24 @@ class ConfirmationSender:
             return cancellation_email(event, event_id, self._settings.sender)
         return confirmation_email(event, event_id, self._settings.sender)
 
-    async def _send(self, message: EmailMessage) -> None:
+    async def _send(self, message: EmailMessage, claim: str) -> None:
         with step_span("smtp send", **{"messaging.message.id": str(message["Message-ID"])}):
-            await aiosmtplib.send(
-                message,
-                hostname=self._settings.smtp_host,
-                port=self._settings.smtp_port,
-                timeout=self._settings.smtp_timeout_seconds,
-                start_tls=False,
-                use_tls=False,
-            )
+            async with self._smtp() as client:
+                await client.send_message(message)
+                # DATA's 250: the mail left. Until the record is written, only this process
+                # knows it: if the write (or the polite QUIT) fails or is cut, the engine's
+                # retry of the attempt (same claim) comes back to write the record, not to send.
+                self._sent_unrecorded.add(claim)
+                exit_at_failpoint(self._settings.failpoint, FAILPOINT_AFTER_SMTP_OK)
+
+    def _smtp(self) -> aiosmtplib.SMTP:
+        return aiosmtplib.SMTP(
+            hostname=self._settings.smtp_host,
+            port=self._settings.smtp_port,
+            timeout=self._settings.smtp_timeout_seconds,
+            start_tls=False,
+            use_tls=False,
+        )
 
 
 def make_sender(settings: EmailSettings, redis: Redis) -> ConfirmationSender:

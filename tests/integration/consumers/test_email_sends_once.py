@@ -71,8 +71,10 @@ async def test_a_redis_cut_right_after_the_smtp_ok_retries_the_record_not_the_se
         smtp_ok = asyncio.Event()
         send = ConfirmationSender._send
 
-        async def send_then_cut_redis(sender: ConfirmationSender, message: EmailMessage) -> None:
-            await send(sender, message)  # returned: the server said 250
+        async def send_then_cut_redis(
+            sender: ConfirmationSender, message: EmailMessage, claim: str
+        ) -> None:
+            await send(sender, message, claim)  # returned: the server said 250
             if not smtp_ok.is_set():
                 proxy.cut.set()
                 smtp_ok.set()

@@ -60,15 +60,37 @@ class FakeStates:
             raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379")
 
 
+class FakeSmtp:
+    """One SMTP conversation: ``send_message`` returns at DATA's 250; ``quit_fails`` makes the
+    closing QUIT fail as a timeout that cuts the handler there would."""
+
+    def __init__(self, sent: list[EmailMessage], *, quit_fails: bool) -> None:
+        self._sent = sent
+        self._quit_fails = quit_fails
+
+    async def __aenter__(self) -> FakeSmtp:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._quit_fails:
+            raise TimeoutError("the handler's deadline passed during QUIT")
+
+    async def send_message(self, message: EmailMessage) -> None:
+        self._sent.append(message)
+
+
 class CountingSender(ConfirmationSender):
-    """The real handler with the SMTP conversation replaced by a list of what was sent."""
+    """The real handler with the SMTP server replaced by a list of what it accepted."""
 
     def __init__(self, states: FakeStates) -> None:
         super().__init__(EmailSettings(), states)  # type: ignore[arg-type]
         self.sent: list[EmailMessage] = []
+        self.failing_quits = 0
 
-    async def _send(self, message: EmailMessage) -> None:
-        self.sent.append(message)
+    def _smtp(self) -> FakeSmtp:  # type: ignore[override]
+        quit_fails = self.failing_quits > 0
+        self.failing_quits -= quit_fails
+        return FakeSmtp(self.sent, quit_fails=quit_fails)
 
 
 def _delivery(event_id: str, event_type: str = "order_created") -> Delivery:
@@ -89,6 +111,17 @@ async def test_a_redis_error_after_the_250_is_retried_as_the_record_not_the_send
 
     assert len(sender.sent) == 1
     assert states.states[event.order_id] == OrderState.CONFIRMED
+
+
+async def test_a_cut_in_the_quit_after_the_250_does_not_send_again() -> None:
+    states = FakeStates()
+    sender = CountingSender(states)
+    event, delivery = order_event(), _delivery("evt-6")
+    sender.failing_quits = 1
+    with pytest.raises(TimeoutError):
+        await sender.handle(event, delivery)
+    assert await sender.handle(event, delivery) == OUTCOME_SENT
+    assert len(sender.sent) == 1
 
 
 async def test_a_recorded_confirmation_is_never_sent_again() -> None:
