@@ -115,8 +115,8 @@ ALL_TOPICS: Final = (
 
 def order_state_key(service: str, order_id: str) -> str:
     """Redis key of what ``service`` knows about one order's lifecycle (e.g. email's
-    ``confirming``/``confirmed``/``cancelled``): ``order:email:<order id>``, kept
-    :data:`ORDER_STATE_TTL_SECONDS`."""
+    ``confirming``/``confirmed``/``cancelled``/``cancellation_sent``):
+    ``order:email:<order id>``, kept :data:`ORDER_STATE_TTL_SECONDS`."""
     if not service or ":" in service:
         raise ValueError(f"service name must be non-empty and free of ':', got {service!r}")
     return f"order:{service}:{order_id}"
