@@ -1,0 +1,180 @@
+"""The embedded stack's development issuer: one signing key, its JWKS over HTTP, and tokens.
+
+``python -m stack.issuer --port 8090 --issuer http://127.0.0.1:8090 --key .stack/conf/...pem``
+serves ``/.well-known/openid-configuration`` and ``/jwks.json`` on loopback, which is all a
+resource server reads from a real identity provider; ``python -m stack token USER`` signs tokens
+with the same key (:func:`mint_token`). The key is an EC P-256 pair (ES256: small, fast to make)
+generated once per stack root, private half mode 0600, so tokens survive restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from base64 import urlsafe_b64encode
+from collections.abc import Iterable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from shared.auth.settings import DEV_JWKS_PATH, ORDER_API_AUDIENCE
+
+log = logging.getLogger("stack.issuer")
+
+ALGORITHM: Final = "ES256"
+OPENID_CONFIGURATION_PATH: Final = "/.well-known/openid-configuration"
+# What a dev token may do: the scope the order API's routes will ask for.
+DEFAULT_SCOPES: Final = ("orders",)
+
+
+def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The issuer's private key from ``path`` (PEM), generated there (mode 0600) if absent.
+
+    Written to a temporary file and hard-linked into place, so two processes racing to create
+    it (the issuer and ``stack token``) both end up with the one that won, never half a file.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+            # FileExistsError: another process won the race; its key is the one used.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path}: not an EC private key")
+    return loaded
+
+
+def public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
+    """The public half as a JWK with ``kid`` (its RFC 7638 thumbprint), ``use`` and ``alg``."""
+    jwk: dict[str, str] = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    required = {name: jwk[name] for name in ("crv", "kty", "x", "y")}
+    canonical = json.dumps(required, sort_keys=True, separators=(",", ":")).encode()
+    kid = urlsafe_b64encode(hashlib.sha256(canonical).digest()).decode().rstrip("=")
+    return {**required, "kid": kid, "use": "sig", "alg": ALGORITHM}
+
+
+def jwks_document(keys: Iterable[ec.EllipticCurvePrivateKey]) -> dict[str, Any]:
+    return {"keys": [public_jwk(key) for key in keys]}
+
+
+def openid_configuration(issuer: str) -> dict[str, Any]:
+    """The discovery document's fields a resource server reads."""
+    return {
+        "issuer": issuer,
+        "jwks_uri": issuer.rstrip("/") + DEV_JWKS_PATH,
+        "id_token_signing_alg_values_supported": [ALGORITHM],
+        "subject_types_supported": ["public"],
+        "response_types_supported": ["token"],
+    }
+
+
+def mint_token(
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    issuer: str,
+    subject: str,
+    audience: str = ORDER_API_AUDIENCE,
+    ttl_seconds: int = 3600,
+    scopes: Iterable[str] = DEFAULT_SCOPES,
+    now: float | None = None,
+) -> str:
+    """An access token for ``subject``, signed with ``key``, valid from now for ``ttl_seconds``."""
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "iss": issuer,
+        "aud": audience,
+        "sub": subject,
+        "preferred_username": subject,
+        "scope": " ".join(scopes),
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl_seconds,
+        "jti": uuid.uuid4().hex,
+    }
+    headers = {"kid": public_jwk(key)["kid"], "typ": "JWT"}
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers=headers)
+
+
+def _handler(documents: dict[str, bytes]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = documents.get(self.path.split("?", 1)[0])
+            if body is None:
+                self.send_error(HTTPStatus.NOT_FOUND)
+                return
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "max-age=300")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.info("%s %s", self.address_string(), format % args)
+
+    return Handler
+
+
+def serve(host: str, port: int, issuer: str, key_path: Path) -> None:
+    """Serve the discovery document and the JWKS until SIGTERM/SIGINT."""
+    key = load_or_create_key(key_path)
+    documents = {
+        OPENID_CONFIGURATION_PATH: json.dumps(openid_configuration(issuer)).encode(),
+        DEV_JWKS_PATH: json.dumps(jwks_document([key])).encode(),
+    }
+    server = ThreadingHTTPServer((host, port), _handler(documents))
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        # shutdown() waits for serve_forever() to return: call it from another thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("development issuer %s: JWKS on http://%s:%d%s", issuer, host, port, DEV_JWKS_PATH)
+    server.serve_forever()
+    server.server_close()
+    log.info("development issuer stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stack.issuer", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--issuer", required=True, help="the iss of its tokens (its own URL)")
+    parser.add_argument("--key", type=Path, required=True, help="private key (PEM, made if absent)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    serve(args.host, args.port, args.issuer, args.key)
+
+
+if __name__ == "__main__":
+    main()
