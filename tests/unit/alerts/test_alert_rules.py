@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry
 from services.order.metrics import OrderMetrics
 from services.relay.metrics import RelayMetrics
 from shared.consumer import ConsumerMetrics
+from shared.contracts import ORDER_CANCELLED_TOPIC, ORDER_CREATED_TOPIC, ORDER_TOPICS
+from shared.errors import FaultKind
 from shared.health import readiness_gauge
 from stack.gotools import PROMTOOL, ensure
 
@@ -156,8 +158,35 @@ def test_alert_rules_read_only_series_the_services_export() -> None:
         "relay_oldest_pending_age_seconds",
         "relay_failed_events",
         "relay_is_leader",
+        "relay_slots_disagreement",
         "consumer_lag",
         "consumer_dlq_routed_total",
         "service_ready",
     ):
         assert series in used, series
+
+
+def test_the_dead_letter_alert_fires_for_every_order_topic() -> None:
+    # A cancellation's DLQ matters as much as a creation's (its stock stays reserved): the rule
+    # test must show the alert firing, with the topic named, for each topic of the contracts.
+    doc = yaml.safe_load((PROMETHEUS_DIR / "tests" / "dead_letters.test.yml").read_text())
+    fired = {
+        alert["exp_labels"].get("topic")
+        for test in doc["tests"]
+        for case in test["alert_rule_test"]
+        for alert in case.get("exp_alerts") or []
+    }
+    assert fired == set(ORDER_TOPICS)
+
+
+def test_the_consumer_metrics_the_alerts_read_name_the_topic() -> None:
+    # Both order topics have a partition 0: without the topic label one would overwrite the
+    # other's lag, and a dead letter would not say which DLQ to open.
+    metrics = ConsumerMetrics("inventory")
+    metrics.dlq(ORDER_CANCELLED_TOPIC, FaultKind.UNKNOWN)
+    metrics.lag.labels(service="inventory", topic=ORDER_CANCELLED_TOPIC, partition="0").set(3)
+    metrics.lag.labels(service="inventory", topic=ORDER_CREATED_TOPIC, partition="0").set(0)
+    sample = metrics.registry.get_sample_value
+    labels = {"service": "inventory", "topic": ORDER_CANCELLED_TOPIC}
+    assert sample("consumer_dlq_routed_total", {**labels, "kind": "unknown"}) == 1
+    assert sample("consumer_lag", {**labels, "partition": "0"}) == 3
