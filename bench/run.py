@@ -148,8 +148,8 @@ class Run:
         self.results["failures"].append(
             {"phase": self.phase_name, "run": run, "step": step, "error": text}
         )
-        where = f"run {run + 1} " if run is not None else ""
-        print(f"--- {self.phase_name}: {step or ''} {where}failed: {text}", flush=True)
+        where = " ".join(w for w in (step, f"run {run + 1}" if run is not None else None) if w)
+        print(f"--- {self.phase_name}: {where or 'phase'} failed: {text}", flush=True)
 
     async def attempt(self, step: str, run: int | None, work: Awaitable[T]) -> T | None:
         """``work``'s result, or None (the failure recorded) when it raised: one failed run

@@ -3,13 +3,21 @@ bound it implies (cores x 1000 / total ms orders/s)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 from bench.cpu import Window, parse_cpu_ticks, per_order, read_cpu_ticks, snapshot, ticks_used
-from bench.report import cpu_vs_baseline_goal, summarize, table_rows
+from bench.report import (
+    CPU_PER_ORDER_BASELINE_MS,
+    CPU_PER_ORDER_BASELINE_SOURCE,
+    cpu_vs_baseline_goal,
+    summarize,
+    table_rows,
+)
 
 
 def test_utime_and_stime_are_read_after_a_command_name_with_spaces_and_parentheses() -> None:
@@ -106,3 +114,9 @@ def test_a_window_counts_the_cpu_spent_between_its_opening_and_its_closing() -> 
     assert figure["cpu_ms"]["me"] >= 2 * 1000 / os.sysconf("SC_CLK_TCK")
     assert figure["total_ms_per_order"] == figure["per_order_ms"]["me"] > 0
     assert spent > 0
+
+
+def test_the_recorded_baseline_is_the_committed_runs_light_median() -> None:
+    committed = json.loads((Path(__file__).parents[3] / CPU_PER_ORDER_BASELINE_SOURCE).read_text())
+    light = committed["summary"]["cpu_per_order"]["ours_light"]["total_ms_per_order"]
+    assert (light["median"], light["runs"]) == (CPU_PER_ORDER_BASELINE_MS, 3)
