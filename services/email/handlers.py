@@ -51,8 +51,8 @@ class ConfirmationSender:
     def __init__(self, settings: EmailSettings, states: OrderStates) -> None:
         self._settings = settings
         self._states = states
-        # Dedup claim keys of confirmations that left (SMTP said 250) and are not recorded in
-        # Redis yet. One entry per record in flight at most: it goes once the record is written.
+        # Dedup claim keys of emails that left (SMTP said 250) and are not recorded in Redis
+        # yet: one per record in flight, dropped once its record is written.
         self._sent_unrecorded: set[str] = set()
 
     async def handle(self, event: OrderEvent, delivery: Delivery) -> str:
