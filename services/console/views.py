@@ -18,9 +18,12 @@ import httpx
 from aiokafka.partitioner import DefaultPartitioner
 from bson import ObjectId
 from bson.errors import InvalidId
+from redis.exceptions import RedisError
 
 from services.console.settings import ConsoleSettings
+from services.email.handlers import SERVICE as EMAIL_SERVICE
 from services.email.models import CANCELLATION_KIND, CONFIRMATION_KIND, message_id_for
+from services.email.order_state import OrderState
 from services.relay.lease import LEASE_COLLECTION, lease_id
 from services.relay.members import MEMBERS_COLLECTION, live_members, slot_count_votes
 from services.relay.share import dissenters
@@ -30,6 +33,7 @@ from shared.contracts import (
     TOPIC_PARTITIONS,
     Header,
     OutboxStatus,
+    order_state_key,
     topic_for_event_type,
 )
 from shared.dlq import StoredDlqRecord
@@ -38,6 +42,7 @@ from shared.lag import group_lags as shared_group_lags
 from shared.mongo import MongoClient
 from shared.outbox import OUTBOX_COLLECTION, OutboxField
 from shared.redaction import redact
+from shared.redis import make_redis
 from stack.observe import Inbox
 
 PROBE_TIMEOUT_SECONDS = 2.0
@@ -352,6 +357,28 @@ _EMAIL_OF_EVENT = {
 }
 
 
+# The email service's per-order state (services/email/order_state.py) names the last email
+# that left: the event type it was sent for.
+_RECORDED_SEND = {
+    OrderState.CONFIRMED.value: EVENT_ORDER_CREATED,
+    OrderState.CANCELLATION_SENT.value: EVENT_ORDER_CANCELLED,
+}
+
+
+async def email_state(settings: ConsoleSettings, order_id: str) -> str | None:
+    """What the email service records about the order (``confirmed``, ``cancellation_sent``...),
+    or None when it has no record; an in-flight ``confirming|<claim>`` reads ``confirming``."""
+    redis = make_redis(settings.redis_url)
+    try:
+        raw = await redis.get(order_state_key(EMAIL_SERVICE, order_id))
+    finally:
+        await redis.aclose()
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return text.split("|", 1)[0]
+
+
 def partition_of(key: str, partitions: int = TOPIC_PARTITIONS) -> int:
     """The partition the relay's producer picks for ``key`` (Kafka's murmur2 partitioner)."""
     chosen: int = DefaultPartitioner()(
@@ -384,6 +411,10 @@ async def timeline(
         mails, mailbox_error = await _mails(settings, order_id), None
     except MailboxUnavailable as exc:
         mails, mailbox_error = [], str(exc)
+    try:
+        state: str | None = await email_state(settings, order_id)
+    except RedisError as exc:
+        state = f"unknown (Redis: {redact(str(exc))})"
     traces = [
         parts[1]
         for event in events
@@ -396,9 +427,10 @@ async def timeline(
         "total": str(order.get("total")),
         "createdAt": _utc(order.get("createdAt")),
         "cancelledAt": _utc(order.get("cancelledAt")),
+        "emailState": state,
         "events": events,
     }
-    steps = order_steps(order_id, order, events, reservation, mails)
+    steps = order_steps(order_id, order, events, reservation, mails, state)
     if mailbox_error is not None:
         steps.append(Step(None, "emails unknown", mailbox_error))
     return summary, steps, traces
@@ -410,6 +442,7 @@ def order_steps(
     events: list[dict[str, Any]],
     reservation: dict[str, Any] | None,
     mails: list[Mail],
+    email_state: str | None = None,
 ) -> list[Step]:
     """Each step that happened to the order, once, at the time it was recorded, in time order.
 
@@ -425,7 +458,7 @@ def order_steps(
         steps += _event_steps(order_id, event)
     if reservation is not None:
         steps += _inventory_steps(reservation)
-    steps += _email_steps(events, mails)
+    steps += _email_steps(events, mails, email_state)
     steps.sort(key=lambda s: (s.at is None, s.at or datetime.min.replace(tzinfo=UTC)))
     return steps
 
@@ -493,14 +526,25 @@ def _items(reservation: dict[str, Any]) -> str:
     return ", ".join(f"{item.get('quantity')} x {item.get('sku')}" for item in items) or "no items"
 
 
-def _email_steps(events: list[dict[str, Any]], mails: list[Mail]) -> list[Step]:
+def _email_steps(
+    events: list[dict[str, Any]], mails: list[Mail], email_state: str | None
+) -> list[Step]:
     """One step per email the order's events sent, matched by the stable Message-ID the email
-    service gives it (services/email/models.py). A second copy (the one duplicate window SMTP
-    leaves) is the same step, noted."""
+    service gives it (services/email/models.py), at the time the mailbox received it. A second
+    copy (the one duplicate window SMTP leaves) is the same step, noted. A send the email
+    service recorded (its per-order state) that the mailbox does not show is a step without a
+    time: that state keeps no time, and only the last send."""
     by_id: dict[str, list[Mail]] = defaultdict(list)
     for mail in mails:
         by_id[mail.message_id].append(mail)
     steps = []
+    recorded = _RECORDED_SEND.get(email_state or "")
+    sent_for = [e["id"] for e in events if e["eventType"] == recorded]
+    if recorded is not None and sent_for:
+        kind, what = _EMAIL_OF_EVENT[recorded]
+        if message_id_for(sent_for[0], kind) not in by_id:
+            detail = f"recorded by the email service ({email_state}); not in the mailbox"
+            steps.append(Step(None, what, detail))
     for event in events:
         if event["eventType"] not in _EMAIL_OF_EVENT:
             continue

@@ -278,6 +278,8 @@ async def test_a_cancelled_orders_timeline_shows_each_step_once_at_its_own_time(
     notice = _one(table, "cancellation notice sent")
     assert message_id_for(cancel_event, CANCELLATION_KIND) in notice[2]
     assert not _rows(table, "email sent"), table
+    # What the email service itself recorded: the notice left (its state keeps the last send).
+    assert await world.page.inner_text("#email-state") == "cancellation_sent"
     # In time order, each at its own moment.
     times = [row[0] for row in table]
     assert times == sorted(times), table

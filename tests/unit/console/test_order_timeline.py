@@ -152,3 +152,19 @@ def test_an_order_still_reserved_has_no_release() -> None:
     steps = by_name(order_steps(ORDER, order, events[:1], reservation, mails()[:1]))
     assert [s.at for s in steps["stock reserved"]] == [at(0.2)]
     assert {"stock released", "order cancelled", "cancellation notice sent"}.isdisjoint(steps)
+
+
+def test_a_send_the_email_service_recorded_but_the_mailbox_lacks_is_a_step_without_time() -> None:
+    order, events, reservation = cancelled_order_world()
+    # No mailbox configured: the email service's state says the notice left (the state keeps
+    # the last send only, and no time).
+    steps = by_name(order_steps(ORDER, order, events, reservation, [], "cancellation_sent"))
+    [notice] = steps["cancellation notice sent"]
+    assert notice.at is None
+    assert "recorded by the email service" in notice.detail
+    assert "confirmation sent" not in steps
+    # With the mailbox showing it, the mailbox's step (with its time) is the only one.
+    with_mail = by_name(
+        order_steps(ORDER, order, events, reservation, mails(), "cancellation_sent")
+    )
+    assert [s.at for s in with_mail["cancellation notice sent"]] == [at(10.3)]
