@@ -1,5 +1,5 @@
 """What the console's browser tests share: Debian's chromium driven by Playwright, the sign-in,
-and where the screenshots go (.stack/test-artifacts/console/)."""
+where the screenshots go (.stack/test-artifacts/console/), and placing an order."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
 
+import httpx
 from playwright.async_api import Page, async_playwright
 
 REPO: Final = Path(__file__).resolve().parents[3]
@@ -51,3 +52,17 @@ async def sign_in(page: Page, url: str, token: str, then: str = "/") -> None:
 async def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+async def place_order(order_url: str, *, user: str, email: str, sku: str, unit_price: str) -> str:
+    """``POST /orders`` of one item, as a customer would; returns the new order's id."""
+    body = {
+        "userId": user,
+        "customerEmail": email,
+        "items": [{"sku": sku, "quantity": 1, "unitPrice": unit_price}],
+    }
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.post(f"{order_url}/orders", json=body)
+    assert answer.status_code == 201, answer.text
+    order_id: str = answer.json()["id"]
+    return order_id

@@ -38,7 +38,7 @@ from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
 from stack.observe import Inbox, position_groups_at_end
-from tests.integration.console.browser import chromium_page, shot, sign_in
+from tests.integration.console.browser import chromium_page, place_order, shot, sign_in
 from tests.waiting import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -121,16 +121,13 @@ async def world(stack: Stack) -> AsyncIterator[World]:
 
 
 async def _place_order(world: World, n: int) -> str:
-    body = {
-        "userId": f"loop-user-{n}",
-        "customerEmail": f"loop-{n}@example.com",
-        "items": [{"sku": "SKU-LOOP", "quantity": 1, "unitPrice": "4.50"}],
-    }
-    async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.post(f"{world.order_url}/orders", json=body)
-    assert answer.status_code == 201, answer.text
-    order_id: str = answer.json()["id"]
-    return order_id
+    return await place_order(
+        world.order_url,
+        user=f"loop-user-{n}",
+        email=f"loop-{n}@example.com",
+        sku="SKU-LOOP",
+        unit_price="4.50",
+    )
 
 
 async def _event_ids(world: World) -> dict[tuple[str, str], str]:

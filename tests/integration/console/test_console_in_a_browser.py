@@ -32,7 +32,7 @@ from shared.outbox import OUTBOX_COLLECTION, OutboxField
 from shared.redis import make_redis
 from shared.settings import RelaySlotsSetting
 from stack import Stack
-from tests.integration.console.browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS
+from tests.integration.console.browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, place_order
 from tests.waiting import wait_until
 
 SCRIPT_VALUE = b'{"note": "<script>window.__pwned = 1; alert(1)</script>"}'
@@ -136,16 +136,13 @@ async def world(stack: Stack) -> AsyncIterator[World]:
 
 
 async def _place_order(world: World, n: int) -> str:
-    body = {
-        "userId": f"console-user-{n}",
-        "customerEmail": "ops@example.com",
-        "items": [{"sku": "SKU-CONSOLE", "quantity": 1, "unitPrice": "3.00"}],
-    }
-    async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.post(f"{world.order_url}/orders", json=body)
-    assert answer.status_code == 201, answer.text
-    order_id: str = answer.json()["id"]
-    return order_id
+    return await place_order(
+        world.order_url,
+        user=f"console-user-{n}",
+        email="ops@example.com",
+        sku="SKU-CONSOLE",
+        unit_price="3.00",
+    )
 
 
 async def test_requests_without_the_token_are_refused(world: World) -> None:
