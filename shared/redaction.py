@@ -1,5 +1,10 @@
 """Keep credentials out of everything a process prints: logs, errors, readiness bodies.
 
+Bearer tokens too: an ``Authorization`` header's credentials (``Bearer ...``, ``Basic ...``)
+and any JWT in text (three base64url parts, the first always starting ``eyJ``, the encoding of
+``{"``) are masked whole, wherever they appear (a header line, a dict of headers, a token
+response).
+
 ``MONGO_URI``, ``REDIS_URL`` and any other connection URI may carry a password
 (``mongodb://admin:s3cret@db``, ``redis://:s3cret@cache``, ``smtp://user:s3cret@mail``). The
 services print URIs and exception texts that embed them in error messages, tracebacks and
@@ -13,6 +18,8 @@ import re
 from typing import Final
 
 MASK: Final = "***"
+# HTTP headers whose values are credentials: never logged, never a span attribute.
+SECRET_HEADERS: Final = ("authorization", "proxy-authorization", "cookie", "set-cookie")
 
 # scheme://user:password@host -> scheme://user:***@host, for any scheme (mongodb, mongodb+srv,
 # redis, rediss, smtp, amqp ...). The password runs to the last "@" before the host: a password
@@ -30,17 +37,33 @@ _QUERY_SECRET = re.compile(
 )
 
 
+# The credentials after an HTTP auth scheme name (RFC 7235 token68): at least 16 characters, so
+# prose ("a bearer token is required") and challenges (`Bearer error="..."`) stay as they are.
+_SCHEME_CREDENTIALS = re.compile(
+    r"(?P<head>\b(?:bearer|basic)\s+)(?P<credentials>[A-Za-z0-9\-._~+/]{16,}=*)",
+    re.IGNORECASE,
+)
+# A JWT (JWS compact form) anywhere: header.payload.signature, header starting with `eyJ`.
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# Cheap pre-check: no text without one of these can hold a token.
+_TOKEN_HINT = re.compile(r"eyJ|bearer|basic", re.IGNORECASE)
+
+
 def redact(text: str) -> str:
     """``text`` with the password of every URI and every secret query parameter masked.
 
     The user name and host stay visible (``mongodb://admin:***@db:27017``): they are what an
-    operator needs to recognise which server and account a message is about. Idempotent, and
-    text without credentials is returned unchanged.
+    operator needs to recognise which server and account a message is about. Bearer and Basic
+    credentials and JWTs are masked whole (``Bearer ***``). Idempotent, and text without
+    credentials is returned unchanged.
     """
+    if _TOKEN_HINT.search(text):
+        text = _JWT.sub(MASK, text)
+        text = _SCHEME_CREDENTIALS.sub(lambda m: f"{m['head']}{MASK}", text)
     if "://" not in text and "=" not in text:
         return text  # the common case: nothing that could hold a credential
     text = _URI_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text)
     return _QUERY_SECRET.sub(lambda m: f"{m['head']}{MASK}", text)
 
 
-__all__ = ["MASK", "redact"]
+__all__ = ["MASK", "SECRET_HEADERS", "redact"]

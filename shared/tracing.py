@@ -26,6 +26,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.contracts import Header
+from shared.redaction import SECRET_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,13 @@ def instrument_fastapi(app: Any) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+    # Credentials never become span attributes, even when request-header capture is switched on
+    # (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST): their values are "[REDACTED]".
+    FastAPIInstrumentor.instrument_app(
+        app,
+        excluded_urls="healthz,readyz,metrics",
+        http_capture_headers_sanitize_fields=list(SECRET_HEADERS),
+    )
 
 
 def tracer() -> trace.Tracer:
