@@ -1,14 +1,17 @@
 """``python -m stack``: run the embedded stack from a terminal.
 
-    up [--detach] [--with jaeger] [--kafka-brokers N] [COMPONENT ...]
+    up [--detach] [--with jaeger|keycloak] [--kafka-brokers N] [COMPONENT ...]
                                     start (default: infra, every service that exists and the
-                                    console; --with jaeger adds the trace backend; N Kafka
-                                    nodes kafka, kafka-2 ... with RF min(N, 3)), wait ready
+                                    console; --with jaeger adds the trace backend, --with
+                                    keycloak the identity provider; N Kafka nodes kafka,
+                                    kafka-2 ... with RF min(N, 3)), wait ready
     down [--wipe]                   stop everything (services first); --wipe deletes all data
     status [--json]                 running / ready / pid / port / log of every component
     logs COMPONENT [-n N] [-f]      the component's log
     start|stop|kill|restart NAME    one component (kill = SIGKILL), for failure injection
     pause|resume NAME               SIGSTOP / SIGCONT one component (a frozen process)
+    token [--ttl SECONDS] USER ...  one bearer token per user, one per line, from the running
+                                    stack's issuer (Keycloak's realm when it runs)
 
 NAME is a component, an extra service instance (relay-2) or one node of a Kafka cluster
 (kafka-2).
@@ -29,17 +32,22 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import httpx
+
+from stack import keycloak
 from stack.config import (
     ALL,
     INFRA,
     KNOWN,
     MAX_KAFKA_BROKERS,
     OPERATOR,
+    REPO_ROOT,
     SERVICES,
     StackConfig,
     kafka_brokers_argument,
 )
 from stack.gotools import JAEGER, GoToolError, ensure
+from stack.issuer import load_or_create_key, mint_token
 from stack.supervisor import (
     CONSOLE_TOKEN_ENV,
     Stack,
@@ -49,6 +57,10 @@ from stack.supervisor import (
     service_exists,
     tail,
 )
+
+DEFAULT_TOKEN_TTL_SECONDS = 3600
+# A development token for longer than a month is a credential someone will forget.
+MAX_TOKEN_TTL_SECONDS = 30 * 24 * 3600
 
 
 class _StopRequested(BaseException):
@@ -101,6 +113,13 @@ def cmd_up(stack: Stack, args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown component(s) {', '.join(unknown)}; known: {', '.join(KNOWN)}")
         return 2
+    if "keycloak" in names and not keycloak.installed(REPO_ROOT / ".stack"):
+        print(f"resolving Keycloak {keycloak.KEYCLOAK_VERSION} from Maven Central (once; 177 MB)")
+        try:
+            keycloak.resolve(REPO_ROOT / ".stack")
+        except keycloak.KeycloakError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     if "jaeger" in names and not JAEGER.installed():
         print(f"building Jaeger {JAEGER.version} from the Go module proxy (once; a few minutes)")
         try:
@@ -196,6 +215,60 @@ def cmd_logs(stack: Stack, args: argparse.Namespace) -> int:
         return 0
 
 
+def _token_user(text: str) -> str:
+    """A token's subject from the command line: printable, no spaces, at most 255 characters."""
+    if not text or len(text) > 255 or not text.isprintable() or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(
+            f"a user name of 1-255 printable characters without spaces, not {text!r}"
+        )
+    return text
+
+
+def _ttl_seconds(text: str) -> int:
+    ttl = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= ttl <= MAX_TOKEN_TTL_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"a whole number of seconds from 1 to {MAX_TOKEN_TTL_SECONDS}, not {text!r}"
+        )
+    return ttl
+
+
+def cmd_token(stack: Stack, args: argparse.Namespace) -> int:
+    """Print one bearer token per user for the issuer the stack's order API trusts."""
+    config = stack.config
+    if stack.is_running("keycloak"):
+        lifespan = keycloak.access_token_lifespan()
+        if args.ttl not in (None, lifespan):
+            print(
+                f"error: Keycloak's tokens last the realm's accessTokenLifespan ({lifespan} s, "
+                f"{keycloak.REALM_FILE.name}); --ttl cannot change it",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            tokens = [keycloak.password_grant(config.keycloak_issuer, u) for u in args.users]
+        except (keycloak.KeycloakError, httpx.HTTPError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    else:
+        if not stack.is_running("issuer") or not config.issuer_key_path.is_file():
+            print(
+                "error: the stack's issuer is not running: `python -m stack up` starts it "
+                "(or `python -m stack up --with keycloak` for Keycloak)",
+                file=sys.stderr,
+            )
+            return 1
+        key = load_or_create_key(config.issuer_key_path)
+        ttl = args.ttl or DEFAULT_TOKEN_TTL_SECONDS
+        tokens = [
+            mint_token(key, issuer=config.issuer_url, subject=u, ttl_seconds=ttl)
+            for u in args.users
+        ]
+    for token in tokens:
+        print(token)
+    return 0
+
+
 def cmd_one(stack: Stack, args: argparse.Namespace) -> int:
     name: str = args.component
     action = args.command
@@ -222,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         "--with",
         dest="with_",
         action="append",
-        choices=["jaeger"],
-        help="also start an optional component: jaeger (traces; UI on 127.0.0.1:16686)",
+        choices=["jaeger", "keycloak"],
+        help="also start an optional component: jaeger (traces; UI on 127.0.0.1:16686), "
+        "keycloak (the identity provider the order API then trusts; 127.0.0.1:8180, ~30 s)",
     )
     up.add_argument(
         "--kafka-brokers",
@@ -244,10 +318,26 @@ def main(argv: list[str] | None = None) -> int:
     for action in ("start", "stop", "kill", "restart", "pause", "resume"):
         one = commands.add_parser(action, help=f"{action} one component")
         one.add_argument("component")
+    token = commands.add_parser(
+        "token", help="print a bearer token per user from the running stack's issuer"
+    )
+    token.add_argument("users", nargs="+", metavar="USER", type=_token_user)
+    token.add_argument(
+        "--ttl",
+        type=_ttl_seconds,
+        metavar="SECONDS",
+        help=f"lifetime (default {DEFAULT_TOKEN_TTL_SECONDS}; Keycloak: its realm decides)",
+    )
     args = parser.parse_args(argv)
 
     stack = Stack(_config(args))
-    handlers = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_logs}
+    handlers = {
+        "up": cmd_up,
+        "down": cmd_down,
+        "status": cmd_status,
+        "logs": cmd_logs,
+        "token": cmd_token,
+    }
     try:
         return handlers.get(args.command, cmd_one)(stack, args)
     except StackError as error:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
+from shared.auth.settings import DEV_JWKS_PATH, ORDER_API_AUDIENCE
 from shared.kafka import TopicReplication
 
 # The replica-set name SecantusDB advertises in its `hello` reply.
@@ -25,7 +26,9 @@ MONGO_REPLICA_SET: Final = "secantus"
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 
-INFRA: Final = ("mongo", "kafka", "redis", "smtp")
+# "issuer": the development identity provider (stack/issuer.py): the JWKS the order API checks
+# bearer tokens against and the key `python -m stack token` signs them with.
+INFRA: Final = ("mongo", "kafka", "redis", "smtp", "issuer")
 # Toxiproxy, the TCP fault proxy: started only when asked for (a fault test, `stack up
 # toxiproxy`), never by default. Services reach a server through it only when told to (see
 # ``proxied_env``); everything else keeps the direct path.
@@ -35,9 +38,10 @@ SERVICES: Final = ("order", "relay", "inventory", "email")
 OPERATOR: Final = ("console",)
 ALL: Final = INFRA + SERVICES + OPERATOR
 # Started only when asked for (`python -m stack up --with jaeger`, a fault test): the trace
-# backend and the fault proxy, binaries built from the Go module proxy (stack/gotools.py), never
-# part of `make demo`.
-OPTIONAL: Final = ("jaeger", FAULT_PROXY)
+# backend and the fault proxy, binaries built from the Go module proxy (stack/gotools.py), and
+# Keycloak (`--with keycloak`: ~480 MiB and ~30 s to start, resolved from Maven Central on first
+# use, stack/keycloak), never part of `make demo`.
+OPTIONAL: Final = ("jaeger", FAULT_PROXY, "keycloak")
 KNOWN: Final = ALL + OPTIONAL
 # The servers a service can be routed to through the fault proxy, one proxy each (and one per
 # extra Kafka broker of a cluster, see ``StackConfig.proxied_servers``).
@@ -57,6 +61,8 @@ KAFKA_BROKERS_FILE: Final = Path("conf") / "kafka-brokers"
 _KAFKA_NODE_PORT_STEP: Final = 100
 
 HOST: Final = "127.0.0.1"
+# The realm of stack/keycloak/realm-outbox.json.
+KEYCLOAK_REALM: Final = "outbox"
 
 DEFAULT_PORTS: Final = {
     "mongo": 27017,
@@ -64,6 +70,9 @@ DEFAULT_PORTS: Final = {
     "kafka_controller": 9093,
     "redis": 6379,
     "smtp": 1025,
+    "issuer": 8090,
+    # Keycloak's HTTP port (not its usual 8080, which many other dev servers take).
+    "keycloak": 8180,
     # Toxiproxy's HTTP API, and the address each proxy listens on (named "<server>_proxy").
     "toxiproxy": 8474,
     "mongo_proxy": 27018,
@@ -164,6 +173,10 @@ class StackConfig:
             "redis": 20.0,
             "smtp": 20.0,
             "toxiproxy": 20.0,
+            "issuer": 20.0,
+            # Its realm answered 31 s after start on two idle cores, 85-140 s on two busy ones
+            # (the first start also builds its Quarkus application).
+            "keycloak": 240.0,
         }
     )
     service_ready_timeout: float = 60.0
@@ -399,6 +412,36 @@ class StackConfig:
     @property
     def jaeger_url(self) -> str:
         return f"http://{HOST}:{self.ports['jaeger']}"
+
+    # -- identity ----------------------------------------------------------------------------
+    @property
+    def issuer_url(self) -> str:
+        """The development issuer's ``iss``, also its base URL (JWKS at ``/jwks.json``)."""
+        return f"http://{HOST}:{self.ports['issuer']}"
+
+    @property
+    def issuer_key_path(self) -> Path:
+        """The development issuer's private key (PEM, mode 0600), made on its first start."""
+        return self.root / "conf" / "issuer-key.pem"
+
+    @property
+    def keycloak_issuer(self) -> str:
+        """The ``iss`` of the embedded Keycloak's realm (stack/keycloak/realm-outbox.json)."""
+        return f"http://{HOST}:{self.ports['keycloak']}/realms/{KEYCLOAK_REALM}"
+
+    def auth_env(self, keycloak: bool = False) -> dict[str, str]:
+        """``AUTH_*`` for the order API: the development issuer's, or Keycloak's realm."""
+        if keycloak:
+            return {
+                "AUTH_ISSUER": self.keycloak_issuer,
+                "AUTH_AUDIENCE": ORDER_API_AUDIENCE,
+                "AUTH_JWKS_URL": f"{self.keycloak_issuer}/protocol/openid-connect/certs",
+            }
+        return {
+            "AUTH_ISSUER": self.issuer_url,
+            "AUTH_AUDIENCE": ORDER_API_AUDIENCE,
+            "AUTH_JWKS_URL": self.issuer_url + DEV_JWKS_PATH,
+        }
 
     @property
     def console_token_path(self) -> Path:

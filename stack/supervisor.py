@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from shared.contracts import TOPIC_PARTITIONS
-from stack import probes
+from stack import keycloak, probes
 from stack.config import (
     ALL,
     FAULT_PROXY,
     HOST,
     INFRA,
+    KEYCLOAK_REALM,
     KNOWN,
     OPTIONAL,
     REPO_ROOT,
@@ -102,6 +103,8 @@ STOP_TIMEOUTS = {
     "smtp": 10.0,
     "jaeger": 15.0,
     "toxiproxy": 10.0,
+    "issuer": 10.0,
+    "keycloak": 30.0,
 }
 SERVICE_STOP_TIMEOUT = 40.0
 POLL_INTERVAL = 0.1
@@ -656,6 +659,23 @@ class Stack:
                 timeout,
                 stop_timeout,
             )
+        if component == "issuer":
+            port = c.port_of("issuer")
+            argv = [
+                str(c.python), "-m", "stack.issuer",
+                "--host", HOST, "--port", str(port),
+                "--issuer", c.issuer_url, "--key", str(c.issuer_key_path),
+            ]  # fmt: skip
+            return _Launch(
+                argv,
+                REPO_ROOT,
+                base_env,
+                lambda: probes.http_ready(HOST, port, "/jwks.json"),
+                timeout,
+                stop_timeout,
+            )
+        if component == "keycloak":
+            return self._plan_keycloak(base_env, timeout, stop_timeout)
         if component == "jaeger":
             from stack.gotools import JAEGER  # not at import: `python -m stack.gotools` runs first
 
@@ -681,6 +701,8 @@ class Stack:
                 instance, f"services/{component}/__main__.py does not exist (not written yet?)"
             )
         service_env = {**base_env, **c.service_env()}
+        # Which issuer the order API trusts: Keycloak's realm when this stack runs it.
+        service_env.update(c.auth_env(keycloak=self.is_running("keycloak")))
         if self.is_running("jaeger"):
             # Tracing is off unless an endpoint is set (shared/tracing.py).
             service_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = c.otlp_endpoint
@@ -747,6 +769,29 @@ class Stack:
             timeout,
             stop_timeout,
             after_ready=create_proxies,
+        )
+
+    def _plan_keycloak(self, env: dict[str, str], timeout: float, stop_timeout: float) -> _Launch:
+        c = self.config
+        stack_dir = REPO_ROOT / ".stack"
+        if not keycloak.installed(stack_dir):
+            raise StackError(
+                "keycloak",
+                f"Keycloak {keycloak.KEYCLOAK_VERSION} is not resolved: `python -m stack up "
+                "--with keycloak` fetches it from Maven Central (177 MB, once)",
+            )
+        keycloak.prepare_import(stack_dir)
+        port = c.port_of("keycloak")
+        return _Launch(
+            keycloak.start_argv(stack_dir, HOST, port),
+            c.root,
+            {**env, **keycloak.java_env()},
+            # The realm answers its discovery document once the import is done.
+            lambda: probes.http_ready(
+                HOST, port, f"/realms/{KEYCLOAK_REALM}/.well-known/openid-configuration"
+            ),
+            timeout,
+            stop_timeout,
         )
 
     def _venv_bin(self, name: str) -> Path:

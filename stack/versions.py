@@ -38,3 +38,8 @@ JAEGER_IMAGE_VERSION: Final = "2.13.0"
 # Toxiproxy (Shopify's TCP fault proxy): built from the Go module proxy (stack/gotools.py) for the
 # failure-injection suite's proxied links; not part of the compose file.
 TOXIPROXY_VERSION: Final = "v2.12.0"
+
+# Keycloak (the optional identity provider): org.keycloak:keycloak-quarkus-dist:<this> from Maven
+# Central for the embedded stack (`python -m stack up --with keycloak`, stack/keycloak), the
+# official image quay.io/keycloak/keycloak:<this> in docker-compose.yml.
+KEYCLOAK_VERSION: Final = "26.7.3"

@@ -325,7 +325,7 @@ def _published(model: dict[str, Any]) -> dict[tuple[str, int], str]:
     }
 
 
-def test_only_the_api_console_mail_inbox_prometheus_and_jaeger_ui_are_published_on_loopback(
+def test_only_the_user_facing_ports_are_published_on_loopback(
     compose: dict[str, Any],
 ) -> None:
     assert _published(compose) == {
@@ -334,6 +334,7 @@ def test_only_the_api_console_mail_inbox_prometheus_and_jaeger_ui_are_published_
         ("mailpit", 8025): "127.0.0.1",
         ("prometheus", 9090): "127.0.0.1",
         ("jaeger", 16686): "127.0.0.1",
+        ("keycloak", 8080): "127.0.0.1",
     }
 
 
@@ -347,6 +348,7 @@ def test_override_publishes_the_servers_on_loopback_only(
         "mailpit",
         "prometheus",
         "jaeger",
+        "keycloak",
         "mongo",
         "kafka",
         "redis",

@@ -43,13 +43,21 @@ def test_one_broker_stays_the_default_and_bootstraps_from_one_address(tmp_path: 
     config = StackConfig.for_tests(tmp_path)
     assert config.kafka_nodes == ("kafka",)
     assert config.kafka_bootstrap == f"127.0.0.1:{config.port_of('kafka')}"
-    assert config.infra_instances == ("mongo", "kafka", "redis", "smtp")
+    assert config.infra_instances == ("mongo", "kafka", "redis", "smtp", "issuer")
 
 
 def test_a_cluster_bootstraps_from_every_node_on_free_ports_of_its_own(tmp_path: Path) -> None:
     config = StackConfig.for_tests(tmp_path, kafka_brokers=3)
     assert config.kafka_nodes == ("kafka", "kafka-2", "kafka-3")
-    assert config.infra_instances == ("mongo", "kafka", "kafka-2", "kafka-3", "redis", "smtp")
+    assert config.infra_instances == (
+        "mongo",
+        "kafka",
+        "kafka-2",
+        "kafka-3",
+        "redis",
+        "smtp",
+        "issuer",
+    )
     assert config.kafka_bootstrap == ",".join(
         f"127.0.0.1:{config.port_of(node)}" for node in config.kafka_nodes
     )
