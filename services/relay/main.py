@@ -4,8 +4,10 @@ Lifecycle: start the health server, create indexes (retrying while MongoDB is aw
 renewal interval: heartbeat the membership, compute this relay's fair share of the slots
 (``share.py``), give up slots above it (each after its round in flight) and take free ones below
 it; each held slot runs its own publish loop (``slot_worker.py``) with its own lease, fence and
-Kafka transactional id. One change stream wakes the loop of an inserted event's slot; events
-without a slot get one (``backfill.py``). On SIGTERM every slot's round in flight finishes and
+Kafka transactional id. A relay whose ``RELAY_SLOTS`` is not the prevailing one (``share.py``)
+takes and gives up no slot and is not ready until it is restarted with the right value. One
+change stream wakes the loop of an inserted event's slot; events without a slot get one
+(``backfill.py``). On SIGTERM every slot's round in flight finishes and
 is marked, every slot lease is released and the membership document deleted, so the other
 relays take the slots at once, and the process exits 0.
 """
