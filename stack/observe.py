@@ -267,7 +267,7 @@ class Inbox:
             stamp = name.split("-", 1)[0]
             self._parsed[name] = Mail(
                 name=name,
-                received_at=int(stamp) / 1e9 if stamp.isdigit() else None,
+                received_at=int(stamp) / 1e9 if stamp.isascii() and stamp.isdigit() else None,
                 message_id=str(headers.get("Message-ID", "")).strip(),
                 subject=str(headers.get("Subject", "")).strip(),
                 recipient=str(headers.get("To", "")).strip(),

@@ -16,8 +16,6 @@ from typing import Any
 
 import httpx
 from aiokafka.partitioner import DefaultPartitioner
-from bson import ObjectId
-from bson.errors import InvalidId
 from redis.exceptions import RedisError
 
 from services.console.settings import ConsoleSettings
@@ -37,6 +35,7 @@ from shared.contracts import (
     topic_for_event_type,
 )
 from shared.dlq import StoredDlqRecord
+from shared.identifiers import parse_object_id
 from shared.lag import GroupLag
 from shared.lag import group_lags as shared_group_lags
 from shared.mongo import MongoClient
@@ -392,10 +391,11 @@ async def timeline(
 ) -> tuple[dict[str, Any] | None, list[Step], list[str]]:
     """The order (with its outbox events: status and Kafka position), its steps in time order,
     and the trace ids of its events."""
-    try:
-        oid = ObjectId(order_id)
-    except (InvalidId, TypeError):
+    oid = parse_object_id(order_id)
+    if oid is None:
         return None, [], []
+    # Events, reservation and mail are keyed by the stored spelling, whatever case was typed.
+    order_id = str(oid)
     db = client[settings.orders_database]
     order = await db[ORDERS].find_one({"_id": oid})
     if order is None:

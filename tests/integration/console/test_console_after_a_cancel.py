@@ -286,3 +286,14 @@ async def test_a_cancelled_orders_timeline_shows_each_step_once_at_its_own_time(
 
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def test_an_order_looked_up_in_upper_case_shows_the_same_history(world: World) -> None:
+    # ObjectId hex is case-insensitive: the console finds the order either way, and must then
+    # look up its events, reservation and mail under the stored (lower-case) id, not the text.
+    order_id = world.cancelled_id
+    assert order_id, "runs after the test that places and cancels the orders"
+    as_stored = await world.api(f"/api/orders/{order_id}")
+    as_typed = await world.api(f"/api/orders/{order_id.upper()}")
+    assert as_typed == as_stored
+    assert len(as_typed["order"]["events"]) == 2, as_typed
