@@ -340,6 +340,10 @@ async def run_phase(run: Run) -> None:
     results: dict[str, Any] = {"runs": runs, "latency": latency, "topic": TOPIC}
     run.results["debezium"] = results
     within = plan.latency_events * INSERT_INTERVAL_SECONDS + 60
+    # Our relay's databases are dropped after every window of the phase, not between them:
+    # on the Python server a dropDatabase of 20,000 events outlasted 180 s here and stalled
+    # the next seeding and drain.
+    dropped_later: list[str] = []
     try:
         await watch.start()
         started = time.monotonic()
@@ -360,7 +364,7 @@ async def run_phase(run: Run) -> None:
                     ),
                 )
             )
-            await run.drop_database(relay_db)
+            dropped_later.append(relay_db)
             runs["debezium"].append(
                 await run.attempt(
                     "debezium drain",
@@ -379,7 +383,7 @@ async def run_phase(run: Run) -> None:
             None,
             relay_drain.bench_latency(infra, client, plan.latency_events, within, relay_db),
         )
-        await run.drop_database(relay_db)
+        dropped_later.append(relay_db)
         if relay_latency is not None:
             latency["relay"] = asdict(relay_latency)
         # It resumes from its last resume token, so nothing inserted from here on is missed.
@@ -407,7 +411,8 @@ async def run_phase(run: Run) -> None:
         await watch.stop()
         await worker.close()
         await client.close()
-        await run.drop_database(database)
+        for name in [*dropped_later, database]:
+            await run.drop_database(name)
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:

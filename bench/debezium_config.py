@@ -37,8 +37,8 @@ STRING_CONVERTER: Final = "org.apache.kafka.connect.storage.StringConverter"
 TOPIC_PREFIX: Final = "debezium."
 
 # Outbox field -> Kafka header, as our relay names them (shared.contracts.Header). The router
-# puts the event id (``_id``) in a header "id" of its own; ``traceparent`` is left out: the
-# router fails on a field that is null in the document, and ours is null without tracing.
+# puts the event id (``_id``) in a header "id" of its own as well. ``traceparent`` is left out:
+# the bench's documents carry none (tracing off), and our relay sends it only when it is set.
 HEADER_PLACEMENT: Final = (
     (OutboxField.ID, Header.IDEMPOTENCY_KEY),
     (OutboxField.EVENT_TYPE, Header.EVENT_TYPE),
