@@ -3,6 +3,8 @@ the order API's validator (shared.auth) accepts with the JWKS that issuer serves
 
 from __future__ import annotations
 
+import stat
+
 import jwt
 import pytest
 
@@ -38,6 +40,8 @@ async def test_stack_token_prints_one_token_per_user_that_the_validator_accepts(
     assert alice.issuer == stack.config.issuer_url
     claims = jwt.decode(lines[0], options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == 3600  # an hour by default
+    # The signing key stays readable by its owner only.
+    assert stat.S_IMODE(stack.config.issuer_key_path.stat().st_mode) == 0o600
 
 
 async def test_stack_token_ttl_sets_the_lifetime(stack: Stack) -> None:
