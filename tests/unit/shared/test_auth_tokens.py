@@ -4,6 +4,7 @@ HTTP server on loopback: every bad token of issue 23 refused, a good one accepte
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -357,3 +358,14 @@ def test_settings_read_the_auth_variables(monkeypatch: pytest.MonkeyPatch) -> No
     assert (settings.issuer, settings.audience) == ("https://idp.example/realms/outbox", "orders")
     assert settings.effective_jwks_url == "https://idp.example/certs"
     assert settings.algorithms == frozenset({"PS256"})
+
+
+async def test_concurrent_requests_for_an_uncached_key_share_one_fetch(
+    jwks: JwksServer, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    jwks.keys = [public_jwk(ec_key)]
+    validator = _validator(jwks.url)
+    tokens = [_token(ec_key) for _ in range(20)]
+    principals = await asyncio.gather(*(validator.validate(t) for t in tokens))
+    assert {p.subject for p in principals} == {"alice"}
+    assert jwks.requests == 1
