@@ -1,5 +1,5 @@
 """The failure-injection matrix: each scenario injects one fault while orders flow, then checks
-the five invariants of :mod:`tests.e2e.chaos.invariants` (README: failure injection).
+the five invariants of :mod:`tests.e2e.chaos.invariants` (docs/proof/index.md).
 
 The first line of each docstring is the scenario's name in the chaos report. A scenario that
 needs a fault to have really happened (a failpoint hit, a duplicate published) asserts the
