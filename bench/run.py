@@ -274,6 +274,11 @@ async def phase(run: Run, name: str, body: Callable[[], Awaitable[None]]) -> Non
     except Exception as exc:
         traceback.print_exc()
         run.record_failure(exc)
+    except BaseException as exc:
+        # SIGTERM (SystemExit) or Ctrl-C: the phase is recorded as cut short, and the run stops
+        # (the orchestrator still stops the stack and writes the report).
+        run.record_failure(exc)
+        raise
     finally:
         await run.finish_all_profiles()
         elapsed = round(time.monotonic() - started, 1)

@@ -170,3 +170,17 @@ def test_runs_that_failed_are_left_out_of_every_summary_and_table() -> None:
     assert summary["capacity_ours_orders_per_s"]["failed_runs"] == 1
     results["goals"] = report.evaluate_goals(results)
     assert "capacity ours" in report.render(results)
+
+
+async def test_a_phase_cut_short_by_sigterm_is_recorded_and_the_run_stops() -> None:
+    run = _run()
+
+    async def terminated() -> None:
+        raise SystemExit(143)  # what bench/__main__.py's SIGTERM handler raises
+
+    with pytest.raises(SystemExit):
+        await phase(run, "capacity", terminated)
+    assert run.results["failures"] == [
+        {"phase": "capacity", "run": None, "step": None, "error": "SystemExit: 143"}
+    ]
+    assert "capacity" in run.results["phase_seconds"]
