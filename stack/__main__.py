@@ -10,7 +10,8 @@
     logs COMPONENT [-n N] [-f]      the component's log
     start|stop|kill|restart NAME    one component (kill = SIGKILL), for failure injection
     pause|resume NAME               SIGSTOP / SIGCONT one component (a frozen process)
-    token [--ttl SECONDS] USER ...  one bearer token per user, one per line, from the running
+    token [--ttl S] [--role R] USER ...
+                                    one bearer token per user, one per line, from the running
                                     stack's issuer (Keycloak's realm when it runs)
 
 NAME is a component, an extra service instance (relay-2) or one node of a Kafka cluster
@@ -34,6 +35,7 @@ from types import FrameType
 
 import httpx
 
+from shared.auth import SUPPORT_ROLE
 from stack import keycloak
 from stack.config import (
     ALL,
@@ -238,6 +240,13 @@ def cmd_token(stack: Stack, args: argparse.Namespace) -> int:
     config = stack.config
     if stack.is_running("keycloak"):
         lifespan = keycloak.access_token_lifespan()
+        if args.roles:
+            print(
+                "error: Keycloak's tokens carry the roles its realm assigns; --role is for the "
+                "development issuer",
+                file=sys.stderr,
+            )
+            return 2
         if args.ttl not in (None, lifespan):
             print(
                 f"error: Keycloak's tokens last the realm's accessTokenLifespan ({lifespan} s, "
@@ -261,7 +270,9 @@ def cmd_token(stack: Stack, args: argparse.Namespace) -> int:
         key = load_or_create_key(config.issuer_key_path)
         ttl = args.ttl or DEFAULT_TOKEN_TTL_SECONDS
         tokens = [
-            mint_token(key, issuer=config.issuer_url, subject=u, ttl_seconds=ttl)
+            mint_token(
+                key, issuer=config.issuer_url, subject=u, ttl_seconds=ttl, roles=args.roles or ()
+            )
             for u in args.users
         ]
     for token in tokens:
@@ -327,6 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         type=_ttl_seconds,
         metavar="SECONDS",
         help=f"lifetime (default {DEFAULT_TOKEN_TTL_SECONDS}; Keycloak: its realm decides)",
+    )
+    token.add_argument(
+        "--role",
+        dest="roles",
+        action="append",
+        metavar="ROLE",
+        help=f"a realm role in the token (e.g. {SUPPORT_ROLE}: may read every order); "
+        "development issuer only",
     )
     args = parser.parse_args(argv)
 

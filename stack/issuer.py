@@ -103,11 +103,13 @@ def mint_token(
     audience: str = ORDER_API_AUDIENCE,
     ttl_seconds: int = 3600,
     scopes: Iterable[str] = DEFAULT_SCOPES,
+    roles: Iterable[str] = (),
     now: float | None = None,
 ) -> str:
-    """An access token for ``subject``, signed with ``key``, valid from now for ``ttl_seconds``."""
+    """An access token for ``subject``, signed with ``key``, valid from now for ``ttl_seconds``;
+    ``roles`` go where Keycloak puts realm roles (``realm_access.roles``)."""
     issued = int(time.time() if now is None else now)
-    claims = {
+    claims: dict[str, Any] = {
         "iss": issuer,
         "aud": audience,
         "sub": subject,
@@ -118,6 +120,8 @@ def mint_token(
         "exp": issued + ttl_seconds,
         "jti": uuid.uuid4().hex,
     }
+    if roles := sorted(set(roles)):
+        claims["realm_access"] = {"roles": roles}
     headers = {"kid": public_jwk(key)["kid"], "typ": "JWT"}
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers=headers)
 

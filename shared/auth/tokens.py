@@ -23,6 +23,9 @@ from shared.auth.settings import AuthSettings
 # before it is parsed (base64 and JSON of an attacker's megabyte are work we do not owe).
 MAX_TOKEN_CHARS: Final = 8192
 _MAX_KID_CHARS: Final = 256
+# The role of support staff, who may read every customer's orders: a realm role of
+# stack/keycloak/realm-outbox.json, and `python -m stack token --role order-support USER`.
+SUPPORT_ROLE: Final = "order-support"
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,9 @@ async def test_stack_token_asks_keycloak_when_the_stack_runs_it(keycloak_stack: 
     refused = await asyncio.to_thread(stack_cli, config, "token", "--ttl", "60", "alice")
     assert refused.returncode == 2
     assert "accessTokenLifespan" in refused.stderr
+    roles = await asyncio.to_thread(stack_cli, config, "token", "--role", "x", "alice")
+    assert roles.returncode == 2
+    assert "--role" in roles.stderr
     unknown = await asyncio.to_thread(stack_cli, config, "token", "mallory")
     assert unknown.returncode == 1
     assert "not a demo user" in unknown.stderr

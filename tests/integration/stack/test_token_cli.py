@@ -8,7 +8,7 @@ import stat
 import jwt
 import pytest
 
-from shared.auth import AuthSettings, TokenValidator
+from shared.auth import SUPPORT_ROLE, AuthSettings, TokenValidator
 from stack import Stack
 from tests.stacks import stack_cli
 
@@ -49,6 +49,18 @@ async def test_stack_token_ttl_sets_the_lifetime(stack: Stack) -> None:
     assert result.returncode == 0, result.stderr
     claims = jwt.decode(result.stdout.strip(), options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == 120
+
+
+async def test_stack_token_role_gives_support_staff_their_role(stack: Stack) -> None:
+    result = stack_cli(stack.config, "token", "--role", SUPPORT_ROLE, "carol")
+    assert result.returncode == 0, result.stderr
+    validator = _validator(stack)
+    try:
+        carol = await validator.validate(result.stdout.strip())
+    finally:
+        await validator.aclose()
+    assert carol.roles == frozenset({SUPPORT_ROLE})
+    assert carol.has_scope_or_role(SUPPORT_ROLE)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 
-from shared.auth import AuthSettings, PrincipalDep, TokenValidator, install_bearer_auth
+from shared.auth import AuthSettings, TokenValidator
+from shared.auth.dependency import PrincipalDep, install_bearer_auth
 from stack.issuer import mint_token, public_jwk
 from tests.unit.shared.jwks_server import JwksServer
 
