@@ -14,13 +14,15 @@ class JwksServer:
 
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
+        # Set to answer these bytes instead of the key set.
+        self.body: bytes | None = None
         self.requests = 0
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 owner.requests += 1
-                body = json.dumps({"keys": owner.keys}).encode()
+                body = owner.body or json.dumps({"keys": owner.keys}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

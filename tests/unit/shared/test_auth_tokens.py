@@ -25,6 +25,7 @@ from shared.auth import (
     KeysUnavailable,
     TokenValidator,
 )
+from shared.auth.keys import JwksFetchError, parse_jwks
 from stack.issuer import mint_token, public_jwk
 from tests.unit.shared.jwks_server import FakeClock, JwksServer
 
@@ -369,3 +370,38 @@ async def test_concurrent_requests_for_an_uncached_key_share_one_fetch(
     principals = await asyncio.gather(*(validator.validate(t) for t in tokens))
     assert {p.subject for p in principals} == {"alice"}
     assert jwks.requests == 1
+
+
+def test_only_signing_keys_of_allowed_algorithms_are_taken_from_a_jwks(
+    ec_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    # Keycloak's JWKS holds an encryption key (RSA-OAEP, use: enc) beside its signing key.
+    signing = _rsa_jwk(rsa_key, "sig-1")
+    document = {
+        "keys": [
+            signing,
+            _rsa_jwk(rsa_key, "enc-1") | {"use": "enc", "alg": "RSA-OAEP"},
+            {"kty": "oct", "kid": "oct-1", "k": _b64(b"x" * 32)},
+            public_jwk(ec_key) | {"kid": "ps-1", "alg": "ES512"},
+            {"kty": "RSA", "n": signing["n"], "e": signing["e"]},  # no kid
+            {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"},
+            "not an object",
+        ]
+    }
+    assert set(parse_jwks(document, {"RS256", "ES256"})) == {"sig-1"}
+    with pytest.raises(JwksFetchError):
+        parse_jwks({"no": "keys"}, {"RS256"})
+
+
+async def test_a_jwks_url_answering_something_else_is_a_503_not_an_accept(
+    ec_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    server = JwksServer()
+    try:
+        # An HTML error page with status 200, as a misrouted proxy may answer.
+        server.body = b"<html>gateway</html>"
+        validator = _validator(server.url)
+        with pytest.raises(KeysUnavailable):
+            await validator.validate(_token(ec_key))
+    finally:
+        server.stop()
