@@ -10,6 +10,7 @@ happens to pass after a failure is noise, not capacity.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -51,6 +52,14 @@ def ramp_capacity(steps: Sequence[Step], p99_limit_ms: float = P99_LIMIT_MS) -> 
             break
         best = step.offered_rate
     return best
+
+
+def ramp_goes_on(step: Step, *, held_to_p99: bool) -> bool:
+    """Whether a ramp offers the next rate after ``step``. A ramp held to the p99 limit (ours)
+    stops at the first rate it does not sustain; one that is not (the article's, whose 500 ms
+    poll breaks the limit at every rate) goes on while every order still completes. Both stop
+    at the first incomplete order: the next rate would start from a backlog."""
+    return step_sustained(step, P99_LIMIT_MS if held_to_p99 else math.inf)[0]
 
 
 @dataclass(frozen=True)

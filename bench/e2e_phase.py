@@ -2,10 +2,12 @@
 
 At 50% of the API's maximum the whole pipeline shares one MongoDB server and two cores and may
 saturate, so that run measures queueing; the light run measures what each design itself costs
-(long enough for its p99 to rest on >= 200 samples in a full run). Both loads are measured
-``plan.repeats`` times on the same pipeline (``e2e_runs`` in the JSON); ``e2e`` holds the run
-of median p50 to the reservation, and the report gives every percentile's spread and the
-article/ours ratios run by run (run i of one design against run i of the other).
+(long enough for its p99 to rest on >= 200 samples in a full run). On the same pipeline, our
+light load is measured ``plan.repeats`` times (its goal takes the median), the article's
+``plan.article_repeats`` times, and the 50% load ``plan.e2e_loaded_repeats`` times per design
+(``e2e_runs`` in the JSON); ``e2e`` holds the run of median p50 to the reservation, and the
+report gives every percentile's spread and the article/ours ratios run by run (run i of one
+design against run i of the other).
 """
 
 from __future__ import annotations
@@ -108,20 +110,23 @@ def _record(
 async def _both_loads(run: Run, pipeline: Pipeline, rate: float, key: str) -> None:
     await warm_up(run, pipeline)
     plan = run.plan
-    for attempt in range(plan.repeats):
-        label = f"e2e_{key}_{attempt}"
-        recorders = run.start_profile(label, plan.e2e_seconds)
-        loaded = measure(run, pipeline, rate, plan.e2e_seconds, plan.settle_seconds)
-        result = await run.attempt(f"{key} at {rate:g}/s", attempt, loaded)
-        await run.finish_profile(label, recorders)
-        _record(run, key, result)
+    loaded_runs, light_runs = plan.e2e_runs(key)
+    for attempt in range(light_runs):
+        result: LatencyResult | None = None
+        if attempt < loaded_runs:
+            label = f"e2e_{key}_{attempt}"
+            recorders = run.start_profile(label, plan.e2e_seconds)
+            loaded = measure(run, pipeline, rate, plan.e2e_seconds, plan.settle_seconds)
+            result = await run.attempt(f"{key} at {rate:g}/s", attempt, loaded)
+            await run.finish_profile(label, recorders)
+            _record(run, key, result)
         light_run = measure_with_cpu(
             run, pipeline, LIGHT_RATE, plan.light_seconds, plan.settle_seconds
         )
         light, light_cpu = await run.attempt(f"{key} light", attempt, light_run) or (None, None)
         _record(run, f"{key}_light", light, light_cpu)
         print(
-            f"e2e {key} run {attempt + 1}/{plan.repeats}: p50 to reservation "
+            f"e2e {key} run {attempt + 1}/{light_runs}: p50 to reservation "
             f"{_p50(result)} ms at {result.achieved_rate if result else '-'}/s, {_p50(light)} ms "
             f"at {light.achieved_rate if light else '-'}/s",
             flush=True,
