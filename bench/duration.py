@@ -64,8 +64,11 @@ RAW_MONGO_EVENTS_PER_S: Final = 375.0
 RAW_PRODUCER_MSGS_PER_S: Final = 20_000.0
 # The article's relay is capped at 100/s by design (50 events per 500 ms round).
 ARTICLE_RELAY_EVENTS_PER_S: Final = 100.0
-# Debezium: the task's start after a resume (3.5 s), then the change stream's rate.
-DEBEZIUM_FIRST_RECORD_SECONDS: Final = 4.0
+# Debezium: from the resume to its first record (the task's restart, its change stream
+# resuming behind the backlog: 2.7-3.8 s behind 2,000 events, 12-15 s behind 20,000, loaded),
+# then the change stream's rate (1,700-3,900 events/s once it flows).
+DEBEZIUM_RESUME_SECONDS: Final = 3.0
+DEBEZIUM_RESUME_SECONDS_PER_EVENT: Final = 0.5e-3
 DEBEZIUM_EVENTS_PER_S: Final = 2_500.0
 CONSUMER_MSGS_PER_S: Final = {"inventory": 108.0, "email": 113.0, "article": 64.0}
 # Where a ramp is counted to stop: the capacity goal is met and the next step fails (a
@@ -128,7 +131,9 @@ def debezium(plan: Plan) -> float:
     backlog = plan.backlog
     debezium_drain = min(
         plan.relay_timeout_seconds,
-        DEBEZIUM_FIRST_RECORD_SECONDS + backlog / DEBEZIUM_EVENTS_PER_S,
+        DEBEZIUM_RESUME_SECONDS
+        + backlog * DEBEZIUM_RESUME_SECONDS_PER_EVENT
+        + backlog / DEBEZIUM_EVENTS_PER_S,
     )
     per_run = (
         _seed(backlog)
