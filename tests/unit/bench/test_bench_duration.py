@@ -7,10 +7,11 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any, cast
 
 import pytest
 
-from bench import duration
+from bench import capacity, duration
 from bench.__main__ import (
     DEFAULT_PHASES,
     OPT_IN_PHASES,
@@ -20,7 +21,8 @@ from bench.__main__ import (
     chosen_phases,
 )
 from bench.capacity_model import Step, ramp_goes_on
-from bench.run import Plan
+from bench.run import Plan, Run
+from stack import Stack
 
 
 def _total(plan: Plan, phases: Iterable[str], **kwargs: float) -> float:
@@ -148,3 +150,31 @@ def test_the_backlog_of_earlier_runs_can_still_be_asked_for() -> None:
 
     assert plan.backlog == 20_000
     assert _plan(_parse_args([])).backlog == Plan.full().backlog
+
+
+class _NoStack:
+    config = None
+
+    def pids(self) -> dict[str, int]:
+        return {}
+
+
+async def test_the_full_plan_ramps_ours_three_times_and_the_articles_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ramped: list[str] = []
+
+    async def fake_ramp(run: Run, design: str) -> dict[str, Any]:
+        ramped.append(design)
+        return {"capacity_orders_per_s": 20.0, "steps": []}
+
+    monkeypatch.setattr(capacity, "ramp", fake_ramp)
+    run = Run(cast(Stack, _NoStack()), Plan.full(), "unit")
+    # The raw transaction rate the bound starts from, as the order API phase leaves it.
+    run.results["summary"] = {"raw_txn_per_s": {"median": 100.0}}
+
+    await capacity.run_phase(run)
+
+    assert ramped == ["ours", "article", "ours", "ours"]
+    runs = run.results["capacity"]["runs"]
+    assert (len(runs["ours"]), len(runs["article"])) == (3, 1)
