@@ -141,10 +141,10 @@ def test_the_results_file_is_written_even_when_the_summary_cannot_be_computed(
         ({"phases": ["capacity"], "capacity": {"ours": {"steps": [{"offered_rate": 10}]}}}, []),
         ({"phases": ["capacity"], "capacity": {"runs": {"ours": [None]}}}, ["capacity"]),
         # A phase this module does not know: a figure unless it failed as a whole.
-        ({"phases": ["debezium"], "failures": []}, []),
+        ({"phases": ["new_phase"], "failures": []}, []),
         (
-            {"phases": ["debezium"], "failures": [{"phase": "debezium", "run": None}]},
-            ["debezium"],
+            {"phases": ["new_phase"], "failures": [{"phase": "new_phase", "run": None}]},
+            ["new_phase"],
         ),
     ],
 )

@@ -76,7 +76,7 @@ def test_end_to_end_percentiles_are_spread_over_runs_and_the_article_ratio_is_pe
     assert "article_vs_ours_light_reservation_p50" not in summary
 
 
-def test_the_light_load_goals_use_the_median_run_and_no_p99_from_a_small_sample() -> None:
+def test_the_light_load_goals_show_the_median_run_but_judge_no_run_of_a_small_sample() -> None:
     results: dict[str, object] = {
         "e2e_runs": {
             "ours_light": [_e2e(12.0, 30.0), _e2e(14.0, 35.0), _e2e(20.0, 80.0, small=True)]
@@ -85,8 +85,10 @@ def test_the_light_load_goals_use_the_median_run_and_no_p99_from_a_small_sample(
     }
     results["summary"] = summarize(results)
     goals = {g["goal"]: g for g in evaluate_goals(results)}
-    assert goals["light 201->reservation p50 <= 15 ms"]["value"] == 14.0
-    assert goals["light 201->reservation p50 <= 15 ms"]["met"] is True
+    # The goal is defined on >= 200 samples a run: shown, not judged, when a run had fewer.
+    p50 = goals["light 201->reservation p50 <= 15 ms"]
+    assert p50["value"] == 14.0
+    assert p50["met"] is None and "fewer than 200 samples" in p50["note"]
     p99 = goals["light 201->reservation p99 <= 40 ms"]
     assert p99["met"] is None and "fewer than 200 samples" in p99["note"]
 
