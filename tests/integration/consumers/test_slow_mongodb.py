@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 from services.inventory.main import run as run_inventory
 from shared.contracts import Header
-from stack import FAULT_PROXY, Stack
+from stack import Stack
 from stack.toxiproxy import Toxiproxy
 from tests.integration.consumers.conftest import Pipeline, order_event
 from tests.waiting import wait_until
@@ -36,18 +35,6 @@ LATENCY_MS, JITTER_MS = 450, 100
 HEARTBEAT_MS = 500
 ORDERS = 12
 TIMEOUT = 120
-
-
-@pytest.fixture
-def fault_proxy(stack: Stack) -> Iterator[Toxiproxy]:
-    """The stack's fault proxy, running, every proxy enabled and clean before and after."""
-    stack.start(FAULT_PROXY)
-    client = stack.toxiproxy()
-    client.reset()
-    try:
-        yield client
-    finally:
-        client.reset()
 
 
 def _deadline_errors(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -21,30 +20,20 @@ from pymongo.errors import PyMongoError
 
 from shared.contracts import ORDER_CREATED_DLQ_TOPIC
 from shared.kafka import make_producer
-from stack import FAULT_PROXY, Stack, StackError
+from stack import Stack, StackError
 from stack.toxiproxy import Toxiproxy
 
 TEST_DB = "fault_proxy_tests"
-
-
-@pytest.fixture
-def proxy(stack: Stack) -> Iterator[Toxiproxy]:
-    """The stack's fault proxy, running, every proxy enabled and clean before and after."""
-    stack.start(FAULT_PROXY)
-    client = stack.toxiproxy()
-    client.reset()
-    try:
-        yield client
-    finally:
-        client.reset()
 
 
 def _mongo(uri: str) -> MongoClient[dict[str, object]]:
     return MongoClient(uri, serverSelectionTimeoutMS=2_000, timeoutMS=3_000)
 
 
-def test_the_proxy_has_one_enabled_route_per_proxied_server(stack: Stack, proxy: Toxiproxy) -> None:
-    routes = proxy.proxies()
+def test_the_proxy_has_one_enabled_route_per_proxied_server(
+    stack: Stack, fault_proxy: Toxiproxy
+) -> None:
+    routes = fault_proxy.proxies()
     assert sorted(routes) == sorted(stack.config.proxied_servers)
     for server, route in routes.items():
         assert route.enabled
@@ -54,7 +43,7 @@ def test_the_proxy_has_one_enabled_route_per_proxied_server(stack: Stack, proxy:
 
 
 def test_mongo_through_the_proxy_runs_transactions_and_change_streams_until_cut(
-    stack: Stack, proxy: Toxiproxy
+    stack: Stack, fault_proxy: Toxiproxy
 ) -> None:
     proxied_uri = stack.config.proxied_env(["mongo"])["MONGO_URI"]
     marker = uuid.uuid4().hex
@@ -67,17 +56,17 @@ def test_mongo_through_the_proxy_runs_transactions_and_change_streams_until_cut(
             # next() blocks until the change arrives (bounded by the client's timeoutMS).
             assert stream.next()["documentKey"] == {"_id": marker}
 
-        proxy.set_enabled("mongo", False)
+        fault_proxy.set_enabled("mongo", False)
         with pytest.raises(PyMongoError):
             collection.find_one({"_id": marker})
         # The server itself stays up for everybody who does not go through the proxy.
         assert direct[TEST_DB]["docs"].find_one({"_id": marker}) == {"_id": marker}
-        proxy.set_enabled("mongo", True)
+        fault_proxy.set_enabled("mongo", True)
         assert collection.find_one({"_id": marker}) == {"_id": marker}
 
 
 async def test_kafka_through_the_proxy_is_told_to_stay_on_the_proxy(
-    stack: Stack, proxy: Toxiproxy
+    stack: Stack, fault_proxy: Toxiproxy
 ) -> None:
     bootstrap = stack.config.proxied_env(["kafka"])["KAFKA_BOOTSTRAP_SERVERS"]
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5_000)
@@ -95,13 +84,13 @@ async def test_kafka_through_the_proxy_is_told_to_stay_on_the_proxy(
     try:
         value = uuid.uuid4().hex.encode()
         sent = await producer.send_and_wait(ORDER_CREATED_DLQ_TOPIC, value=value, key=b"proxy")
-        proxy.set_enabled("kafka", False)
+        fault_proxy.set_enabled("kafka", False)
         with pytest.raises(Exception):  # noqa: B017 - any failure: the link is cut
             await asyncio.wait_for(
                 producer.send_and_wait(ORDER_CREATED_DLQ_TOPIC, value=b"cut", key=b"proxy"), 5
             )
     finally:
-        proxy.set_enabled("kafka", True)
+        fault_proxy.set_enabled("kafka", True)
         await producer.stop()
     # Meanwhile the broker served a direct client: the record is there.
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.config.kafka_bootstrap)
@@ -116,34 +105,34 @@ async def test_kafka_through_the_proxy_is_told_to_stay_on_the_proxy(
         await consumer.stop()
 
 
-def test_a_black_holed_redis_link_times_out_and_heals(stack: Stack, proxy: Toxiproxy) -> None:
+def test_a_black_holed_redis_link_times_out_and_heals(stack: Stack, fault_proxy: Toxiproxy) -> None:
     proxied = redis.Redis.from_url(
         stack.config.proxied_env(["redis"])["REDIS_URL"], socket_timeout=1
     )
     try:
         assert proxied.ping()
-        toxics = proxy.black_hole("redis")
-        assert sorted(proxy.proxy("redis").toxics) == sorted(toxics)
+        toxics = fault_proxy.black_hole("redis")
+        assert sorted(fault_proxy.proxy("redis").toxics) == sorted(toxics)
         started = time.monotonic()
         with pytest.raises(redis.TimeoutError):
             proxied.ping()
         assert time.monotonic() - started < 3
         assert redis.Redis.from_url(stack.config.redis_url, socket_timeout=1).ping()
         for name in toxics:
-            proxy.remove_toxic("redis", name)
+            fault_proxy.remove_toxic("redis", name)
         proxied.connection_pool.disconnect()
         assert proxied.ping()
     finally:
         proxied.close()
 
 
-def test_latency_slows_each_round_trip_by_the_toxic(stack: Stack, proxy: Toxiproxy) -> None:
+def test_latency_slows_each_round_trip_by_the_toxic(stack: Stack, fault_proxy: Toxiproxy) -> None:
     proxied = redis.Redis.from_url(
         stack.config.proxied_env(["redis"])["REDIS_URL"], socket_timeout=5
     )
     try:
         proxied.ping()
-        proxy.latency("redis", 150)
+        fault_proxy.latency("redis", 150)
         started = time.monotonic()
         proxied.ping()
         # 150 ms each way.
