@@ -8,6 +8,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+# The issuer the bearer-token tests sign with: a loopback address nothing listens on, since
+# the validator only compares it (the keys come from the JwksServer's own URL).
+ISSUER = "http://127.0.0.1:1/test-issuer"
+
 
 class JwksServer:
     """A JWKS on a real loopback HTTP server; ``keys`` may change, ``stop()`` takes it down."""

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -14,30 +14,16 @@ from fastapi import FastAPI
 from shared.auth import AuthSettings, TokenValidator
 from shared.auth.dependency import PrincipalDep, install_bearer_auth
 from stack.issuer import mint_token, public_jwk
-from tests.unit.shared.jwks_server import JwksServer
+from tests.unit.shared.jwks_server import ISSUER, JwksServer
 
 pytestmark = pytest.mark.unit
-
-ISSUER = "http://127.0.0.1:1/test-issuer"
-
-
-@pytest.fixture
-def jwks() -> Iterator[JwksServer]:
-    server = JwksServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
 
 
 @pytest.fixture
 async def client(
-    jwks: JwksServer, key: ec.EllipticCurvePrivateKey
+    jwks: JwksServer, ec_key: ec.EllipticCurvePrivateKey
 ) -> AsyncIterator[httpx.AsyncClient]:
-    jwks.keys = [public_jwk(key)]
+    jwks.keys = [public_jwk(ec_key)]
     app = FastAPI()
     validator = TokenValidator(AuthSettings(issuer=ISSUER, jwks_url=jwks.url))
     install_bearer_auth(app, validator)
@@ -56,17 +42,17 @@ async def client(
     await validator.aclose()
 
 
-def _bearer(key: ec.EllipticCurvePrivateKey, subject: str = "alice") -> str:
-    return f"Bearer {mint_token(key, issuer=ISSUER, subject=subject)}"
+def _bearer(ec_key: ec.EllipticCurvePrivateKey, subject: str = "alice") -> str:
+    return f"Bearer {mint_token(ec_key, issuer=ISSUER, subject=subject)}"
 
 
 async def test_a_valid_token_reaches_the_route_as_its_subject(
-    client: httpx.AsyncClient, key: ec.EllipticCurvePrivateKey
+    client: httpx.AsyncClient, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    response = await client.get("/whoami", headers={"Authorization": _bearer(key)})
+    response = await client.get("/whoami", headers={"Authorization": _bearer(ec_key)})
     assert response.status_code == 200
     assert response.json() == {"sub": "alice"}
-    token = mint_token(key, issuer=ISSUER, subject="alice")
+    token = mint_token(ec_key, issuer=ISSUER, subject="alice")
     lowercase = await client.get("/whoami", headers={"Authorization": f"bearer {token}"})
     assert lowercase.status_code == 200  # the scheme name is case-insensitive (RFC 7235)
 
@@ -84,9 +70,9 @@ async def test_no_bearer_token_is_401_with_a_bare_challenge(
 
 
 async def test_a_bad_token_is_401_invalid_token_and_the_body_never_echoes_it(
-    client: httpx.AsyncClient, key: ec.EllipticCurvePrivateKey
+    client: httpx.AsyncClient, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
-    token = mint_token(key, issuer="http://127.0.0.1:1/other", subject="alice")
+    token = mint_token(ec_key, issuer="http://127.0.0.1:1/other", subject="alice")
     response = await client.get("/whoami", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     challenge = response.headers["WWW-Authenticate"]
@@ -98,10 +84,13 @@ async def test_a_bad_token_is_401_invalid_token_and_the_body_never_echoes_it(
 
 
 async def test_two_authorization_headers_are_refused(
-    client: httpx.AsyncClient, key: ec.EllipticCurvePrivateKey
+    client: httpx.AsyncClient, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
     # Two valid tokens for two users: which one would count? Neither.
-    headers = [("Authorization", _bearer(key, "alice")), ("Authorization", _bearer(key, "bob"))]
+    headers = [
+        ("Authorization", _bearer(ec_key, "alice")),
+        ("Authorization", _bearer(ec_key, "bob")),
+    ]
     response = await client.get("/whoami", headers=headers)
     assert response.status_code == 400
     assert response.headers["WWW-Authenticate"].startswith('Bearer error="invalid_request"')
@@ -121,10 +110,10 @@ async def test_a_malformed_authorization_header_is_refused(
 
 
 async def test_the_jwks_down_is_503_with_retry_after_never_an_accept(
-    client: httpx.AsyncClient, jwks: JwksServer, key: ec.EllipticCurvePrivateKey
+    client: httpx.AsyncClient, jwks: JwksServer, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
     jwks.stop()
-    response = await client.get("/whoami", headers={"Authorization": _bearer(key)})
+    response = await client.get("/whoami", headers={"Authorization": _bearer(ec_key)})
     assert response.status_code == 503
     assert response.headers["Retry-After"].isdigit()
     assert response.json()["error"] == "service_unavailable"

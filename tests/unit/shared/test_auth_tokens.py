@@ -10,7 +10,6 @@ import hmac
 import json
 import time
 from base64 import urlsafe_b64decode, urlsafe_b64encode
-from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -27,24 +26,11 @@ from shared.auth import (
 )
 from shared.auth.keys import JwksFetchError, parse_jwks
 from stack.issuer import mint_token, public_jwk
-from tests.unit.shared.jwks_server import FakeClock, JwksServer
+from tests.unit.shared.jwks_server import ISSUER, FakeClock, JwksServer
 
 pytestmark = pytest.mark.unit
 
-ISSUER = "http://127.0.0.1:1/test-issuer"
 AUDIENCE = "order-api"
-
-
-@pytest.fixture
-def jwks() -> Iterator[JwksServer]:
-    server = JwksServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def ec_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
 
 
 @pytest.fixture(scope="module")
