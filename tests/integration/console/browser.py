@@ -1,15 +1,19 @@
-"""What the console's browser tests share: Debian's chromium driven by Playwright, the sign-in,
-where the screenshots go (.stack/test-artifacts/console/), and placing an order."""
+"""What the console's browser tests share: the world a module's tests run in, Debian's chromium
+driven by Playwright, the sign-in, where the screenshots go (.stack/test-artifacts/console/),
+and placing an order."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import httpx
 from playwright.async_api import Page, async_playwright
+
+from stack import Stack
 
 REPO: Final = Path(__file__).resolve().parents[3]
 ARTIFACTS: Final = REPO / ".stack" / "test-artifacts" / "console"
@@ -23,6 +27,22 @@ CHROMIUM_FLAGS: Final = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+@dataclass
+class ConsoleWorld:
+    """What every console test module runs against: the stack, the console's address and token,
+    and the database its order API writes to. A module's own world adds its fields after these.
+    """
+
+    stack: Stack
+    token: str
+    url: str
+    database: str
+
+    @property
+    def order_url(self) -> str:
+        return f"http://127.0.0.1:{self.stack.port_of('order')}"
 
 
 @asynccontextmanager

@@ -38,7 +38,13 @@ from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
 from stack.observe import Inbox, position_groups_at_end
-from tests.integration.console.browser import chromium_page, place_order, shot, sign_in
+from tests.integration.console.browser import (
+    ConsoleWorld,
+    chromium_page,
+    place_order,
+    shot,
+    sign_in,
+)
 from tests.waiting import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -49,11 +55,7 @@ SHOWN_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC$")
 
 
 @dataclass
-class World:
-    stack: Stack
-    token: str
-    url: str
-    database: str
+class World(ConsoleWorld):
     inventory_database: str
     groups: tuple[str, str]
     mongo: MongoClient
@@ -61,10 +63,6 @@ class World:
     page: Page
     order_ids: list[str]
     cancelled_id: str = ""
-
-    @property
-    def order_url(self) -> str:
-        return f"http://127.0.0.1:{self.stack.port_of('order')}"
 
     async def api(self, path: str) -> Any:
         async with httpx.AsyncClient(base_url=self.url, timeout=10) as http:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bson import ObjectId
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Page
 from redis.asyncio import Redis
 
 from shared.contracts import Header, OutboxStatus, dlq_topic_for
@@ -32,7 +32,13 @@ from shared.outbox import OUTBOX_COLLECTION, OutboxField
 from shared.redis import make_redis
 from shared.settings import RelaySlotsSetting
 from stack import Stack
-from tests.integration.console.browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, place_order
+from tests.integration.console.browser import (
+    ConsoleWorld,
+    chromium_page,
+    place_order,
+    shot,
+    sign_in,
+)
 from tests.waiting import wait_until
 
 SCRIPT_VALUE = b'{"note": "<script>window.__pwned = 1; alert(1)</script>"}'
@@ -43,27 +49,17 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @dataclass
-class World:
-    stack: Stack
-    token: str
-    url: str
-    database: str
+class World(ConsoleWorld):
     topic: str
     cancelled_topic: str
     mongo: MongoClient
     redis: Redis
     producer: AIOKafkaProducer
-    browser: Browser
     page: Page
     env: dict[str, str]
 
-    @property
-    def order_url(self) -> str:
-        return f"http://127.0.0.1:{self.stack.port_of('order')}"
-
     async def shot(self, name: str) -> None:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        await self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        await shot(self.page, name)
 
     async def pwned(self) -> object:
         return await self.page.evaluate("() => window.__pwned")
@@ -102,13 +98,8 @@ async def world(stack: Stack) -> AsyncIterator[World]:
     redis = make_redis(stack.config.redis_url)
     producer = make_producer(stack.config.kafka_bootstrap)
     await producer.start()
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = await browser.new_page(viewport={"width": 1280, "height": 900})
-        # A script that ran would most likely open a dialog: record any.
-        dialogs: list[str] = []
-        page.on("dialog", lambda dialog: dialogs.append(dialog.message))
-        try:
+    try:
+        async with chromium_page() as page:
             yield World(
                 stack,
                 token,
@@ -119,20 +110,17 @@ async def world(stack: Stack) -> AsyncIterator[World]:
                 mongo,
                 redis,
                 producer,
-                browser,
                 page,
                 env,
             )
-            assert dialogs == [], f"a page ran a script: {dialogs}"
-        finally:
-            await browser.close()
-            await producer.stop()
-            await redis.aclose()
-            for name in ("console", "relay", "inventory", "order"):
-                stack.stop(name)
-            await mongo.drop_database(database)
-            await mongo.drop_database(f"{database}_inventory")
-            await mongo.close()
+    finally:
+        await producer.stop()
+        await redis.aclose()
+        for name in ("console", "relay", "inventory", "order"):
+            stack.stop(name)
+        await mongo.drop_database(database)
+        await mongo.drop_database(f"{database}_inventory")
+        await mongo.close()
 
 
 async def _place_order(world: World, n: int) -> str:
@@ -174,10 +162,7 @@ async def test_overview_shows_a_backlog_made_on_purpose(world: World) -> None:
     # No relay runs: three orders stay Pending.
     for n in range(3):
         await _place_order(world, n)
-    await world.page.goto(world.url + "/login?next=/")
-    await world.page.fill("input[name=token]", world.token)
-    await world.page.click("button[type=submit]")
-    assert world.page.url == world.url + "/"
+    await sign_in(world.page, world.url, world.token)
     cookies = await world.page.context.cookies()
     session = next(c for c in cookies if c["name"] == "console_session")
     assert session["httpOnly"] is True
