@@ -103,6 +103,19 @@ def make_consumer(
     )
 
 
+def make_reader(bootstrap_servers: str) -> AIOKafkaConsumer:
+    """A consumer outside any group, for reading partitions it is assigned by hand: it joins no
+    group and commits nothing, so reading never changes what a group has left to read. Sees only
+    committed transactional records, like the services' consumers.
+    """
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        request_timeout_ms=REQUEST_TIMEOUT_MS + 30_000,
+    )
+
+
 async def ensure_topics(
     bootstrap_servers: str,
     topics: Sequence[str] = ALL_TOPICS,

@@ -24,7 +24,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.kafka import REQUEST_TIMEOUT_MS
+from shared.kafka import REQUEST_TIMEOUT_MS, make_reader
 
 # 1,000 offsets: a backlog that size is read in one or two fetches, so the exact count costs
 # little; a bigger one is plainly a backlog, and its size to within the markers is enough.
@@ -76,12 +76,7 @@ async def group_lags(
     cannot be read within ``within`` seconds, and Kafka's errors when it cannot be reached.
     """
     committed, tps = await _committed_and_partitions(bootstrap_servers, groups, topics)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        request_timeout_ms=REQUEST_TIMEOUT_MS + 30_000,
-    )
+    consumer = make_reader(bootstrap_servers)
     await consumer.start()
     try:
         beginnings: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)

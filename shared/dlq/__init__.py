@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared.contracts import Header
-from shared.kafka import REQUEST_TIMEOUT_MS, Headers, decode_headers
+from shared.kafka import REQUEST_TIMEOUT_MS, Headers, decode_headers, make_reader
 
 # Headers a consumer adds to a DLQ record; a replay strips them so the republished message
 # looks like the original again (plus ``replayedFrom`` and ``replayFor``).
@@ -144,12 +144,7 @@ async def read_dlq(bootstrap_servers: str, dlq_topic: str) -> list[StoredDlqReco
 
     Reads without a consumer group (nothing is committed): listing never changes state.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        request_timeout_ms=REQUEST_TIMEOUT_MS + 30_000,
-    )
+    consumer = make_reader(bootstrap_servers)
     await consumer.start()
     try:
         partitions = await _partitions_of(bootstrap_servers, dlq_topic)
