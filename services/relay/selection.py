@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -105,26 +105,31 @@ async def find_predecessors(
     outbox: AsyncCollection[dict[str, Any]],
     batch: Sequence[OutboxEvent],
     malformed: list[Malformed],
+    known: Mapping[str, int] | None = None,
 ) -> tuple[list[OutboxEvent], dict[str, int]]:
     """Unpublished earlier events of the batch's aggregates that are not in the batch.
 
     Returns the Pending ones (sent in their place in version order, so a batch holding v1 and v4
     never lets v4 overtake v2 and v3, and a batch made only of later versions still makes
     progress) and, per aggregate, the lowest Failed version (nothing at or after it may go).
-    Only aggregates whose versions in the batch do not run ``1, 2, ... k`` can have one; for the
-    common case (an order's first event) no query is made. An unreadable predecessor is added to
-    ``malformed`` and holds its whole aggregate back this round.
+    Only aggregates whose versions in the batch do not run ``m, m+1, ... k`` without a gap can
+    have one, where ``m`` is the first version or one past the version ``known`` says this holder
+    published last (every earlier one was published before it). For the common cases (an order's
+    first event, the next event of an order this holder published) no query is made. An
+    unreadable predecessor is added to ``malformed`` and holds its whole aggregate back.
     """
     f = OutboxField
     versions: dict[str, set[int]] = {}
     for event in batch:
         versions.setdefault(event.aggregate_id, set()).add(event.aggregate_version)
     highest = {agg: max(v) for agg, v in versions.items()}
-    # Nothing can be missing when an aggregate's versions in the batch run 1, 2, ... k.
+    known = known or {}
+    # Nothing can be missing when an aggregate's versions in the batch run without a gap from
+    # its first version, or from one past the last version known to be published.
     suspects = [
         agg
         for agg, v in versions.items()
-        if min(v) > FIRST_VERSION or len(v) != highest[agg] - min(v) + 1
+        if min(v) > max(FIRST_VERSION, known.get(agg, 0) + 1) or len(v) != highest[agg] - min(v) + 1
     ]
     if not suspects:
         return [], {}

@@ -42,6 +42,8 @@ class BatchResult:
     failed: int = 0
     # A transient fault (Kafka away, a timeout): the caller backs off before the next round.
     transient: BaseException | None = None
+    # Stream-fed rounds: delivered events of the slot left to the sweep (stale, unreadable).
+    deferred: int = 0
     errors: list[tuple[OutboxEvent, BaseException]] = field(default_factory=list)
 
 
@@ -67,15 +69,16 @@ class Settler:
         outcome: Sequence[BaseException | None],
         verdicts: Mapping[int, Verdict],
         malformed: Sequence[Malformed],
-    ) -> None:
-        """Write what the round decided (marks, attempts, Failed) in one fenced transaction.
+    ) -> int:
+        """Write what the round decided (marks, attempts, Failed) in one fenced transaction;
+        returns how many Published marks found their event still Pending.
 
         ``published`` pairs each acknowledged event with Kafka's RecordMetadata for it: the
         Published mark records the topic, partition and offset. The transaction is conditional
         on our lease epoch (:meth:`Lease.write_fenced`).
         """
         if not published and not verdicts and not malformed:
-            return
+            return 0
         f = OutboxField
         pending = OutboxStatus.PENDING.value
         failed = OutboxStatus.FAILED.value
@@ -85,11 +88,12 @@ class Settler:
             (outcome[i] for i, v in verdicts.items() if v is Verdict.TRANSIENT), None
         )
 
-        async def work(session: AsyncClientSession, epoch: int) -> None:
+        async def work(session: AsyncClientSession, epoch: int) -> int:
+            matched = 0
             if published:
                 # One bulk write (one round trip) for the batch's marks: each event gets its own
                 # partition and offset, which one update_many cannot set.
-                await self._outbox.bulk_write(
+                marks = await self._outbox.bulk_write(
                     [
                         UpdateOne(
                             {f.ID: event.id, f.STATUS: pending},
@@ -100,6 +104,7 @@ class Settler:
                     ordered=False,
                     session=session,
                 )
+                matched = marks.matched_count
             for index, verdict in verdicts.items():
                 if verdict is Verdict.TRANSIENT:
                     continue
@@ -137,18 +142,20 @@ class Settler:
                     },
                     session=session,
                 )
+            return matched
 
         # The write gets a longer deadline than ordinary reads: a mark that times out means the
         # whole batch is published again, so on a slow server a 5 s deadline could turn into a
         # loop of re-publishing the same 500 events. Waiting longer here is the cheaper failure.
         with pymongo.timeout(max(MARK_DEADLINE_SECONDS, self._settings.mongo_timeout_seconds)):
-            await self._lease.write_fenced(work)
+            matched = await self._lease.write_fenced(work)
         if published:
             self._metrics.published.inc(len(published))
             for event, _ in published:
                 self._metrics.commit_to_publish.observe(
                     max(0.0, (now - utc(event.created_at)).total_seconds())
                 )
+        return matched
 
     def report(
         self,
