@@ -53,7 +53,8 @@ KAFKA_UNAVAILABLE = "kafka_unavailable"
 MONGO_UNAVAILABLE = "mongo_unavailable"
 # Stream documents waiting for the next stream-fed round, in batches: past this many the worker
 # is behind the stream, so the rest is left to a sweep (it reads them in index order anyway).
-INBOX_BATCHES = 4
+# Two batches of whole documents per slot bound the memory a burst can take.
+INBOX_BATCHES = 2
 
 
 class SlotWorker:

@@ -40,9 +40,10 @@ FRESH_SECONDS: Final = 5.0
 # How long an event this holder handled is remembered: longer than any stream document is
 # accepted (FRESH_SECONDS) plus clock skew between the order API and the relay.
 RECENT_SECONDS: Final = 30.0
-# Aggregates whose last published version is remembered; forgetting one costs one predecessor
-# query, never a wrong decision.
-VERSIONS_KEPT: Final = 50_000
+# Aggregates whose last published version is remembered, per slot (the most recent ones: an
+# order's next event follows soon or not at all). Forgetting one costs one predecessor query,
+# never a wrong decision; 10,000 entries are about 2 MB, times the slots a relay holds.
+VERSIONS_KEPT: Final = 10_000
 
 
 class Recent:

@@ -15,7 +15,7 @@ from bson import ObjectId
 from services.relay.metrics import RelayMetrics
 from services.relay.settings import RelaySettings
 from services.relay.settle import BatchResult
-from services.relay.slot_worker import SlotWorker
+from services.relay.slot_worker import INBOX_BATCHES, SlotWorker
 from services.relay.wakeup import WAKE_CHANGE, WAKE_STREAM_OPENED
 from tests.waiting import wait_until
 
@@ -130,3 +130,14 @@ async def test_under_a_steady_stream_the_sweep_still_runs_every_interval() -> No
             feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
         assert publisher.rounds.count(STREAM) > publisher.rounds.count(SWEEP)
+
+
+async def test_a_worker_far_behind_the_stream_leaves_the_overflow_to_a_sweep() -> None:
+    settings = RelaySettings(port=0, batch_size=2, sweep_interval_seconds=60)
+    client: Any = {settings.database: {"outbox": None}}
+    worker = SlotWorker(settings, client, RelayMetrics(), _Lease(), lambda *_: None)  # type: ignore[arg-type]
+    for _ in range(INBOX_BATCHES * settings.batch_size + 3):
+        worker.notify(WAKE_CHANGE, _doc())
+    # Bounded memory: the documents past the bound are dropped, and a sweep reads them instead.
+    assert len(worker.inbox) == INBOX_BATCHES * settings.batch_size
+    assert worker._sweep_due
