@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared.contracts import EVENT_ORDER_CREATED
 from shared.slots import DEFAULT_RELAY_SLOTS
 from tests.e2e.chaos.harness import Chaos
 from tests.waiting import wait_until
@@ -49,12 +50,21 @@ async def test_relay_killed_after_a_stream_fed_send_before_its_mark(chaos: Chaos
             await load.wait_more_accepted(20 if hit else 5)
         if hit:
             break
+        # The next attempt's relay must start with nothing Pending, or its first sweep is what
+        # hits the failpoint again: the clean relay publishes what this attempt left first.
+        await wait_until(
+            lambda: _nothing_pending(chaos), timeout=30, interval=0.2, message="outbox drained"
+        )
     else:
         pytest.fail(f"no stream-fed round hit the failpoint in {ATTEMPTS} attempts")
     chaos.recovered()
     evaluation = await chaos.verify()
     # The proof needs the window to have been hit: the unmarked round went out twice.
     assert evaluation.counts.relay_duplicates > 0, "nothing published twice: window missed"
+
+
+async def _nothing_pending(chaos: Chaos) -> bool:
+    return await chaos.pending_events(EVENT_ORDER_CREATED) == 0
 
 
 async def _wait_streaming(chaos: Chaos) -> None:
