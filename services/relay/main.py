@@ -344,7 +344,7 @@ class Relay:
             return
         holder = self.workers.get(slot)
         if holder is not None:
-            holder.notify(reason)
+            holder.notify(reason, document)  # published from the stream when it may be
 
     async def _assign_slots(self, halt: asyncio.Event) -> None:
         """Give events without a valid slot theirs (``backfill.py``): at start, every sweep

@@ -1,7 +1,18 @@
 """The publish loop of one slot this relay holds (what the single leader did before slots).
 
-A worker runs while its slot's lease is held: it renews the lease, publishes a batch whenever
-the change stream or the sweep says there may be work, and ends when
+A worker runs while its slot's lease is held: it renews the lease and runs one round at a time,
+of one of two kinds:
+
+* a stream-fed round publishes the inserted documents the change stream handed over
+  (:meth:`SlotWorker.notify` with a document), without reading them again;
+* a sweep reads the slot's Pending events from the collection: at start, every
+  ``sweep_interval`` seconds even under a steady stream, at once when the stream (re)opened or
+  broke, when events got a slot, after a backlog batch, and whenever a stream-fed round left
+  something to it (a document it does not trust, a failed send). The sweep is the safety net:
+  whatever the stream missed or the stream-fed round declined is still Pending and found there.
+
+Rounds never overlap, so the two kinds never send the same event at once, and each skips what
+the other handled (``services/relay/stream_feed.py``). The worker ends when
 
 * the process stops (SIGTERM): the round in flight finishes and is marked, then the lease is
   released so another relay takes the slot at once;
@@ -18,7 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from pymongo.errors import PyMongoError
 
@@ -37,6 +51,10 @@ log = logging.getLogger(__name__)
 PUBLISHING = "publishing"
 KAFKA_UNAVAILABLE = "kafka_unavailable"
 MONGO_UNAVAILABLE = "mongo_unavailable"
+# Stream documents waiting for the next stream-fed round, in batches: past this many the worker
+# is behind the stream, so the rest is left to a sweep (it reads them in index order anyway).
+# Two batches of whole documents per slot bound the memory a burst can take.
+INBOX_BATCHES = 2
 
 
 class SlotWorker:
@@ -57,6 +75,10 @@ class SlotWorker:
         )
         self.wake = asyncio.Event()
         self.wake_reason: str | None = None
+        # What the change stream delivered for this slot, for the next stream-fed round.
+        self.inbox: deque[Mapping[str, Any]] = deque()
+        self._sweep_due = True  # the first round is a sweep: the backlog, whatever the stream
+        self._swept_at = 0.0
         self.state = PUBLISHING
         self.idle = False
         self._on_state = on_state
@@ -75,10 +97,27 @@ class SlotWorker:
         """Give the slot up after the round in flight (see the module docstring)."""
         self._release.set()
 
-    def notify(self, reason: str) -> None:
+    def notify(self, reason: str, document: Mapping[str, Any] | None = None) -> None:
+        """Wake the loop: with the inserted ``document`` for a stream-fed round, without one
+        for a sweep (the stream reopened, events got a slot: anything may be waiting)."""
+        if document is None or len(self.inbox) >= INBOX_BATCHES * self.settings.batch_size:
+            self._sweep_due = True
+        else:
+            self.inbox.append(document)
         if not self.wake.is_set():
             self.wake_reason = reason
         self.wake.set()
+
+    def _take_streamed(self) -> list[Mapping[str, Any]] | None:
+        """The next stream-fed batch, or None when the next round is a sweep."""
+        if (
+            self._sweep_due
+            or not self.inbox
+            or time.monotonic() - self._swept_at >= self.settings.sweep_interval_seconds
+        ):
+            return None
+        count = min(len(self.inbox), self.settings.batch_size)
+        return [self.inbox.popleft() for _ in range(count)]
 
     def _report(self, state: str, reason: BaseException | None = None) -> None:
         if state != self.state:
@@ -92,8 +131,16 @@ class SlotWorker:
         try:
             while not self._should_end(stop):
                 self.wake.clear()
+                streamed = self._take_streamed()
+                if streamed is None:
+                    # Cleared before the read: a request that comes during it asks for another.
+                    self._sweep_due = False
                 try:
-                    result = await self.publisher.publish_once()
+                    if streamed is None:
+                        result = await self.publisher.publish_once()
+                        self._swept_at = time.monotonic()
+                    else:
+                        result = await self.publisher.publish_streamed(streamed)
                 except Fenced as exc:
                     log.error(
                         "fenced by a newer holder of the slot; stepping down",
@@ -102,22 +149,34 @@ class SlotWorker:
                     self.lease.forget()
                     break
                 except PyMongoError as exc:
+                    self._sweep_due = True  # what the round took is still Pending: sweep it
                     self._report(MONGO_UNAVAILABLE, exc)
                     await self._pause(stop, backoff.next_delay())
                     continue
+                if streamed is not None and (result.deferred or result.errors):
+                    # Whatever this round did not settle (a document it declined, a failed
+                    # send) is still Pending: the sweep sends it, in order, from the collection.
+                    self._sweep_due = True
                 if result.transient is not None:
+                    self._sweep_due = True  # the round is retried from the collection
                     self._report(KAFKA_UNAVAILABLE, result.transient)
                     await self._pause(stop, backoff.next_delay())
                     continue
                 backoff.reset()
                 self._report(PUBLISHING)
-                if result.selected >= self.settings.batch_size and result.published:
+                if streamed is None and (
+                    result.selected >= self.settings.batch_size and result.published
+                ):
+                    self._sweep_due = True
                     continue  # a backlog: next batch at once
+                if self.inbox or self._sweep_due:
+                    continue
                 await self._wait_for_work(stop)
                 if self.wake.is_set():
                     self.metrics.wakeups.labels(source=self.wake_reason or WAKE_CHANGE).inc()
                 elif not self._should_end(stop):
                     self.metrics.wakeups.labels(source="sweep").inc()
+                    self._sweep_due = True
         finally:
             ending.set()
             keeper.cancel()

@@ -1,9 +1,10 @@
 """Wake the publish loop of an event's slot the moment the event is inserted.
 
 A change stream on ``outbox`` inserts calls ``notify`` with the inserted document (the relay
-wakes the worker of its ``slot``, or assigns a slot first when it has none); every slot's
-publish loop also sweeps every ``sweep_interval`` seconds, so the stream is only a latency
-optimisation and never the source of truth. That is what makes every stream failure easy to
+hands it to the worker of its ``slot``, which publishes it from the document when that is safe,
+see ``stream_feed.py``, or assigns a slot first when it has none); every slot's publish loop
+also sweeps every ``sweep_interval`` seconds, so the stream is only a latency optimisation and
+never the source of truth. That is what makes every stream failure easy to
 handle safely: whatever the stream misses (a restart, a lost or unusable resume token,
 ``ChangeStreamHistoryLost``, an ``invalidate``) is still ``Pending`` in the collection and the
 sweep publishes it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,6 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from bson import ObjectId
+from pymongo import monitoring
 
 from services.relay.main import Relay
 from services.relay.settings import RelaySettings
@@ -241,9 +242,17 @@ async def end_offsets(bootstrap: str) -> dict[TopicPartition, int]:
 
 
 @contextlib.asynccontextmanager
-async def running_relay(settings: RelaySettings) -> AsyncIterator[Relay]:
-    """A relay in this process until the block ends (then a clean stop, as on SIGTERM)."""
-    client = make_mongo_client(settings.mongo_uri, settings.mongo_timeout_seconds, "relay-test")
+async def running_relay(
+    settings: RelaySettings, event_listeners: Sequence[monitoring.CommandListener] = ()
+) -> AsyncIterator[Relay]:
+    """A relay in this process until the block ends (then a clean stop, as on SIGTERM);
+    ``event_listeners`` see every command it sends to MongoDB."""
+    client = make_mongo_client(
+        settings.mongo_uri,
+        settings.mongo_timeout_seconds,
+        "relay-test",
+        event_listeners=event_listeners,
+    )
     relay = Relay(settings, client)
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))

@@ -1,6 +1,6 @@
 """A leader whose lease lapsed while its batch was in flight (paused past its TTL, a slow link)
 aborts that batch's Kafka transaction instead of committing it: the deposed leader publishes
-nothing. The producer is a fake here (this checks the publisher's decision); the end-to-end
+nothing. The producer is a fake here (this checks the sender's decision); the end-to-end
 proof is the chaos scenario "relay leader SIGSTOP mid-batch"."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from bson import ObjectId
 
 from services.relay.lease import Fenced, Lease
-from services.relay.metrics import RelayMetrics
-from services.relay.publisher import OutboxEvent, Publisher
+from services.relay.outbox_event import OutboxEvent
+from services.relay.sender import KafkaSender
 from services.relay.settings import RelaySettings
 
 
@@ -72,15 +72,9 @@ def _event() -> OutboxEvent:
     )
 
 
-def _publisher(lease: Lease, producer: _Producer) -> Publisher:
+def _sender(lease: Lease, producer: _Producer) -> KafkaSender:
     settings = RelaySettings(environment="test", transactional_id="outbox-relay")
-    return Publisher(
-        None,  # type: ignore[arg-type]  # _send never reads the outbox
-        settings,
-        RelayMetrics(),
-        lease,
-        producer_factory=lambda: producer,
-    )
+    return KafkaSender(settings, lease, producer_factory=lambda: producer)
 
 
 def _held_lease() -> Lease:
@@ -99,10 +93,10 @@ async def test_a_lease_that_lapses_during_the_sends_aborts_the_batch_instead_of_
         lease._valid_until = time.monotonic() - 1  # the process woke up after its lease ran out
 
     producer = _Producer(paused_past_the_lease)
-    publisher = _publisher(lease, producer)
+    sender = _sender(lease, producer)
     outcome: list[BaseException | None] = [None]
     with pytest.raises(Fenced, match="lease"):
-        await publisher._send([_event()], outcome, [False])
+        await sender.send([_event()], outcome, [False])
     assert "commit" not in producer.calls, producer.calls
 
 
@@ -110,5 +104,5 @@ async def test_a_lease_still_held_commits_the_batch() -> None:
     lease = _held_lease()
     producer = _Producer(lambda: None)
     outcome: list[BaseException | None] = [None]
-    await _publisher(lease, producer)._send([_event()], outcome, [False])
+    await _sender(lease, producer).send([_event()], outcome, [False])
     assert producer.calls[-1] == "commit"

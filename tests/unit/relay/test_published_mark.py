@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from aiokafka.structs import RecordMetadata, TopicPartition
 
-from services.relay.publisher import published_fields
+from services.relay.settle import published_fields
 from shared.contracts import OutboxStatus
 from shared.outbox import OutboxField
 

@@ -12,13 +12,11 @@ from bson.int64 import Int64
 from pydantic import ValidationError
 
 from services.relay.lease import Fenced
-from services.relay.publisher import (
-    MalformedEvent,
-    OutboxEvent,
-    PoisonEvent,
+from services.relay.outbox_event import MalformedEvent, OutboxEvent, PoisonEvent
+from services.relay.rules import (
+    BatchFault,
+    Collateral,
     Verdict,
-    _BatchFault,
-    _Collateral,
     acknowledged,
     classify_publish_error,
     is_fencing,
@@ -233,7 +231,7 @@ def test_a_transient_fault_never_spends_the_budget_even_on_the_last_attempt() ->
         0: Verdict.TRANSIENT,
         1: Verdict.TRANSIENT,
     }
-    batch = _BatchFault(RuntimeError("commit failed"))
+    batch = BatchFault(RuntimeError("commit failed"))
     assert judge_failures([batch], [True], MAX, [MAX - 1]) == {0: Verdict.TRANSIENT}
 
 
@@ -259,7 +257,7 @@ def test_an_error_of_its_own_while_others_went_through_spends_the_events_budget(
     assert judge_failures([None, own], [True, True], MAX, [0, 0]) == {1: Verdict.RETRY}
     assert judge_failures([None, own], [True, True], MAX, [0, MAX - 1]) == {1: Verdict.FAIL}
     # Acknowledged inside an aborted transaction still shows Kafka works.
-    assert judge_failures([_Collateral(), own], [True, True], MAX, [0, 0]) == {1: Verdict.RETRY}
+    assert judge_failures([Collateral(), own], [True, True], MAX, [0, 0]) == {1: Verdict.RETRY}
 
 
 def test_a_record_refused_before_queueing_is_its_own_fault() -> None:
@@ -272,7 +270,7 @@ def test_a_record_refused_before_queueing_is_its_own_fault() -> None:
     [
         kafka_errors.ProducerFenced(),
         kafka_errors.InvalidProducerEpoch(),
-        _BatchFault(kafka_errors.ProducerFenced()),
+        BatchFault(kafka_errors.ProducerFenced()),
         Fenced("lease lost"),
     ],
 )
@@ -296,11 +294,11 @@ async def test_the_relays_producer_sends_a_round_at_once_instead_of_lingering() 
     # only delays every small round (at light load, every event) by linger_ms.
     from typing import cast
 
-    from services.relay.publisher import Publisher
+    from services.relay.sender import KafkaSender
 
     settings = RelaySettings(port=0, transactional_id="")
-    publisher = Publisher(cast(Any, None), settings, cast(Any, None), cast(Any, None))
-    producer = publisher._default_producer()
+    lease = cast(Any, type("Lease", (), {"slot": 0})())
+    producer = KafkaSender(settings, lease).default_producer()
     try:
         assert producer._message_accumulator._linger_time == 0
     finally:
