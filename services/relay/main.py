@@ -276,7 +276,7 @@ class Relay:
         self._dissent = dict(dissent)
         extra = {"slots": self.settings.relay_slots, "prevailing": prevailing}
         if refusing:
-            # Changing RELAY_SLOTS is a migration (docs/operating/scaling.md): all relays stop first.
+            # Changing RELAY_SLOTS is a migration (docs/operating/scaling.md).
             log.error(f"refusing to act: {self._refusal}", extra=extra)
         elif dissent:
             log.warning(
