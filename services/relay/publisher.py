@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -140,7 +140,12 @@ class Publisher:
 
     async def _publish_streamed(self, documents: Sequence[Mapping[str, Any]]) -> BatchResult:
         events, deferred = accept_streamed(
-            documents, self.slot, self._tenure_start, datetime.now(UTC), self._recent
+            documents,
+            self.slot,
+            self._tenure_start,
+            datetime.now(UTC),
+            self._recent,
+            timedelta(seconds=self._settings.clock_skew_seconds),
         )
         result = BatchResult(selected=len(events), deferred=deferred)
         if not events:

@@ -9,6 +9,7 @@ import uuid
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.relay.stream_feed import CLOCK_SKEW_SECONDS, MAX_CLOCK_SKEW_SECONDS
 from shared.outbox import OutboxTtlSetting
 from shared.settings import RelaySlotsSetting, ServiceSettings
 
@@ -50,6 +51,12 @@ class RelaySettings(ServiceSettings, OutboxTtlSetting, RelaySlotsSetting):
     # broker refuses the old holder's writes from then on (fencing). An empty value turns
     # transactions off (prefix marking only, no zombie fencing in Kafka).
     transactional_id: str = Field(default="outbox-relay")
+
+    # How far apart the order API's clock (it stamps createdAt) and the relay's may be: an event
+    # is published straight from the change stream only when its createdAt proves it was written
+    # inside this holder's tenure and moments ago (services/relay/stream_feed.py); within the
+    # first skew of a tenure the sweep publishes. 0 only where both share one clock (the tests).
+    clock_skew_seconds: float = Field(default=CLOCK_SKEW_SECONDS, ge=0, le=MAX_CLOCK_SKEW_SECONDS)
 
     # How often pending-count and oldest-pending-age gauges are refreshed (one count each time).
     metrics_interval_seconds: float = Field(default=5.0, gt=0, le=300)

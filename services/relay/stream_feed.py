@@ -6,10 +6,11 @@ round trip of selecting it again, but the document is a snapshot taken at the in
 only trusted while nothing can have happened to the event since:
 
 * it is of this slot, still ``Pending`` with no attempt (as every insert is), and readable;
-* it was created after this holder took the slot (no earlier holder can have published or
-  parked it) and at most :data:`FRESH_SECONDS` ago (a stream replayed from a resume token after a
-  restart, or lagging far behind, delivers events that may be long published: those go to the
-  sweep);
+* it was created after this holder took the slot, by more than the clock skew tolerated between
+  the order API and the relay (:data:`CLOCK_SKEW_SECONDS`: no earlier holder can have published
+  or parked it), and at most :data:`FRESH_SECONDS` ago (a stream replayed from a resume token
+  after a restart, or lagging far behind, delivers events that may be long published: those go
+  to the sweep);
 * this holder has not handled it already (:class:`Recent`: the sweep, or an earlier stream
   round, may have sent it, tried it or parked it).
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from bson import ObjectId
@@ -37,8 +38,15 @@ from shared.outbox import OutboxField
 # A stream document older than this (by its createdAt) is left to the sweep. Delivery takes
 # milliseconds; seconds mean a replay after a restart or a stream far behind.
 FRESH_SECONDS: Final = 5.0
+# createdAt is stamped by the order API's clock and compared with the relay's: the rules below
+# hold for clocks up to RELAY_CLOCK_SKEW_SECONDS apart (this default; NTP keeps them within
+# milliseconds). A document dated inside the first skew of a tenure, or ahead of the relay's
+# clock by more, may be older than it reads: it goes to the sweep, which needs no clock.
+CLOCK_SKEW_SECONDS: Final = 2.0
+# The largest skew the setting accepts: Recent must outlive a fresh document on skewed clocks.
+MAX_CLOCK_SKEW_SECONDS: Final = 10.0
 # How long an event this holder handled is remembered: longer than any stream document is
-# accepted (FRESH_SECONDS) plus clock skew between the order API and the relay.
+# accepted (FRESH_SECONDS) with both clocks apart by up to MAX_CLOCK_SKEW_SECONDS either way.
 RECENT_SECONDS: Final = 30.0
 # Aggregates whose last published version is remembered, per slot (the most recent ones: an
 # order's next event follows soon or not at all). Forgetting one costs one predecessor query,
@@ -109,6 +117,7 @@ def accept_streamed(
     since: datetime,
     now: datetime,
     recent: Recent,
+    skew: timedelta = timedelta(seconds=CLOCK_SKEW_SECONDS),
 ) -> tuple[list[OutboxEvent], int]:
     """The stream documents this holder may publish as delivered (module docstring), in order
     of delivery and without repeats, and how many of this slot's it left to the sweep."""
@@ -123,7 +132,7 @@ def accept_streamed(
         if event_id in seen or event_id in recent:
             continue  # handled already: the sweep or an earlier round has it in hand
         seen.add(event_id)
-        if not _fresh_insert(doc, since, now):
+        if not _fresh_insert(doc, since, now, skew):
             left += 1
             continue
         try:
@@ -133,7 +142,7 @@ def accept_streamed(
     return accepted, left
 
 
-def _fresh_insert(doc: Mapping[str, Any], since: datetime, now: datetime) -> bool:
+def _fresh_insert(doc: Mapping[str, Any], since: datetime, now: datetime, skew: timedelta) -> bool:
     f = OutboxField
     created = doc.get(f.CREATED_AT)
     if not isinstance(created, datetime):
@@ -142,6 +151,7 @@ def _fresh_insert(doc: Mapping[str, Any], since: datetime, now: datetime) -> boo
     return (
         doc.get(f.STATUS) == OutboxStatus.PENDING.value
         and not doc.get(f.ATTEMPTS)
-        and created >= since
+        and created >= since + skew
+        and created <= now + skew
         and (now - created).total_seconds() <= FRESH_SECONDS
     )

@@ -98,6 +98,8 @@ class RelayWorld:
             "backoff_max_seconds": 1.0,
             "metrics_interval_seconds": 0.5,
             "relay_slots": self.slots,
+            # The relay and the order API (this test) read one host clock.
+            "clock_skew_seconds": 0.0,
         }
         values.update(overrides)
         return RelaySettings(**values)

@@ -12,7 +12,10 @@ from bson import ObjectId
 from services.relay.outbox_event import OutboxEvent
 from services.relay.selection import find_predecessors
 from services.relay.stream_feed import (
+    CLOCK_SKEW_SECONDS,
     FRESH_SECONDS,
+    MAX_CLOCK_SKEW_SECONDS,
+    RECENT_SECONDS,
     PublishedVersions,
     Recent,
     accept_streamed,
@@ -70,6 +73,30 @@ def test_another_slots_document_is_ignored_not_left_to_this_slots_sweep() -> Non
 )
 def test_a_document_that_may_be_stale_is_left_to_the_sweep(stale: dict[str, Any]) -> None:
     assert accept([inserted(**stale)]) == ([], 1)
+
+
+@pytest.mark.parametrize(
+    ("created", "now"),
+    [
+        # The order API's clock runs ahead of the relay's: an insert made just before this
+        # holder took the slot (an earlier holder may have published or parked it, and a
+        # restarted stream replays it) carries a createdAt that reads as inside the tenure.
+        (TENURE + timedelta(seconds=CLOCK_SKEW_SECONDS / 2), TENURE + timedelta(seconds=1)),
+        # A createdAt ahead of the relay's own clock comes from a clock it cannot compare with.
+        (NOW + timedelta(seconds=CLOCK_SKEW_SECONDS + 1), NOW),
+    ],
+)
+def test_a_document_dated_by_a_clock_ahead_of_the_relays_is_left_to_the_sweep(
+    created: datetime, now: datetime
+) -> None:
+    doc = inserted(createdAt=created)
+    assert accept_streamed([doc], SLOT, TENURE, now, Recent()) == ([], 1)
+
+
+def test_the_relay_remembers_what_it_handled_longer_than_any_skewed_fresh_document_lives() -> None:
+    # A document this holder handled must still be in Recent whenever the freshness rule
+    # could accept it again, with both clocks apart by the tolerated skew.
+    assert RECENT_SECONDS >= FRESH_SECONDS + 2 * MAX_CLOCK_SKEW_SECONDS
 
 
 def test_an_unreadable_document_is_left_to_the_sweep_which_parks_it_with_the_reason() -> None:
