@@ -14,6 +14,15 @@ AGGREGATE_ORDER: Final = "Order"
 EVENT_ORDER_CREATED: Final = "OrderCreated"
 EVENT_ORDER_CANCELLED: Final = "OrderCancelled"
 
+# Inventory's verdict on an order and its release, written to inventory's own outbox in the
+# transaction that records them. The aggregate is the order's reservation: ``aggregateId`` is
+# the order id (so the Kafka key, and the partition, is the order's), version 1 the verdict
+# (StockReserved or StockRejected), version 2 the release of a reserved order (StockReleased).
+AGGREGATE_RESERVATION: Final = "Reservation"
+EVENT_STOCK_RESERVED: Final = "StockReserved"
+EVENT_STOCK_REJECTED: Final = "StockRejected"
+EVENT_STOCK_RELEASED: Final = "StockReleased"
+
 # Six partitions: enough to show per-key ordering across partitions and a rebalance between two
 # consumers, few enough that a single-node broker on two cores stays quick to start.
 TOPIC_PARTITIONS: Final = 6
@@ -21,6 +30,8 @@ DLQ_SUFFIX: Final = ".dlq"
 
 INVENTORY_GROUP: Final = "inventory-service"
 EMAIL_GROUP: Final = "email-service"
+# The order service's consumer of inventory's verdicts (services/order/verdicts).
+ORDER_GROUP: Final = "order-service"
 
 # 48 hours: longer than any redelivery window we expect (Kafka retention of a stuck partition,
 # a DLQ replay the next working day), short enough that Redis does not grow without bound.
@@ -85,12 +96,24 @@ def _split_camel(event_type: str) -> list[str]:
     return [part.lower() for part in _CAMEL_BOUNDARY.split(event_type)]
 
 
+# Inventory's events are named for what happened to the stock and published under the name of
+# the service that owns them (``inventory.*``), not ``stock.*``: a topic family per producer.
+_TOPIC_OF_EVENT_TYPE: Final = {
+    EVENT_STOCK_RESERVED: "inventory.reserved",
+    EVENT_STOCK_REJECTED: "inventory.rejected",
+    EVENT_STOCK_RELEASED: "inventory.released",
+}
+
+
 def topic_for_event_type(event_type: str) -> str:
-    """Kafka topic of an event type: ``OrderCreated`` -> ``order.created``.
+    """Kafka topic of an event type: ``OrderCreated`` -> ``order.created``,
+    ``StockReserved`` -> ``inventory.reserved`` (the inventory's family, see above).
 
     The article's ``toLowerCase().replace(/([A-Z])/g, '.$1')`` lower-cases first, so the regex
     never matches and every type maps to one undotted name; this splits on the word boundaries.
     """
+    if topic := _TOPIC_OF_EVENT_TYPE.get(event_type):
+        return topic
     return ".".join(_split_camel(event_type))
 
 
@@ -105,11 +128,22 @@ ORDER_CANCELLED_TOPIC: Final = topic_for_event_type(EVENT_ORDER_CANCELLED)
 ORDER_CANCELLED_DLQ_TOPIC: Final = dlq_topic_for(ORDER_CANCELLED_TOPIC)
 # One topic per event type (the relay's naming rule), each with its own DLQ.
 ORDER_TOPICS: Final = (ORDER_CREATED_TOPIC, ORDER_CANCELLED_TOPIC)
+INVENTORY_RESERVED_TOPIC: Final = topic_for_event_type(EVENT_STOCK_RESERVED)
+INVENTORY_REJECTED_TOPIC: Final = topic_for_event_type(EVENT_STOCK_REJECTED)
+INVENTORY_RELEASED_TOPIC: Final = topic_for_event_type(EVENT_STOCK_RELEASED)
+INVENTORY_TOPICS: Final = (
+    INVENTORY_RESERVED_TOPIC,
+    INVENTORY_REJECTED_TOPIC,
+    INVENTORY_RELEASED_TOPIC,
+)
+# Every topic an event is published to (each has its DLQ besides).
+EVENT_TOPICS: Final = (*ORDER_TOPICS, *INVENTORY_TOPICS)
 ALL_TOPICS: Final = (
     ORDER_CREATED_TOPIC,
     ORDER_CREATED_DLQ_TOPIC,
     ORDER_CANCELLED_TOPIC,
     ORDER_CANCELLED_DLQ_TOPIC,
+    *(name for topic in INVENTORY_TOPICS for name in (topic, dlq_topic_for(topic))),
 )
 
 

@@ -1,10 +1,10 @@
-"""The order events (``OrderCreated``, ``OrderCancelled``): the contract between the order API
-and its consumers.
+"""The events that cross services: the order's (``OrderCreated``, ``OrderCancelled``, from the
+order API) and inventory's verdicts (``StockReserved``, ``StockRejected``, ``StockReleased``).
 
-The order API serialises them into the outbox ``payload``; the relay publishes that string as the
-Kafka value unchanged; consumers parse them with :func:`parse_order_created` and
-:func:`parse_order_cancelled`, which raise :class:`~shared.errors.PoisonMessage` for anything that
-is not a valid event of a known version.
+Each producer serialises them into its own outbox's ``payload`` in the transaction of the change
+they announce; a relay publishes that string as the Kafka value unchanged; consumers parse them
+with the ``parse_*`` functions, which raise :class:`~shared.errors.PoisonMessage` for anything
+that is not a valid event of a known version.
 """
 
 from __future__ import annotations
@@ -78,8 +78,71 @@ class OrderCancelled(_Strict):
         return self.model_dump_json(by_alias=True)
 
 
+class StockLine(_Strict):
+    """A SKU and how many of it: what a reservation took and a release gives back."""
+
+    sku: str = Field(min_length=1)
+    quantity: int = Field(ge=1)
+
+
+class StockReserved(_Strict):
+    """Inventory reserved every item of the order (version 1 of the order's reservation).
+
+    It carries what the customer's confirmation needs (address, items, total), copied from the
+    ``OrderCreated`` it answers: the email service builds the mail from this event alone and
+    reads no other service's data.
+    """
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schemaVersion")
+    order_id: OrderId
+    customer_email: str = Field(alias="customerEmail", min_length=3)
+    total: Annotated[Money, Field(strict=False)]
+    items: list[EventItem] = Field(min_length=1)
+    reserved_at: Annotated[datetime, Field(alias="reservedAt", strict=False)]
+
+    def to_json(self) -> str:
+        """Compact JSON with camelCase keys, decimals as strings, times as ISO 8601 UTC."""
+        return self.model_dump_json(by_alias=True)
+
+
+class StockRejected(_Strict):
+    """Inventory could not reserve the order (version 1 of its reservation): nothing was taken.
+
+    ``reason`` is inventory's sentence (``insufficient stock: SKU-A (wanted 3, available 1)``),
+    ``shortSkus`` the SKUs that were short or unknown; address, items and total as in
+    :class:`StockReserved`, for the customer's notice.
+    """
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schemaVersion")
+    order_id: OrderId
+    customer_email: str = Field(alias="customerEmail", min_length=3)
+    total: Annotated[Money, Field(strict=False)]
+    items: list[EventItem] = Field(min_length=1)
+    reason: str = Field(min_length=1)
+    short_skus: list[str] = Field(alias="shortSkus", min_length=1)
+    rejected_at: Annotated[datetime, Field(alias="rejectedAt", strict=False)]
+
+    def to_json(self) -> str:
+        """Compact JSON with camelCase keys, decimals as strings, times as ISO 8601 UTC."""
+        return self.model_dump_json(by_alias=True)
+
+
+class StockReleased(_Strict):
+    """A reserved order was cancelled and its stock went back (version 2 of its reservation)."""
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schemaVersion")
+    order_id: OrderId
+    items: list[StockLine] = Field(min_length=1)
+    released_at: Annotated[datetime, Field(alias="releasedAt", strict=False)]
+
+    def to_json(self) -> str:
+        """Compact JSON with camelCase keys, decimals as strings, times as ISO 8601 UTC."""
+        return self.model_dump_json(by_alias=True)
+
+
 OrderEvent: TypeAlias = OrderCreated | OrderCancelled
-_E = TypeVar("_E", OrderCreated, OrderCancelled)
+InventoryEvent: TypeAlias = StockReserved | StockRejected | StockReleased
+_E = TypeVar("_E", OrderCreated, OrderCancelled, StockReserved, StockRejected, StockReleased)
 
 
 def _parse(model: type[_E], value: bytes | None) -> _E:
@@ -116,6 +179,21 @@ def parse_order_created(value: bytes | None) -> OrderCreated:
 def parse_order_cancelled(value: bytes | None) -> OrderCancelled:
     """Like :func:`parse_order_created`, for ``order.cancelled``."""
     return _parse(OrderCancelled, value)
+
+
+def parse_stock_reserved(value: bytes | None) -> StockReserved:
+    """Like :func:`parse_order_created`, for ``inventory.reserved``."""
+    return _parse(StockReserved, value)
+
+
+def parse_stock_rejected(value: bytes | None) -> StockRejected:
+    """Like :func:`parse_order_created`, for ``inventory.rejected``."""
+    return _parse(StockRejected, value)
+
+
+def parse_stock_released(value: bytes | None) -> StockReleased:
+    """Like :func:`parse_order_created`, for ``inventory.released``."""
+    return _parse(StockReleased, value)
 
 
 def aggregate_version_of(headers: Mapping[str, str]) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.contracts import EMAIL_GROUP, INVENTORY_GROUP, ORDER_TOPICS, dlq_topic_for
+from shared.contracts import EMAIL_GROUP, EVENT_TOPICS, INVENTORY_GROUP, dlq_topic_for
 from shared.settings import RelaySlotsSetting, ServiceSettings
 
 # 32 characters: what `secrets.token_urlsafe(24)` gives; anything shorter is guessable enough
@@ -31,8 +31,8 @@ class ConsoleSettings(ServiceSettings, RelaySlotsSetting):
     orders_database: str = Field(default="orders", min_length=1)
     inventory_database: str = Field(default="inventory", min_length=1)
     # The topics the consumer groups read (their lag), each with its dead-letter topic
-    # (``<topic>.dlq``): every order topic of shared/contracts.py unless a test names its own.
-    topics: tuple[str, ...] = Field(default=ORDER_TOPICS, min_length=1)
+    # (``<topic>.dlq``): every event topic of shared/contracts.py unless a test names its own.
+    topics: tuple[str, ...] = Field(default=EVENT_TOPICS, min_length=1)
     groups: tuple[str, ...] = (INVENTORY_GROUP, EMAIL_GROUP)
     # Emails for the order timeline: the embedded SMTP sink's directory, or Mailpit's API.
     smtp_dir: Path | None = None

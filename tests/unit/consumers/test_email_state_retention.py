@@ -6,16 +6,16 @@ from __future__ import annotations
 from shared.contracts import (
     ALL_TOPICS,
     DLQ_SUFFIX,
+    EVENT_TOPICS,
     IDEMPOTENCY_TTL_SECONDS,
     ORDER_STATE_TTL_SECONDS,
-    ORDER_TOPICS,
 )
 from shared.kafka import SINGLE_BROKER, TopicReplication, topic_config
 
 
 def test_every_dead_letter_topic_keeps_records_no_longer_than_the_email_state_lives() -> None:
     dlq_topics = [t for t in ALL_TOPICS if t.endswith(DLQ_SUFFIX)]
-    assert len(dlq_topics) == len(ORDER_TOPICS)
+    assert len(dlq_topics) == len(EVENT_TOPICS)
     for replication in (SINGLE_BROKER, TopicReplication.for_brokers(3)):
         for topic in dlq_topics:
             retention_seconds = int(topic_config(topic, replication)["retention.ms"]) // 1000
@@ -29,5 +29,5 @@ def test_every_dead_letter_topic_keeps_records_no_longer_than_the_email_state_li
 
 
 def test_source_topics_keep_the_brokers_retention() -> None:
-    for topic in ORDER_TOPICS:
+    for topic in EVENT_TOPICS:
         assert "retention.ms" not in topic_config(topic, SINGLE_BROKER)
