@@ -17,6 +17,10 @@ It prints a summary table, stops the stack, and exits 0 only if every order comp
 poison message was dead-lettered. ``--external`` runs the same scenario against services that
 are already running (``docker compose up demo``): no stack is started and the broker restart is
 skipped, because a container cannot restart its siblings.
+
+Every request carries its customer's bearer token, taken before the first order: from the
+stack's development issuer for ``demo-user-1``, ``demo-user-2`` ... (embedded), from Keycloak
+by the password grant for its demo users alice and bob (``--external``, ``--keycloak-url``).
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ from shared.contracts import (
     topic_for_event_type,
 )
 from shared.mongo import MongoClient, make_mongo_client
+from stack import keycloak
 from stack.config import INFRA, REPO_ROOT, SERVICES, StackConfig
+from stack.issuer import UserTokens, bearer_header, token_subject
 from stack.observe import Inbox as MailInbox
 from stack.observe import topic_partitions
 from stack.supervisor import Stack
@@ -68,6 +74,8 @@ class Tracked:
     event_id: str | None = None
     # The event this row follows: the order's creation, or its cancellation.
     event_type: str = EVENT_ORDER_CREATED
+    # The customer who placed the order: only their token reads or cancels it.
+    user: str = ""
 
     @property
     def cancellation(self) -> bool:
@@ -91,9 +99,47 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _sample_order(n: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Customers:
+    """Who places the demo's orders, in turn, and each one's bearer token (taken up front),
+    keyed by the token's subject: the user id an order of theirs carries."""
+
+    tokens: dict[str, str]
+
+    def __post_init__(self) -> None:
+        if not self.tokens:
+            raise ValueError("the demo needs at least one customer")
+
+    def user_for(self, n: int) -> str:
+        """The customer of order ``n`` (1-based)."""
+        users = list(self.tokens)
+        return users[(n - 1) % len(users)]
+
+    def headers(self, user: str) -> dict[str, str]:
+        return bearer_header(self.tokens[user])
+
+    @classmethod
+    def of_stack(cls, config: StackConfig, orders: int) -> Customers:
+        """``demo-user-1`` ... ``demo-user-<orders>``, tokens from the stack's issuer."""
+        issuer = UserTokens.for_stack(config)
+        return cls({user: issuer.token(user) for user in _demo_users(orders)})
+
+    @classmethod
+    def of_keycloak(cls, realm_url: str) -> Customers:
+        """The realm's demo users, tokens by the password grant from ``realm_url`` (the realm
+        as this process reaches it; the tokens name the issuer Keycloak is configured with)."""
+        tokens = [keycloak.password_grant(realm_url, user) for user in keycloak.demo_users()]
+        return cls({token_subject(token): token for token in tokens})
+
+
+def _demo_users(orders: int) -> list[str]:
+    return [f"demo-user-{n}" for n in range(1, orders + 1)]
+
+
+def _sample_order(n: int, user: str) -> dict[str, Any]:
+    # userId, where sent, must be the token's subject: the order's owner is whom the token names.
     return {
-        "userId": f"demo-user-{n}",
+        "userId": user,
         "customerEmail": f"customer{n}@example.com",
         "items": [
             {"sku": f"SKU-{1 + n % 5}", "quantity": 1 + n % 3, "unitPrice": "19.99"},
@@ -121,10 +167,12 @@ class Inbox:
 
 
 class Demo:
-    def __init__(self, endpoints: Endpoints, orders_per_phase: int) -> None:
+    def __init__(self, endpoints: Endpoints, orders_per_phase: int, customers: Customers) -> None:
         self.endpoints = endpoints
         self.orders_per_phase = orders_per_phase
+        self.customers = customers
         self.tracked: list[Tracked] = []
+        self._placed = 0  # orders placed so far: order k is the k-th customer's (in turn)
         self._t0 = time.monotonic()
         self._http = httpx.AsyncClient(timeout=10.0)
         self._mongo: MongoClient = make_mongo_client(endpoints.mongo_uri, 5.0, "demo")
@@ -141,14 +189,18 @@ class Demo:
         created = []
         for _ in range(count):
             n = len(self.tracked) + 1
+            self._placed += 1
+            user = self.customers.user_for(self._placed)
             started = time.monotonic()
             reply = await self._http.post(
-                f"{self.endpoints.order_url}/orders", json=_sample_order(n)
+                f"{self.endpoints.order_url}/orders",
+                json=_sample_order(n, user),
+                headers=self.customers.headers(user),
             )
             if reply.status_code != 201:
                 raise RuntimeError(f"POST /orders answered {reply.status_code}: {reply.text}")
             body = reply.json()
-            order = Tracked(body["id"], Decimal(body["total"]), note, started)
+            order = Tracked(body["id"], Decimal(body["total"]), note, started, user=user)
             order.reached["written"] = time.monotonic()
             self.tracked.append(order)
             created.append(order)
@@ -158,13 +210,21 @@ class Demo:
     async def cancel(self, order: Tracked) -> Tracked:
         """Cancel ``order`` over HTTP; the returned row follows its OrderCancelled event."""
         started = time.monotonic()
-        reply = await self._http.post(f"{self.endpoints.order_url}/orders/{order.order_id}/cancel")
+        reply = await self._http.post(
+            f"{self.endpoints.order_url}/orders/{order.order_id}/cancel",
+            headers=self.customers.headers(order.user),
+        )
         if reply.status_code != 200 or reply.json().get("status") != "cancelled":
             raise RuntimeError(
                 f"POST /orders/.../cancel answered {reply.status_code}: {reply.text}"
             )
         row = Tracked(
-            order.order_id, order.total, "cancellation", started, event_type=EVENT_ORDER_CANCELLED
+            order.order_id,
+            order.total,
+            "cancellation",
+            started,
+            event_type=EVENT_ORDER_CANCELLED,
+            user=order.user,
         )
         row.reached["written"] = time.monotonic()
         self.tracked.append(row)
@@ -173,7 +233,7 @@ class Demo:
 
     async def _advance(self, order: Tracked, inbox: set[str]) -> None:
         if "published" not in order.reached:
-            reply = await self._http.get(f"{self.endpoints.order_url}/orders/{order.order_id}")
+            reply = await self._read(order)
             events = reply.json().get("events", []) if reply.status_code == 200 else []
             mine = [e for e in events if e["eventType"] == order.event_type]
             if mine:
@@ -195,6 +255,12 @@ class Demo:
             kind = "cancellation" if order.cancellation else "confirmation"
             self._reach(order, "emailed", f"{kind} email received")
 
+    async def _read(self, order: Tracked) -> httpx.Response:
+        return await self._http.get(
+            f"{self.endpoints.order_url}/orders/{order.order_id}",
+            headers=self.customers.headers(order.user),
+        )
+
     def _reach(self, order: Tracked, stage: str, text: str) -> None:
         order.reached[stage] = time.monotonic()
         ms = (order.reached[stage] - order.started) * 1000
@@ -214,7 +280,7 @@ class Demo:
 
     async def show_pending(self, orders: list[Tracked]) -> None:
         for order in orders:
-            reply = await self._http.get(f"{self.endpoints.order_url}/orders/{order.order_id}")
+            reply = await self._read(order)
             status = [e["status"] for e in reply.json()["events"]]
             _say(f"{self._clock()} order {order.order_id} events while broker is down: {status}")
 
@@ -363,7 +429,8 @@ async def _embedded(args: argparse.Namespace) -> bool:
                 await asyncio.to_thread(stack.start, "kafka")
                 _say("broker is back")
 
-        demo = Demo(endpoints, args.orders)
+        # Two phases of orders (the happy path, the broker outage), one customer each.
+        demo = Demo(endpoints, args.orders, Customers.of_stack(config, 2 * args.orders))
         try:
             return await run_scenario(demo, None if args.no_fault else restart_broker)
         finally:
@@ -380,7 +447,8 @@ async def _external(args: argparse.Namespace) -> bool:
         kafka=args.kafka,
         mailpit_url=args.mailpit_url.rstrip("/"),
     )
-    demo = Demo(endpoints, args.orders)
+    customers = await asyncio.to_thread(Customers.of_keycloak, args.keycloak_url.rstrip("/"))
+    demo = Demo(endpoints, args.orders, customers)
     try:
         _say(
             "external mode: the broker restart is skipped (a container cannot restart its siblings)"
@@ -410,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
         help="accepted for symmetry with the services' settings; unused",
     )
     parser.add_argument("--mailpit-url", default="http://mailpit:8025")
+    parser.add_argument(
+        "--keycloak-url",
+        default="http://keycloak:8080/realms/outbox",
+        help="the Keycloak realm the customers' tokens come from (--external)",
+    )
     args = parser.parse_args(argv)
     if args.orders < 1:
         parser.error("--orders must be at least 1")

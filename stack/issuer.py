@@ -25,13 +25,16 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shared.auth.settings import DEV_JWKS_PATH, ORDER_API_AUDIENCE
+
+if TYPE_CHECKING:
+    from stack.config import StackConfig
 
 log = logging.getLogger("stack.issuer")
 
@@ -124,6 +127,83 @@ def mint_token(
         claims["realm_access"] = {"roles": roles}
     headers = {"kid": public_jwk(key)["kid"], "typ": "JWT"}
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers=headers)
+
+
+def bearer_header(token: str) -> dict[str, str]:
+    """The request header that carries ``token`` (RFC 6750)."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def token_subject(token: str) -> str:
+    """The ``sub`` of a token this process was just given (read, not verified: for the caller
+    to know whom it acts as, never to decide access)."""
+    subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise ValueError("the token names no subject")
+    return subject
+
+
+class UserTokens:
+    """One token per user from a stack's development issuer, minted on first use and kept.
+
+    For callers that time requests (the bench, the chaos load, the demo): they mint every user's
+    token before the clock starts (:meth:`mint`) and only look tokens up while it runs. A kept
+    token is minted again only when less than :data:`REMINT_MARGIN_SECONDS` of its life is left,
+    so a run longer than ``ttl_seconds`` keeps working.
+    """
+
+    # Well over the API's leeway (30 s): a token handed out is never about to be refused.
+    REMINT_MARGIN_SECONDS: Final = 120
+
+    def __init__(
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: str,
+        *,
+        ttl_seconds: int = 3600,
+        roles: Iterable[str] = (),
+    ) -> None:
+        if ttl_seconds <= self.REMINT_MARGIN_SECONDS:
+            raise ValueError(f"ttl_seconds must exceed {self.REMINT_MARGIN_SECONDS}")
+        self._key = key
+        self.issuer = issuer
+        self.ttl_seconds = ttl_seconds
+        self.roles = tuple(roles)
+        self._kept: dict[str, tuple[str, float]] = {}
+
+    @classmethod
+    def for_stack(cls, config: StackConfig, *, ttl_seconds: int = 3600) -> UserTokens:
+        """Tokens the order API of the stack ``config`` describes accepts (its development
+        issuer; the key is made if the issuer has not started yet, and it will serve that one)."""
+        return cls(
+            load_or_create_key(config.issuer_key_path), config.issuer_url, ttl_seconds=ttl_seconds
+        )
+
+    def mint(self, users: Iterable[str]) -> None:
+        """Mint (and keep) the token of every one of ``users`` now."""
+        for user in users:
+            self.token(user)
+
+    def token(self, user: str) -> str:
+        """``user``'s bearer token (``sub`` = ``user``)."""
+        kept = self._kept.get(user)
+        if kept is not None and kept[1] - time.time() > self.REMINT_MARGIN_SECONDS:
+            return kept[0]
+        now = time.time()
+        token = mint_token(
+            self._key,
+            issuer=self.issuer,
+            subject=user,
+            ttl_seconds=self.ttl_seconds,
+            roles=self.roles,
+            now=now,
+        )
+        self._kept[user] = (token, int(now) + self.ttl_seconds)
+        return token
+
+    def headers(self, user: str) -> dict[str, str]:
+        """The ``Authorization`` header of ``user``'s requests."""
+        return bearer_header(self.token(user))
 
 
 def _handler(documents: dict[str, bytes]) -> type[BaseHTTPRequestHandler]:
