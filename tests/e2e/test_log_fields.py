@@ -34,18 +34,22 @@ def _lines(stack: Stack, instance: str) -> list[dict[str, Any]]:
 async def test_one_order_is_followed_through_all_four_logs_by_event_id(
     pipeline: Pipeline, stack: Stack
 ) -> None:
+    user = "log-follower"
+    auth = pipeline.tokens.headers(user)
     async with httpx.AsyncClient(base_url=pipeline.order_url, timeout=10) as http:
         created = await http.post(
             "/orders",
             json={
-                "userId": "log-follower",
+                "userId": user,
                 "customerEmail": "follow@example.com",
                 "items": [{"sku": SKUS[0], "quantity": 1, "unitPrice": "1.00"}],
             },
+            headers=auth,
         )
         assert created.status_code == 201, created.text
         order_id = created.json()["id"]
-        event_id = (await http.get(f"/orders/{order_id}")).json()["events"][0]["eventId"]
+        read = await http.get(f"/orders/{order_id}", headers=auth)
+        event_id = read.json()["events"][0]["eventId"]
 
     def trail() -> dict[str, list[dict[str, Any]]] | None:
         found = {

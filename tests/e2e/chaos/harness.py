@@ -54,6 +54,7 @@ from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from shared.redis import make_redis
 from stack import FAULT_PROXY, INFRA, SERVICES, Stack
+from stack.issuer import UserTokens
 from stack.observe import Inbox as MailInbox
 from stack.observe import TopicTail, committed_offsets, position_groups_at_end
 
@@ -151,14 +152,16 @@ class LoadGenerator:
 
     Every request carries a unique ``userId``, ``customerEmail`` and ``Idempotency-Key``
     derived from ``tag``, so its order (or the absence of one) can be found in every store even
-    when the request got no answer. Requests run concurrently: a slow answer during a fault
-    does not slow the rate down.
+    when the request got no answer, and that user's bearer token (the ``userId`` is its
+    subject; minted when the attempt is made, before its request is timed). Requests run
+    concurrently: a slow answer during a fault does not slow the rate down.
     """
 
     def __init__(
         self,
         base_url: str,
         tag: str,
+        tokens: UserTokens,
         *,
         rate: float = 6.0,
         timeout: float = 8.0,
@@ -167,6 +170,7 @@ class LoadGenerator:
         cancel_share: float = 0.0,
     ) -> None:
         self.base_url = base_url
+        self.tokens = tokens
         self.items = items
         # The fraction of accepted orders cancelled after one of CANCEL_DELAYS (deterministic:
         # spread evenly over the sequence, delays taken in turn).
@@ -249,6 +253,7 @@ class LoadGenerator:
             customer_email=f"{user}@example.com",
             idempotency_key=f"{user}-{uuid.uuid4().hex[:8]}",
         )
+        self.tokens.mint([user])
         self.attempts.append(attempt)
         return attempt
 
@@ -270,7 +275,10 @@ class LoadGenerator:
             response = await self._client.post(
                 "/orders",
                 json=self.body(attempt),
-                headers={"Idempotency-Key": attempt.idempotency_key},
+                headers={
+                    "Idempotency-Key": attempt.idempotency_key,
+                    **self.tokens.headers(attempt.user_id),
+                },
             )
             attempt.status = response.status_code
             if 200 <= response.status_code < 300:
@@ -303,7 +311,10 @@ class LoadGenerator:
         try:
             response = await self._client.post(
                 f"/orders/{attempt.order_id}/cancel",
-                headers={"Idempotency-Key": f"{attempt.idempotency_key}-cancel"},
+                headers={
+                    "Idempotency-Key": f"{attempt.idempotency_key}-cancel",
+                    **self.tokens.headers(attempt.user_id),
+                },
             )
             attempt.cancel_status = response.status_code
             if response.status_code != 200:
@@ -411,6 +422,9 @@ class Pipeline:
         )
         self.redis = make_redis(config.redis_url)
         self.overrides = _service_overrides()
+        # The order API's callers' tokens (its development issuer); a day, so a long session
+        # never mints one in the middle of a scenario.
+        self.tokens = UserTokens.for_stack(config, ttl_seconds=24 * 3600)
         # instance -> the extra environment it was started with ({} = the suite defaults)
         self.started_with: dict[str, dict[str, str]] = {}
 
@@ -607,6 +621,7 @@ class Chaos:
         generator = LoadGenerator(
             self.pipeline.order_url,
             f"{self.tag}-{len(self.loads)}",
+            self.pipeline.tokens,
             rate=rate,
             timeout=timeout,
             items=items,

@@ -14,6 +14,7 @@ import httpx
 from playwright.async_api import Page, async_playwright
 
 from stack import Stack
+from stack.issuer import UserTokens
 
 REPO: Final = Path(__file__).resolve().parents[3]
 ARTIFACTS: Final = REPO / ".stack" / "test-artifacts" / "console"
@@ -43,6 +44,10 @@ class ConsoleWorld:
     @property
     def order_url(self) -> str:
         return f"http://127.0.0.1:{self.stack.port_of('order')}"
+
+    def customer(self, user: str) -> dict[str, str]:
+        """The bearer header of customer ``user`` for the order API (the stack's issuer)."""
+        return UserTokens.for_stack(self.stack.config).headers(user)
 
 
 @asynccontextmanager
@@ -74,15 +79,19 @@ async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-async def place_order(order_url: str, *, user: str, email: str, sku: str, unit_price: str) -> str:
-    """``POST /orders`` of one item, as a customer would; returns the new order's id."""
+async def place_order(
+    world: ConsoleWorld, *, user: str, email: str, sku: str, unit_price: str
+) -> str:
+    """``POST /orders`` of one item, as customer ``user`` would; returns the new order's id."""
     body = {
         "userId": user,
         "customerEmail": email,
         "items": [{"sku": sku, "quantity": 1, "unitPrice": unit_price}],
     }
     async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.post(f"{order_url}/orders", json=body)
+        answer = await http.post(
+            f"{world.order_url}/orders", json=body, headers=world.customer(user)
+        )
     assert answer.status_code == 201, answer.text
     order_id: str = answer.json()["id"]
     return order_id

@@ -118,10 +118,14 @@ async def world(stack: Stack) -> AsyncIterator[World]:
         await mongo.close()
 
 
+def _user(n: int) -> str:
+    return f"loop-user-{n}"
+
+
 async def _place_order(world: World, n: int) -> str:
     return await place_order(
-        world.order_url,
-        user=f"loop-user-{n}",
+        world,
+        user=_user(n),
         email=f"loop-{n}@example.com",
         sku="SKU-LOOP",
         unit_price="4.50",
@@ -164,7 +168,7 @@ async def _everything_delivered(world: World) -> bool:
 
 async def test_an_idle_caught_up_stack_shows_no_lag(world: World) -> None:
     world.order_ids = [await _place_order(world, n) for n in range(ORDERS)]
-    world.cancelled_id = world.order_ids[1]
+    world.cancelled_id = world.order_ids[1]  # loop-user-1's
     # Cancelled once its confirmation left, so both emails are due (had the email service seen
     # the cancel first, it would rightly have skipped the confirmation).
     await wait_until(
@@ -174,7 +178,10 @@ async def test_an_idle_caught_up_stack_shows_no_lag(world: World) -> None:
         message="the confirmation of the order to cancel",
     )
     async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.post(f"{world.order_url}/orders/{world.cancelled_id}/cancel")
+        answer = await http.post(
+            f"{world.order_url}/orders/{world.cancelled_id}/cancel",
+            headers=world.customer(_user(1)),
+        )
     assert answer.status_code == 200, answer.text
     await wait_until(
         lambda: _everything_delivered(world),

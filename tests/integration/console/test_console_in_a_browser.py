@@ -125,7 +125,7 @@ async def world(stack: Stack) -> AsyncIterator[World]:
 
 async def _place_order(world: World, n: int) -> str:
     return await place_order(
-        world.order_url,
+        world,
         user=f"console-user-{n}",
         email="ops@example.com",
         sku="SKU-CONSOLE",

@@ -20,6 +20,7 @@ from shared.mongo import make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
 from stack.gotools import JAEGER, ensure
+from stack.issuer import UserTokens
 from tests.waiting import wait_until
 
 # A cold build of Jaeger takes minutes; `make test` builds it before pytest runs (make jaeger).
@@ -105,7 +106,11 @@ async def test_one_order_is_one_trace_across_the_four_services(
         "items": [{"sku": "SKU-TRACE", "quantity": 1, "unitPrice": "1.00"}],
     }
     async with httpx.AsyncClient(timeout=10) as http:
-        created = await http.post(f"{order_url}/orders", json=body)
+        created = await http.post(
+            f"{order_url}/orders",
+            json=body,
+            headers=UserTokens.for_stack(stack.config).headers("trace-user"),
+        )
         assert created.status_code == 201, created.text
         order_id = created.json()["id"]
 
