@@ -41,6 +41,7 @@ from bench.stats import Distribution, achieved_rate, open_loop_schedule
 from services.inventory.models import RESERVATIONS, ReservationStatus
 from shared.contracts import ORDER_CREATED_TOPIC
 from shared.mongo import make_mongo_client
+from stack.issuer import UserTokens
 from stack.observe import Inbox, topic_partitions
 
 BENCH_SKUS: Final = tuple(f"BENCH-SKU-{n}" for n in range(1, 9))
@@ -54,6 +55,9 @@ HTTP_TIMEOUT_SECONDS: Final = 10.0
 GRACE_SECONDS: Final = 15.0
 # Order ids listed per diagnosis (the counts are complete).
 LISTED_IDS: Final = 20
+# The customers the load spreads its orders over (each one's bearer token is minted before the
+# measured window).
+BENCH_USERS: Final = 97
 # How long a watcher's task gets to end once asked to (it wakes at least every 200 ms).
 WATCHER_STOP_SECONDS: Final = 5.0
 
@@ -74,13 +78,19 @@ async def end_watch_task(task: asyncio.Task[None] | None, stopping: asyncio.Even
             task.result()  # retrieved, so asyncio does not log it as never retrieved
 
 
+def bench_user(n: int) -> str:
+    """The customer of order ``n``: the subject of the token it is sent with."""
+    return f"bench-user-{n % BENCH_USERS}"
+
+
 def order_body(n: int) -> dict[str, Any]:
-    """A small, valid order (two lines, distinct per ``n`` so no two requests look alike)."""
+    """A small, valid order (two lines, distinct per ``n`` so no two requests look alike);
+    its ``userId`` is its customer's, which the token it is sent with names."""
     first = BENCH_SKUS[n % len(BENCH_SKUS)]
     second = BENCH_SKUS[(n + 3) % len(BENCH_SKUS)]
     return {
-        "userId": f"bench-user-{n % 97}",
-        "customerEmail": f"bench{n % 97}@example.com",
+        "userId": bench_user(n),
+        "customerEmail": f"bench{n % BENCH_USERS}@example.com",
         "items": [
             {"sku": first, "quantity": 1, "unitPrice": "19.99"},
             {"sku": second, "quantity": 2, "unitPrice": "5.00"},
@@ -303,6 +313,7 @@ async def _send_orders(
     result: LatencyResult,
     body_for: Callable[[int], dict[str, Any]],
     cancel_every: int,
+    tokens: UserTokens,
 ) -> None:
     schedule = open_loop_schedule(rate, duration)
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -312,8 +323,11 @@ async def _send_orders(
     ) as client:
 
         async def one(n: int, due_wall: float) -> None:
+            body = body_for(n)
+            # The token of the body's customer: minted before the window, looked up here.
+            auth = tokens.headers(body["userId"])
             try:
-                response = await client.post("/orders", json=body_for(n))
+                response = await client.post("/orders", json=body, headers=auth)
                 answered = time.time()
                 if response.status_code == 201:
                     order_id = response.json()["id"]
@@ -321,7 +335,7 @@ async def _send_orders(
                     sent.answered[order_id] = answered
                     if cancel_every and n % cancel_every == cancel_every - 1:
                         # At once, so its cancel races its creation through the pipeline.
-                        cancel = await client.post(f"/orders/{order_id}/cancel")
+                        cancel = await client.post(f"/orders/{order_id}/cancel", headers=auth)
                         if cancel.status_code == 200:
                             sent.cancelled.add(order_id)
                         else:
@@ -372,6 +386,7 @@ async def measure_e2e(
     rate: float,
     duration: float,
     settle_timeout: float,
+    tokens: UserTokens,
     grace_seconds: float = GRACE_SECONDS,
     body_for: Callable[[int], dict[str, Any]] = order_body,
     cancel_every: int = 0,
@@ -387,7 +402,10 @@ async def measure_e2e(
     confirmation may or may not be sent, depending on which event the email service saw first).
     ``times``, when given, receives each order's own timestamps (for a latency breakdown).
     ``cpu_window``, when given, is open from the first send to the end of the settle wait.
+    Each order is sent with its customer's bearer token from ``tokens``, minted here before
+    the first send (for the ``userId`` of ``body_for(n)``, n < :data:`BENCH_USERS`).
     """
+    tokens.mint({str(body_for(n)["userId"]) for n in range(BENCH_USERS)})
     result = LatencyResult(
         design=design,
         target_rate=round(rate, 1),
@@ -419,7 +437,7 @@ async def measure_e2e(
     try:
         if cpu_window is not None:
             cpu_window.open()
-        await _send_orders(api_url, rate, duration, sent, result, body_for, cancel_every)
+        await _send_orders(api_url, rate, duration, sent, result, body_for, cancel_every, tokens)
         deadline = time.monotonic() + settle_timeout
         while not await complete() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)  # poll interval of the settle wait, bounded by its deadline

@@ -49,6 +49,7 @@ async def measure(
         rate=rate,
         duration=seconds,
         settle_timeout=settle,
+        tokens=run.tokens,
         cancel_every=cancel_every,
         times=times,
         cpu_window=cpu_window,
@@ -82,7 +83,7 @@ async def _e2e_rate(run: Run, api_url: str) -> float:
     api_max = report.get(run.results, "summary", "api_orders_per_s", "median")
     if not isinstance(api_max, int | float) or api_max <= 0:
         seconds = min(run.plan.throughput_seconds, 5.0)
-        fallback = await order_api.measure_api_httpx(api_url, seconds)
+        fallback = await order_api.measure_api_httpx(api_url, seconds, run.tokens)
         api_max = fallback["orders_per_s"]
         run.results["api_max_fallback"] = {**fallback, "note": "httpx c=32 against the e2e API"}
     rate = round(float(api_max) * LOAD_SHARE, 1)

@@ -6,9 +6,11 @@
   its request hash, and its outbox event with a traceparent) into collections carrying the same
   indexes the API keeps (``order_indexes()``, ``outbox_indexes()``).
 * ``api``: ``python -m services.order`` as a stack process, loaded two ways, each request with a
-  unique Idempotency-Key: **wrk** (C, one thread per core, a Lua script, so the load generator
-  leaves the cores to the system; the figure the ratio uses) and **httpx** (32 closed-loop
-  asyncio clients in the bench's own process, for comparison). Only 201s count.
+  unique Idempotency-Key and its customer's bearer token (minted before the window, so the
+  figure includes the API's token validation): **wrk** (C, one thread per core, a Lua script,
+  so the load generator leaves the cores to the system; the figure the ratio uses) and
+  **httpx** (32 closed-loop asyncio clients in the bench's own process, for comparison). Only
+  201s count.
 
 Each figure is measured ``plan.repeats`` times; the ratio api/raw is taken run by run.
 """
@@ -36,17 +38,26 @@ from services.order.schemas import CreateOrderRequest
 from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, OutboxStatus
 from shared.mongo import ensure_indexes, make_mongo_client, run_in_transaction
 from shared.outbox import DEFAULT_PUBLISHED_TTL_SECONDS, OUTBOX_COLLECTION, ensure_outbox_indexes
+from stack.issuer import UserTokens
 
 CONCURRENCY: Final = 32
 WRK_THREADS: Final = 2
 WRK_SCRIPT: Final = Path(__file__).with_name("wrk_post_order.lua")
 API_DATABASE: Final = "bench_order_api"
+# The httpx load's customers; wrk posts as the first of them (its Lua script's body).
+API_USERS: Final = 1000
+WRK_USER: Final = "bench-user-1"
+
+
+def api_user(n: int) -> str:
+    """The customer of request ``n``: the subject of the token it is sent with."""
+    return f"bench-user-{n % API_USERS}"
 
 
 def order_body(n: int) -> dict[str, Any]:
     """The order both load generators post (wrk's Lua script holds the same JSON)."""
     return {
-        "userId": f"bench-user-{n % 1000}",
+        "userId": api_user(n),
         "customerEmail": f"bench{n % 1000}@example.com",
         "items": [
             {"sku": "BENCH-SKU-1", "quantity": 2, "unitPrice": "12.50"},
@@ -131,17 +142,18 @@ async def measure_raw_txn(
 
 
 async def measure_api_httpx(
-    api_url: str, seconds: float, concurrency: int = CONCURRENCY
+    api_url: str, seconds: float, tokens: UserTokens, concurrency: int = CONCURRENCY
 ) -> dict[str, Any]:
-    """Orders/s (201s) of a running order API, ``concurrency`` closed-loop httpx clients."""
+    """Orders/s (201s) of a running order API, ``concurrency`` closed-loop httpx clients, each
+    request with its customer's token (all :data:`API_USERS` minted before the warm-up)."""
+    tokens.mint(api_user(n) for n in range(API_USERS))
     done = failed = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=api_url, timeout=10.0, limits=limits) as http:
 
         async def post(n: int) -> httpx.Response:
-            return await http.post(
-                "/orders", json=order_body(n), headers={"Idempotency-Key": uuid.uuid4().hex}
-            )
+            headers = {"Idempotency-Key": uuid.uuid4().hex, **tokens.headers(api_user(n))}
+            return await http.post("/orders", json=order_body(n), headers=headers)
 
         # Warm-up: connections, Beanie, the first index pages.
         await asyncio.gather(*(post(i) for i in range(concurrency)))
@@ -194,12 +206,14 @@ def parse_wrk(output: str) -> dict[str, Any]:
 
 
 async def measure_api_wrk(
-    api_url: str, seconds: float, concurrency: int = CONCURRENCY
+    api_url: str, seconds: float, tokens: UserTokens, concurrency: int = CONCURRENCY
 ) -> dict[str, Any] | None:
-    """Orders/s by wrk with the Lua script; None when wrk is not installed."""
+    """Orders/s by wrk with the Lua script (as :data:`WRK_USER`, its token passed to the
+    script); None when wrk is not installed."""
     binary = shutil.which("wrk")
     if binary is None:
         return None
+    token = tokens.token(WRK_USER)
     proc = await asyncio.create_subprocess_exec(
         binary,
         f"-t{WRK_THREADS}",
@@ -210,6 +224,10 @@ async def measure_api_wrk(
         "-s",
         str(WRK_SCRIPT),
         api_url,
+        # The script's own arguments (init(args)): the bearer token. It stays out of wrk's
+        # output, which the bench keeps on failure.
+        "--",
+        token,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -238,10 +256,12 @@ async def run_phase(run: Run) -> None:
             await run.drop_database(database)
             label = f"api_{attempt}"
             recorders = run.start_profile(label, None)
-            wrk = asyncio.wait_for(measure_api_wrk(api_url, seconds), seconds + 90)
+            wrk = asyncio.wait_for(measure_api_wrk(api_url, seconds, run.tokens), seconds + 90)
             runs["api_wrk"].append(await run.attempt("api_wrk", attempt, wrk))
             await run.finish_profile(label, recorders)
-            httpx_load = asyncio.wait_for(measure_api_httpx(api_url, seconds), seconds + 60)
+            httpx_load = asyncio.wait_for(
+                measure_api_httpx(api_url, seconds, run.tokens), seconds + 60
+            )
             runs["api_httpx"].append(await run.attempt("api_httpx", attempt, httpx_load))
             print(f"order api run {attempt + 1}/{run.plan.repeats}: {runs}", flush=True)
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -24,12 +25,16 @@ from shared.mongo import make_mongo_client
 from shared.slots import DEFAULT_RELAY_SLOTS
 from stack import Stack, StackConfig
 from stack.config import REPO_ROOT
+from stack.issuer import UserTokens
 
 SUBPROCESS_READY_TIMEOUT: Final = 60.0
 SUBPROCESS_STOP_TIMEOUT: Final = 20.0
 # A clean-up's deadline: dropping a large database on the Python server under load took over
 # the clients' 30 s (issue 21), and a drop is never worth a figure.
 CLEANUP_TIMEOUT: Final = 180.0
+# The load generators' bearer tokens outlive the longest run (a full bench takes hours), so
+# none is minted again inside a measured window.
+TOKEN_TTL_SECONDS: Final = 24 * 3600
 
 T = TypeVar("T")
 
@@ -162,6 +167,12 @@ class Run:
     @property
     def config(self) -> StackConfig:
         return self.stack.config
+
+    @functools.cached_property
+    def tokens(self) -> UserTokens:
+        """The order API's callers' tokens, from this stack's development issuer: each load
+        mints its users' before its first measured window."""
+        return UserTokens.for_stack(self.config, ttl_seconds=TOKEN_TTL_SECONDS)
 
     # -- failures: recorded, never hiding the other figures -------------------------------------
     def record_failure(
