@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import AliasChoices, AliasPath
 from pydantic_settings import BaseSettings
 
+from shared.auth import AuthSettings
 from shared.settings import InfraSettings, ServiceSettings
 
 REPO = Path(__file__).resolve().parents[3]
@@ -197,6 +198,21 @@ def accepted_env_names(settings_class: type[BaseSettings]) -> set[str]:
 
 
 INFRA_ENV_NAMES = accepted_env_names(InfraSettings)
+
+# Settings a service reads besides its own ServiceSettings class: the order API's bearer-token
+# check (services/order/__main__.py loads AuthSettings, AUTH_*).
+EXTRA_SETTINGS: Mapping[str, tuple[type[BaseSettings], ...]] = {
+    "services.order": (AuthSettings,),
+}
+
+
+def env_names_read_by(module: str) -> set[str]:
+    """Every environment variable the service ``module`` reads through its settings classes."""
+    names = accepted_env_names(settings_class_of(module))
+    for extra in EXTRA_SETTINGS.get(module, ()):
+        names |= accepted_env_names(extra)
+    return names
+
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|ns)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}

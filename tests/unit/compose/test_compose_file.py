@@ -27,6 +27,7 @@ from tests.unit.compose.compose_helpers import (
     PythonService,
     accepted_env_names,
     duration_seconds,
+    env_names_read_by,
     run_validator,
     settings_class_of,
 )
@@ -222,7 +223,7 @@ def test_every_service_env_var_maps_onto_a_real_settings_field(
         if service.module == "stack.demo":
             accepted = INFRA_ENV_NAMES
         else:
-            accepted = accepted_env_names(settings_class_of(service.module))
+            accepted = env_names_read_by(service.module)
         unknown = {name for name in service.environment if name.upper() not in accepted}
         assert unknown == set(), (
             f"{service.name}: {sorted(unknown)} are read by no settings field "
