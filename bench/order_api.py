@@ -32,6 +32,7 @@ import httpx
 from bson import Decimal128, ObjectId
 from pymongo.asynchronous.client_session import AsyncClientSession
 
+from bench import token_cost
 from bench.run import Run
 from services.order.models import order_indexes
 from services.order.schemas import CreateOrderRequest
@@ -244,6 +245,11 @@ async def run_phase(run: Run) -> None:
     seconds = run.plan.throughput_seconds
     # Run i of each figure sits at index i (None: that run failed, recorded in ``failures``).
     runs: dict[str, list[dict[str, Any] | None]] = {"raw_txn": [], "api_wrk": [], "api_httpx": []}
+    # What the API's bearer-token check costs per request, before any window (bench/token_cost.py).
+    cost = await run.attempt("token_validation", None, token_cost.measure(cfg))
+    if cost is not None:
+        run.results["token_validation"] = cost
+        print(f"token validation, CPU per call with the key cached: {cost}", flush=True)
     await run.start_service("order", {"ORDER_DATABASE": API_DATABASE})
     try:
         api_url = f"http://127.0.0.1:{cfg.port_of('order')}"

@@ -688,6 +688,14 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             "article",
         ),
     ]
+    for algorithm, cost in (get(results, "token_validation") or {}).items():
+        rows.append(
+            (
+                f"bearer-token validation, {algorithm}, key cached",
+                f"{_fmt(cost.get('cpu_us_per_call'), ' µs')} CPU/request",
+                "the API figures above include it" if algorithm == "ES256" else "Keycloak's",
+            )
+        )
     latency = get(results, "relay_latency")
     if isinstance(latency, dict):
         rows.append(("relay commit->publish", _distribution_text(latency), ""))
