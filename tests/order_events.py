@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from shared.events import EventItem, OrderCancelled, OrderCreated
+from shared.events import EventItem, OrderCancelled, OrderCreated, StockRejected, StockReserved
 
 
 def order_event(
@@ -42,4 +42,30 @@ def cancel_event(created: OrderCreated) -> OrderCancelled:
         customer_email=created.customer_email,
         total=created.total,
         cancelled_at=datetime.now(UTC),
+    )
+
+
+def reserved_event(created: OrderCreated) -> StockReserved:
+    """Inventory's ``StockReserved`` answering ``created`` (what its outbox carries)."""
+    return StockReserved(
+        order_id=created.order_id,
+        customer_email=created.customer_email,
+        total=created.total,
+        items=created.items,
+        reserved_at=datetime.now(UTC),
+    )
+
+
+def rejected_event(created: OrderCreated, *, short_skus: list[str] | None = None) -> StockRejected:
+    """Inventory's ``StockRejected`` answering ``created``: its first SKU short by default."""
+    short = short_skus or [created.items[0].sku]
+    return StockRejected(
+        order_id=created.order_id,
+        customer_email=created.customer_email,
+        total=created.total,
+        items=created.items,
+        reason="insufficient stock: "
+        + ", ".join(f"{sku} (wanted {created.items[0].quantity}, available 0)" for sku in short),
+        short_skus=short,
+        rejected_at=datetime.now(UTC),
     )

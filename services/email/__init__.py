@@ -1,2 +1,3 @@
-"""Email service: one confirmation per ``order.created`` event, one cancellation notice per
-``order.cancelled`` event, never a confirmation for an order it knows as cancelled."""
+"""Email service: one confirmation per ``StockReserved``, one rejection notice per
+``StockRejected``, one cancellation notice per ``OrderCancelled``; never a verdict mail for an
+order it knows as cancelled, never both verdicts' mails for one order."""

@@ -1,4 +1,4 @@
-"""`python -m services.email [run]`: the order-confirmation email consumer."""
+"""`python -m services.email [run]`: the customer email consumer (verdicts and cancellations)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.email")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser(
-        "run", help="consume order.created and order.cancelled and send their emails (the default)"
+        "run",
+        help="consume inventory.reserved, inventory.rejected and order.cancelled and send "
+        "their emails (the default)",
     )
     parser.parse_args(argv)
     settings = load_settings_or_exit(EmailSettings)

@@ -6,7 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.consumer import ConsumerServiceSettings
-from shared.contracts import EMAIL_GROUP
+from shared.contracts import EMAIL_GROUP, INVENTORY_REJECTED_TOPIC, INVENTORY_RESERVED_TOPIC
 
 
 class EmailSettings(ConsumerServiceSettings):
@@ -14,6 +14,12 @@ class EmailSettings(ConsumerServiceSettings):
 
     port: int = Field(default=8003, ge=0, le=65535)
     group_id: str = Field(default=EMAIL_GROUP, min_length=1)
+    # Inventory's verdicts: the confirmation and the rejection notice come from them (with
+    # ``cancelled_topic``, the three topics email reads). The inherited ``topic``
+    # (``order.created``) is not read: one mail per outcome, and the verdict follows the order
+    # within milliseconds, so a "we received your order" note would only double every mail.
+    reserved_topic: str = Field(default=INVENTORY_RESERVED_TOPIC, min_length=1)
+    rejected_topic: str = Field(default=INVENTORY_REJECTED_TOPIC, min_length=1)
     sender: str = Field(default="Outbox Shop <orders@outbox.local>", min_length=3)
     # One SMTP conversation must end within this long; a sink that stops answering is a
     # transient fault (retried), not a hung consumer.

@@ -26,21 +26,32 @@ from services.inventory.models import RESERVATIONS, STOCK, ensure_indexes
 from services.inventory.settings import InventorySettings
 from shared.contracts import (
     AGGREGATE_ORDER,
+    AGGREGATE_RESERVATION,
     EVENT_ORDER_CANCELLED,
     EVENT_ORDER_CREATED,
+    EVENT_STOCK_REJECTED,
+    EVENT_STOCK_RESERVED,
     Header,
     dlq_topic_for,
 )
 from shared.dlq import StoredDlqRecord, build_dlq_record, read_dlq, send_to_dlq
-from shared.events import OrderCancelled, OrderCreated
+from shared.events import OrderCancelled, OrderCreated, StockRejected, StockReserved
 from shared.kafka import encode_headers, ensure_topics, make_producer
 from shared.mongo import MongoClient, make_mongo_client
 from shared.redis import make_redis
 from stack import Stack
 from tests.background import finish_service_tasks
-from tests.order_events import cancel_event, order_event
+from tests.order_events import cancel_event, order_event, rejected_event, reserved_event
 
-__all__ = ["Pipeline", "cancel_event", "event_headers", "order_event", "poison_values"]
+__all__ = [
+    "Pipeline",
+    "cancel_event",
+    "event_headers",
+    "order_event",
+    "poison_values",
+    "rejected_event",
+    "reserved_event",
+]
 
 TOPIC_PARTITIONS = 3
 
@@ -51,10 +62,11 @@ def event_headers(
     *,
     event_type: str = EVENT_ORDER_CREATED,
     version: int = 1,
+    aggregate_type: str = AGGREGATE_ORDER,
 ) -> list[tuple[str, bytes]]:
     headers = {
         Header.EVENT_TYPE: event_type,
-        Header.AGGREGATE_TYPE: AGGREGATE_ORDER,
+        Header.AGGREGATE_TYPE: aggregate_type,
         Header.AGGREGATE_ID: order_id,
         Header.AGGREGATE_VERSION: str(version),
         Header.OCCURRED_AT: datetime.now(UTC).isoformat(),
@@ -78,6 +90,9 @@ class Pipeline:
     mongo: MongoClient
     redis: Redis
     tasks: dict[str, tuple[asyncio.Task[int], asyncio.Event]] = field(default_factory=dict)
+    # Inventory's verdict topics, which email reads (the tests produce the verdicts themselves).
+    reserved_topic: str = ""
+    rejected_topic: str = ""
 
     @property
     def dlq_topic(self) -> str:
@@ -90,7 +105,10 @@ class Pipeline:
             "INVENTORY_CANCELLED_TOPIC": self.cancelled_topic,
             "INVENTORY_GROUP_ID": self.inventory_group,
             "INVENTORY_DATABASE": self.database,
+            # Email does not read the creation: named so that a change that made it would.
             "EMAIL_TOPIC": self.topic,
+            "EMAIL_RESERVED_TOPIC": self.reserved_topic,
+            "EMAIL_REJECTED_TOPIC": self.rejected_topic,
             "EMAIL_CANCELLED_TOPIC": self.cancelled_topic,
             "EMAIL_GROUP_ID": self.email_group,
         }
@@ -109,7 +127,9 @@ class Pipeline:
     def email_settings(self, **overrides: Any) -> EmailSettings:
         return EmailSettings(
             **self._infra(),
-            topic=self.topic,
+            topic=self.topic,  # not read by email (see env)
+            reserved_topic=self.reserved_topic,
+            rejected_topic=self.rejected_topic,
             cancelled_topic=self.cancelled_topic,
             group_id=self.email_group,
             port=0,
@@ -175,6 +195,31 @@ class Pipeline:
             value=event.to_json().encode(),
             headers=event_headers(
                 event_id, event.order_id, event_type=EVENT_ORDER_CANCELLED, version=version
+            ),
+        )
+        return event_id
+
+    async def send_verdict(
+        self,
+        event: StockReserved | StockRejected,
+        *,
+        event_id: str | None = None,
+        value: bytes | None = None,
+    ) -> str:
+        """Produce inventory's verdict as its relay would (value the event's JSON, key the order
+        id, the contract's headers, version 1 of the reservation) on the private verdict topic;
+        returns its event id. ``value`` overrides the event's bytes."""
+        event_id = event_id or uuid.uuid4().hex
+        rejected = isinstance(event, StockRejected)
+        await self.producer.send_and_wait(
+            self.rejected_topic if rejected else self.reserved_topic,
+            key=event.order_id.encode(),
+            value=value if value is not None else event.to_json().encode(),
+            headers=event_headers(
+                event_id,
+                event.order_id,
+                event_type=EVENT_STOCK_REJECTED if rejected else EVENT_STOCK_RESERVED,
+                aggregate_type=AGGREGATE_RESERVATION,
             ),
         )
         return event_id
@@ -248,10 +293,13 @@ async def pipeline(stack: Stack) -> AsyncIterator[Pipeline]:
     suffix = uuid.uuid4().hex[:10]
     topic = f"test.consumers.{suffix}"
     cancelled_topic = f"test.consumers.cancelled.{suffix}"
+    reserved_topic = f"test.consumers.reserved.{suffix}"
+    rejected_topic = f"test.consumers.rejected.{suffix}"
+    sources = [topic, cancelled_topic, reserved_topic, rejected_topic]
     c = stack.config
     await ensure_topics(
         c.kafka_bootstrap,
-        [topic, dlq_topic_for(topic), cancelled_topic, dlq_topic_for(cancelled_topic)],
+        [name for source in sources for name in (source, dlq_topic_for(source))],
         TOPIC_PARTITIONS,
     )
     producer = make_producer(c.kafka_bootstrap)
@@ -273,6 +321,8 @@ async def pipeline(stack: Stack) -> AsyncIterator[Pipeline]:
         producer,
         mongo,
         redis,
+        reserved_topic=reserved_topic,
+        rejected_topic=rejected_topic,
     )
     try:
         yield p

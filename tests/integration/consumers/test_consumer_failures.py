@@ -18,6 +18,7 @@ from services.email.handlers import FAILPOINT_AFTER_SMTP_OK
 from shared.consumer import FAILPOINT_AFTER_MARK_DONE, FAILPOINT_AFTER_SIDE_EFFECT
 from shared.contracts import (
     EVENT_ORDER_CREATED,
+    EVENT_STOCK_RESERVED,
     IDEMPOTENCY_TTL_SECONDS,
     Header,
     idempotency_key,
@@ -27,7 +28,12 @@ from shared.dlq.__main__ import DlqSettings, format_table, replay, select
 from shared.kafka import decode_headers, ensure_topics
 from stack import Stack
 from stack.config import free_port
-from tests.integration.consumers.conftest import Pipeline, order_event, poison_values
+from tests.integration.consumers.conftest import (
+    Pipeline,
+    order_event,
+    poison_values,
+    reserved_event,
+)
 from tests.waiting import wait_until
 
 TIMEOUT = 60
@@ -39,7 +45,9 @@ REPLAY_CLAIM_SECONDS = 6
 
 
 async def _done(p: Pipeline, event_id: str, service: str) -> bool:
-    key = idempotency_key(service, EVENT_ORDER_CREATED, event_id)
+    # Inventory acts on the order's creation, email on inventory's verdict.
+    event_type = EVENT_STOCK_RESERVED if service == "email" else EVENT_ORDER_CREATED
+    key = idempotency_key(service, event_type, event_id)
     return bool(await p.redis.get(key) == b"done")
 
 
@@ -47,7 +55,7 @@ async def test_each_poison_kind_lands_in_the_dlq_and_the_next_message_flows(
     pipeline: Pipeline,
 ) -> None:
     p = pipeline
-    p.start()
+    p.start("inventory")  # email's poison verdict: test_email_follows_the_verdict.py
     key = "poison-key"
     good = order_event()
     sent = {}
@@ -57,25 +65,24 @@ async def test_each_poison_kind_lands_in_the_dlq_and_the_next_message_flows(
     good_id = await p.send(good, key=key)  # same key, same partition: behind all the poison
 
     await wait_until(lambda: _done(p, good_id, "inventory"), timeout=TIMEOUT, message="inventory")
-    await wait_until(lambda: _done(p, good_id, "email"), timeout=TIMEOUT, message="email")
-    for group in (p.inventory_group, p.email_group):
-        records = await wait_until(
-            partial(_six, p, group), timeout=TIMEOUT, message=f"DLQ records of {group}"
-        )
-        by_event = {r.headers.get(Header.IDEMPOTENCY_KEY): r for r in records}
-        for kind, (event_id, fragment) in sent.items():
-            reason = by_event[event_id].headers[Header.FAILURE_REASON]
-            assert reason.startswith("PoisonMessage: ") and fragment in reason, kind
-        missing = by_event[None].headers[Header.FAILURE_REASON]
-        assert "missing idempotencyKey header" in missing
-        for record in records:
-            h = record.headers
-            assert record.key == key.encode()
-            assert h[Header.RETRY_COUNT] == "0"
-            assert h[Header.ORIGINAL_TOPIC] == p.topic
-            assert h[Header.CONSUMER_GROUP] == group
-            assert h[Header.EVENT_TYPE] == EVENT_ORDER_CREATED
-            assert int(h[Header.ORIGINAL_OFFSET]) >= 0 and Header.FAILED_AT in h
+    group = p.inventory_group
+    records = await wait_until(
+        partial(_six, p, group), timeout=TIMEOUT, message=f"DLQ records of {group}"
+    )
+    by_event = {r.headers.get(Header.IDEMPOTENCY_KEY): r for r in records}
+    for kind, (event_id, fragment) in sent.items():
+        reason = by_event[event_id].headers[Header.FAILURE_REASON]
+        assert reason.startswith("PoisonMessage: ") and fragment in reason, kind
+    missing = by_event[None].headers[Header.FAILURE_REASON]
+    assert "missing idempotencyKey header" in missing
+    for record in records:
+        h = record.headers
+        assert record.key == key.encode()
+        assert h[Header.RETRY_COUNT] == "0"
+        assert h[Header.ORIGINAL_TOPIC] == p.topic
+        assert h[Header.CONSUMER_GROUP] == group
+        assert h[Header.EVENT_TYPE] == EVENT_ORDER_CREATED
+        assert int(h[Header.ORIGINAL_OFFSET]) >= 0 and Header.FAILED_AT in h
     assert len(await p.reservations(good.order_id)) == 1
 
 
@@ -91,20 +98,21 @@ async def test_redis_outage_is_waited_out_without_dlq_or_duplicate(
 ) -> None:
     p = pipeline
     p.start()
-    warm = await p.send(order_event())
+    warm = await p.send_verdict(reserved_event(order_event()))
     await wait_until(lambda: _done(p, warm, "email"), timeout=TIMEOUT, message="warm-up")
     event = order_event(sku="SKU-2", quantity=1)
     stack.stop("redis")
     try:
         event_id = await p.send(event)
+        verdict_id = await p.send_verdict(reserved_event(event))
         await asyncio.sleep(REDIS_OUTAGE_SECONDS)  # the outage itself, not a synchronisation
-        assert p.emails_for(event_id) == []  # nothing happened without a claim
+        assert p.emails_for(verdict_id) == []  # nothing happened without a claim
     finally:
         stack.start("redis")
     await wait_until(lambda: _done(p, event_id, "inventory"), timeout=TIMEOUT, message="inv")
-    await wait_until(lambda: _done(p, event_id, "email"), timeout=TIMEOUT, message="email")
+    await wait_until(lambda: _done(p, verdict_id, "email"), timeout=TIMEOUT, message="email")
     assert len(await p.reservations(event.order_id)) == 1
-    assert len(p.emails_for(event_id)) == 1
+    assert len(p.emails_for(verdict_id)) == 1
     assert await p.available("SKU-2") == 99
     assert await p.dlq() == []
 
@@ -116,7 +124,7 @@ async def test_email_retries_while_the_smtp_sink_is_down_and_delivers_after(
     p.start("email")
     stack.stop("smtp")
     try:
-        event_id = await p.send(order_event())
+        event_id = await p.send_verdict(reserved_event(order_event()))
         # The outage itself (not a synchronisation): several failed attempts with backoff.
         await asyncio.sleep(SMTP_OUTAGE_SECONDS)
         assert not await _done(p, event_id, "email")
@@ -137,9 +145,9 @@ def _dlq_settings(p: Pipeline) -> DlqSettings:
 async def test_a_replay_takes_effect_only_in_the_group_that_dead_lettered_it(
     pipeline: Pipeline,
 ) -> None:
-    """Inventory dead-lettered the event on Friday; email's 48 h `done` key has expired by
-    Monday's replay. The replay reserves once, email ignores it (no second confirmation), and
-    a second replay is refused."""
+    """Inventory dead-lettered the event on Friday; Monday's replay reserves once, and a second
+    replay is refused. (Email reads inventory's verdicts, not this topic: its replays are in
+    test_email_sends_once.py.)"""
     p = pipeline
     event = order_event(sku="SKU-3", quantity=2)
     event_id = "evt-replay-" + event.order_id
@@ -155,15 +163,12 @@ async def test_a_replay_takes_effect_only_in_the_group_that_dead_lettered_it(
     assert await replay(settings, stored, dry_run=False, out=out) == 0
     assert "already replayed" in out.getvalue()
 
-    p.start()
+    p.start("inventory")
     marker_id = await p.send(order_event(), key=event.order_id)  # same partition, behind it
-    for service in ("inventory", "email"):
-        await wait_until(partial(_done, p, marker_id, service), timeout=TIMEOUT, message=service)
+    await wait_until(partial(_done, p, marker_id, "inventory"), timeout=TIMEOUT, message="inv")
     [reservation] = await p.reservations(event.order_id)
     assert reservation["status"] == "reserved"
     assert await p.available("SKU-3") == 98
-    assert p.emails_for(event_id) == []  # not email's failure: email never handled the copy
-    assert not await p.redis.exists(idempotency_key("email", EVENT_ORDER_CREATED, event_id))
     ledger_ttl = await p.redis.ttl(stored[0].ledger_key())
     assert ledger_ttl > IDEMPOTENCY_TTL_SECONDS  # outlives the dedup keys: no second replay
 
@@ -267,15 +272,15 @@ async def test_email_crash_after_marking_before_commit_sends_once(
     pipeline: Pipeline, stack: Stack
 ) -> None:
     p = pipeline
-    event = order_event()
+    event = reserved_event(order_event())
     stack.start("email", env={**p.env(), "EMAIL_FAILPOINT": FAILPOINT_AFTER_MARK_DONE})
     try:
-        event_id = await p.send(event)
+        event_id = await p.send_verdict(event)
         await _wait_exit(stack, "email")
         stack.start("email", env=p.env())
         # Same key, same partition, behind the redelivered record: "marker done" proves the
         # restarted consumer has consumed (and skipped) the redelivery first.
-        marker_id = await p.send(order_event(), key=event.order_id)
+        marker_id = await p.send_verdict(event)
         await wait_until(lambda: _done(p, marker_id, "email"), timeout=TIMEOUT, message="marker")
     finally:
         stack.stop("email")
@@ -291,7 +296,7 @@ async def test_email_crash_between_smtp_ok_and_done_is_the_one_duplicate_window(
     env = {**p.env(), "EMAIL_CLAIM_LEASE_SECONDS": "2"}
     stack.start("email", env={**env, "EMAIL_FAILPOINT": FAILPOINT_AFTER_SMTP_OK})
     try:
-        event_id = await p.send(order_event())
+        event_id = await p.send_verdict(reserved_event(order_event()))
         await _wait_exit(stack, "email")
         stack.start("email", env=env)
         await wait_until(lambda: _done(p, event_id, "email"), timeout=TIMEOUT, message="resend")

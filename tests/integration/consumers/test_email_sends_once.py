@@ -1,6 +1,6 @@
 """The email service's promises on real servers: one email per event whatever Redis does after
 the SMTP server said 250 (only a crash in that instant sends a copy), and no confirmation for a
-cancelled order however late its confirmation is replayed from the DLQ."""
+cancelled order however late its verdict is replayed from the DLQ."""
 
 from __future__ import annotations
 
@@ -20,23 +20,30 @@ from services.email.main import run as run_email
 from services.email.order_state import OrderState, OrderStates
 from shared.consumer import FAILPOINT_AFTER_SIDE_EFFECT
 from shared.contracts import (
+    AGGREGATE_RESERVATION,
     EVENT_ORDER_CANCELLED,
-    EVENT_ORDER_CREATED,
+    EVENT_STOCK_RESERVED,
     IDEMPOTENCY_TTL_SECONDS,
     ORDER_STATE_TTL_SECONDS,
+    dlq_topic_for,
     idempotency_key,
 )
 from shared.dlq import (
     REPLAY_LEDGER_MARGIN_SECONDS,
+    build_dlq_record,
     replay_ledger_ttl,
+    send_to_dlq,
 )
 from shared.dlq.__main__ import DlqSettings, replay
+from shared.events import StockReserved
 from stack import Stack
 from tests.cuttable_proxy import CuttableProxy
 from tests.integration.consumers.conftest import (
     Pipeline,
     cancel_event,
+    event_headers,
     order_event,
+    reserved_event,
 )
 from tests.waiting import wait_until
 
@@ -86,18 +93,18 @@ async def test_a_redis_cut_right_after_the_smtp_ok_retries_the_record_not_the_se
         stop = asyncio.Event()
         p.tasks["email"] = (asyncio.create_task(run_email(settings, stop=stop)), stop)
         with caplog.at_level(logging.WARNING, logger="shared.consumer"):
-            event = order_event()
-            event_id = await p.send(event)
+            event = reserved_event(order_event())
+            event_id = await p.send_verdict(event)
             await wait_until(smtp_ok.is_set, timeout=TIMEOUT, message="the SMTP 250")
             await wait_until(
                 lambda: _failed_attempts(caplog) >= FAILED_ATTEMPTS_DURING_THE_CUT,
                 timeout=TIMEOUT,
                 message=f"{FAILED_ATTEMPTS_DURING_THE_CUT} failed attempts while Redis is cut",
             )
-            assert not await _done(p, EVENT_ORDER_CREATED, event_id)
+            assert not await _done(p, EVENT_STOCK_RESERVED, event_id)
             proxy.cut.clear()
             await wait_until(
-                lambda: _done(p, EVENT_ORDER_CREATED, event_id),
+                lambda: _done(p, EVENT_STOCK_RESERVED, event_id),
                 timeout=TIMEOUT,
                 message="the send recorded once Redis is back",
             )
@@ -116,14 +123,14 @@ async def test_a_crash_after_the_send_is_recorded_never_sends_again(
     env = {**p.env(), "EMAIL_CLAIM_LEASE_SECONDS": str(SHORT_LEASE_SECONDS)}
     stack.start("email", env={**env, "EMAIL_FAILPOINT": FAILPOINT_AFTER_SIDE_EFFECT})
     try:
-        event_id = await p.send(order_event())
+        event_id = await p.send_verdict(reserved_event(order_event()))
         await wait_until(
             lambda: not stack.is_running("email"), timeout=TIMEOUT, message="email exit"
         )
-        assert not await _done(p, EVENT_ORDER_CREATED, event_id)
+        assert not await _done(p, EVENT_STOCK_RESERVED, event_id)
         stack.start("email", env=env)
         await wait_until(
-            lambda: _done(p, EVENT_ORDER_CREATED, event_id), timeout=TIMEOUT, message="redelivery"
+            lambda: _done(p, EVENT_STOCK_RESERVED, event_id), timeout=TIMEOUT, message="redelivery"
         )
     finally:
         stack.stop("email")
@@ -153,9 +160,7 @@ async def test_a_confirmation_replayed_as_late_as_the_dlq_allows_is_not_sent_for
     p.start("email")
     created = order_event()
     created_id = "evt-late-replay-" + created.order_id
-    await p.dead_letter(
-        created, created_id, group=p.email_group, reason="SMTPDataError: (554, 'relay refused')"
-    )
+    await _dead_letter_the_confirmation(p, reserved_event(created), created_id)
     cancel_id = await p.send_cancel(cancel_event(created))
     await wait_until(
         lambda: _done(p, EVENT_ORDER_CANCELLED, cancel_id), timeout=TIMEOUT, message="the cancel"
@@ -163,7 +168,8 @@ async def test_a_confirmation_replayed_as_late_as_the_dlq_allows_is_not_sent_for
     state_key = OrderStates(p.redis, EMAIL).key(created.order_id)
     state_ttl = await p.redis.ttl(state_key)
 
-    ledger_ttl = await replay_ledger_ttl(p.stack.config.kafka_bootstrap, p.dlq_topic)
+    dlq_topic = dlq_topic_for(p.reserved_topic)
+    ledger_ttl = await replay_ledger_ttl(p.stack.config.kafka_bootstrap, dlq_topic)
     assert ledger_ttl is not None, "the test's DLQ topic keeps its records for a bounded time"
     dlq_retention = ledger_ttl - REPLAY_LEDGER_MARGIN_SECONDS
     # The last moment the record can still be replayed: its retention after it was written.
@@ -172,20 +178,43 @@ async def test_a_confirmation_replayed_as_late_as_the_dlq_allows_is_not_sent_for
         dlq_retention,
         state_key,
         idempotency_key(EMAIL, EVENT_ORDER_CANCELLED, cancel_id),
-        idempotency_key(EMAIL, EVENT_ORDER_CREATED, created_id),
+        idempotency_key(EMAIL, EVENT_STOCK_RESERVED, created_id),
     )
     c = p.stack.config
     settings = DlqSettings(
-        kafka_bootstrap_servers=c.kafka_bootstrap, redis_url=c.redis_url, topic=p.dlq_topic
+        kafka_bootstrap_servers=c.kafka_bootstrap, redis_url=c.redis_url, topic=dlq_topic
     )
-    assert await replay(settings, await p.dlq(p.email_group), dry_run=False, out=io.StringIO()) == 1
+    dead = await p.dlq(p.email_group, source_topic=p.reserved_topic)
+    assert await replay(settings, dead, dry_run=False, out=io.StringIO()) == 1
     await wait_until(
-        lambda: _done(p, EVENT_ORDER_CREATED, created_id),
+        lambda: _done(p, EVENT_STOCK_RESERVED, created_id),
         timeout=TIMEOUT,
         message="the replayed confirmation handled",
     )
     assert p.subjects_for(created.order_id) == [f"Order {created.order_id} cancelled"]
     assert state_ttl >= dlq_retention
+
+
+async def _dead_letter_the_confirmation(p: Pipeline, event: StockReserved, event_id: str) -> None:
+    """What email writes to the verdict topic's DLQ when the SMTP server refuses the
+    confirmation three times."""
+    record = build_dlq_record(
+        topic=p.reserved_topic,
+        partition=0,
+        offset=42,
+        key=event.order_id.encode(),
+        value=event.to_json().encode(),
+        headers=event_headers(
+            event_id,
+            event.order_id,
+            event_type=EVENT_STOCK_RESERVED,
+            aggregate_type=AGGREGATE_RESERVATION,
+        ),
+        reason="SMTPDataError: (554, 'relay refused')",
+        retry_count=2,
+        consumer_group=p.email_group,
+    )
+    await send_to_dlq(p.producer, dlq_topic_for(p.reserved_topic), record)
 
 
 async def test_the_order_state_records_each_send_for_longer_than_the_dedup_keys(
@@ -195,7 +224,7 @@ async def test_the_order_state_records_each_send_for_longer_than_the_dedup_keys(
     same email, a record survives a lost state, and a cancellation is never overwritten."""
     redis = pipeline.redis
     states = OrderStates(redis, f"email-{uuid.uuid4().hex[:6]}")
-    order_id, claim = uuid.uuid4().hex, f"idem:email-test:order_created:{uuid.uuid4().hex}"
+    order_id, claim = uuid.uuid4().hex, f"idem:email-test:stock_reserved:{uuid.uuid4().hex}"
 
     assert await states.begin_confirmation(order_id, claim) is OrderState.NONE
     await states.end_confirmation(order_id)

@@ -1,5 +1,6 @@
-"""The email handler's promise between SMTP's 250 and Redis, on fakes: once the mail left, no
-retry, redelivery or replay sends it again; a failed write after the 250 is retried as a write."""
+"""The email handler's promises on fakes: once a mail left, no retry, redelivery or replay sends it
+again (a failed write after the 250 is retried as a write); one verdict mail per order; no
+verdict mail for a cancelled order."""
 
 from __future__ import annotations
 
@@ -10,45 +11,48 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.email.handlers import (
     OUTCOME_CANCELLATION_SENT,
+    OUTCOME_REJECTION_SENT,
     OUTCOME_SENT,
     OUTCOME_SKIPPED_ALREADY_SENT,
     OUTCOME_SKIPPED_CANCELLED,
+    OUTCOME_SKIPPED_OTHER_VERDICT,
     ConfirmationSender,
 )
-from services.email.order_state import OrderState
+from services.email.order_state import OrderState, Verdict
 from services.email.settings import EmailSettings
 from shared.consumer import Delivery
 from shared.errors import FaultKind, classify
-from tests.order_events import cancel_event, order_event
+from tests.order_events import cancel_event, order_event, rejected_event, reserved_event
 
-ORDER_TOPIC = "order.created"
+VERDICT_TOPIC = "inventory.reserved"
 
 
 class FakeStates:
     """The transitions of :class:`services.email.order_state.OrderStates` in memory; the next
-    ``failing_writes`` calls of ``end_confirmation`` fail as an unreachable Redis does."""
+    ``failing_writes`` calls of ``end_*`` fail as an unreachable Redis does."""
 
     def __init__(self) -> None:
         self.states: dict[str, str] = {}
         self.failing_writes = 0
 
-    async def begin_confirmation(self, order_id: str, claim_key: str) -> OrderState:
+    async def begin_verdict(self, verdict: Verdict, order_id: str, claim_key: str) -> OrderState:
         before = self.states.get(order_id, "")
-        if before in (OrderState.CANCELLED, OrderState.CONFIRMED):
-            return OrderState(before)
-        self.states[order_id] = f"confirming|{claim_key}"
-        return OrderState.CONFIRMING if before.startswith("confirming|") else OrderState(before)
+        state = OrderState(before.split("|", 1)[0])
+        if state.is_cancelled or state in (verdict.sent, verdict.other_sent, verdict.other_sending):
+            return state
+        self.states[order_id] = f"{verdict.sending.value}|{claim_key}"
+        return state
 
-    async def end_confirmation(self, order_id: str) -> None:
+    async def end_verdict(self, verdict: Verdict, order_id: str) -> None:
         self._write()
         if self.states.get(order_id) not in (OrderState.CANCELLED, OrderState.CANCELLATION_SENT):
-            self.states[order_id] = OrderState.CONFIRMED
+            self.states[order_id] = verdict.sent
 
     async def begin_cancellation(self, order_id: str) -> OrderState:
         before = self.states.get(order_id, "")
         if before != OrderState.CANCELLATION_SENT:
             self.states[order_id] = OrderState.CANCELLED
-        return OrderState.NONE if before.startswith("confirming|") else OrderState(before)
+        return OrderState.NONE if "|" in before else OrderState(before)
 
     async def end_cancellation(self, order_id: str) -> None:
         self._write()
@@ -93,14 +97,14 @@ class CountingSender(ConfirmationSender):
         return FakeSmtp(self.sent, quit_fails=quit_fails)
 
 
-def _delivery(event_id: str, event_type: str = "order_created") -> Delivery:
-    return Delivery(ORDER_TOPIC, 0, 0, None, {}, event_id, f"idem:email:{event_type}:{event_id}")
+def _delivery(event_id: str, event_type: str = "stock_reserved") -> Delivery:
+    return Delivery(VERDICT_TOPIC, 0, 0, None, {}, event_id, f"idem:email:{event_type}:{event_id}")
 
 
 async def test_a_redis_error_after_the_250_is_retried_as_the_record_not_the_send() -> None:
     states = FakeStates()
     sender = CountingSender(states)
-    event, delivery = order_event(), _delivery("evt-1")
+    event, delivery = reserved_event(order_event()), _delivery("evt-1")
     states.failing_writes = 2
 
     for _ in range(2):
@@ -116,7 +120,7 @@ async def test_a_redis_error_after_the_250_is_retried_as_the_record_not_the_send
 async def test_a_cut_in_the_quit_after_the_250_does_not_send_again() -> None:
     states = FakeStates()
     sender = CountingSender(states)
-    event, delivery = order_event(), _delivery("evt-6")
+    event, delivery = reserved_event(order_event()), _delivery("evt-6")
     sender.failing_quits = 1
     with pytest.raises(TimeoutError):
         await sender.handle(event, delivery)
@@ -128,7 +132,7 @@ async def test_a_recorded_confirmation_is_never_sent_again() -> None:
     """A crash after the record and before ``done``: the redelivery (here, in a new process)
     finds ``confirmed`` and sends nothing."""
     states = FakeStates()
-    event, delivery = order_event(), _delivery("evt-2")
+    event, delivery = reserved_event(order_event()), _delivery("evt-2")
     assert await CountingSender(states).handle(event, delivery) == OUTCOME_SENT
 
     restarted = CountingSender(states)
@@ -138,7 +142,7 @@ async def test_a_recorded_confirmation_is_never_sent_again() -> None:
 
 async def test_a_cancelled_order_gets_no_confirmation() -> None:
     states = FakeStates()
-    event = order_event()
+    event = reserved_event(order_event())
     states.states[event.order_id] = OrderState.CANCELLED
     sender = CountingSender(states)
     assert await sender.handle(event, _delivery("evt-3")) == OUTCOME_SKIPPED_CANCELLED
@@ -157,5 +161,52 @@ async def test_a_cancellation_notice_is_recorded_like_a_confirmation() -> None:
         await sender.handle(cancel, delivery)
     assert await sender.handle(cancel, delivery) == OUTCOME_CANCELLATION_SENT
     assert await CountingSender(states).handle(cancel, delivery) == OUTCOME_SKIPPED_ALREADY_SENT
-    assert await sender.handle(created, _delivery("evt-5")) == OUTCOME_SKIPPED_CANCELLED
+    assert await sender.handle(reserved_event(created), _delivery("evt-5")) == (
+        OUTCOME_SKIPPED_CANCELLED
+    )
+    assert [m["Subject"] for m in sender.sent] == [f"Order {created.order_id} cancelled"]
+
+
+async def test_a_rejected_order_gets_one_notice_naming_what_was_short() -> None:
+    states = FakeStates()
+    sender = CountingSender(states)
+    rejected = rejected_event(order_event(sku="SKU-9", quantity=3))
+    delivery = _delivery("evt-7", "stock_rejected")
+    assert await sender.handle(rejected, delivery) == OUTCOME_REJECTION_SENT
+    assert await CountingSender(states).handle(rejected, delivery) == OUTCOME_SKIPPED_ALREADY_SENT
+    [notice] = sender.sent
+    assert notice["Subject"] == f"Order {rejected.order_id} could not be fulfilled"
+    assert notice["Message-ID"] == "<evt-7.order-rejected@outbox.local>"
+    body = notice.get_content()
+    assert "Not available: SKU-9" in body and "wanted 3" in body
+    assert states.states[rejected.order_id] == OrderState.REJECTION_SENT
+
+
+async def test_one_verdict_mail_per_order_whichever_verdict_comes_first() -> None:
+    """Inventory gives one verdict per order; were a second, contrary one to arrive, the
+    customer keeps hearing the first."""
+    for first, second in ((reserved_event, rejected_event), (rejected_event, reserved_event)):
+        states = FakeStates()
+        sender = CountingSender(states)
+        created = order_event()
+        assert await sender.handle(first(created), _delivery("evt-a")) in (
+            OUTCOME_SENT,
+            OUTCOME_REJECTION_SENT,
+        )
+        assert await sender.handle(second(created), _delivery("evt-b")) == (
+            OUTCOME_SKIPPED_OTHER_VERDICT
+        )
+        assert len(sender.sent) == 1
+
+
+async def test_a_cancelled_order_gets_no_rejection_notice() -> None:
+    states = FakeStates()
+    sender = CountingSender(states)
+    created = order_event()
+    assert await sender.handle(cancel_event(created), _delivery("evt-c", "order_cancelled")) == (
+        OUTCOME_CANCELLATION_SENT
+    )
+    assert await sender.handle(rejected_event(created), _delivery("evt-r")) == (
+        OUTCOME_SKIPPED_CANCELLED
+    )
     assert [m["Subject"] for m in sender.sent] == [f"Order {created.order_id} cancelled"]
