@@ -6,6 +6,8 @@ network; the demo takes its customers' tokens there."""
 from __future__ import annotations
 
 import json
+import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 from shared.auth import AuthSettings
 from stack import keycloak
 from stack.versions import KEYCLOAK_VERSION
-from tests.unit.compose.compose_helpers import accepted_env_names
+from tests.unit.compose.compose_helpers import REPO, accepted_env_names
 
 Services = dict[str, dict[str, Any]]
 
@@ -93,3 +95,12 @@ def test_the_demo_takes_its_tokens_from_the_compose_keycloak_once_it_is_healthy(
     url = command[command.index("--keycloak-url") + 1]
     assert url == _realm_in_network(services)
     assert services["demo"]["depends_on"]["keycloak"]["condition"] == "service_healthy"
+
+
+def test_the_image_carries_the_realm_file_the_demo_reads_its_users_from() -> None:
+    # The image installs the package (pip install ., not editable): a data file reaches it only
+    # as package data of its own package.
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    package_data = pyproject["tool"]["setuptools"]["package-data"]
+    patterns = package_data.get("stack.keycloak", [])
+    assert any(fnmatch(keycloak.REALM_FILE.name, p) for p in patterns), package_data
