@@ -7,7 +7,18 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.contracts import EMAIL_GROUP, EVENT_TOPICS, INVENTORY_GROUP, dlq_topic_for
+from shared.contracts import (
+    EMAIL_GROUP,
+    EVENT_TOPICS,
+    INVENTORY_GROUP,
+    INVENTORY_REJECTED_TOPIC,
+    INVENTORY_RESERVED_TOPIC,
+    INVENTORY_TOPICS,
+    ORDER_CANCELLED_TOPIC,
+    ORDER_GROUP,
+    ORDER_TOPICS,
+    dlq_topic_for,
+)
 from shared.settings import RelaySlotsSetting, ServiceSettings
 
 # 32 characters: what `secrets.token_urlsafe(24)` gives; anything shorter is guessable enough
@@ -33,7 +44,21 @@ class ConsoleSettings(ServiceSettings, RelaySlotsSetting):
     # The topics the consumer groups read (their lag), each with its dead-letter topic
     # (``<topic>.dlq``): every event topic of shared/contracts.py unless a test names its own.
     topics: tuple[str, ...] = Field(default=EVENT_TOPICS, min_length=1)
-    groups: tuple[str, ...] = (INVENTORY_GROUP, EMAIL_GROUP)
+    groups: tuple[str, ...] = (INVENTORY_GROUP, EMAIL_GROUP, ORDER_GROUP)
+    # The topics each group reads, of ``topics``: a group's lag on a topic it does not read
+    # would be every record of it. A group not named here is taken to read every topic.
+    group_topics: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: {
+            INVENTORY_GROUP: ORDER_TOPICS,
+            # One mail per outcome: the verdicts and the cancel, not the creation.
+            EMAIL_GROUP: (
+                INVENTORY_RESERVED_TOPIC,
+                INVENTORY_REJECTED_TOPIC,
+                ORDER_CANCELLED_TOPIC,
+            ),
+            ORDER_GROUP: INVENTORY_TOPICS,
+        }
+    )
     # Emails for the order timeline: the embedded SMTP sink's directory, or Mailpit's API.
     smtp_dir: Path | None = None
     mailpit_url: str | None = None

@@ -20,7 +20,13 @@ from redis.exceptions import RedisError
 
 from services.console.settings import ConsoleSettings
 from services.email.handlers import SERVICE as EMAIL_SERVICE
-from services.email.models import CANCELLATION_KIND, CONFIRMATION_KIND, message_id_for
+from services.email.models import (
+    CANCELLATION_KIND,
+    CONFIRMATION_KIND,
+    LEGACY_CONFIRMATION_KIND,
+    REJECTION_KIND,
+    message_id_for,
+)
 from services.email.order_state import OrderState
 from services.relay.lease import LEASE_COLLECTION, lease_id
 from services.relay.members import MEMBERS_COLLECTION, live_members, slot_count_votes
@@ -28,6 +34,8 @@ from services.relay.share import dissenters
 from shared.contracts import (
     EVENT_ORDER_CANCELLED,
     EVENT_ORDER_CREATED,
+    EVENT_STOCK_REJECTED,
+    EVENT_STOCK_RESERVED,
     TOPIC_PARTITIONS,
     Header,
     OutboxStatus,
@@ -274,10 +282,18 @@ def kafka_position(doc: dict[str, Any]) -> dict[str, Any] | None:
 async def group_lags(settings: ConsoleSettings) -> list[GroupLag]:
     """Each group's lag on each of its topics: records it still has to read (see
     :mod:`shared.lag`: a caught-up group shows 0 although transaction markers follow its
-    committed offset)."""
-    return await shared_group_lags(
+    committed offset); a group's topics are those ``group_topics`` names for it."""
+    lags = await shared_group_lags(
         settings.kafka_bootstrap_servers, settings.groups, settings.topics
     )
+    return read_topics_only(lags, settings)
+
+
+def read_topics_only(lags: list[GroupLag], settings: ConsoleSettings) -> list[GroupLag]:
+    """The lags of each group on the topics it reads: on any other it would be every record."""
+    return [
+        lag for lag in lags if lag.topic in settings.group_topics.get(lag.group, settings.topics)
+    ]
 
 
 # Digits, hex ids and quoted values vary per record; what is left is the cause's shape.
@@ -349,18 +365,22 @@ class Mail:
     recipient: str
 
 
-# Which email each event type sends, and how the timeline names it once sent.
+# Which email each event type sends, and how the timeline names it once sent. An order placed
+# before inventory announced its verdict was confirmed on its OrderCreated, under the old kind.
 _EMAIL_OF_EVENT = {
-    EVENT_ORDER_CREATED: (CONFIRMATION_KIND, "confirmation sent"),
+    EVENT_STOCK_RESERVED: (CONFIRMATION_KIND, "confirmation sent"),
+    EVENT_STOCK_REJECTED: (REJECTION_KIND, "rejection notice sent"),
     EVENT_ORDER_CANCELLED: (CANCELLATION_KIND, "cancellation notice sent"),
+    EVENT_ORDER_CREATED: (LEGACY_CONFIRMATION_KIND, "confirmation sent"),
 }
 
 
 # The email service's per-order state (services/email/order_state.py) names the last email
-# that left: the event type it was sent for.
+# that left: the event types it may have been sent for, today's first.
 _RECORDED_SEND = {
-    OrderState.CONFIRMED.value: EVENT_ORDER_CREATED,
-    OrderState.CANCELLATION_SENT.value: EVENT_ORDER_CANCELLED,
+    OrderState.CONFIRMED.value: (EVENT_STOCK_RESERVED, EVENT_ORDER_CREATED),
+    OrderState.REJECTION_SENT.value: (EVENT_STOCK_REJECTED,),
+    OrderState.CANCELLATION_SENT.value: (EVENT_ORDER_CANCELLED,),
 }
 
 
@@ -389,8 +409,9 @@ def partition_of(key: str, partitions: int = TOPIC_PARTITIONS) -> int:
 async def timeline(
     client: MongoClient, settings: ConsoleSettings, order_id: str
 ) -> tuple[dict[str, Any] | None, list[Step], list[str]]:
-    """The order (with its outbox events: status and Kafka position), its steps in time order,
-    and the trace ids of its events."""
+    """The order (with its outbox events and inventory's: status and Kafka position), its steps
+    in time order, and the trace ids of its events. An order from before the state machine (no
+    ``history``) or before inventory had an outbox simply has fewer steps."""
     oid = parse_object_id(order_id)
     if oid is None:
         return None, [], []
@@ -404,9 +425,16 @@ async def timeline(
         _event_view(doc)
         async for doc in db[OUTBOX].find({"aggregateId": order_id}).sort("aggregateVersion", 1)
     ]
-    reservation = await client[settings.inventory_database][RESERVATIONS].find_one(
-        {"orderId": order_id}
-    )
+    inventory = client[settings.inventory_database]
+    # Inventory's verdict and release: the reservation is the order's aggregate there, keyed by
+    # the order id (shared/contracts.py AGGREGATE_RESERVATION).
+    inventory_events = [
+        _event_view(doc)
+        async for doc in inventory[OUTBOX]
+        .find({"aggregateId": order_id}, {"payload": 0})
+        .sort("aggregateVersion", 1)
+    ]
+    reservation = await inventory[RESERVATIONS].find_one({"orderId": order_id})
     try:
         mails, mailbox_error = await _mails(settings, order_id), None
     except MailboxUnavailable as exc:
@@ -417,9 +445,10 @@ async def timeline(
         state = f"unknown (Redis: {redact(str(exc))})"
     traces = [
         parts[1]
-        for event in events
+        for event in [*events, *inventory_events]
         if event["traceparent"] and len(parts := str(event["traceparent"]).split("-")) == 4
     ]
+    traces = list(dict.fromkeys(traces))  # a verdict carries its order's trace: listed once
     summary = {
         "id": order_id,
         "status": order.get("status"),
@@ -429,8 +458,11 @@ async def timeline(
         "cancelledAt": _utc(order.get("cancelledAt")),
         "emailState": state,
         "events": events,
+        "inventoryEvents": inventory_events,
     }
-    steps = order_steps(order_id, order, events, reservation, mails, state)
+    steps = order_steps(
+        order_id, order, events, reservation, mails, state, inventory_events=inventory_events
+    )
     if mailbox_error is not None:
         steps.append(Step(None, "emails unknown", mailbox_error))
     return summary, steps, traces
@@ -443,29 +475,67 @@ def order_steps(
     reservation: dict[str, Any] | None,
     mails: list[Mail],
     email_state: str | None = None,
+    *,
+    inventory_events: list[dict[str, Any]] | None = None,
 ) -> list[Step]:
     """Each step that happened to the order, once, at the time it was recorded, in time order.
 
-    Built from what each service recorded when it acted (the order's ``createdAt`` and
-    ``cancelledAt``, each outbox event's ``createdAt`` and ``publishedAt``, the reservation's
-    ``createdAt`` and ``cancelledAt``, the mailbox's receive time), never from a current status
-    stamped with an earlier time.
+    Built from what each service recorded when it acted (the order's ``createdAt``, its
+    ``history`` of status changes, or ``cancelledAt`` for an order from before histories, each
+    outbox event's ``createdAt`` and ``publishedAt`` in the order's outbox and inventory's, the
+    reservation's ``createdAt`` and ``cancelledAt``, the mailbox's receive time), never from a
+    current status stamped with an earlier time.
     """
+    inventory_events = inventory_events or []
     steps = [Step(_utc(order.get("createdAt")), "order created", f"total {order.get('total')}")]
-    if order.get("cancelledAt") is not None:
+    history = _history_steps(order.get("history"))
+    steps += history
+    cancel_in_history = any(step.what == "order cancelled" for step in history)
+    if order.get("cancelledAt") is not None and not cancel_in_history:
         steps.append(Step(_utc(order["cancelledAt"]), "order cancelled", "cancel accepted"))
     for event in events:
         steps += _event_steps(order_id, event)
+    for event in inventory_events:
+        steps += _event_steps(order_id, event, outbox="inventory outbox")
     if reservation is not None:
         steps += _inventory_steps(reservation)
-    steps += _email_steps(events, mails, email_state)
+    steps += _email_steps([*events, *inventory_events], mails, email_state)
     steps.sort(key=lambda s: (s.at is None, s.at or datetime.min.replace(tzinfo=UTC)))
     return steps
 
 
-def _event_steps(order_id: str, event: dict[str, Any]) -> list[Step]:
+# The status an order starts in (services/order/lifecycle.py); "created" before the state
+# machine.
+_FIRST_STATUS = "placed"
+
+
+def _history_steps(history: Any) -> list[Step]:
+    """One step per entry of the order's ``history`` (services/order/models.py HistoryEntry:
+    status after, at, cause, eventId, note): "order <status>" where the status changed, "order
+    stays <status>" for a late verdict recorded without changing it. A missing or malformed
+    history (an order from before it, or another writer's) gives no steps, never an error."""
+    if not isinstance(history, list):
+        return []
+    steps = []
+    status = _FIRST_STATUS
+    for entry in history:
+        if not isinstance(entry, dict) or not isinstance(entry.get("status"), str):
+            continue
+        changed = entry["status"] != status
+        status = entry["status"]
+        detail = f"by {entry.get('cause') or 'an unnamed cause'}"
+        if entry.get("eventId"):
+            detail += f", event {entry['eventId']}"
+        if entry.get("note"):
+            detail += f": {entry['note']}"
+        what = f"order {status}" if changed else f"order stays {status}"
+        steps.append(Step(_utc(entry.get("at")), what, redact(detail)))
+    return steps
+
+
+def _event_steps(order_id: str, event: dict[str, Any], *, outbox: str = "outbox") -> list[Step]:
     kind = event["eventType"]
-    written = Step(event["createdAt"], f"outbox {kind} written", f"event {event['id']}")
+    written = Step(event["createdAt"], f"{outbox} {kind} written", f"event {event['id']}")
     if event["status"] == OutboxStatus.PUBLISHED.value:
         return [written, Step(event["publishedAt"], f"{kind} published", _where(event, order_id))]
     detail = f"status {event['status']}, {event['attempts']} attempt(s)"
@@ -538,11 +608,12 @@ def _email_steps(
     for mail in mails:
         by_id[mail.message_id].append(mail)
     steps = []
-    recorded = _RECORDED_SEND.get(email_state or "")
-    sent_for = [e["id"] for e in events if e["eventType"] == recorded]
-    if recorded is not None and sent_for:
-        kind, what = _EMAIL_OF_EVENT[recorded]
-        if message_id_for(sent_for[0], kind) not in by_id:
+    recorded = _RECORDED_SEND.get(email_state or "", ())
+    sent_for = [(e["id"], e["eventType"]) for t in recorded for e in events if e["eventType"] == t]
+    if sent_for:
+        event_id, event_type = sent_for[0]
+        kind, what = _EMAIL_OF_EVENT[event_type]
+        if message_id_for(event_id, kind) not in by_id:
             detail = f"recorded by the email service ({email_state}); not in the mailbox"
             steps.append(Step(None, what, detail))
     for event in events:
@@ -606,7 +677,8 @@ def _mails_in_dir(directory: Path) -> list[Mail]:
 
 
 async def _mails_in_mailpit(url: str, order_id: str) -> list[Mail]:
-    # Both subjects ("Order <id> confirmed", "... cancelled") name the order.
+    # Every subject ("Order <id> confirmed", "... could not be fulfilled", "... cancelled")
+    # names the order.
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_SECONDS) as client:
         try:
             answer = await client.get(

@@ -18,6 +18,9 @@ MESSAGE_ID_DOMAIN: Final = "outbox.local"
 CONFIRMATION_KIND: Final = "order-confirmed"
 REJECTION_KIND: Final = "order-rejected"
 CANCELLATION_KIND: Final = "order-cancelled"
+# Before inventory announced its verdict (issue 22) the confirmation answered ``OrderCreated``
+# under this kind; older orders' mailboxes still hold such mails.
+LEGACY_CONFIRMATION_KIND: Final = "order-created"
 
 
 def message_id_for(event_id: str, kind: str = CONFIRMATION_KIND) -> str:
