@@ -93,6 +93,18 @@ async def run_in_transaction(
         return await run(own)
 
 
+def ping_check(client: MongoClient) -> Callable[[], Awaitable[bool]]:
+    """A readiness check for a consumer service (``extra_ready``): MongoDB answers a ping within
+    the client's ``timeoutMS``. It raises rather than hang when MongoDB is away; the health
+    server counts a raise as not ready."""
+
+    async def ping() -> bool:
+        await client.admin.command("ping")
+        return True
+
+    return ping
+
+
 async def transactions_supported(client: MongoClient) -> bool:
     """True when the server is a replica-set primary (or mongos): what transactions need."""
     hello = await client.admin.command("hello")

@@ -1,5 +1,10 @@
-"""What happens to one cancel request: the order becomes ``cancelled`` and its ``OrderCancelled``
-event is written, in ONE MongoDB transaction.
+"""What happens to one cancel request: the order becomes ``cancelled``, the step is appended to its
+history and its ``OrderCancelled`` event is written, in ONE MongoDB transaction.
+
+A ``placed`` or ``confirmed`` order can be cancelled (:mod:`services.order.lifecycle`); a
+``rejected`` one cannot (:class:`OrderNotCancellable`, a 409, nothing written). The update is
+conditional on the status the transaction read, so a verdict committing in between makes it a
+write conflict: the transaction runs again and decides on the verdict's status.
 
 The order's ``version`` goes up by one and the event carries the new value as its
 ``aggregateVersion``, so consumers can tell which of an order's events came last whatever order
@@ -21,9 +26,21 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
 from services.order.handlers import IdempotencyConflict, order_out, utc_now_ms
+from services.order.lifecycle import (
+    CAUSE_CANCEL,
+    CancelDecision,
+    decide_cancel,
+    history_entry,
+    status_of,
+)
 from services.order.metrics import OrderMetrics
-from services.order.models import INDEX_ORDERS_CANCEL_IDEMPOTENCY_KEY, Order, OutboxEvent
-from services.order.schemas import ORDER_STATUS_CANCELLED, ORDER_STATUS_CREATED, OrderOut
+from services.order.models import (
+    INDEX_ORDERS_CANCEL_IDEMPOTENCY_KEY,
+    HistoryEntry,
+    Order,
+    OutboxEvent,
+)
+from services.order.schemas import OrderOut, OrderStatus
 from shared.contracts import EVENT_ORDER_CANCELLED
 from shared.events import OrderCancelled
 from shared.mongo import MongoClient, run_in_transaction
@@ -38,6 +55,15 @@ _MAX_RACE_ROUNDS = 3
 class OrderChangedError(Exception):
     """The conditional update matched nothing inside the transaction (cannot happen under
     snapshot isolation; aborting keeps 'order and event together' true if it ever does)."""
+
+
+class OrderNotCancellable(Exception):
+    """The order is in a status a cancel cannot leave (``rejected``): answered 409, naming it."""
+
+    def __init__(self, order_id: str, status: OrderStatus) -> None:
+        super().__init__(f"order {order_id} is {status.value} and cannot be cancelled")
+        self.order_id = order_id
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -86,7 +112,8 @@ async def cancel_order(
     Returns None for an unknown id. ``oid`` was parsed where the request entered
     (:func:`shared.identifiers.parse_object_id`): the event's aggregateId, slot and payload carry
     ``str(oid)``, the stored spelling, whatever case the client sent. A cancelled order is
-    returned unchanged (no event). An ``idempotency_key`` is scoped to the order's user: the same
+    returned unchanged (no event); a rejected one raises :class:`OrderNotCancellable` and nothing
+    is written. An ``idempotency_key`` is scoped to the order's user: the same
     key on the same order is a replay; the same key on another order of that user raises
     :class:`IdempotencyConflict`.
     All database work shares one deadline, after which PyMongo raises a timeout (503).
@@ -101,21 +128,28 @@ async def cancel_order(
             other = await _key_used_elsewhere(idempotency_key, order.user_id, oid, session)
             if other is not None:
                 raise IdempotencyConflict(idempotency_key)
-        if order.status != ORDER_STATUS_CREATED:
+        status = status_of(order.status)
+        decision = decide_cancel(status)
+        if decision is CancelDecision.ALREADY_CANCELLED:
             return _Outcome(order, cancelled_now=False)
+        if decision is CancelDecision.REFUSED:
+            # Raised inside the transaction: it aborts, so nothing of this request is written.
+            raise OrderNotCancellable(order_id, status)
         cancelled_at = utc_now_ms()
         version = order.version + 1
+        entry = history_entry(OrderStatus.CANCELLED, cancelled_at, CAUSE_CANCEL)
         changes: dict[str, object] = {
-            "status": ORDER_STATUS_CANCELLED,
+            "status": OrderStatus.CANCELLED.value,
             "version": version,
             "cancelledAt": cancelled_at,
         }
         if idempotency_key is not None:
             changes["cancelIdempotencyKey"] = idempotency_key
-        # The version in the filter: the event below must follow exactly the version we read.
+        # The version in the filter: the event below must follow exactly the version we read;
+        # the stored status read (``created`` for an order placed before the state machine).
         result = await Order.get_pymongo_collection().update_one(
-            {"_id": oid, "version": order.version, "status": ORDER_STATUS_CREATED},
-            {"$set": changes},
+            {"_id": oid, "version": order.version, "status": order.status},
+            {"$set": changes, "$push": {"history": entry}},
             session=session,
         )
         if result.modified_count != 1:
@@ -136,7 +170,8 @@ async def cancel_order(
             traceparent=traceparent,
             slots=slots,
         ).insert(session=session)
-        order.status = ORDER_STATUS_CANCELLED
+        order.status = OrderStatus.CANCELLED.value
+        order.history.append(HistoryEntry.model_validate(entry))
         order.version = version
         order.cancelled_at = cancelled_at
         order.cancel_idempotency_key = idempotency_key or order.cancel_idempotency_key

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.order.cancel import OrderNotCancellable
 from services.order.handlers import IdempotencyConflict
 from services.order.schemas import ErrorOut, FieldError
 from shared.errors import FaultKind, classify
@@ -128,6 +129,17 @@ async def _on_conflict(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _on_not_cancellable(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OrderNotCancellable)
+    # The state is named in the message and as the field's message, for a client to act on.
+    return error_response(
+        409,
+        "order_not_cancellable",
+        str(exc),
+        [FieldError(field="status", message=exc.status.value, type="conflict")],
+    )
+
+
 async def _on_unavailable(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceUnavailable)
     return unavailable(exc.message)
@@ -160,6 +172,7 @@ def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(IdempotencyConflict, _on_conflict)
+    app.add_exception_handler(OrderNotCancellable, _on_not_cancellable)
     app.add_exception_handler(ServiceUnavailable, _on_unavailable)
     app.add_exception_handler(PyMongoError, _on_mongo)
     app.add_exception_handler(Exception, _on_bug)

@@ -18,15 +18,15 @@ from bson import ObjectId
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
+from services.order.lifecycle import history_of, status_of
 from services.order.metrics import OrderMetrics
 from services.order.models import INDEX_ORDERS_IDEMPOTENCY_KEY, Order, OrderLine, OutboxEvent
 from services.order.schemas import (
-    ORDER_STATUS_CANCELLED,
-    ORDER_STATUS_CREATED,
     CreateOrderRequest,
     EventOut,
     OrderItemOut,
     OrderOut,
+    OrderStatus,
     OrderWithEventsOut,
 )
 from shared.contracts import EVENT_ORDER_CREATED
@@ -96,7 +96,8 @@ def order_out(order: Order) -> OrderOut:
             for line in order.items
         ],
         total=order.total,
-        status="cancelled" if order.status == ORDER_STATUS_CANCELLED else "created",
+        status=status_of(order.status),
+        history=history_of(order),
         created_at=order.created_at.astimezone(UTC),
         cancelled_at=order.cancelled_at.astimezone(UTC) if order.cancelled_at else None,
     )
@@ -167,7 +168,7 @@ async def create_order(
                 customer_email=request.customer_email,
                 items=lines,
                 total=total,
-                status=ORDER_STATUS_CREATED,
+                status=OrderStatus.PLACED.value,
                 created_at=created_at,
                 version=CREATED_VERSION,
                 idempotency_key=idempotency_key,

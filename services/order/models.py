@@ -37,6 +37,20 @@ class OrderLine(BaseModel):
     _decimal = field_validator("unit_price", mode="before")(_to_decimal)
 
 
+class HistoryEntry(BaseModel):
+    """One step of an order's lifecycle (see :mod:`services.order.lifecycle`): the status after
+    it, when (UTC), what caused it (the API call, or the verdict's event type and id) and, where
+    there is more to say, a note (a rejection's reason, a verdict that changed nothing)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    status: str
+    at: datetime
+    cause: str
+    event_id: str | None = Field(default=None, alias="eventId")
+    note: str | None = None
+
+
 class Order(Document):
     """An order. ``version`` is the aggregate's own event sequence (1 after creation): the
     transaction that writes an event sets it, and the event carries it as aggregateVersion."""
@@ -57,6 +71,9 @@ class Order(Document):
     # Set by POST /orders/{id}/cancel (absent until then, for the same partial-index reason).
     cancelled_at: datetime | None = Field(default=None, alias="cancelledAt")
     cancel_idempotency_key: str | None = Field(default=None, alias="cancelIdempotencyKey")
+    # Appended by each transition, in the write that makes it. The placement itself is not
+    # stored: it is read from createdAt (services.order.lifecycle.history_of).
+    history: list[HistoryEntry] = Field(default_factory=list)
 
     _decimal = field_validator("total", mode="before")(_to_decimal)
 

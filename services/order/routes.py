@@ -129,7 +129,9 @@ async def post_order(
         404: {"model": ErrorOut, "description": "Unknown or malformed order id."},
         409: {
             "model": ErrorOut,
-            "description": "Idempotency-Key already used to cancel another order.",
+            "description": "Idempotency-Key already used to cancel another order, or the "
+            "order is `rejected` (error `order_not_cancellable`, the state named in the message "
+            "and in `fields[0]`); nothing was written.",
         },
         413: TOO_LARGE,
         422: INVALID,

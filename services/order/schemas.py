@@ -15,7 +15,8 @@ import json
 import re
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Final, Literal
+from enum import StrEnum
+from typing import Annotated, Any, Final
 
 import email_validator
 from pydantic import (
@@ -38,8 +39,25 @@ MAX_QUANTITY: Final = 10_000
 # (100 lines x 10 000 x 1e9) far inside Decimal128's 34 significant digits.
 MAX_UNIT_PRICE: Final = Decimal("1000000000")
 MONEY_PLACES: Final = 2
-ORDER_STATUS_CREATED: Final = "created"
-ORDER_STATUS_CANCELLED: Final = "cancelled"
+
+class OrderStatus(StrEnum):
+    """Where an order is in its lifecycle (:mod:`services.order.lifecycle` moves it)."""
+
+    # Taken by the API; inventory has not answered yet.
+    PLACED = "placed"
+    # Inventory reserved every item (StockReserved).
+    CONFIRMED = "confirmed"
+    # Inventory could not reserve it (StockRejected); nothing was taken. Final.
+    REJECTED = "rejected"
+    # Cancelled by POST /orders/{id}/cancel, before or after the confirmation. Final.
+    CANCELLED = "cancelled"
+
+
+ORDER_STATUS_DESCRIPTION: Final = (
+    "`placed` when created; `confirmed` once inventory reserved every item, `rejected` when "
+    "it could not (nothing taken); `cancelled` by POST /orders/{id}/cancel from `placed` or "
+    "`confirmed` (a cancel of a `rejected` order is 409). `rejected` and `cancelled` are final."
+)
 
 # Plain digits with at most two decimals: no sign, exponent, spaces or thousands separators.
 # Checked with fullmatch: `$` alone would let a trailing newline through ("12.50\n").
@@ -214,13 +232,36 @@ class OrderItemOut(_Out):
     unit_price: MoneyOut = Field(alias="unitPrice")
 
 
+class HistoryEntryOut(_Out):
+    status: OrderStatus = Field(description="The order's status after this step.")
+    at: datetime = Field(description="UTC, millisecond precision.")
+    cause: str = Field(
+        description="What caused it: the API call (`POST /orders`, "
+        "`POST /orders/{id}/cancel`) or the event type of inventory's verdict "
+        "(`StockReserved`, `StockRejected`, `StockReleased`)."
+    )
+    event_id: str | None = Field(
+        default=None, alias="eventId", description="The causing event's id; null for an API call."
+    )
+    note: str | None = Field(
+        default=None,
+        description="Why, when there is more to say: the rejection's reason, or a verdict that "
+        "changed nothing (`verdict after cancel: reserved`).",
+    )
+
+
 class OrderOut(_Out):
     id: str = Field(description="Order id (24 hex characters).")
     user_id: str = Field(alias="userId")
     customer_email: str = Field(alias="customerEmail")
     items: list[OrderItemOut]
     total: MoneyOut = Field(description="Sum of quantity x unitPrice, exact.")
-    status: Literal["created", "cancelled"] = ORDER_STATUS_CREATED
+    status: OrderStatus = Field(default=OrderStatus.PLACED, description=ORDER_STATUS_DESCRIPTION)
+    history: list[HistoryEntryOut] = Field(
+        default_factory=list,
+        description="Every step of the order, oldest first: its placement, each transition and "
+        "each verdict that arrived after the order had moved on (recorded, status unchanged).",
+    )
     created_at: datetime = Field(alias="createdAt", description="UTC, millisecond precision.")
     cancelled_at: datetime | None = Field(
         default=None, alias="cancelledAt", description="UTC; null unless cancelled."

@@ -116,7 +116,7 @@ async def test_cancel_with_the_same_key_replays_and_with_it_on_another_order_is_
     # The key's other order is not named: knowing one order id must not reveal the user's others.
     assert one["id"] not in reused.text
     untouched = await api.db.orders.find_one({"_id": ObjectId(two["id"])})
-    assert (untouched["status"], untouched["version"]) == ("created", 1)
+    assert (untouched["status"], untouched["version"]) == ("placed", 1)
     assert await api.counts() == (2, 3)
 
 

@@ -27,7 +27,7 @@ async def test_created_order_and_its_pending_event_are_stored_together(api: Api)
     body = response.json()
     assert response.headers["location"] == f"/orders/{body['id']}"
     assert body["total"] == "25.30"  # 2 x 12.50 + 3 x 0.10, exactly
-    assert body["status"] == "created"
+    assert body["status"] == "placed"
     assert body["items"][1] == {"sku": "SKU-B", "quantity": 3, "unitPrice": "0.10"}
     assert set(body) == {
         "id",
@@ -36,10 +36,20 @@ async def test_created_order_and_its_pending_event_are_stored_together(api: Api)
         "items",
         "total",
         "status",
+        "history",
         "createdAt",
         "cancelledAt",
     }
     assert body["cancelledAt"] is None
+    assert body["history"] == [
+        {
+            "status": "placed",
+            "at": body["createdAt"],
+            "cause": "POST /orders",
+            "eventId": None,
+            "note": None,
+        }
+    ]
 
     order = await api.db.orders.find_one({"_id": ObjectId(body["id"])})
     assert order is not None
