@@ -111,6 +111,7 @@ SHORT_REDIS = f"redis://:{PASSWORD}@cache/0"
         ("services.order", ()),
         ("services.inventory", ()),
         ("services.email", ()),
+        ("services.order.verdicts", ()),
     ],
 )
 def test_a_settings_error_names_the_problem_without_the_password(
