@@ -220,3 +220,22 @@ async def test_malformed_and_unknown_order_verdicts_go_to_the_dlq_with_the_reaso
     assert unknown.order_id in reason and "not in database" in reason
     assert by_id[unknown_id][Header.CONSUMER_GROUP] == world.group
     assert good_id not in by_id
+
+
+async def test_an_order_stored_as_created_is_placed_and_follows_its_verdict(
+    api: Api, world: VerdictWorld
+) -> None:
+    # An order the API stored before the state machine: status "created", no history.
+    order = await _place(api)
+    await api.db.orders.update_one(
+        {"_id": ObjectId(order["id"])}, {"$set": {"status": "created"}, "$unset": {"history": ""}}
+    )
+    assert (await _read(api, order["id"]))["status"] == "placed"
+
+    event_id = await world.send(reserved(order))
+
+    body = await _status_becomes(api, order["id"], "confirmed")
+    assert _steps(body) == [
+        ("placed", CAUSE_PLACE, None),
+        ("confirmed", EVENT_STOCK_RESERVED, event_id),
+    ]
