@@ -1,15 +1,19 @@
-"""The outbox contract: the one owner of what the order API writes and the relay reads.
+"""The outbox contract: the one owner of what a producer writes and the relay reads.
 
-The order API inserts events into ``outbox`` inside the order's transaction; the relay reads
-them, publishes them and writes their status. Both import the collection name, the field
-names, the first aggregate version, the index list and the TTL setting from here, and both
-create the indexes through :func:`ensure_outbox_indexes`, so whichever service starts first
-the collection gets the same indexes (in particular the unique one on aggregate and version).
+Two services produce events through an outbox of their own database: the order API (the
+order's events, database ``orders``) and inventory (its verdicts, database ``inventory``). Each
+inserts :func:`pending_event_document` into its ``outbox`` inside the transaction of the change
+the event announces; a relay configured for that database reads them, publishes them and writes
+their status. All import the collection name, the field names, the first aggregate version, the
+index list and the TTL setting from here, and all create the indexes through
+:func:`ensure_outbox_indexes`, so whichever service starts first the collection gets the same
+indexes (in particular the unique one on aggregate and version).
 """
 
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from pydantic import AliasChoices, Field, model_validator
@@ -17,7 +21,9 @@ from pydantic_settings import BaseSettings
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 
+from shared.contracts import OutboxStatus
 from shared.mongo import ensure_indexes
+from shared.slots import slot_for
 
 OUTBOX_COLLECTION: Final = "outbox"
 # The order API gives an aggregate's first event version 1 (its ``version`` after creation);
@@ -141,3 +147,48 @@ async def ensure_outbox_indexes(outbox: AsyncCollection[Any], ttl_seconds: int) 
     guarantee it stands for would otherwise depend on which service started first.
     """
     await ensure_indexes(outbox, outbox_indexes(ttl_seconds))
+
+
+def utc_now_ms() -> datetime:
+    """Now in UTC, truncated to what MongoDB stores (milliseconds): a time written both into an
+    event's payload and into a document (its ``createdAt``) then reads back as one instant."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def pending_event_document(
+    *,
+    aggregate_type: str,
+    aggregate_id: str,
+    aggregate_version: int,
+    event_type: str,
+    payload: str,
+    created_at: datetime,
+    traceparent: str | None,
+    slots: int,
+) -> dict[str, Any]:
+    """A new event waiting for the relay, as the document a producer inserts next to its change
+    (in the same transaction): ``Pending``, no attempt yet, and its relay slot among ``slots``
+    (``RELAY_SLOTS``) stored with it, so each relay's scan of its slots is one index range.
+
+    ``aggregate_version`` runs from :data:`FIRST_VERSION` with no gap per aggregate (the unique
+    index refuses a second event of one version); ``created_at`` is UTC; ``traceparent`` is
+    the W3C context of the trace that made the change (None: the relay starts none). The
+    relay's own fields (``publishedAt``, ``lastError``) are present as nulls: the documented
+    schema stays visible in every document.
+    """
+    f = OutboxField
+    return {
+        f.AGGREGATE_TYPE: aggregate_type,
+        f.AGGREGATE_ID: aggregate_id,
+        f.AGGREGATE_VERSION: aggregate_version,
+        f.EVENT_TYPE: event_type,
+        f.PAYLOAD: payload,
+        f.STATUS: OutboxStatus.PENDING.value,
+        f.ATTEMPTS: 0,
+        f.CREATED_AT: created_at,
+        f.PUBLISHED_AT: None,
+        f.LAST_ERROR: None,
+        f.TRACEPARENT: traceparent,
+        f.SLOT: slot_for(aggregate_id, slots),
+    }

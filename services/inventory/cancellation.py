@@ -5,23 +5,25 @@ one order may arrive either way round (a lagging partition, a replay, a rebalanc
 reservation document is the order's state here, and its ``version`` (the ``aggregateVersion`` last
 applied) decides what an event may still change:
 
-* cancel after a ``reserved`` reservation: the stock goes back and the reservation becomes
-  ``cancelled``, in one transaction;
+* cancel after a ``reserved`` reservation: the stock goes back, the reservation becomes
+  ``cancelled`` and ``StockReleased`` (version 2 of the reservation) goes into inventory's
+  outbox, in one transaction;
 * cancel after a ``rejected`` one: it becomes ``cancelled`` (nothing was taken);
 * cancel before any reservation: a ``cancelled`` record with no stock taken is written, so the
-  creation that follows (version 1, below the record's) reserves nothing;
+  creation that follows (version 1, below the record's) reserves nothing and announces no
+  verdict (the order is cancelled already);
 * a replayed cancel (version not above the record's) changes nothing.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.inventory.announcements import Announcer
 from services.inventory.models import (
     RESERVATIONS,
     STOCK,
@@ -29,7 +31,7 @@ from services.inventory.models import (
     early_cancellation_document,
 )
 from shared.events import OrderCancelled
-from shared.outbox import FIRST_VERSION
+from shared.outbox import FIRST_VERSION, utc_now_ms
 
 OUTCOME_RELEASED = "released"
 OUTCOME_CANCELLED = "cancelled"
@@ -55,10 +57,11 @@ async def apply_cancellation(
     event: OrderCancelled,
     event_id: str,
     version: int,
+    announce: Announcer,
 ) -> str:
     """Apply one cancel inside the caller's transaction; returns the outcome label."""
     reservations = db[RESERVATIONS]
-    now = datetime.now(UTC)
+    now = utc_now_ms()
     current = await reservations.find_one({"orderId": event.order_id}, session=session)
     if current is None:
         await reservations.insert_one(
@@ -69,12 +72,14 @@ async def apply_cancellation(
         return OUTCOME_STALE
     released = current["status"] == ReservationStatus.RESERVED.value
     if released:
-        for sku, quantity in _reserved_quantities(current).items():
+        given_back = _reserved_quantities(current)
+        for sku, quantity in given_back.items():
             result = await db[STOCK].update_one(
                 {"sku": sku}, {"$inc": {"available": quantity}}, session=session
             )
             if result.matched_count != 1:
                 raise StockMissingError(f"no stock document for {sku} to give back to")
+        await announce.released(event.order_id, given_back, now, session)
     await reservations.update_one(
         {"_id": current["_id"]},
         {

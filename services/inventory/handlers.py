@@ -9,19 +9,24 @@ index makes a second delivery a no-op even when Redis lost its dedup key (its in
 and the transaction aborts, touching no stock); a conditional ``$inc`` that matches nothing
 aborts the transaction, and a second one reads the stock and records ``rejected`` with the
 reason (or reserves, if stock arrived in between).
+
+The transaction that records the verdict also inserts it into inventory's own outbox
+(``StockReserved`` or ``StockRejected``, :mod:`services.inventory.announcements`); a relay of
+the ``inventory`` database publishes it. A redelivery, aborted on the unique ``orderId``,
+announces nothing a second time.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
+from services.inventory.announcements import Announcer, Shortfall
 from services.inventory.cancellation import apply_cancellation
 from services.inventory.models import (
     RESERVATIONS,
@@ -30,9 +35,12 @@ from services.inventory.models import (
     reservation_document,
 )
 from shared.consumer import Delivery
+from shared.contracts import Header
 from shared.events import OrderCancelled, OrderCreated, OrderEvent, aggregate_version_of
 from shared.mongo import MongoClient, run_in_transaction
-from shared.tracing import step_span
+from shared.outbox import OUTBOX_COLLECTION, utc_now_ms
+from shared.slots import DEFAULT_RELAY_SLOTS
+from shared.tracing import current_traceparent, step_span
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +60,19 @@ class _Shortfall(Exception):
 
 
 class ReservationHandler:
-    def __init__(self, client: MongoClient, database: str) -> None:
+    def __init__(
+        self, client: MongoClient, database: str, slots: int = DEFAULT_RELAY_SLOTS
+    ) -> None:
+        """``slots``: ``RELAY_SLOTS`` of the relays of this database's outbox."""
         self._client = client
         self._db = client[database]
+        self._slots = slots
+
+    def _announcer(self, delivery: Delivery) -> Announcer:
+        # The event continues the trace of the order event that caused it: this handling's own
+        # span when tracing is on, else the record's context as it came (same trace id).
+        traceparent = current_traceparent() or delivery.headers.get(Header.TRACEPARENT)
+        return Announcer(self._db[OUTBOX_COLLECTION], self._slots, traceparent)
 
     async def handle(self, event: OrderEvent, delivery: Delivery) -> str:
         """Apply one order event; returns the outcome label."""
@@ -67,8 +85,12 @@ class ReservationHandler:
         come; a replay changes nothing (see :mod:`services.inventory.cancellation`)."""
         version = aggregate_version_of(delivery.headers)
 
+        announce = self._announcer(delivery)
+
         async def work(session: AsyncClientSession) -> str:
-            return await apply_cancellation(self._db, session, event, delivery.event_id, version)
+            return await apply_cancellation(
+                self._db, session, event, delivery.event_id, version, announce
+            )
 
         for _ in range(_MAX_RACE_ROUNDS):
             try:
@@ -93,17 +115,21 @@ class ReservationHandler:
         for item in event.items:
             wanted[item.sku] += item.quantity  # an order may list one SKU on several lines
 
+        announce = self._announcer(delivery)
+
         async def short_path(session: AsyncClientSession) -> str:
+            now = utc_now_ms()
             # Insert first: a repeat collides on orderId before any stock is touched.
             await self._db[RESERVATIONS].insert_one(
                 reservation_document(
-                    event, delivery.event_id, ReservationStatus.RESERVED, None, datetime.now(UTC)
+                    event, delivery.event_id, ReservationStatus.RESERVED, None, now
                 ),
                 session=session,
             )
             short = await self._take(wanted, session)
             if short is not None:
                 raise _Shortfall(short)  # aborts: the insert and earlier $inc roll back
+            await announce.reserved(event, now, session)
             return ReservationStatus.RESERVED.value
 
         async def work(session: AsyncClientSession) -> str:
@@ -118,18 +144,24 @@ class ReservationHandler:
                     {"sku": {"$in": list(wanted)}}, session=session
                 )
             }
-            reason = _shortfall(wanted, stock)
-            if reason is None:
+            shortfall = _shortfall(wanted, stock)
+            if shortfall is None:
                 short = await self._take(wanted, session)
                 if short is not None:
                     raise StockChangedError(f"stock changed during the transaction ({short})")
                 status = ReservationStatus.RESERVED
             else:
                 status = ReservationStatus.REJECTED
+            now = utc_now_ms()
+            reason = shortfall.reason if shortfall is not None else None
             await reservations.insert_one(
-                reservation_document(event, delivery.event_id, status, reason, datetime.now(UTC)),
+                reservation_document(event, delivery.event_id, status, reason, now),
                 session=session,
             )
+            if shortfall is None:
+                await announce.reserved(event, now, session)
+            else:
+                await announce.rejected(event, shortfall, now, session)
             return status.value
 
         try:
@@ -169,16 +201,17 @@ class ReservationHandler:
         return ", ".join(sorted(wanted))
 
 
-def _shortfall(wanted: Counter[str], stock: dict[str, Any]) -> str | None:
-    """Why the order cannot be reserved, or None when every SKU has enough stock."""
+def _shortfall(wanted: Counter[str], stock: dict[str, Any]) -> Shortfall | None:
+    """Why the order cannot be reserved and which SKUs are unknown or short, or None when
+    every SKU has enough stock."""
     unknown = sorted(sku for sku in wanted if sku not in stock)
+    short = sorted(sku for sku, qty in wanted.items() if sku in stock and stock[sku] < qty)
+    reasons = []
     if unknown:
-        return f"unknown sku: {', '.join(unknown)}"
-    short = sorted(
-        f"{sku} (wanted {qty}, available {stock[sku]})"
-        for sku, qty in wanted.items()
-        if stock[sku] < qty
-    )
+        reasons.append(f"unknown sku: {', '.join(unknown)}")
     if short:
-        return f"insufficient stock: {'; '.join(short)}"
-    return None
+        lines = (f"{sku} (wanted {wanted[sku]}, available {stock[sku]})" for sku in short)
+        reasons.append(f"insufficient stock: {'; '.join(lines)}")
+    if not reasons:
+        return None
+    return Shortfall("; ".join(reasons), sorted(unknown + short))

@@ -16,6 +16,7 @@ from services.inventory.settings import InventorySettings
 from shared.consumer import Route, order_routes, run_consumer_service
 from shared.events import OrderEvent, parse_order_cancelled, parse_order_created
 from shared.mongo import make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION, ensure_outbox_indexes
 from shared.redis import make_redis
 
 log = logging.getLogger(__name__)
@@ -25,13 +26,18 @@ SERVICE = "inventory"
 
 async def run(settings: InventorySettings, stop: asyncio.Event | None = None) -> int:
     """Consume ``order.created`` and ``order.cancelled`` until SIGTERM (or ``stop``); 0 after a
-    clean drain."""
+    clean drain. The verdicts go into the database's outbox (published by its own relays)."""
     mongo = make_mongo_client(settings.mongo_uri, settings.mongo_timeout_seconds, "inventory")
     redis = make_redis(settings.redis_url)
     try:
-        # Before the first message: the unique orderId index is the exactly-once backstop.
+        # Before the first message: the unique orderId index is the exactly-once backstop, and
+        # the outbox's unique (aggregateId, aggregateVersion) index a second guard on the
+        # verdicts (the relay of this database creates the same indexes).
         await ensure_indexes(mongo, settings.database)
-        handler = ReservationHandler(mongo, settings.database)
+        await ensure_outbox_indexes(
+            mongo[settings.database][OUTBOX_COLLECTION], settings.outbox_published_ttl_seconds
+        )
+        handler = ReservationHandler(mongo, settings.database, settings.relay_slots)
         routes: dict[str, Route[OrderEvent]] = order_routes(
             settings, parse_order_created, parse_order_cancelled
         )

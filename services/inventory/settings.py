@@ -7,9 +7,13 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.consumer import ConsumerServiceSettings
 from shared.contracts import INVENTORY_GROUP
+from shared.outbox import OutboxTtlSetting
+from shared.settings import RelaySlotsSetting
 
 
-class InventorySettings(ConsumerServiceSettings):
+# The outbox's TTL and RELAY_SLOTS: inventory writes its verdicts into its own outbox, which
+# the relays of the inventory database publish (both must agree on the slot count).
+class InventorySettings(ConsumerServiceSettings, OutboxTtlSetting, RelaySlotsSetting):
     model_config = SettingsConfigDict(env_prefix="INVENTORY_", extra="ignore", frozen=True)
 
     port: int = Field(default=8002, ge=0, le=65535)

@@ -1,12 +1,12 @@
 """Give a slot to the outbox events that have none (or one outside the slot count).
 
-The order API stores every new event's slot in the order's transaction. Events written before
-slots existed have none, and so do events an older order API instance writes during a rolling
-upgrade; events whose slot is ``RELAY_SLOTS`` or more were written with a larger slot count
-(before a migration that lowered it). No slot owner's scan (``{slot: n, status: Pending}``)
-would ever find them, so every relay runs this at start, on every sweep, and at once when the
-change stream reports such an insert: it computes the slot (``shared.slots.slot_for``) and
-stores it. Then the slot's owner publishes the event as any other.
+A producer (the order API, inventory) stores every new event's slot in the transaction that writes
+the event. Events written before slots existed have none, and so do events an older producer
+instance writes during a rolling upgrade; events whose slot is ``RELAY_SLOTS`` or more were written
+with a larger slot count (before a migration that lowered it). No slot owner's scan (``{slot: n,
+status: Pending}``) would ever find them, so every relay runs this at start, on every sweep, and at
+once when the change stream reports such an insert: it computes the slot (``shared.slots.slot_for``)
+and stores it. Then the slot's owner publishes the event as any other.
 
 Why assign on write rather than compute on read: a slot's scan stays one index range, and an
 event without a slot costs one update, once. Assigning is safe with any number of relays at

@@ -154,8 +154,9 @@ class Relay:
         backoff = self.settings.backoff()
         while not stop.is_set():
             try:
-                # The order API creates the same indexes; whichever starts first, they are one
-                # set. A conflicting index is not retried: it raises and the process exits 1.
+                # The outbox's producer (the order API, inventory) creates the same indexes;
+                # whichever starts first, they are one set. A conflicting index is not
+                # retried: it raises and the process exits 1.
                 await ensure_outbox_indexes(self.outbox, self.settings.outbox_published_ttl_seconds)
                 await ensure_member_indexes(self.db[MEMBERS_COLLECTION])
                 break
@@ -422,6 +423,8 @@ async def serve(settings: RelaySettings, stop: asyncio.Event) -> int:
         extra={
             "instance": settings.instance_id,
             "address": f"{settings.host}:{health.port}",
+            # Which outbox: each database has relays of its own (services/relay/settings.py).
+            "database": settings.database,
         },
     )
     started = time.monotonic()

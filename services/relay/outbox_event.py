@@ -1,5 +1,9 @@
-"""An outbox document as the relay reads it: :class:`OutboxEvent` (strict on the order API's
-fields, lenient on the relay's own bookkeeping) and the Kafka record it becomes.
+"""An outbox document as the relay reads it: :class:`OutboxEvent` (strict on the fields its
+producer writes, lenient on the relay's own bookkeeping) and the Kafka record it becomes.
+
+The relay reads whichever outbox it is configured for (``RELAY_DATABASE``): the order API's or
+inventory's. Nothing here depends on the aggregate's type: the topic follows from the event
+type (``shared.contracts.topic_for_event_type``), the key is the aggregate id.
 
 A document that cannot be read is a :class:`Malformed` (it becomes ``Failed`` with the reason);
 one that can be read but not sent (an unknown event type, a payload that is not text) raises
@@ -44,7 +48,7 @@ class OutboxEvent:
     def from_doc(cls, doc: Mapping[str, Any]) -> OutboxEvent:
         """Read an outbox document; raises :class:`MalformedEvent` naming the field at fault.
 
-        Strict on the fields the order API writes (the contract of ``shared.outbox``): a
+        Strict on the fields a producer writes (the contract of ``shared.outbox``): a
         version of ``"v2"`` or a Decimal128, a missing aggregate id, a creation time that is
         not a date. Lenient only on the relay's own bookkeeping (``attempts``), which an
         operator may have reset by hand.

@@ -164,7 +164,7 @@ class Publisher:
         streamed: bool,
     ) -> None:
         """Put ``batch`` in order behind its unpublished predecessors, send, settle."""
-        # No read at all for an order's first event, or the next one after a version this holder
+        # No read at all for an aggregate's first event, or the next one after a version this holder
         # published; otherwise one query for the unpublished predecessors (sent first, in order)
         # and the Failed ones (nothing of their aggregate goes).
         known = self._versions.of(event.aggregate_id for event in batch)

@@ -114,8 +114,8 @@ async def find_predecessors(
     progress) and, per aggregate, the lowest Failed version (nothing at or after it may go).
     Only aggregates whose versions in the batch do not run ``m, m+1, ... k`` without a gap can
     have one, where ``m`` is the first version or one past the version ``known`` says this holder
-    published last (every earlier one was published before it). For the common cases (an order's
-    first event, the next event of an order this holder published) no query is made. An
+    published last (every earlier one was published before it). For the common cases (an aggregate's
+    first event, the next event of an aggregate this holder published) no query is made. An
     unreadable predecessor is added to ``malformed`` and holds its whole aggregate back.
     """
     f = OutboxField

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from typing import Any, Final
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -18,6 +19,18 @@ from shared.settings import RelaySlotsSetting, ServiceSettings
 FAILPOINT_AFTER_KAFKA_ACK = "after_kafka_ack"
 KNOWN_FAILPOINTS = frozenset({FAILPOINT_AFTER_KAFKA_ACK})
 
+# The order API's outbox, and its relays' transactional id prefix (the one they always had).
+ORDER_DATABASE: Final = "orders"
+ORDER_TRANSACTIONAL_ID: Final = "outbox-relay"
+
+
+def default_transactional_id(database: str) -> str:
+    """The transactional id prefix of the relays of ``database``'s outbox when none is set:
+    ``outbox-relay`` for the order API's (``orders``), ``<database>-relay`` for any other
+    (``inventory-relay``). Relays of two outboxes must never share one: slot n of each would
+    use the same Kafka transactional id and fence the other's producer at every turn."""
+    return ORDER_TRANSACTIONAL_ID if database == ORDER_DATABASE else f"{database}-relay"
+
 
 def _default_instance_id() -> str:
     # Host and pid make the lease document readable; the random suffix keeps a restarted process
@@ -26,10 +39,14 @@ def _default_instance_id() -> str:
 
 
 class RelaySettings(ServiceSettings, OutboxTtlSetting, RelaySlotsSetting):
+    """One relay process serves one outbox: the database ``RELAY_DATABASE`` (the order API's
+    ``orders`` by default, ``inventory`` for inventory's verdicts). Its leases, membership,
+    resume token and slots live in that database next to the outbox they fence."""
+
     model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", frozen=True)
 
     port: int = Field(default=8001, ge=0, le=65535)
-    database: str = Field(default="orders", min_length=1)
+    database: str = Field(default=ORDER_DATABASE, min_length=1)
     instance_id: str = Field(default_factory=_default_instance_id, min_length=1)
 
     # 500: enough to amortise a Kafka transaction and one Mongo update per batch, small enough
@@ -49,10 +66,11 @@ class RelaySettings(ServiceSettings, OutboxTtlSetting, RelaySlotsSetting):
     # The prefix of the slots' Kafka transactional ids, ``<id>-slot-<n>``, shared by every relay
     # of one outbox: a new holder's producer bumps the producer epoch of the slot's id, and the
     # broker refuses the old holder's writes from then on (fencing). An empty value turns
-    # transactions off (prefix marking only, no zombie fencing in Kafka).
-    transactional_id: str = Field(default="outbox-relay")
+    # transactions off (prefix marking only, no zombie fencing in Kafka). Unset, it follows
+    # from the database (default_transactional_id): another outbox's relays get another id.
+    transactional_id: str = Field(default=ORDER_TRANSACTIONAL_ID)
 
-    # How far apart the order API's clock (it stamps createdAt) and the relay's may be: an event
+    # How far apart the producer's clock (it stamps createdAt) and the relay's may be: an event
     # is published straight from the change stream only when its createdAt proves it was written
     # inside this holder's tenure and moments ago (services/relay/stream_feed.py); within the
     # first skew of a tenure the sweep publishes. 0 only where both share one clock (the tests).
@@ -62,6 +80,15 @@ class RelaySettings(ServiceSettings, OutboxTtlSetting, RelaySlotsSetting):
     metrics_interval_seconds: float = Field(default=5.0, gt=0, le=300)
     # The resume token is written at most this often: a write per insert would double the load.
     resume_token_save_seconds: float = Field(default=1.0, gt=0, le=60)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _transactional_id_of_the_database(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "transactional_id" not in data:
+            database = data.get("database", ORDER_DATABASE)
+            if isinstance(database, str):
+                return {**data, "transactional_id": default_transactional_id(database)}
+        return data
 
     @model_validator(mode="after")
     def _check_relay(self) -> RelaySettings:

@@ -227,8 +227,10 @@ def log_published(published: Sequence[tuple[OutboxEvent, Any]]) -> None:
             "published",
             extra={
                 "event_id": str(event.id),
-                # Every aggregate of this outbox is an order (shared.contracts.AGGREGATE_ORDER).
+                # Both outboxes key their aggregates by order id: the Order's own events, and
+                # inventory's Reservation of that order (shared.contracts). The type tells which.
                 "order_id": event.aggregate_id,
+                "aggregate_type": event.aggregate_type,
                 "topic": getattr(where, "topic", None),
                 "partition": getattr(where, "partition", None),
                 "offset": getattr(where, "offset", None),

@@ -6,18 +6,18 @@ round trip of selecting it again, but the document is a snapshot taken at the in
 only trusted while nothing can have happened to the event since:
 
 * it is of this slot, still ``Pending`` with no attempt (as every insert is), and readable;
-* it was created after this holder took the slot, by more than the clock skew tolerated between
-  the order API and the relay (:data:`CLOCK_SKEW_SECONDS`: no earlier holder can have published
-  or parked it), and at most :data:`FRESH_SECONDS` ago (a stream replayed from a resume token
-  after a restart, or lagging far behind, delivers events that may be long published: those go
-  to the sweep);
+* it was created after this holder took the slot, by more than the clock skew tolerated between the
+  outbox's producer and the relay (:data:`CLOCK_SKEW_SECONDS`: no earlier holder can have published
+  or parked it), and at most :data:`FRESH_SECONDS` ago (a stream replayed from a resume token after
+  a restart, or lagging far behind, delivers events that may be long published: those go to the
+  sweep);
 * this holder has not handled it already (:class:`Recent`: the sweep, or an earlier stream
   round, may have sent it, tried it or parked it).
 
 Everything else is left to the sweep, which reads the collection and is the source of truth.
 An accepted event is still only sent when it is next in its aggregate's order: the publisher
 plans it with its unpublished predecessors (:func:`services.relay.selection.find_predecessors`),
-which needs no read when the event is an order's first or follows the last version this holder
+which needs no read when the event is an aggregate's first or follows the last version this holder
 published (:class:`PublishedVersions`).
 """
 
@@ -38,9 +38,9 @@ from shared.outbox import OutboxField
 # A stream document older than this (by its createdAt) is left to the sweep. Delivery takes
 # milliseconds; seconds mean a replay after a restart or a stream far behind.
 FRESH_SECONDS: Final = 5.0
-# createdAt is stamped by the order API's clock and compared with the relay's: the rules below
-# hold for clocks up to RELAY_CLOCK_SKEW_SECONDS apart (this default; NTP keeps them within
-# milliseconds). A document dated inside the first skew of a tenure, or ahead of the relay's
+# createdAt is stamped by the producer's clock (order API, inventory) and compared with the relay's:
+# the rules below hold for clocks up to RELAY_CLOCK_SKEW_SECONDS apart (this default; NTP keeps them
+# within milliseconds). A document dated inside the first skew of a tenure, or ahead of the relay's
 # clock by more, may be older than it reads: it goes to the sweep, which needs no clock.
 CLOCK_SKEW_SECONDS: Final = 2.0
 # The largest skew the setting accepts: Recent must outlive a fresh document on skewed clocks.
@@ -49,7 +49,7 @@ MAX_CLOCK_SKEW_SECONDS: Final = 10.0
 # accepted (FRESH_SECONDS) with both clocks apart by up to MAX_CLOCK_SKEW_SECONDS either way.
 RECENT_SECONDS: Final = 30.0
 # Aggregates whose last published version is remembered, per slot (the most recent ones: an
-# order's next event follows soon or not at all). Forgetting one costs one predecessor query,
+# aggregate's next event follows soon or not at all). Forgetting one costs one predecessor query,
 # never a wrong decision; 10,000 entries are about 2 MB, times the slots a relay holds.
 VERSIONS_KEPT: Final = 10_000
 

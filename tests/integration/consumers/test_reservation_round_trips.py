@@ -61,7 +61,7 @@ async def _available(client: AsyncMongoClient[Any], database: str, sku: str) -> 
     return int(doc["available"])
 
 
-async def test_reserving_a_new_order_costs_an_insert_one_update_for_all_skus_and_the_commit(
+async def test_reserving_a_new_order_costs_two_inserts_one_update_for_all_skus_and_the_commit(
     world: tuple[AsyncMongoClient[Any], str, CommandLog],
 ) -> None:
     client, database, commands = world
@@ -72,8 +72,9 @@ async def test_reserving_a_new_order_costs_an_insert_one_update_for_all_skus_and
     )
     # No read before the writes: the unique orderId index rejects a repeat and the conditional
     # $inc checks the stock, so the reads only cost round trips. Both SKUs' $inc travel in one
-    # update command: a round trip per order, not per line.
-    assert commands.names == ["insert", "update", "commitTransaction"]
+    # update command: a round trip per order, not per line. The second insert is the verdict
+    # (StockReserved) into inventory's outbox, in the same transaction.
+    assert commands.names == ["insert", "update", "insert", "commitTransaction"]
     assert await _available(client, database, "SKU-A") == 8
     assert await _available(client, database, "SKU-B") == 0
 

@@ -230,17 +230,50 @@ class RelayWorld:
         return records
 
 
-async def end_offsets(bootstrap: str) -> dict[TopicPartition, int]:
-    """The current end of every partition of ``order.created``: where a test's records begin."""
+async def end_offsets(
+    bootstrap: str, topics: Sequence[str] = (ORDER_CREATED_TOPIC,)
+) -> dict[TopicPartition, int]:
+    """The current end of every partition of ``topics`` (``order.created``): where a test's
+    records begin."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
     await consumer.start()
     try:
-        tps = [TopicPartition(ORDER_CREATED_TOPIC, p) for p in range(TOPIC_PARTITIONS)]
+        tps = [TopicPartition(t, p) for t in topics for p in range(TOPIC_PARTITIONS)]
         # Assigned before stop(): aiokafka's group-less coordinator dislikes stopping unassigned.
         consumer.assign(tps)
         return dict(await consumer.end_offsets(tps))
     finally:
         await consumer.stop()
+
+
+async def read_keyed(
+    bootstrap: str,
+    start: dict[TopicPartition, int],
+    keys: set[str],
+    count: int,
+    within: float = 30.0,
+) -> list[Any]:
+    """The records (aiokafka ``ConsumerRecord``) of ``keys`` on the partitions of ``start``
+    since its offsets (read_committed), once at least ``count`` of them are there."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        consumer.assign(list(start))
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+
+        async def enough() -> bool:
+            batch = await consumer.getmany(timeout_ms=200)
+            records.extend(
+                m for ms in batch.values() for m in ms if m.key and m.key.decode() in keys
+            )
+            return len(records) >= count
+
+        await wait_until(enough, timeout=within, interval=0.01, message=f"{count} records")
+    finally:
+        await consumer.stop()
+    return records
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from bson import ObjectId
 
 from shared.contracts import (
@@ -15,51 +14,18 @@ from shared.contracts import (
     EVENT_ORDER_CREATED,
     ORDER_CANCELLED_TOPIC,
     ORDER_CREATED_TOPIC,
-    TOPIC_PARTITIONS,
     Header,
 )
 from shared.events import OrderCancelled
 from shared.kafka import decode_headers
-from tests.integration.relay.relay_world import RelayWorld, running_relay
-from tests.waiting import wait_until
+from tests.integration.relay.relay_world import (
+    RelayWorld,
+    end_offsets,
+    read_keyed,
+    running_relay,
+)
 
 TOPICS = (ORDER_CREATED_TOPIC, ORDER_CANCELLED_TOPIC)
-
-
-async def _ends(bootstrap: str) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in TOPICS for p in range(TOPIC_PARTITIONS)]
-        consumer.assign(tps)
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
-
-
-async def _read(
-    bootstrap: str, start: dict[TopicPartition, int], keys: set[str], count: int
-) -> list[Any]:
-    """The records of ``keys`` on both topics since ``start``: wait for ``count`` of them."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        consumer.assign(list(start))
-        for tp, offset in start.items():
-            consumer.seek(tp, offset)
-
-        async def enough() -> bool:
-            batch = await consumer.getmany(timeout_ms=200)
-            records.extend(
-                m for ms in batch.values() for m in ms if m.key and m.key.decode() in keys
-            )
-            return len(records) >= count
-
-        await wait_until(enough, timeout=30, interval=0.01, message=f"{count} records")
-    finally:
-        await consumer.stop()
-    return records
 
 
 def _cancel_doc(world: RelayWorld, aggregate_id: str) -> dict[str, Any]:
@@ -79,7 +45,7 @@ async def test_created_and_cancelled_go_to_their_own_topics_v1_never_after_v2(
     world: RelayWorld,
 ) -> None:
     bootstrap = world.stack.config.kafka_bootstrap
-    start = await _ends(bootstrap)
+    start = await end_offsets(bootstrap, TOPICS)
     aggregates = [str(ObjectId()) for _ in range(6)]
     # Both versions pending before the relay starts: they go out in one batch, v1 first.
     for aggregate in aggregates:
@@ -87,7 +53,7 @@ async def test_created_and_cancelled_go_to_their_own_topics_v1_never_after_v2(
         await world.outbox.insert_one(_cancel_doc(world, aggregate))
 
     async with running_relay(world.settings()):
-        records = await _read(bootstrap, start, set(aggregates), 2 * len(aggregates))
+        records = await read_keyed(bootstrap, start, set(aggregates), 2 * len(aggregates))
 
     by_aggregate: dict[str, dict[int, Any]] = {}
     for record in records:
