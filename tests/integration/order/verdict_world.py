@@ -111,15 +111,16 @@ class VerdictWorld:
 
     def settings(self, **overrides: Any) -> VerdictSettings:
         c = self.stack.config
-        return VerdictSettings(
-            mongo_uri=c.mongo_uri,
-            kafka_bootstrap_servers=c.kafka_bootstrap,
-            redis_url=c.redis_url,
-            backoff_max_seconds=1.0,
-            drain_seconds=10.0,
-            port=0,
-            **{**self.settings_fields(), **overrides},
-        )
+        fields: dict[str, Any] = {
+            "mongo_uri": c.mongo_uri,
+            "kafka_bootstrap_servers": c.kafka_bootstrap,
+            "redis_url": c.redis_url,
+            "backoff_max_seconds": 1.0,
+            "drain_seconds": 10.0,
+            "port": 0,
+            **self.settings_fields(),
+        }
+        return VerdictSettings(**{**fields, **overrides})
 
     def settings_fields(self) -> dict[str, Any]:
         return {
@@ -134,10 +135,11 @@ class VerdictWorld:
         """The same settings as ``ORDER_VERDICTS_*`` variables, for a process."""
         return {f"ORDER_VERDICTS_{k.upper()}": v for k, v in self.settings_fields().items()}
 
-    def start(self) -> None:
-        """Run the consumer in this process."""
+    def start(self, **overrides: Any) -> None:
+        """Run the consumer in this process (``overrides``: settings fields)."""
         stop = asyncio.Event()
-        self.tasks["verdicts"] = (asyncio.create_task(run(self.settings(), stop=stop)), stop)
+        settings = self.settings(**overrides)
+        self.tasks["verdicts"] = (asyncio.create_task(run(settings, stop=stop)), stop)
 
     async def send(
         self,
