@@ -47,6 +47,7 @@ from stack.config import (
     SERVICES,
     StackConfig,
     kafka_brokers_argument,
+    service_process,
 )
 from stack.gotools import JAEGER, GoToolError, ensure
 from stack.issuer import load_or_create_key, mint_token
@@ -104,7 +105,8 @@ def console_banner(config: StackConfig, token: str) -> str:
 def _default_components() -> list[str]:
     missing = [s for s in SERVICES + OPERATOR if not service_exists(s)]
     for name in missing:
-        print(f"note: services/{name} has no __main__.py yet; not starting it", file=sys.stderr)
+        where = service_process(name).main_path.relative_to(REPO_ROOT)
+        print(f"note: {where} does not exist yet; not starting {name}", file=sys.stderr)
     return [*INFRA, *(s for s in SERVICES + OPERATOR if s not in missing)]
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
@@ -33,7 +33,9 @@ INFRA: Final = ("mongo", "kafka", "redis", "smtp", "issuer")
 # toxiproxy`), never by default. Services reach a server through it only when told to (see
 # ``proxied_env``); everything else keeps the direct path.
 FAULT_PROXY: Final = "toxiproxy"
-SERVICES: Final = ("order", "relay", "inventory", "email")
+# "inventory-relay": the relay program serving inventory's outbox (its verdicts), one outbox
+# per relay process (see SERVICE_PROCESSES).
+SERVICES: Final = ("order", "relay", "inventory", "email", "inventory-relay")
 # What an operator opens: started by `make up` with the rest, not part of the pipeline.
 OPERATOR: Final = ("console",)
 ALL: Final = INFRA + SERVICES + OPERATOR
@@ -87,11 +89,53 @@ DEFAULT_PORTS: Final = {
     "inventory": 8002,
     "email": 8003,
     "console": 8004,
+    "inventory-relay": 8005,
+    "order-verdicts": 8006,
     # Jaeger: the UI and query API, its gRPC query port, and the OTLP/HTTP receiver.
     "jaeger": 16686,
     "jaeger_grpc": 16685,
     "jaeger_otlp": 4318,
 }
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    """How a service of the stack runs: ``python -m <module>``, its port read from
+    ``port_env`` (its host from the matching ``*_HOST``), plus the variables that make the
+    program this service (``env``; a stack's own overrides still win)."""
+
+    module: str
+    port_env: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def host_env(self) -> str:
+        return self.port_env.removesuffix("_PORT") + "_HOST"
+
+    @property
+    def main_path(self) -> Path:
+        """The module's ``__main__.py``: the service exists once it does."""
+        return REPO_ROOT.joinpath(*self.module.split("."), "__main__.py")
+
+
+# Services that are not simply ``python -m services.<name>`` reading ``<NAME>_PORT``. Each
+# outbox has relays of its own: the relay program, configured for inventory's database, with a
+# transactional id of its own (relays of two outboxes sharing one would fence each other).
+SERVICE_PROCESSES: Final[Mapping[str, ServiceProcess]] = {
+    "inventory-relay": ServiceProcess(
+        "services.relay",
+        "RELAY_PORT",
+        {"RELAY_DATABASE": "inventory", "RELAY_TRANSACTIONAL_ID": "inventory-relay"},
+    ),
+    "order-verdicts": ServiceProcess("services.order.verdicts", "ORDER_VERDICTS_PORT"),
+}
+
+
+def service_process(name: str) -> ServiceProcess:
+    """How the service ``name`` (a component of SERVICES or OPERATOR) runs."""
+    if name in SERVICE_PROCESSES:
+        return SERVICE_PROCESSES[name]
+    return ServiceProcess(f"services.{name}", f"{name.upper()}_PORT")
 
 
 def kafka_node_name(node_id: int) -> str:
@@ -389,8 +433,13 @@ class StackConfig:
         if self.enable_failpoints:
             env["ENABLE_FAILPOINTS"] = "true"
         for service in SERVICES + OPERATOR:
-            env[f"{service.upper()}_HOST"] = HOST
-            env[f"{service.upper()}_PORT"] = str(self.ports[service])
+            process = service_process(service)
+            if process.port_env in env:
+                # Another service's program (inventory-relay runs the relay): its port is set
+                # in its own environment only (supervisor), not over the first one's.
+                continue
+            env[process.host_env] = HOST
+            env[process.port_env] = str(self.ports[service])
         return env
 
     def console_env(self) -> dict[str, str]:

@@ -47,6 +47,7 @@ from stack.config import (
     free_port,
     kafka_node_id,
     recorded_kafka_brokers,
+    service_process,
 )
 from stack.toxiproxy import Toxiproxy
 
@@ -108,9 +109,10 @@ STOP_TIMEOUTS = {
 }
 SERVICE_STOP_TIMEOUT = 40.0
 POLL_INTERVAL = 0.1
-# A component name, or a service's extra instance: "relay-2", "relay-crash-1a2b3c". Strict,
-# because the name becomes a pid-file and log-file path ("relay-/../../x" must not).
-_INSTANCE_NAME = re.compile(r"(?P<component>[a-z]+)(?:-[a-z0-9]+)*")
+# A component name, or a service's extra instance: "relay-2", "relay-crash-1a2b3c",
+# "inventory-relay-2". Strict, because the name becomes a pid-file and log-file path
+# ("relay-/../../x" must not).
+_INSTANCE_NAME = re.compile(r"[a-z]+(?:-[a-z0-9]+)*")
 _INSTANCE_NAME_MAX = 48
 KAFKA_LOG4J_CONFIG = Path(__file__).resolve().parent / "kafka-log4j2.properties"
 
@@ -163,13 +165,19 @@ class _Launch:
 
 
 def component_of(instance: str) -> str:
-    """``relay-2`` -> ``relay``; ``mongo`` -> ``mongo``.
+    """``relay-2`` -> ``relay``; ``mongo`` -> ``mongo``; ``inventory-relay`` -> itself and
+    ``inventory-relay-2`` -> ``inventory-relay`` (the longest component the name starts with).
 
     Raises ValueError naming ``instance`` unless it is a known component, or a service followed
     by ``-<name>`` parts of ``a-z0-9`` (infrastructure components run once, under their name).
     """
-    match = _INSTANCE_NAME.fullmatch(instance)
-    component = match["component"] if match else None
+    component = None
+    if _INSTANCE_NAME.fullmatch(instance):
+        component = max(
+            (c for c in KNOWN if instance == c or instance.startswith(c + "-")),
+            key=len,
+            default=None,
+        )
     if component not in KNOWN:
         raise ValueError(f"unknown component {instance!r}; expected one of {', '.join(KNOWN)}")
     assert component is not None
@@ -267,7 +275,7 @@ def console_token(config: StackConfig) -> tuple[str, bool]:
 
 
 def service_exists(name: str) -> bool:
-    return (REPO_ROOT / "services" / name / "__main__.py").is_file()
+    return service_process(name).main_path.is_file()
 
 
 class Stack:
@@ -695,12 +703,12 @@ class Stack:
                 timeout,
                 stop_timeout,
             )
-        # A service: python -m services.<name>, configured entirely through its environment.
-        if not service_exists(component):
-            raise StackError(
-                instance, f"services/{component}/__main__.py does not exist (not written yet?)"
-            )
-        service_env = {**base_env, **c.service_env()}
+        # A service: python -m <its module>, configured entirely through its environment.
+        process = service_process(component)
+        if not process.main_path.is_file():
+            where = process.main_path.relative_to(REPO_ROOT)
+            raise StackError(instance, f"{where} does not exist (not written yet?)")
+        service_env = {**base_env, **c.service_env(), **process.env}
         # Which issuer the order API trusts: Keycloak's realm when this stack runs it.
         service_env.update(c.auth_env(keycloak=self.is_running("keycloak")))
         if self.is_running("jaeger"):
@@ -711,18 +719,18 @@ class Stack:
             service_env[CONSOLE_TOKEN_ENV] = console_token(c)[0]
             if self.is_running("jaeger"):
                 service_env["CONSOLE_JAEGER_URL"] = c.jaeger_url
-        prefix = component.upper()
-        if env and f"{prefix}_PORT" in env:
-            port = int(env[f"{prefix}_PORT"])
+        port_env = process.port_env
+        if env and port_env in env:
+            port = int(env[port_env])
         elif instance == component:
             port = c.port_of(component)
         else:
             port = self._extra_ports.get(instance) or free_port()
         if instance != component:
             self._extra_ports[instance] = port
-        service_env[f"{prefix}_PORT"] = str(port)
+        service_env[port_env] = str(port)
         service_env.update(env or {})
-        argv = [str(c.python), "-m", f"services.{component}"]
+        argv = [str(c.python), "-m", process.module]
         return _Launch(
             argv,
             REPO_ROOT,

@@ -172,7 +172,10 @@ def test_cli_pauses_and_resumes_a_component(stack: Stack) -> None:
     env_args = ["--root", str(stack.config.root)]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {f"STACK_{n.upper()}_PORT": str(p) for n, p in stack.config.ports.items()}
+        env = {
+            f"STACK_{n.upper().replace('-', '_')}_PORT": str(p)
+            for n, p in stack.config.ports.items()
+        }
         return subprocess.run(
             [sys.executable, "-m", "stack", *env_args, *args],
             env={**os.environ, **env},

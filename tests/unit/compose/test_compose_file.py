@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from services.relay.settings import RelaySettings
 from shared.contracts import ALL_TOPICS, TOPIC_PARTITIONS
 from shared.settings import InfraSettings, ServiceSettings
 from stack.versions import KAFKA_VERSION, MONGO_IMAGE_VERSION, REDIS_VERSION
@@ -34,7 +35,7 @@ from tests.unit.compose.compose_helpers import (
 
 Services = dict[str, dict[str, Any]]
 
-LONG_RUNNING = ("order", "relay", "inventory", "email")
+LONG_RUNNING = ("order", "relay", "inventory", "email", "inventory-relay")
 INFRA_ADDRESS_VARS = ("MONGO_URI", "KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "SMTP_HOST", "SMTP_PORT")
 
 
@@ -210,6 +211,7 @@ def test_every_python_service_runs_a_known_entry_point(
         "relay": "services.relay",
         "inventory": "services.inventory",
         "inventory-seed": "services.inventory",
+        "inventory-relay": "services.relay",
         "email": "services.email",
         "console": "services.console",
         "demo": "stack.demo",
@@ -305,6 +307,21 @@ def test_relay_runs_three_replicas_sharing_the_slots(services: Services) -> None
     # A fixed container name or a published port would make `--scale relay=3` fail.
     assert "container_name" not in relay
     assert not relay.get("ports")
+
+
+def test_inventory_has_relays_of_its_own_on_its_database(
+    python_service_list: list[PythonService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relays = {s.name: s for s in python_service_list if s.module == "services.relay"}
+    order = _settings_from_compose(relays["relay"], monkeypatch)
+    inventory = _settings_from_compose(relays["inventory-relay"], monkeypatch)
+    assert isinstance(order, RelaySettings) and isinstance(inventory, RelaySettings)
+    assert (order.database, inventory.database) == ("orders", "inventory")
+    # Sharing one would make slot n of each outbox's relays fence the other's producer.
+    assert order.transactional_id != inventory.transactional_id
+    spec = relays["inventory-relay"].spec
+    assert spec["deploy"]["replicas"] >= 2
+    assert "container_name" not in spec and not spec.get("ports")
 
 
 def test_inventory_stock_is_seeded_from_the_demo_catalogue(
