@@ -15,7 +15,7 @@ from services.inventory.models import STOCK, StockLevel, ensure_indexes
 from services.inventory.settings import InventorySettings
 from shared.consumer import Route, order_routes, run_consumer_service
 from shared.events import OrderEvent, parse_order_cancelled, parse_order_created
-from shared.mongo import make_mongo_client
+from shared.mongo import make_mongo_client, ping_check
 from shared.outbox import OUTBOX_COLLECTION, ensure_outbox_indexes
 from shared.redis import make_redis
 
@@ -42,17 +42,13 @@ async def run(settings: InventorySettings, stop: asyncio.Event | None = None) ->
             settings, parse_order_created, parse_order_cancelled
         )
 
-        async def mongo_ready() -> bool:
-            await mongo.admin.command("ping")
-            return True
-
         return await run_consumer_service(
             settings,
             service=SERVICE,
             parse=parse_order_created,
             handler=handler.handle,
             redis=redis,
-            extra_ready={"mongo": mongo_ready},
+            extra_ready={"mongo": ping_check(mongo)},
             stop=stop,
             routes=routes,
         )
