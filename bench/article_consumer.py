@@ -21,7 +21,11 @@ What is kept from it, on purpose (this is the design being measured, bugs includ
 
 What is ours, so that only the pipeline design differs between the two sides of the benchmark:
 the side effects themselves are this repository's ``ReservationHandler`` (the same MongoDB
-transaction) and ``ConfirmationSender`` (the same SMTP conversation).
+transaction) and ``ConfirmationSender`` (the same SMTP conversation: the confirmation our email
+service sends on inventory's ``StockReserved``, built here from the order event once the
+reservation took, with what inventory's event would carry). As the article's
+``reserveItems`` throws when stock is short, an order inventory rejects gets no confirmation
+and no key, and counts as a failure.
 
 ``python -m bench.article_consumer --group G [--topic T] [--database D] [--offset-reset latest]
 [--ready-file F]``: runs until SIGTERM; writes ``F`` once partitions are assigned and positioned,
@@ -37,6 +41,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal
 
@@ -45,10 +50,10 @@ from aiokafka import AIOKafkaConsumer
 from services.email.handlers import make_sender
 from services.email.settings import EmailSettings
 from services.inventory.handlers import ReservationHandler
-from services.inventory.models import ensure_indexes
+from services.inventory.models import ReservationStatus, ensure_indexes
 from shared.consumer import Delivery
 from shared.contracts import IDEMPOTENCY_TTL_SECONDS, ORDER_CREATED_TOPIC, Header
-from shared.events import parse_order_created
+from shared.events import OrderCreated, StockReserved, parse_order_created
 from shared.kafka import decode_headers
 from shared.lifecycle import stop_event_on_signals
 from shared.logging import configure_logging
@@ -68,6 +73,18 @@ POLL_TIMEOUT_MS: Final = 500
 
 def article_key(order_id: str) -> str:
     return ARTICLE_KEY_FORMAT.format(order_id=order_id)
+
+
+def confirmation_of(order: OrderCreated) -> StockReserved:
+    """What our email service confirms from: the order's address, items and total, reserved
+    now (the article's consumer sends the confirmation right after ``reserveItems``)."""
+    return StockReserved(
+        order_id=order.order_id,
+        customer_email=order.customer_email,
+        total=order.total,
+        items=order.items,
+        reserved_at=datetime.now(UTC),
+    )
 
 
 @dataclass
@@ -159,8 +176,9 @@ async def run_article_consumer(
                         if await redis.get(key):
                             stats.duplicates += 1
                             continue
-                        await reserve(event, delivery)
-                        await send(event, delivery)
+                        if await reserve(event, delivery) != ReservationStatus.RESERVED:
+                            raise RuntimeError(f"order {event.order_id}: stock not reserved")
+                        await send(confirmation_of(event), delivery)
                         stats.redis_round_trips += 1
                         await redis.setex(key, IDEMPOTENCY_TTL_SECONDS, ARTICLE_MARKER)
                     except Exception as exc:  # the article has no handler here; we log, go on

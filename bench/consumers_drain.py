@@ -1,10 +1,13 @@
 """Consumers phase: each consumer's drain rate from a backlog, and its Redis cost per message.
 
-``plan.consumer_backlog`` order.created records go to a private topic (6 partitions); then each
-consumer, in-process and with its real handler (``IdempotentConsumer``), drains the backlog from
-a fresh consumer group, bounded in time: inventory (claim, one MongoDB transaction, mark), email
-(claim, one SMTP conversation, mark), then the article's consumer (both side effects, one message
-at a time). The rate runs from the first finished record (the group join is reported apart).
+``plan.consumer_backlog`` order.created records go to a private topic (6 partitions), and the
+``StockReserved`` inventory would announce for each of those orders to a second one (what our
+email service consumes); then each consumer, in-process and with its real handler
+(``IdempotentConsumer``), drains its backlog from a fresh consumer group, bounded in time:
+inventory (claim, one MongoDB transaction, mark) the orders, email (claim, one SMTP
+conversation, mark) the verdicts, then the article's consumer (both side effects, one message at
+a time) the orders. The rate runs from the first finished record (the group join is reported
+apart).
 All of it ``plan.repeats`` times, each on a backlog of its own (``consumer_runs`` in the JSON);
 the report gives each rate's spread and the ratio to the article's consumer run by run.
 """
@@ -14,57 +17,76 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.article_consumer import ArticleConsumerConfig, ArticleConsumerStats, run_article_consumer
-from bench.e2e_latency import seed_bench_stock
+from bench.article_consumer import (
+    ArticleConsumerConfig,
+    ArticleConsumerStats,
+    confirmation_of,
+    run_article_consumer,
+)
+from bench.e2e_latency import BENCH_SKUS, seed_bench_stock
 from bench.run import Run
 from services.email.handlers import make_sender
 from services.email.settings import EmailSettings
 from services.inventory.handlers import ReservationHandler
-from services.inventory.models import STOCK, ensure_indexes
+from services.inventory.models import ensure_indexes
 from services.inventory.settings import InventorySettings
-from shared.consumer import Delivery, IdempotentConsumer
-from shared.contracts import EVENT_ORDER_CREATED, TOPIC_PARTITIONS, Header, dlq_topic_for
-from shared.events import OrderCreated, parse_order_created
+from shared.consumer import ConsumerServiceSettings, IdempotentConsumer, Parser
+from shared.contracts import (
+    EVENT_ORDER_CREATED,
+    EVENT_STOCK_RESERVED,
+    TOPIC_PARTITIONS,
+    Header,
+    dlq_topic_for,
+)
+from shared.events import OrderCreated, StockReserved, parse_order_created, parse_stock_reserved
 from shared.kafka import encode_headers, ensure_topics, make_producer
 from shared.mongo import make_mongo_client
 from shared.redis import make_redis
 from stack.observe import wait_for_topics
 
-Handler = Callable[[OrderCreated, Delivery], Awaitable[str]]
+
+def backlog_orders(events: int) -> list[OrderCreated]:
+    """``events`` fresh orders (ids unique to this call) over five of the bench's SKUs (each
+    consumer's database gets their endless stock, :func:`seed_bench_stock`: every order is
+    reserved, by inventory as by the article's consumer)."""
+    created = datetime.now(UTC)
+    return [
+        OrderCreated.model_validate(
+            {
+                "orderId": f"bench-{n}-{uuid.uuid4().hex[:8]}",
+                "userId": "user-1",
+                "customerEmail": "buyer@example.com",
+                "total": "25.00",
+                "createdAt": created,
+                "items": [{"sku": BENCH_SKUS[n % 5], "quantity": 2, "unitPrice": "12.50"}],
+            }
+        )
+        for n in range(events)
+    ]
 
 
-async def produce_backlog(bootstrap: str, topic: str, events: int) -> None:
+async def produce_backlog(
+    bootstrap: str,
+    topic: str,
+    events: Sequence[OrderCreated | StockReserved],
+    event_type: str = EVENT_ORDER_CREATED,
+) -> None:
+    """Each event to ``topic``, keyed by its order id, with the headers the relay sets."""
     producer = make_producer(bootstrap, linger_ms=20)
     await producer.start()
     try:
-        created = datetime.now(UTC)
         pending = []
-        for n in range(events):
-            order_id = f"bench-{n}-{uuid.uuid4().hex[:8]}"
-            value = (
-                OrderCreated.model_validate(
-                    {
-                        "orderId": order_id,
-                        "userId": "user-1",
-                        "customerEmail": "buyer@example.com",
-                        "total": "25.00",
-                        "createdAt": created,
-                        "items": [{"sku": f"SKU-{n % 5 + 1}", "quantity": 2, "unitPrice": "12.50"}],
-                    }
-                )
-                .to_json()
-                .encode()
-            )
+        for event in events:
             headers = encode_headers(
-                {Header.IDEMPOTENCY_KEY: uuid.uuid4().hex, Header.EVENT_TYPE: EVENT_ORDER_CREATED}
+                {Header.IDEMPOTENCY_KEY: uuid.uuid4().hex, Header.EVENT_TYPE: event_type}
             )
-            pending.append(
-                await producer.send(topic, key=order_id.encode(), value=value, headers=headers)
-            )
+            key, value = event.order_id.encode(), event.to_json().encode()
+            pending.append(await producer.send(topic, key=key, value=value, headers=headers))
             if len(pending) >= 2_000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -73,15 +95,31 @@ async def produce_backlog(bootstrap: str, topic: str, events: int) -> None:
         await producer.stop()
 
 
+@dataclass(frozen=True)
+class Drained:
+    """What one consumer drains: its settings (group, topic), its real handler, and the event
+    type and parser of the records on its topic."""
+
+    settings: ConsumerServiceSettings
+    handler: Any
+    event_type: str = EVENT_ORDER_CREATED
+    parse: Parser[Any] = parse_order_created
+
+
 async def drain(
-    settings: Any, service: str, handler: Any, redis_url: str, events: int, limit: float
+    drained: Drained, service: str, redis_url: str, events: int, limit: float
 ) -> dict[str, Any]:
     """One consumer service's loop (``IdempotentConsumer``, its real handler) on the backlog,
     until it handled ``events`` or ``limit`` seconds passed; the rate is over what it handled,
     from the first finished record (the group join is reported separately)."""
     redis = make_redis(redis_url)
-    consumer = IdempotentConsumer(
-        settings, service=service, redis=redis, parse=parse_order_created, handler=handler
+    consumer: IdempotentConsumer[Any] = IdempotentConsumer(
+        drained.settings,
+        service=service,
+        redis=redis,
+        parse=drained.parse,
+        handler=drained.handler,
+        event_type=drained.event_type,
     )
 
     def handled() -> int:
@@ -164,34 +202,54 @@ async def _one_run(
     cfg = run.config
     events = run.plan.consumer_backlog
     topic = f"bench.consumers.{tag}"
+    # The verdicts of the same orders: what the email service consumes.
+    reserved_topic = f"{topic}.reserved"
     database = f"bench_cons_inv_{tag}"
+    topics = [topic, reserved_topic]
     await ensure_topics(
         cfg.kafka_bootstrap,
-        [topic, dlq_topic_for(topic)],
+        [*topics, *map(dlq_topic_for, topics)],
         TOPIC_PARTITIONS,
         replication=cfg.kafka_replication,
     )
-    await wait_for_topics(cfg.kafka_bootstrap, [topic], 60)
-    await asyncio.wait_for(produce_backlog(cfg.kafka_bootstrap, topic, events), 120)
+    await wait_for_topics(cfg.kafka_bootstrap, topics, 60)
+    orders = backlog_orders(events)
+    await asyncio.wait_for(produce_backlog(cfg.kafka_bootstrap, topic, orders), 120)
+    verdicts = [confirmation_of(order) for order in orders]
+    await asyncio.wait_for(
+        produce_backlog(cfg.kafka_bootstrap, reserved_topic, verdicts, EVENT_STOCK_RESERVED), 120
+    )
     mongo = make_mongo_client(cfg.mongo_uri, 30.0, "bench-consumers")
     # The email handler's per-order state (confirmation vs cancellation) lives in Redis.
     states_redis = make_redis(cfg.redis_url)
     figures: dict[str, dict[str, Any] | None] = {}
     try:
         await ensure_indexes(mongo, database)
-        await mongo[database][STOCK].insert_many(
-            [{"sku": f"SKU-{n}", "available": 10 * events} for n in range(1, 6)]
+        await seed_bench_stock(cfg.mongo_uri, database)
+        inventory = InventorySettings(
+            group_id=f"bench-inv-{tag}", database=database, topic=topic, port=0
         )
-        common: dict[str, Any] = {"topic": topic, "port": 0}
-        inventory = InventorySettings(group_id=f"bench-inv-{tag}", database=database, **common)
-        email = EmailSettings(group_id=f"bench-email-{tag}", **common)
-        plan: list[tuple[str, Any, Any]] = [
-            ("inventory", inventory, ReservationHandler(mongo, database).handle),
-            ("email", email, make_sender(email, states_redis).handle),
+        email = EmailSettings(
+            group_id=f"bench-email-{tag}",
+            topic=reserved_topic,
+            reserved_topic=reserved_topic,
+            port=0,
+        )
+        plan: list[tuple[str, Drained]] = [
+            ("inventory", Drained(inventory, ReservationHandler(mongo, database).handle)),
+            (
+                "email",
+                Drained(
+                    email,
+                    make_sender(email, states_redis).handle,
+                    EVENT_STOCK_RESERVED,
+                    parse_stock_reserved,
+                ),
+            ),
         ]
-        for name, settings, handler in plan:
+        for name, drained in plan:
             recorders = run.start_profile(f"consumer_{name}_{tag}", None)
-            one = drain(settings, f"bench-{name}-{tag}", handler, cfg.redis_url, events, limit)
+            one = drain(drained, f"bench-{name}-{tag}", cfg.redis_url, events, limit)
             figures[name] = await run.attempt(name, attempt, one)
             await run.finish_profile(f"consumer_{name}_{tag}", recorders)
         article = _article_consumer_drain(run, topic, tag, events, limit)

@@ -12,7 +12,11 @@ generator, the server's commit ``wallTime`` in MongoDB, the SMTP sink's ``time_n
   ``<inventory db>.reservations``: the commit time of the inventory transaction (millisecond
   resolution), not the moment we happened to look.
 * **Email received**: the nanosecond timestamp the sink put in the file name when the SMTP
-  ``DATA`` arrived; the order id is read from the ``Subject`` line.
+  ``DATA`` arrived; the order id is read from the ``Subject`` line. An order's email is its
+  verdict's mail: the confirmation (sent on inventory's ``StockReserved``) or the rejection
+  notice (``StockRejected``), whichever the order got; so this figure covers the whole loop
+  (our relay, inventory's transaction, inventory's relay, the email service), while the
+  reservation's covers the first half.
 
 The load is open-loop: order ``i`` is sent at ``t0 + i / rate`` whether or not earlier ones have
 answered. In-flight requests are capped (memory, sockets); every time the cap makes a send wait
@@ -47,7 +51,11 @@ from stack.observe import Inbox, topic_partitions
 BENCH_SKUS: Final = tuple(f"BENCH-SKU-{n}" for n in range(1, 9))
 # Enough stock that no benchmark order is ever rejected for want of it.
 BENCH_STOCK: Final = 1_000_000_000
-_SUBJECT = re.compile(r"^Order ([0-9a-f]{24}) (confirmed|cancelled)")
+# The subjects of the email service's three mails (services/email/models.py): the two verdict
+# mails (the confirmation, the rejection notice) and the cancellation notice.
+_SUBJECT = re.compile(r"^Order ([0-9a-f]{24}) (confirmed|could not be fulfilled|cancelled)$")
+_CANCELLED = "cancelled"
+_REJECTED = "could not be fulfilled"
 # At most this many requests in flight: bounds memory and sockets if the API stalls.
 MAX_IN_FLIGHT: Final = 256
 HTTP_TIMEOUT_SECONDS: Final = 10.0
@@ -140,6 +148,10 @@ class LatencyResult:
     reservation_from_201: Distribution | None = None
     missing_reservation: Missing = field(default_factory=Missing)
     missing_email: Missing = field(default_factory=Missing)
+    # Orders (not cancelled) whose verdict mail was a rejection notice: inventory found their
+    # stock short. The bench's SKUs never run out (BENCH_STOCK), so anything but 0 says the
+    # stock was not seeded.
+    rejected: int = 0
     notes: list[str] = field(default_factory=list)
 
     # Orders without a reservation or an email at the end of the settle window.
@@ -274,13 +286,16 @@ class _KafkaWatcher:
         await self._consumer.stop()
 
 
-class _EmailScanner:
-    """``orderId -> receipt time`` of the sink's new messages (first copy wins)."""
+class EmailScanner:
+    """``orderId -> receipt time`` of each order's verdict mail among the sink's new messages
+    (the confirmation or the rejection notice; first copy wins), the orders that got a
+    rejection notice, and those that got a cancellation notice."""
 
     def __init__(self, directory: Path) -> None:
         self._inbox = Inbox(directory)
         self._inbox.mark_start()
         self.received: dict[str, float] = {}
+        self.rejected: set[str] = set()
         self.cancellations: set[str] = set()
 
     def scan(self) -> None:
@@ -288,10 +303,13 @@ class _EmailScanner:
             match = _SUBJECT.match(mail.subject)
             if match is None or mail.received_at is None:
                 continue
-            if match.group(2) == "cancelled":
-                self.cancellations.add(match.group(1))
-            else:
-                self.received.setdefault(match.group(1), mail.received_at)
+            order_id, kind = match.group(1), match.group(2)
+            if kind == _CANCELLED:
+                self.cancellations.add(order_id)
+                continue
+            self.received.setdefault(order_id, mail.received_at)
+            if kind == _REJECTED:
+                self.rejected.add(order_id)
 
 
 @dataclass
@@ -394,8 +412,9 @@ async def measure_e2e(
     cpu_window: cpu.Window | None = None,
 ) -> LatencyResult:
     """Send ``rate`` orders/s for ``duration`` s, then wait up to ``settle_timeout`` s for every
-    reservation and email; return the latency distributions from the scheduled send to each,
-    and say of every order still missing whether it arrived during ``grace_seconds`` more.
+    reservation and verdict mail (the confirmation or the rejection notice); return the latency
+    distributions from the scheduled send to each, and say of every order still missing whether
+    it arrived during ``grace_seconds`` more.
 
     With ``cancel_every`` = k, every k-th order is cancelled right after its 201; such an order
     completes when its reservation reads ``cancelled`` and its cancellation email arrived (its
@@ -420,7 +439,7 @@ async def measure_e2e(
     except BaseException:
         await watcher.close()
         raise
-    scanner = _EmailScanner(smtp_dir)
+    scanner = EmailScanner(smtp_dir)
     sent = _Sent()
     cancelled_done: set[str] = set()
 
@@ -458,6 +477,7 @@ async def measure_e2e(
         await watcher.close()
         await kafka.close()
     result.cancelled = len(sent.cancelled)
+    result.rejected = len(scanner.rejected - sent.cancelled)
     result.cancellations_incomplete = len(sent.cancelled - cancelled_done)
     if watcher.fallbacks:
         result.notes.append(f"{watcher.fallbacks} reservations timed at observation (no wallTime)")

@@ -35,7 +35,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from bench import token_cost
 from bench.run import Run
 from services.order.models import order_indexes
-from services.order.schemas import CreateOrderRequest
+from services.order.schemas import CreateOrderRequest, OrderStatus
 from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, OutboxStatus
 from shared.mongo import ensure_indexes, make_mongo_client, run_in_transaction
 from shared.outbox import DEFAULT_PUBLISHED_TTL_SECONDS, OUTBOX_COLLECTION, ensure_outbox_indexes
@@ -83,7 +83,7 @@ def _raw_documents(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
             for i in request.items
         ],
         "total": Decimal128(Decimal(total)),
-        "status": "created",
+        "status": OrderStatus.PLACED.value,
         "createdAt": now,
         "version": 1,
         "idempotencyKey": uuid.uuid4().hex,
