@@ -34,8 +34,9 @@ INFRA: Final = ("mongo", "kafka", "redis", "smtp", "issuer")
 # ``proxied_env``); everything else keeps the direct path.
 FAULT_PROXY: Final = "toxiproxy"
 # "inventory-relay": the relay program serving inventory's outbox (its verdicts), one outbox
-# per relay process (see SERVICE_PROCESSES).
-SERVICES: Final = ("order", "relay", "inventory", "email", "inventory-relay")
+# per relay process; "order-verdicts": the order service's consumer of those verdicts (see
+# SERVICE_PROCESSES).
+SERVICES: Final = ("order", "relay", "inventory", "email", "inventory-relay", "order-verdicts")
 # What an operator opens: started by `make up` with the rest, not part of the pipeline.
 OPERATOR: Final = ("console",)
 ALL: Final = INFRA + SERVICES + OPERATOR

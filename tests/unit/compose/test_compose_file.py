@@ -35,7 +35,7 @@ from tests.unit.compose.compose_helpers import (
 
 Services = dict[str, dict[str, Any]]
 
-LONG_RUNNING = ("order", "relay", "inventory", "email", "inventory-relay")
+LONG_RUNNING = ("order", "relay", "inventory", "email", "inventory-relay", "order-verdicts")
 INFRA_ADDRESS_VARS = ("MONGO_URI", "KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "SMTP_HOST", "SMTP_PORT")
 
 
@@ -212,6 +212,7 @@ def test_every_python_service_runs_a_known_entry_point(
         "inventory": "services.inventory",
         "inventory-seed": "services.inventory",
         "inventory-relay": "services.relay",
+        "order-verdicts": "services.order.verdicts",
         "email": "services.email",
         "console": "services.console",
         "demo": "stack.demo",

@@ -16,7 +16,7 @@ from stack.versions import KAFKA_VERSION
 from tests.unit.compose.compose_helpers import REPO, default_profiles, python_services
 
 NODES = ("kafka-1", "kafka-2", "kafka-3")
-LONG_RUNNING = ("order", "relay", "inventory", "email", "inventory-relay")
+LONG_RUNNING = ("order", "relay", "inventory", "email", "inventory-relay", "order-verdicts")
 CLUSTER = TopicReplication.for_brokers(len(NODES))
 SINGLE = TopicReplication.for_brokers(1)
 

@@ -51,6 +51,15 @@ def test_the_order_outbox_relay_keeps_its_port_and_outbox(tmp_path: Path) -> Non
     assert "RELAY_DATABASE" not in launch.env or launch.env["RELAY_DATABASE"] == "orders"
 
 
+def test_the_order_verdicts_consumer_runs_its_module_on_its_own_port(tmp_path: Path) -> None:
+    config = StackConfig.for_tests(tmp_path)
+    assert config.service_env()["ORDER_VERDICTS_PORT"] == str(config.port_of("order-verdicts"))
+    launch = Stack(config)._plan("order-verdicts", "order-verdicts", None)
+    assert launch.argv[-2:] == ["-m", "services.order.verdicts"]
+    assert launch.env["ORDER_VERDICTS_PORT"] == str(config.port_of("order-verdicts"))
+    assert launch.env["ORDER_PORT"] == str(config.port_of("order"))
+
+
 def test_every_service_has_a_default_port_and_a_variable_to_read_it_from() -> None:
     assert DEFAULT_PORTS["inventory-relay"] == 8005
     assert DEFAULT_PORTS["order-verdicts"] == 8006

@@ -1,5 +1,6 @@
-"""The embedded stack runs inventory's outbox relay as a service of its own: the relay program on
-the ``inventory`` database, on its own port, beside the order outbox's relay."""
+"""The embedded stack runs the two services that close the verdict loop: inventory's outbox
+relay (the relay program on the ``inventory`` database, on its own port, beside the order
+outbox's relay) and the order service's consumer of inventory's verdicts."""
 
 from __future__ import annotations
 
@@ -48,3 +49,13 @@ async def test_the_inventory_relay_holds_the_slots_of_the_inventory_outbox(stack
     finally:
         stack.stop("inventory-relay")
     assert not stack.is_running("inventory-relay")
+
+
+def test_the_order_verdicts_consumer_starts_on_its_own_port(stack: Stack) -> None:
+    stack.start("order-verdicts")  # returns once its /readyz answers 200
+    try:
+        assert stack.port_of("order-verdicts") == stack.config.port_of("order-verdicts")
+        assert stack.status()["order-verdicts"]["running"]
+    finally:
+        stack.stop("order-verdicts")
+    assert not stack.is_running("order-verdicts")
