@@ -1,4 +1,8 @@
-"""One order makes one trace across the four services, read back from Jaeger's query API.
+"""One order makes one trace through the whole verdict loop, read back from Jaeger's query API:
+``POST /orders``, the order relay's publish, inventory's handling (its reservation and the
+``StockReserved`` it writes to its own outbox, in one transaction), inventory's relay
+publishing that verdict, and the two consumers of the verdict: the order service's (the order
+becomes ``confirmed``) and email's (the confirmation).
 
 Jaeger v2 (built from the Go module proxy, stack/gotools.py) runs as the embedded stack's
 optional component; the services are started after it, so the stack gives them
@@ -8,63 +12,106 @@ OTEL_EXPORTER_OTLP_ENDPOINT and tracing turns on.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.contracts import ORDER_CREATED_TOPIC, TOPIC_PARTITIONS, OutboxStatus
-from shared.mongo import make_mongo_client
+from services.email.settings import EmailSettings
+from services.inventory.settings import InventorySettings
+from services.order.verdicts.settings import VerdictSettings
+from shared.contracts import (
+    EVENT_STOCK_RESERVED,
+    INVENTORY_RESERVED_TOPIC,
+    ORDER_CREATED_TOPIC,
+    OutboxStatus,
+)
+from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
 from stack.gotools import JAEGER, ensure
 from stack.issuer import UserTokens
+from stack.observe import position_groups_at_end
 from tests.waiting import wait_until
 
 # A cold build of Jaeger takes minutes; `make test` builds it before pytest runs (make jaeger).
 pytestmark = pytest.mark.timeout(900)
 
-SERVICES = ("order", "relay", "inventory", "email")
+SERVICES = ("order", "relay", "inventory", "inventory-relay", "order-verdicts", "email")
+# Every service's spans are exported under its name; both relays run the relay program.
+TRACED_AS = {"order", "relay", "inventory", "order-verdicts", "email"}
+SKU = "SKU-TRACE"
 
 
-@pytest.fixture(scope="module")
-def traced_stack(stack: Stack) -> Iterator[dict[str, str]]:
+@pytest.fixture
+async def traced_stack(stack: Stack) -> AsyncIterator[dict[str, dict[str, str]]]:
+    """Jaeger, and each service's environment: this test's databases and consumer groups, the
+    groups positioned at the end of every topic they read (only this test's order is traced),
+    the SKU in stock (the order is reserved)."""
     ensure(JAEGER)
     run = uuid.uuid4().hex[:8]
-    env = {
-        "ORDER_DATABASE": f"traces_{run}",
-        "RELAY_DATABASE": f"traces_{run}",
-        "RELAY_TRANSACTIONAL_ID": f"traces-{run}",
-        "INVENTORY_GROUP_ID": f"traces-inventory-{run}",
-        "INVENTORY_DATABASE": f"traces_inventory_{run}",
-        "EMAIL_GROUP_ID": f"traces-email-{run}",
-        # Export within a fraction of a second instead of the SDK's 5 s default.
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    orders, inventory = f"traces_{run}", f"traces_inventory_{run}"
+    groups = {
+        "inventory": f"traces-inventory-{run}",
+        "email": f"traces-email-{run}",
+        "order-verdicts": f"traces-verdicts-{run}",
     }
+    # Export within a fraction of a second instead of the SDK's 5 s default.
+    common = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
+    envs = {
+        "order": {**common, "ORDER_DATABASE": orders},
+        "relay": {
+            **common,
+            "RELAY_DATABASE": orders,
+            "RELAY_TRANSACTIONAL_ID": f"traces-{run}",
+        },
+        "inventory": {
+            **common,
+            "INVENTORY_DATABASE": inventory,
+            "INVENTORY_GROUP_ID": groups["inventory"],
+        },
+        "inventory-relay": {
+            **common,
+            "RELAY_DATABASE": inventory,
+            "RELAY_TRANSACTIONAL_ID": f"traces-inventory-{run}",
+        },
+        "order-verdicts": {
+            **common,
+            "ORDER_VERDICTS_DATABASE": orders,
+            "ORDER_VERDICTS_GROUP_ID": groups["order-verdicts"],
+        },
+        "email": {**common, "EMAIL_GROUP_ID": groups["email"]},
+    }
+    topics = {
+        "inventory": (InventorySettings().topic, InventorySettings().cancelled_topic),
+        "email": (
+            EmailSettings().reserved_topic,
+            EmailSettings().rejected_topic,
+            EmailSettings().cancelled_topic,
+        ),
+        "order-verdicts": (
+            VerdictSettings().topic,
+            VerdictSettings().rejected_topic,
+            VerdictSettings().released_topic,
+        ),
+    }
+    for service, group in groups.items():
+        for topic in topics[service]:
+            await position_groups_at_end(stack.config.kafka_bootstrap, [group], topic)
+    mongo = make_mongo_client(stack.config.mongo_uri, 5.0, "trace-test")
+    await mongo[inventory]["stock"].insert_one({"sku": SKU, "available": 10})
     stack.start("jaeger")
     try:
-        yield env
+        for name in SERVICES:
+            stack.start(name, envs[name])
+        yield {**envs, "databases": {"orders": orders, "inventory": inventory}}
     finally:
         for name in (*reversed(SERVICES), "jaeger"):
             stack.stop(name)
-
-
-async def _groups_start_at_the_end(stack: Stack, groups: list[str]) -> None:
-    """New groups skip what other tests left in order.created: only our order is traced."""
-    for group in groups:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=stack.config.kafka_bootstrap, group_id=group, enable_auto_commit=False
-        )
-        await consumer.start()
-        try:
-            tps = [TopicPartition(ORDER_CREATED_TOPIC, p) for p in range(TOPIC_PARTITIONS)]
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            await consumer.commit({tp: int(ends[tp]) for tp in tps})
-        finally:
-            await consumer.stop()
+        await mongo.drop_database(orders)
+        await mongo.drop_database(inventory)
+        await mongo.close()
 
 
 def _by_id(trace: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -81,72 +128,88 @@ def _parent(span: dict[str, Any]) -> str | None:
     return refs[0]["spanID"] if refs else None
 
 
-def _one(spans: dict[str, dict[str, Any]], service: str, prefix: str) -> dict[str, Any]:
-    found = [
-        s
-        for s in spans.values()
-        if s["service"] == service and s["operationName"].startswith(prefix)
-    ]
-    assert len(found) == 1, f"{service} {prefix!r}: {[s['operationName'] for s in spans.values()]}"
+def _all(spans: dict[str, dict[str, Any]], service: str, name: str) -> list[dict[str, Any]]:
+    return [s for s in spans.values() if s["service"] == service and s["operationName"] == name]
+
+
+def _one(spans: dict[str, dict[str, Any]], service: str, name: str) -> dict[str, Any]:
+    found = _all(spans, service, name)
+    assert len(found) == 1, f"{service} {name!r}: {[s['operationName'] for s in spans.values()]}"
     return found[0]
 
 
-async def test_one_order_is_one_trace_across_the_four_services(
-    stack: Stack, traced_stack: dict[str, str]
+# The spans of the loop, by service: the trace is complete once each is in Jaeger.
+LOOP_SPANS = (
+    ("order", "order transaction"),
+    ("relay", f"publish {ORDER_CREATED_TOPIC}"),
+    ("inventory", f"inventory process {ORDER_CREATED_TOPIC}"),
+    ("inventory", "inventory reservation transaction"),
+    ("relay", f"publish {INVENTORY_RESERVED_TOPIC}"),
+    ("order-verdicts", f"order-verdicts process {INVENTORY_RESERVED_TOPIC}"),
+    ("email", f"email process {INVENTORY_RESERVED_TOPIC}"),
+    ("email", "smtp send"),
+)
+
+
+async def _outbox_event(mongo: MongoClient, database: str, order_id: str) -> dict[str, Any]:
+    doc = await mongo[database][OUTBOX_COLLECTION].find_one({"aggregateId": order_id})
+    assert doc is not None, f"no outbox event of {order_id} in {database}"
+    return doc
+
+
+async def test_one_order_is_one_trace_through_the_verdict_loop(
+    stack: Stack, traced_stack: dict[str, Any]
 ) -> None:
-    env = traced_stack
-    await _groups_start_at_the_end(stack, [env["INVENTORY_GROUP_ID"], env["EMAIL_GROUP_ID"]])
-    for name in SERVICES:
-        stack.start(name, env)
+    databases = traced_stack["databases"]
     order_url = f"http://127.0.0.1:{stack.port_of('order')}"
     jaeger_url = stack.config.jaeger_url
     body = {
         "userId": "trace-user",
         "customerEmail": "trace@example.com",
-        "items": [{"sku": "SKU-TRACE", "quantity": 1, "unitPrice": "1.00"}],
+        "items": [{"sku": SKU, "quantity": 1, "unitPrice": "1.00"}],
     }
+    auth = UserTokens.for_stack(stack.config).headers("trace-user")
+    mongo = make_mongo_client(stack.config.mongo_uri, 5.0, "trace-test")
     async with httpx.AsyncClient(timeout=10) as http:
-        created = await http.post(
-            f"{order_url}/orders",
-            json=body,
-            headers=UserTokens.for_stack(stack.config).headers("trace-user"),
-        )
+        created = await http.post(f"{order_url}/orders", json=body, headers=auth)
         assert created.status_code == 201, created.text
         order_id = created.json()["id"]
 
-        mongo = make_mongo_client(stack.config.mongo_uri, 5.0, "trace-test")
+        async def confirmed() -> bool:
+            answer = await http.get(f"{order_url}/orders/{order_id}", headers=auth)
+            return answer.status_code == 200 and answer.json()["status"] == "confirmed"
+
         try:
-            event = await mongo[env["ORDER_DATABASE"]][OUTBOX_COLLECTION].find_one(
-                {"aggregateId": order_id}
-            )
-            assert event is not None
-            await wait_until(
-                lambda: _published(mongo, env["ORDER_DATABASE"], order_id),
-                timeout=30,
-                message="the order's event published",
-            )
+            await wait_until(confirmed, timeout=60, interval=0.3, message="the order confirmed")
+            order_event = await _outbox_event(mongo, databases["orders"], order_id)
+            verdict = await _outbox_event(mongo, databases["inventory"], order_id)
+            assert verdict["eventType"] == EVENT_STOCK_RESERVED
+            # Inventory's relay published it (the order's state followed from that publish).
+            assert verdict["status"] == OutboxStatus.PUBLISHED.value
         finally:
-            await mongo.drop_database(env["ORDER_DATABASE"])
-            await mongo.drop_database(env["INVENTORY_DATABASE"])
             await mongo.close()
-        _, trace_id, api_span_id, _ = event["traceparent"].split("-")
+        _, trace_id, api_span_id, _ = order_event["traceparent"].split("-")
 
         async def complete_trace() -> dict[str, Any] | None:
             answer = await http.get(f"{jaeger_url}/api/traces/{trace_id}")
             if answer.status_code != 200:
                 return None
             data: dict[str, Any] = answer.json()["data"][0]
-            names = {s["operationName"] for s in data["spans"]}
-            wanted = ("smtp send", "inventory reservation transaction", "order transaction")
-            publish = any(n.startswith("publish ") for n in names)
-            return data if publish and all(w in names for w in wanted) else None
+            spans = _by_id(data)
+            return data if all(_all(spans, *wanted) for wanted in LOOP_SPANS) else None
 
         trace = await wait_until(
-            complete_trace, timeout=60, interval=0.5, message="the order's whole trace in Jaeger"
+            complete_trace, timeout=60, interval=0.5, message="the order's whole loop in Jaeger"
         )
-        assert trace is not None
         spans = _by_id(trace)
-        assert {s["service"] for s in spans.values()} >= set(SERVICES)
+        assert {s["service"] for s in spans.values()} == TRACED_AS
+
+        async def batch_of(publish: dict[str, Any]) -> dict[str, Any]:
+            """The relay batch span ``publish`` is linked to (a trace of its own)."""
+            links = [r for r in publish["references"] if r["refType"] == "FOLLOWS_FROM"]
+            assert len(links) == 1, publish
+            batch_trace = await http.get(f"{jaeger_url}/api/traces/{links[0]['traceID']}")
+            return _by_id(batch_trace.json()["data"][0])[links[0]["spanID"]]
 
         # The stored traceparent is the API request span's own context.
         api = spans[api_span_id]
@@ -154,26 +217,33 @@ async def test_one_order_is_one_trace_across_the_four_services(
         assert api["operationName"].startswith("POST /orders")
         assert _parent(_one(spans, "order", "order transaction")) == api_span_id
 
-        # The relay publishes as a child of the stored context, linked to its batch's span.
-        publish = _one(spans, "relay", "publish ")
+        # The order relay publishes as a child of the stored context, linked to its batch.
+        publish = _one(spans, "relay", f"publish {ORDER_CREATED_TOPIC}")
         assert _parent(publish) == api_span_id
-        links = [r for r in publish["references"] if r["refType"] == "FOLLOWS_FROM"]
-        assert len(links) == 1
-        batch_trace = await http.get(f"{jaeger_url}/api/traces/{links[0]['traceID']}")
-        batch = _by_id(batch_trace.json()["data"][0])[links[0]["spanID"]]
-        assert batch["operationName"] == "relay publish batch"
+        assert (await batch_of(publish))["operationName"] == "relay publish batch"
 
-        # Each consumer handles the record as a child of its traceparent header, and its side
-        # effect is a child of that.
-        for service, effect in (
-            ("inventory", "inventory reservation transaction"),
-            ("email", "smtp send"),
-        ):
-            process = _one(spans, service, f"{service} process ")
-            assert _parent(process) == api_span_id
-            assert _parent(_one(spans, service, effect)) == process["spanID"]
+        # Inventory handles the record as a child of its traceparent header; its reservation
+        # transaction is a child of that handling, and the verdict it writes to its outbox in
+        # that transaction carries the handling's context.
+        inventory = _one(spans, "inventory", f"inventory process {ORDER_CREATED_TOPIC}")
+        assert _parent(inventory) == api_span_id
+        reservation = _one(spans, "inventory", "inventory reservation transaction")
+        assert _parent(reservation) == inventory["spanID"]
+        _, verdict_trace, verdict_parent, _ = verdict["traceparent"].split("-")
+        assert (verdict_trace, verdict_parent) == (trace_id, inventory["spanID"])
 
+        # Inventory's relay publishes the verdict as a child of that stored context.
+        publish_verdict = _one(spans, "relay", f"publish {INVENTORY_RESERVED_TOPIC}")
+        assert _parent(publish_verdict) == inventory["spanID"]
+        assert (await batch_of(publish_verdict))["operationName"] == "relay publish batch"
 
-async def _published(mongo: Any, database: str, order_id: str) -> bool:
-    doc = await mongo[database][OUTBOX_COLLECTION].find_one({"aggregateId": order_id})
-    return doc is not None and doc["status"] == OutboxStatus.PUBLISHED.value
+        # Both consumers of the verdict handle it as a child of its traceparent header; email's
+        # SMTP send is a child of its handling. Email does not handle the order event itself.
+        verdicts = _one(
+            spans, "order-verdicts", f"order-verdicts process {INVENTORY_RESERVED_TOPIC}"
+        )
+        assert _parent(verdicts) == inventory["spanID"]
+        email = _one(spans, "email", f"email process {INVENTORY_RESERVED_TOPIC}")
+        assert _parent(email) == inventory["spanID"]
+        assert _parent(_one(spans, "email", "smtp send")) == email["spanID"]
+        assert not _all(spans, "email", f"email process {ORDER_CREATED_TOPIC}")
