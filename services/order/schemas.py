@@ -41,7 +41,7 @@ MAX_UNIT_PRICE: Final = Decimal("1000000000")
 MONEY_PLACES: Final = 2
 
 class OrderStatus(StrEnum):
-    """Where an order is in its lifecycle (:mod:`services.order.lifecycle` moves it)."""
+    """Where an order is in its lifecycle."""
 
     # Taken by the API; inventory has not answered yet.
     PLACED = "placed"
