@@ -1,19 +1,24 @@
 """The console tells the truth about a quiet system and a cancelled order, in a real browser.
 
-The whole loop runs as processes on the session's stack (order API, relay with Kafka
-transactions, inventory, email, console), on the real topics with this module's own databases
-and consumer groups (positioned at the end of the topics first, so only this module's orders
-reach them). Five orders, one of them cancelled, everything delivered; then:
+The whole verdict loop runs as processes on the session's stack (order API, relay with Kafka
+transactions, inventory, inventory's relay, the order's verdict consumer, email, console), on
+the real topics with this module's own databases and consumer groups (positioned at the end of
+every topic they read first, so only this module's orders reach them). Five orders, each
+confirmed, one of them then cancelled, everything delivered; then:
 
-* the overview shows lag 0 for every group on every topic: a caught-up group has nothing left
-  to read, although each Kafka transaction's commit marker sits after its last record;
-* the cancelled order's timeline lists each step once, at the time it happened: stock reserved,
-  stock released when the cancel arrived, the confirmation and the cancellation notice.
+* the overview shows lag 0 for every group on every topic it reads (CONSOLE_GROUP_TOPICS): a
+  caught-up group has nothing left to read, although each Kafka transaction's commit marker
+  sits after its last record;
+* the cancelled order's timeline lists each step once, at the time it happened: the order
+  placed, stock reserved and announced through inventory's outbox, the order confirmed and the
+  confirmation, then the cancel: the order cancelled, stock released (announced too) and the
+  cancellation notice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
 import uuid
@@ -28,10 +33,13 @@ from bson import ObjectId
 from playwright.async_api import Page
 
 from services.email.models import CANCELLATION_KIND, CONFIRMATION_KIND, message_id_for
+from services.email.settings import EmailSettings
+from services.inventory.settings import InventorySettings
+from services.order.verdicts.settings import VerdictSettings
 from shared.contracts import (
     EVENT_ORDER_CANCELLED,
-    EVENT_ORDER_CREATED,
-    ORDER_TOPICS,
+    EVENT_STOCK_RELEASED,
+    EVENT_STOCK_RESERVED,
     OutboxStatus,
 )
 from shared.mongo import MongoClient, make_mongo_client
@@ -52,17 +60,41 @@ pytestmark = pytest.mark.timeout(300)
 ORDERS = 5
 # The console's timestamp format (services/console/app.py `_when`): milliseconds, UTC.
 SHOWN_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC$")
+# The consumer services of the loop, each with the topics it subscribes to (from its settings).
+TOPICS_READ = {
+    "inventory": (InventorySettings().topic, InventorySettings().cancelled_topic),
+    "email": (
+        EmailSettings().reserved_topic,
+        EmailSettings().rejected_topic,
+        EmailSettings().cancelled_topic,
+    ),
+    "order-verdicts": (
+        VerdictSettings().topic,
+        VerdictSettings().rejected_topic,
+        VerdictSettings().released_topic,
+    ),
+}
 
 
 @dataclass
 class World(ConsoleWorld):
     inventory_database: str
-    groups: tuple[str, str]
+    # consumer service -> its group in this module
+    groups: dict[str, str]
     mongo: MongoClient
     inbox: Inbox
     page: Page
     order_ids: list[str]
     cancelled_id: str = ""
+
+    @property
+    def group_topics(self) -> set[tuple[str, str]]:
+        """(group, topic) for every topic each of this module's groups reads."""
+        return {
+            (group, topic)
+            for service, group in self.groups.items()
+            for topic in TOPICS_READ[service]
+        }
 
     async def api(self, path: str) -> Any:
         async with httpx.AsyncClient(base_url=self.url, timeout=10) as http:
@@ -77,31 +109,50 @@ async def world(stack: Stack) -> AsyncIterator[World]:
     token = secrets.token_urlsafe(32)
     database = f"console_loop_{run}"
     inventory_database = f"{database}_inventory"
-    groups = (f"console-loop-inventory-{run}", f"console-loop-email-{run}")
-    env = {
-        "ORDER_DATABASE": database,
-        "RELAY_DATABASE": database,
-        "RELAY_TRANSACTIONAL_ID": f"console-loop-{run}",
-        "INVENTORY_GROUP_ID": groups[0],
-        "INVENTORY_DATABASE": inventory_database,
-        "EMAIL_GROUP_ID": groups[1],
-        "CONSOLE_TOKEN": token,
-        "CONSOLE_ORDERS_DATABASE": database,
-        "CONSOLE_INVENTORY_DATABASE": inventory_database,
-        "CONSOLE_GROUPS": f'["{groups[0]}", "{groups[1]}"]',
+    groups = {
+        "inventory": f"console-loop-inventory-{run}",
+        "email": f"console-loop-email-{run}",
+        "order-verdicts": f"console-loop-verdicts-{run}",
+    }
+    envs = {
+        "order": {"ORDER_DATABASE": database},
+        "relay": {"RELAY_DATABASE": database, "RELAY_TRANSACTIONAL_ID": f"console-loop-{run}"},
+        "inventory": {
+            "INVENTORY_GROUP_ID": groups["inventory"],
+            "INVENTORY_DATABASE": inventory_database,
+        },
+        "inventory-relay": {
+            "RELAY_DATABASE": inventory_database,
+            "RELAY_TRANSACTIONAL_ID": f"console-loop-inventory-{run}",
+        },
+        "order-verdicts": {
+            "ORDER_VERDICTS_DATABASE": database,
+            "ORDER_VERDICTS_GROUP_ID": groups["order-verdicts"],
+        },
+        "email": {"EMAIL_GROUP_ID": groups["email"]},
+        "console": {
+            "CONSOLE_TOKEN": token,
+            "CONSOLE_ORDERS_DATABASE": database,
+            "CONSOLE_INVENTORY_DATABASE": inventory_database,
+            "CONSOLE_GROUPS": json.dumps(list(groups.values())),
+            "CONSOLE_GROUP_TOPICS": json.dumps(
+                {group: TOPICS_READ[service] for service, group in groups.items()}
+            ),
+        },
     }
     bootstrap = stack.config.kafka_bootstrap
     # Other modules' records stay in the topics: the new groups start after them.
-    for topic in ORDER_TOPICS:
-        await position_groups_at_end(bootstrap, groups, topic)
+    for service, group in groups.items():
+        for topic in TOPICS_READ[service]:
+            await position_groups_at_end(bootstrap, [group], topic)
     mongo = make_mongo_client(stack.config.mongo_uri, 5.0, "console-loop-tests")
     await mongo[inventory_database]["stock"].insert_one({"sku": "SKU-LOOP", "available": 1_000})
     inbox = Inbox(stack.config.smtp_dir)
     inbox.mark_start()
-    services = ("order", "relay", "inventory", "email", "console")
+    services = tuple(envs)
     try:
         for name in services:
-            stack.start(name, env)
+            stack.start(name, envs[name])
         async with chromium_page() as page:
             url = f"http://127.0.0.1:{stack.port_of('console')}"
             await sign_in(page, url, token)
@@ -132,9 +183,10 @@ async def _place_order(world: World, n: int) -> str:
     )
 
 
-async def _event_ids(world: World) -> dict[tuple[str, str], str]:
-    """(order id, event type) -> outbox event id, for this module's orders."""
-    outbox = world.mongo[world.database][OUTBOX_COLLECTION]
+async def _event_ids(world: World, database: str | None = None) -> dict[tuple[str, str], str]:
+    """(order id, event type) -> outbox event id, for this module's orders, in the outbox of
+    ``database`` (the order API's by default; inventory's holds its verdicts)."""
+    outbox = world.mongo[database or world.database][OUTBOX_COLLECTION]
     return {
         (str(doc["aggregateId"]), str(doc["eventType"])): str(doc["_id"])
         async for doc in outbox.find({}, {"aggregateId": 1, "eventType": 1})
@@ -142,14 +194,22 @@ async def _event_ids(world: World) -> dict[tuple[str, str], str]:
 
 
 async def _confirmation_sent(world: World, order_id: str) -> bool:
-    event = (await _event_ids(world)).get((order_id, EVENT_ORDER_CREATED))
+    """The order's confirmation, sent on inventory's StockReserved, is in the mailbox."""
+    verdicts = await _event_ids(world, world.inventory_database)
+    event = verdicts.get((order_id, EVENT_STOCK_RESERVED))
     return event is not None and message_id_for(event) in {m.message_id for m in world.inbox.scan()}
 
 
+async def _statuses(world: World) -> dict[str, str]:
+    orders = world.mongo[world.database]["orders"]
+    return {str(doc["_id"]): doc["status"] async for doc in orders.find({}, {"status": 1})}
+
+
 async def _everything_delivered(world: World) -> bool:
-    outbox = world.mongo[world.database][OUTBOX_COLLECTION]
-    if await outbox.count_documents({"status": {"$ne": OutboxStatus.PUBLISHED.value}}):
-        return False
+    for database in (world.database, world.inventory_database):
+        outbox = world.mongo[database][OUTBOX_COLLECTION]
+        if await outbox.count_documents({"status": {"$ne": OutboxStatus.PUBLISHED.value}}):
+            return False
     reservations = {
         doc["orderId"]: doc
         async for doc in world.mongo[world.inventory_database]["reservations"].find({})
@@ -158,8 +218,23 @@ async def _everything_delivered(world: World) -> bool:
         return False
     if "cancelledAt" not in reservations[world.cancelled_id]:
         return False
+    verdicts = await _event_ids(world, world.inventory_database)
+    if (world.cancelled_id, EVENT_STOCK_RELEASED) not in verdicts:
+        return False
+    expected_statuses = {o: "confirmed" for o in world.order_ids} | {
+        world.cancelled_id: "cancelled"
+    }
+    if await _statuses(world) != expected_statuses:
+        return False
+    # The release reached the order too (recorded in its history, the status unchanged).
+    released = verdicts[(world.cancelled_id, EVENT_STOCK_RELEASED)]
+    cancelled = await world.mongo[world.database]["orders"].find_one(
+        {"_id": ObjectId(world.cancelled_id), "history.eventId": released}
+    )
+    if cancelled is None:
+        return False
     events = await _event_ids(world)
-    expected = {message_id_for(events[(o, EVENT_ORDER_CREATED)]) for o in world.order_ids}
+    expected = {message_id_for(verdicts[(o, EVENT_STOCK_RESERVED)]) for o in world.order_ids}
     expected.add(
         message_id_for(events[(world.cancelled_id, EVENT_ORDER_CANCELLED)], CANCELLATION_KIND)
     )
@@ -169,8 +244,8 @@ async def _everything_delivered(world: World) -> bool:
 async def test_an_idle_caught_up_stack_shows_no_lag(world: World) -> None:
     world.order_ids = [await _place_order(world, n) for n in range(ORDERS)]
     world.cancelled_id = world.order_ids[1]  # loop-user-1's
-    # Cancelled once its confirmation left, so both emails are due (had the email service seen
-    # the cancel first, it would rightly have skipped the confirmation).
+    # Cancelled once its confirmation left (on inventory's verdict), so both emails are due
+    # (had the email service seen the cancel first, it would rightly have sent no confirmation).
     await wait_until(
         lambda: _confirmation_sent(world, world.cancelled_id),
         timeout=60,
@@ -187,7 +262,7 @@ async def test_an_idle_caught_up_stack_shows_no_lag(world: World) -> None:
         lambda: _everything_delivered(world),
         timeout=60,
         interval=0.5,
-        message="reservations, the release and every email",
+        message="reservations, verdicts, the release, every order's status and every email",
     )
 
     # Delivered; the groups commit right after their work. From then on nothing is pending.
@@ -201,15 +276,15 @@ async def test_an_idle_caught_up_stack_shows_no_lag(world: World) -> None:
         await wait_until(no_lag_shown, timeout=30, interval=0.5, message="lag 0 everywhere")
     except WaitTimeout:
         pytest.fail(f"an idle, caught-up stack shows lag: {lag}")
-    # Every group on every topic the consumers read (shared/contracts.py), each partition 0.
-    assert {(row["group"], row["topic"]) for row in lag} == {
-        (group, topic) for group in world.groups for topic in ORDER_TOPICS
-    }
+    # Each group on every topic it reads (inventory's topics included), each partition 0;
+    # none on a topic it does not read (its "lag" there would be every record).
+    assert {(row["group"], row["topic"]) for row in lag} == world.group_topics
+    assert len(lag) == len(world.group_topics), lag
     assert all(set(row["partitions"].values()) == {0} for row in lag), lag
 
     await world.page.goto(world.url + "/")
     rows = world.page.locator("#lag tr[data-group]")
-    assert await rows.count() == len(world.groups) * len(ORDER_TOPICS)
+    assert await rows.count() == len(world.group_topics)
     for i in range(await rows.count()):
         total = rows.nth(i).locator("td.total")
         assert await total.inner_text() == "0"
@@ -217,14 +292,14 @@ async def test_an_idle_caught_up_stack_shows_no_lag(world: World) -> None:
     await shot(world.page, "overview-idle")
 
     # The consumers' own lag metric (what ConsumerLagGrowing watches) agrees, topic by topic.
-    for service in ("inventory", "email"):
+    for service in world.groups:
         async with httpx.AsyncClient(timeout=10) as http:
             metrics = (
                 await http.get(f"http://127.0.0.1:{world.stack.port_of(service)}/metrics")
             ).text
         series = re.findall(r"^consumer_lag\{([^}]*)\} (\S+)$", metrics, re.MULTILINE)
         topics = {re.search(r'topic="([^"]*)"', labels).group(1) for labels, _ in series}  # type: ignore[union-attr]
-        assert topics == set(ORDER_TOPICS), series
+        assert topics == set(TOPICS_READ[service]), series
         assert {float(value) for _, value in series} == {0.0}, series
 
 
@@ -254,8 +329,11 @@ async def test_a_cancelled_orders_timeline_shows_each_step_once_at_its_own_time(
     order = await world.mongo[world.database]["orders"].find_one({"_id": ObjectId(order_id)})
     assert order is not None
     events = await _event_ids(world)
-    created_event = events[(order_id, EVENT_ORDER_CREATED)]
     cancel_event = events[(order_id, EVENT_ORDER_CANCELLED)]
+    verdicts = await _event_ids(world, world.inventory_database)
+    reserved_event = verdicts[(order_id, EVENT_STOCK_RESERVED)]
+    released_event = verdicts[(order_id, EVENT_STOCK_RELEASED)]
+    history = {entry.get("eventId"): entry for entry in order["history"]}
 
     await world.page.goto(world.url + f"/orders/{order_id}")
     table = [
@@ -265,18 +343,36 @@ async def test_a_cancelled_orders_timeline_shows_each_step_once_at_its_own_time(
     await shot(world.page, "order-timeline-cancelled")
     assert all(SHOWN_TIME.match(row[0]) for row in table), table
 
-    # Inventory: reserved when the creation arrived, released when the cancel arrived.
+    # The order: placed, confirmed by inventory's verdict, cancelled at its own cancelledAt;
+    # the release that followed is recorded without changing it.
+    placed = _one(table, "order created")
+    assert placed[0] == _shown(_utc(order["createdAt"]))
+    confirmed = _one(table, "order confirmed")
+    assert confirmed[0] == _shown(_utc(history[reserved_event]["at"]))
+    assert f"by {EVENT_STOCK_RESERVED}, event {reserved_event}" in confirmed[2]
+    cancelled = _one(table, "order cancelled")
+    assert cancelled[0] == _shown(_utc(order["cancelledAt"]))
+    stays = _one(table, "order stays cancelled")
+    assert f"by {EVENT_STOCK_RELEASED}, event {released_event}" in stays[2]
+    # Inventory: reserved when the creation arrived, released when the cancel arrived; each
+    # verdict written to its outbox in that transaction, then published by its relay.
     reserved = _one(table, "stock reserved")
     assert reserved[0] == _shown(_utc(reservation["createdAt"]))
     released = _one(table, "stock released")
     assert released[0] == _shown(_utc(reservation["cancelledAt"]))
     assert not _rows(table, "stock cancelled"), table  # a status is not a step
-    # The order itself was cancelled at its own cancelledAt.
-    cancelled = _one(table, "order cancelled")
-    assert cancelled[0] == _shown(_utc(order["cancelledAt"]))
-    # Email: both messages went out, each shown once, with its own Message-ID.
+    for kind, event_id in (
+        (EVENT_STOCK_RESERVED, reserved_event),
+        (EVENT_STOCK_RELEASED, released_event),
+    ):
+        written = _one(table, f"inventory outbox {kind} written")
+        assert f"event {event_id}" in written[2]
+        published = _one(table, f"{kind} published")
+        assert table.index(written) < table.index(published)
+    # Email: the confirmation (on the verdict) and the notice went out, each shown once, with
+    # its own Message-ID.
     confirmation = _one(table, "confirmation sent")
-    assert message_id_for(created_event, CONFIRMATION_KIND) in confirmation[2]
+    assert message_id_for(reserved_event, CONFIRMATION_KIND) in confirmation[2]
     notice = _one(table, "cancellation notice sent")
     assert message_id_for(cancel_event, CANCELLATION_KIND) in notice[2]
     assert not _rows(table, "email sent"), table
@@ -285,7 +381,9 @@ async def test_a_cancelled_orders_timeline_shows_each_step_once_at_its_own_time(
     # In time order, each at its own moment.
     times = [row[0] for row in table]
     assert times == sorted(times), table
-    assert table.index(reserved) < table.index(released)
+    assert table.index(placed) < table.index(reserved) < table.index(confirmed)
+    assert table.index(confirmed) < table.index(cancelled) < table.index(released)
+    assert table.index(released) <= table.index(stays)
     assert table.index(confirmation) < table.index(notice)
 
 
