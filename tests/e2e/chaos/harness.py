@@ -1,12 +1,15 @@
 """The failure-injection harness: the whole pipeline as real processes, a load generator, and a
 collector that reads back what every component holds so :mod:`.invariants` can judge it.
 
-* :class:`Pipeline` runs order, relay, inventory and email on the session's embedded ``stack``,
-  in databases of their own (``chaos_orders``, ``chaos_inventory``) with short timings, and puts
-  every service back to its default configuration between scenarios.
+* :class:`Pipeline` runs the whole loop on the session's embedded ``stack``: the order API and
+  its verdict consumer, a relay per outbox (``relay`` for the orders', ``inventory-relay`` for
+  inventory's), inventory and email, in databases of their own (``chaos_orders``,
+  ``chaos_inventory``) with short timings, and puts every service back to its default
+  configuration between scenarios. It seeds ample stock and a pool of SKUs in short supply.
 * :class:`LoadGenerator` posts orders over HTTP at a steady rate while a fault is injected (and,
   if asked, cancels a share of them soon after, some within milliseconds) and remembers exactly
-  what each request was told.
+  what each request was told. Every third order also asks for one unit of the scenario's SKU in
+  short supply, so the first few are reserved and the rest rejected for lack of stock.
 * :class:`Chaos` is one scenario: it marks where the scenario began in Kafka and in the SMTP
   sink, injects faults through the stack supervisor, then polls (bounded) until every invariant
   holds or the deadline turns what is left into violations.
@@ -40,13 +43,17 @@ from bson.errors import InvalidId
 
 from shared.contracts import (
     EMAIL_GROUP,
+    EVENT_TOPICS,
     INVENTORY_GROUP,
-    ORDER_CANCELLED_DLQ_TOPIC,
+    INVENTORY_REJECTED_TOPIC,
+    INVENTORY_RESERVED_TOPIC,
+    INVENTORY_TOPICS,
     ORDER_CANCELLED_TOPIC,
-    ORDER_CREATED_DLQ_TOPIC,
     ORDER_CREATED_TOPIC,
+    ORDER_GROUP,
     ORDER_TOPICS,
     Header,
+    dlq_topic_for,
 )
 from shared.kafka import decode_headers, make_producer
 from shared.lag import lag_of
@@ -66,6 +73,7 @@ from tests.e2e.chaos.invariants import (
     EmailRow,
     Evaluation,
     Expectations,
+    HistoryRow,
     KafkaRow,
     OutboxRow,
     ReservationRow,
@@ -79,15 +87,27 @@ log = logging.getLogger("chaos")
 
 ORDERS_DB: Final = "chaos_orders"
 INVENTORY_DB: Final = "chaos_inventory"
-GROUPS: Final = (INVENTORY_GROUP, EMAIL_GROUP)
+# The topics each consumer group reads: what "caught up" means for it.
+GROUP_TOPICS: Final[dict[str, tuple[str, ...]]] = {
+    INVENTORY_GROUP: ORDER_TOPICS,
+    EMAIL_GROUP: (INVENTORY_RESERVED_TOPIC, INVENTORY_REJECTED_TOPIC, ORDER_CANCELLED_TOPIC),
+    ORDER_GROUP: INVENTORY_TOPICS,
+}
 # The application names the services give their MongoDB clients: configureFailPoint's
 # ``appName`` filter aims a fault at one service and leaves the others (and this harness) alone.
 ORDER_APP_NAME: Final = "order-api"
 INVENTORY_APP_NAME: Final = "inventory"
 
-# Stock large enough that no scenario ever runs out: a rejection would be a bug, not a shortage.
+# Stock large enough that no scenario ever runs out: an order of these alone is never rejected.
 SKUS: Final = ("CHAOS-A", "CHAOS-B")
 AMPLE_STOCK: Final = 1_000_000_000
+# The small catalogue: each scenario takes one SKU of this pool (seeded once per module) with
+# SCARCE_STOCK units, and every SCARCE_EVERY-th order asks for one unit of it: the first
+# SCARCE_STOCK are reserved, the next are rejected for lack of stock (unless a cancel gave
+# a unit back), so every scenario of more than a dozen orders has both verdicts.
+SCARCE_POOL: Final = tuple(f"CHAOS-SCARCE-{i:02d}" for i in range(40))
+SCARCE_STOCK: Final = 2
+SCARCE_EVERY: Final = 3
 
 # Default settle deadline: a relay backoff (capped at 1 s here), a consumer backoff (1 s), a
 # claim lease (5 s) and the Kafka client's reconnect all fit many times over.
@@ -114,19 +134,26 @@ def _service_overrides() -> dict[str, dict[str, str]]:
     Short timings keep recovery (and so the whole matrix) within the CI budget; they do not
     change what is guaranteed, only how quickly it is observed.
     """
+    relay = {
+        "RELAY_SWEEP_INTERVAL_SECONDS": "0.5",
+        "RELAY_BACKOFF_MAX_SECONDS": "1",
+        # A dead leader is replaced within 4 s (renewed every second, three renewals per TTL
+        # plus margin), instead of 10 s.
+        "RELAY_LEASE_TTL_SECONDS": "4",
+        "RELAY_LEASE_RENEW_SECONDS": "1",
+        "RELAY_DRAIN_SECONDS": "10",
+        "RELAY_METRICS_INTERVAL_SECONDS": "1",
+    }
     return {
         "order": {"ORDER_DATABASE": ORDERS_DB},
-        "relay": {
-            "RELAY_DATABASE": ORDERS_DB,
-            "RELAY_SWEEP_INTERVAL_SECONDS": "0.5",
-            "RELAY_BACKOFF_MAX_SECONDS": "1",
-            # A dead leader is replaced within 4 s (renewed every second, three renewals per TTL
-            # plus margin), instead of 10 s.
-            "RELAY_LEASE_TTL_SECONDS": "4",
-            "RELAY_LEASE_RENEW_SECONDS": "1",
-            "RELAY_DRAIN_SECONDS": "10",
-            "RELAY_METRICS_INTERVAL_SECONDS": "1",
+        "order-verdicts": {
+            "ORDER_VERDICTS_DATABASE": ORDERS_DB,
+            "ORDER_VERDICTS_CLAIM_LEASE_SECONDS": "5",
+            "ORDER_VERDICTS_BACKOFF_MAX_SECONDS": "1",
+            "ORDER_VERDICTS_DRAIN_SECONDS": "10",
         },
+        "relay": {"RELAY_DATABASE": ORDERS_DB, **relay},
+        "inventory-relay": {"RELAY_DATABASE": INVENTORY_DB, **relay},
         "inventory": {
             "INVENTORY_DATABASE": INVENTORY_DB,
             "INVENTORY_CLAIM_LEASE_SECONDS": "5",
@@ -168,10 +195,13 @@ class LoadGenerator:
         max_in_flight: int = 64,
         items: list[dict[str, Any]] | None = None,
         cancel_share: float = 0.0,
+        scarce_sku: str | None = None,
     ) -> None:
         self.base_url = base_url
         self.tokens = tokens
         self.items = items
+        # Every SCARCE_EVERY-th default order also asks for a unit of this SKU (None: never).
+        self.scarce_sku = scarce_sku
         # The fraction of accepted orders cancelled after one of CANCEL_DELAYS (deterministic:
         # spread evenly over the sequence, delays taken in turn).
         self.cancel_share = cancel_share
@@ -258,14 +288,16 @@ class LoadGenerator:
         return attempt
 
     def body(self, attempt: Attempt) -> dict[str, Any]:
+        items = self.items or [
+            {"sku": SKUS[0], "quantity": 1 + attempt.seq % 3, "unitPrice": "12.50"},
+            {"sku": SKUS[1], "quantity": 1, "unitPrice": "3.99"},
+        ]
+        if self.scarce_sku is not None and attempt.seq % SCARCE_EVERY == SCARCE_EVERY - 1:
+            items = [*items, {"sku": self.scarce_sku, "quantity": 1, "unitPrice": "7.00"}]
         return {
             "userId": attempt.user_id,
             "customerEmail": attempt.customer_email,
-            "items": self.items
-            or [
-                {"sku": SKUS[0], "quantity": 1 + attempt.seq % 3, "unitPrice": "12.50"},
-                {"sku": SKUS[1], "quantity": 1, "unitPrice": "3.99"},
-            ],
+            "items": items,
         }
 
     async def _post(self, attempt: Attempt) -> None:
@@ -302,11 +334,16 @@ class LoadGenerator:
 
     async def _cancel(self, attempt: Attempt) -> None:
         """``POST /orders/{id}/cancel`` after this attempt's turn of CANCEL_DELAYS."""
-        assert self._client is not None
         delay = CANCEL_DELAYS[int(attempt.seq * self.cancel_share) % len(CANCEL_DELAYS)]
         if delay:
             # Load shape, not synchronisation: how soon after its creation an order is cancelled.
             await asyncio.sleep(delay)
+        await self.cancel(attempt)
+
+    async def cancel(self, attempt: Attempt) -> None:
+        """``POST /orders/{id}/cancel`` now, for an accepted attempt; the answer is recorded on
+        the attempt (and judged by the invariants)."""
+        assert self._client is not None and attempt.order_id is not None
         attempt.cancel_sent = True
         try:
             response = await self._client.post(
@@ -409,7 +446,7 @@ class Inbox:
 
 
 class Pipeline:
-    """Order, relay, inventory and email running on ``stack``, with the suite's settings."""
+    """The services of :data:`stack.SERVICES` running on ``stack``, with the suite's settings."""
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
@@ -427,6 +464,8 @@ class Pipeline:
         self.tokens = UserTokens.for_stack(config, ttl_seconds=24 * 3600)
         # instance -> the extra environment it was started with ({} = the suite defaults)
         self.started_with: dict[str, dict[str, str]] = {}
+        # How many SKUs of SCARCE_POOL the scenarios of this module took.
+        self.scarce_taken = 0
 
     # -- processes ---------------------------------------------------------------------------
     def env_for(self, component: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -468,18 +507,33 @@ class Pipeline:
         return f"http://127.0.0.1:{self.port_of('order')}"
 
     async def prepare(self) -> None:
-        """Fresh databases, consumer groups at the end of the topic, stock seeded, all four
-        services running. Called once per module; scenarios scope by their own ids."""
+        """Fresh databases, consumer groups at the end of their topics, stock seeded (ample,
+        and the pool in short supply), every service running. Called once per module;
+        scenarios scope by their own ids."""
         for name in SERVICES:
             if self.is_running(name):
                 await self.stop(name)
         with pymongo.timeout(_PREPARE_TIMEOUT_SECONDS):
             await self.mongo.drop_database(ORDERS_DB)
             await self.mongo.drop_database(INVENTORY_DB)
-        for topic in ORDER_TOPICS:
-            await position_groups_at_end(self.bootstrap, GROUPS, topic)
-        await self.seed_stock({sku: AMPLE_STOCK for sku in SKUS})
+        for topic in EVENT_TOPICS:
+            groups = [group for group, topics in GROUP_TOPICS.items() if topic in topics]
+            await position_groups_at_end(self.bootstrap, groups, topic)
+        await self.seed_stock(
+            {**dict.fromkeys(SKUS, AMPLE_STOCK), **dict.fromkeys(SCARCE_POOL, SCARCE_STOCK)}
+        )
+        self.scarce_taken = 0
         await self.restore()
+
+    def take_scarce_sku(self) -> str:
+        """A SKU in short supply no earlier scenario of this module ordered."""
+        if self.scarce_taken >= len(SCARCE_POOL):
+            raise RuntimeError(
+                f"all {len(SCARCE_POOL)} SKUs of SCARCE_POOL taken: a module has more scenarios "
+                "than the pool, make it larger"
+            )
+        self.scarce_taken += 1
+        return SCARCE_POOL[self.scarce_taken - 1]
 
     async def seed_stock(self, levels: Mapping[str, int]) -> None:
         """Load stock through the inventory's own command: ``python -m services.inventory
@@ -587,10 +641,12 @@ class Chaos:
         self.result = ScenarioResult(name)
         self.loads: list[LoadGenerator] = []
         self.extra_attempts: list[Attempt] = []
-        self.orders_tail = TopicTail(pipeline.bootstrap, ORDER_CREATED_TOPIC)
-        self.cancels_tail = TopicTail(pipeline.bootstrap, ORDER_CANCELLED_TOPIC)
-        self.dlq_tail = TopicTail(pipeline.bootstrap, ORDER_CREATED_DLQ_TOPIC)
-        self.cancels_dlq_tail = TopicTail(pipeline.bootstrap, ORDER_CANCELLED_DLQ_TOPIC)
+        self.scarce_sku = pipeline.take_scarce_sku()
+        # Every event topic (the order's and inventory's) and its DLQ, from the scenario's start.
+        self.event_tails = {t: TopicTail(pipeline.bootstrap, t) for t in EVENT_TOPICS}
+        self.dlq_tails = [TopicTail(pipeline.bootstrap, dlq_topic_for(t)) for t in EVENT_TOPICS]
+        self.orders_tail = self.event_tails[ORDER_CREATED_TOPIC]
+        self.cancels_tail = self.event_tails[ORDER_CANCELLED_TOPIC]
         self.inbox = Inbox(pipeline.smtp_dir)
         self.started_at = datetime.now(UTC)
         self.recovered_at: float | None = None
@@ -605,7 +661,7 @@ class Chaos:
 
     @property
     def _tails(self) -> tuple[TopicTail, ...]:
-        return (self.orders_tail, self.cancels_tail, self.dlq_tail, self.cancels_dlq_tail)
+        return (*self.event_tails.values(), *self.dlq_tails)
 
     # -- load and faults ---------------------------------------------------------------------
     def load(
@@ -626,6 +682,7 @@ class Chaos:
             timeout=timeout,
             items=items,
             cancel_share=cancel_share,
+            scarce_sku=self.scarce_sku,
         )
         self.loads.append(generator)
         return generator
@@ -679,11 +736,15 @@ class Chaos:
         path = self.pipeline.stack.logs_path(instance)
         return path.read_text("utf-8", "replace") if path.exists() else ""
 
-    async def produce(self, records: Iterable[tuple[str, bytes | None, dict[str, str]]]) -> None:
-        """Produce ``(key, value, headers)`` straight into order.created, marked as injected."""
+    async def produce(
+        self,
+        records: Iterable[tuple[str, bytes | None, dict[str, str]]],
+        topic: str = ORDER_CREATED_TOPIC,
+    ) -> None:
+        """Produce ``(key, value, headers)`` straight into ``topic``, marked as injected."""
         await produce(
             self.pipeline.bootstrap,
-            ORDER_CREATED_TOPIC,
+            topic,
             [
                 (
                     key.encode(),
@@ -702,24 +763,59 @@ class Chaos:
                 key=r.key.decode("utf-8", "replace") if r.key is not None else None,
                 group=(h := decode_headers(r.headers)).get(Header.CONSUMER_GROUP, ""),
                 reason=h.get(Header.FAILURE_REASON, ""),
+                topic=r.topic,
             )
-            for tail in (self.dlq_tail, self.cancels_dlq_tail)
+            for tail in self.dlq_tails
             for r in await tail.catch_up()
         ]
 
-    async def outbox_status_counts(self, order_ids: Iterable[str]) -> dict[str, int]:
+    async def dead_letter_of(self, key: str, group: str, *, within: float = 60.0) -> DlqRow:
+        """Wait for the DLQ record of ``key`` that ``group`` wrote (exactly one)."""
+
+        async def found() -> list[DlqRow]:
+            return [d for d in await self.dlq_rows() if d.key == key and d.group == group]
+
+        [record] = await wait_until(
+            found, timeout=within, interval=0.5, message=f"{key} dead-lettered by {group}"
+        )
+        self.note(f"{key} dead-lettered by {group}: {record.reason}")
+        return record
+
+    async def replay(self, record: DlqRow, *, times: int = 2) -> None:
+        """``python -m shared.dlq replay`` of ``record`` for the group that dead-lettered it,
+        ``times`` times: the first republishes it, every later one must be a no-op."""
+        ref = f"{record.partition}:{record.offset}"
+        for attempt in range(times):
+            code, out = await self.pipeline.run_module(
+                "shared.dlq",
+                "replay",
+                "--group",
+                record.group,
+                "--offset",
+                ref,
+                extra_env={"DLQ_TOPIC": record.topic},
+            )
+            assert code == 0, out
+            last = out.strip().splitlines()[-1]
+            self.note(f"replay #{attempt + 1} of {record.topic} {ref}: {last}")
+
+    async def outbox_status_counts(
+        self, order_ids: Iterable[str], database: str = ORDERS_DB
+    ) -> dict[str, int]:
+        """Status -> how many events of ``order_ids`` the outbox of ``database`` holds."""
         counts: dict[str, int] = {}
-        cursor = self.pipeline.mongo[ORDERS_DB][OUTBOX_COLLECTION].find(
+        cursor = self.pipeline.mongo[database][OUTBOX_COLLECTION].find(
             {"aggregateId": {"$in": list(order_ids)}}, {"status": 1}
         )
         async for doc in cursor:
             counts[str(doc["status"])] = counts.get(str(doc["status"]), 0) + 1
         return counts
 
-    async def pending_events(self, event_type: str) -> int:
-        """Outbox events of ``event_type`` created in this scenario and still Pending."""
+    async def pending_events(self, event_type: str, database: str = ORDERS_DB) -> int:
+        """Events of ``event_type`` in the outbox of ``database``, created in this scenario and
+        still Pending."""
         return int(
-            await self.pipeline.mongo[ORDERS_DB][OUTBOX_COLLECTION].count_documents(
+            await self.pipeline.mongo[database][OUTBOX_COLLECTION].count_documents(
                 {
                     "eventType": event_type,
                     "status": "Pending",
@@ -744,51 +840,10 @@ class Chaos:
         return [a for g in self.loads for a in g.attempts] + self.extra_attempts
 
     async def snapshot(self) -> Snapshot:
-        db = self.pipeline.mongo[ORDERS_DB]
-        inventory = self.pipeline.mongo[INVENTORY_DB]
-        attempts = self.attempts
-        users = [a.user_id for a in attempts]
-        orders: dict[str, str] = {}
-        cancelled: set[str] = set()
-        async for doc in db["orders"].find({"userId": {"$in": users}}, {"userId": 1, "status": 1}):
-            orders[str(doc["userId"])] = str(doc["_id"])
-            if doc.get("status") == "cancelled":
-                cancelled.add(str(doc["_id"]))
-        outbox: list[OutboxRow] = []
-        async for doc in db[OUTBOX_COLLECTION].find({"createdAt": {"$gte": self.started_at}}):
-            user_id = None
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                user_id = json.loads(doc.get("payload") or "{}").get("userId")
-            outbox.append(
-                OutboxRow(
-                    event_id=str(doc["_id"]),
-                    aggregate_id=str(doc.get("aggregateId")),
-                    aggregate_version=int(doc.get("aggregateVersion") or 0),
-                    status=str(doc.get("status")),
-                    user_id=user_id,
-                    attempts=int(doc.get("attempts") or 0),
-                    last_error=doc.get("lastError"),
-                    event_type=str(doc.get("eventType")),
-                )
-            )
-        reservations = [
-            ReservationRow(
-                order_id=str(doc.get("orderId")),
-                event_id=doc.get("eventId"),
-                status=str(doc.get("status")),
-                items=tuple((str(i["sku"]), int(i["quantity"])) for i in doc.get("items", [])),
-            )
-            async for doc in inventory["reservations"].find(
-                {}, {"orderId": 1, "eventId": 1, "status": 1, "items": 1}
-            )
-        ]
-        stock = {
-            str(doc["sku"]): int(doc["available"])
-            async for doc in inventory["stock"].find({"sku": {"$in": list(SKUS)}})
-        }
-        existing = await self._existing_orders({r.order_id for r in reservations})
-        emails = self.inbox.scan()
-        known_events = await self._known_events({e.event_id for e in emails if e.event_id})
+        # Kafka first, the databases after: a relay publishes only committed events, so every
+        # record read here has its outbox event in the reads below (inventory keeps writing
+        # verdicts after the load stops; read the other way round, a verdict published between
+        # the two reads would look like a record of no event).
         published = [
             KafkaRow(
                 partition=r.partition,
@@ -801,17 +856,60 @@ class Chaos:
                 topic=r.topic,
                 timestamp=r.timestamp,
             )
-            # Read one after the other: a v2 whose v1 committed after order.created was read
-            # is merely pending (invariant 3 compares send times only when both are here).
-            for tail in (self.orders_tail, self.cancels_tail)
+            # Read one after the other: a v2 whose v1 committed after v1's topic was read is
+            # merely pending (invariant 3 compares send times only when both are here).
+            for tail in self.event_tails.values()
             for r in await tail.catch_up()
         ]
         dlq = await self.dlq_rows()
+        db = self.pipeline.mongo[ORDERS_DB]
+        inventory = self.pipeline.mongo[INVENTORY_DB]
+        attempts = self.attempts
+        users = [a.user_id for a in attempts]
+        orders: dict[str, str] = {}
+        statuses: dict[str, str] = {}
+        histories: dict[str, list[HistoryRow]] = {}
+        async for doc in db["orders"].find(
+            {"userId": {"$in": users}}, {"userId": 1, "status": 1, "history": 1}
+        ):
+            order_id = str(doc["_id"])
+            orders[str(doc["userId"])] = order_id
+            statuses[order_id] = str(doc.get("status"))
+            histories[order_id] = [
+                HistoryRow(
+                    status=str(step.get("status")),
+                    event_id=step.get("eventId"),
+                    cause=str(step.get("cause", "")),
+                )
+                for step in doc.get("history") or []
+            ]
+        outbox = await self._outbox_rows(ORDERS_DB)
+        inventory_outbox = await self._outbox_rows(INVENTORY_DB)
+        reservations = [
+            ReservationRow(
+                order_id=str(doc.get("orderId")),
+                event_id=doc.get("eventId"),
+                status=str(doc.get("status")),
+                items=tuple((str(i["sku"]), int(i["quantity"])) for i in doc.get("items", [])),
+            )
+            async for doc in inventory["reservations"].find(
+                {}, {"orderId": 1, "eventId": 1, "status": 1, "items": 1}
+            )
+        ]
+        seeded = {**dict.fromkeys(SKUS, AMPLE_STOCK), self.scarce_sku: SCARCE_STOCK}
+        stock = {
+            str(doc["sku"]): int(doc["available"])
+            async for doc in inventory["stock"].find({"sku": {"$in": list(seeded)}})
+        }
+        existing = await self._existing_orders({r.order_id for r in reservations})
+        emails = self.inbox.scan()
+        known_events = await self._known_events({e.event_id for e in emails if e.event_id})
         uncommitted: dict[str, int] = {}
-        for group in GROUPS:
+        for group, topics in GROUP_TOPICS.items():
             uncommitted[group] = 0
-            for tail in (self.orders_tail, self.cancels_tail):
-                committed = await committed_offsets(self.pipeline.bootstrap, group, tail.topic)
+            for topic in topics:
+                tail = self.event_tails[topic]
+                committed = await committed_offsets(self.pipeline.bootstrap, group, topic)
                 # Records still to read, the one lag arithmetic (shared/lag.py): the tail holds
                 # every record since the start, so the transaction markers never count.
                 uncommitted[group] += sum(
@@ -829,11 +927,37 @@ class Chaos:
             published=published,
             dlq=dlq,
             uncommitted=uncommitted,
-            cancelled=cancelled,
-            # Seeded once per module by prepare(); nothing but reservations moves it since.
-            initial_stock=dict.fromkeys(SKUS, AMPLE_STOCK),
+            statuses=statuses,
+            histories=histories,
+            inventory_outbox=inventory_outbox,
+            # Seeded once per module by prepare(); nothing but reservations moves it since (the
+            # scenario's SKU in short supply: no earlier scenario ordered it).
+            initial_stock=seeded,
             stock=stock,
+            short_supply={self.scarce_sku},
         )
+
+    async def _outbox_rows(self, database: str) -> list[OutboxRow]:
+        """The events of ``database``'s outbox created during the scenario."""
+        rows: list[OutboxRow] = []
+        outbox = self.pipeline.mongo[database][OUTBOX_COLLECTION]
+        async for doc in outbox.find({"createdAt": {"$gte": self.started_at}}):
+            user_id = None
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                user_id = json.loads(doc.get("payload") or "{}").get("userId")
+            rows.append(
+                OutboxRow(
+                    event_id=str(doc["_id"]),
+                    aggregate_id=str(doc.get("aggregateId")),
+                    aggregate_version=int(doc.get("aggregateVersion") or 0),
+                    status=str(doc.get("status")),
+                    user_id=user_id,
+                    attempts=int(doc.get("attempts") or 0),
+                    last_error=doc.get("lastError"),
+                    event_type=str(doc.get("eventType")),
+                )
+            )
+        return rows
 
     async def _existing_orders(self, order_ids: set[str]) -> set[str]:
         ids = [oid for oid in (_object_id(x) for x in order_ids) if oid is not None]
@@ -841,11 +965,15 @@ class Chaos:
         return {str(doc["_id"]) async for doc in found}
 
     async def _known_events(self, event_ids: set[str]) -> dict[str, str]:
+        """Event id -> aggregate id, for the ids found in either outbox (whenever created)."""
         ids = [oid for oid in (_object_id(x) for x in event_ids) if oid is not None]
-        found = self.pipeline.mongo[ORDERS_DB][OUTBOX_COLLECTION].find(
-            {"_id": {"$in": ids}}, {"aggregateId": 1}
-        )
-        return {str(doc["_id"]): str(doc.get("aggregateId")) async for doc in found}
+        known: dict[str, str] = {}
+        for database in (ORDERS_DB, INVENTORY_DB):
+            found = self.pipeline.mongo[database][OUTBOX_COLLECTION].find(
+                {"_id": {"$in": ids}}, {"aggregateId": 1}
+            )
+            known |= {str(doc["_id"]): str(doc.get("aggregateId")) async for doc in found}
+        return known
 
     async def settle(self, within: float = SETTLE_TIMEOUT) -> Evaluation:
         """Poll until every invariant holds; at the deadline, what is pending is a violation."""

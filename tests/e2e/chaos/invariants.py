@@ -4,15 +4,19 @@ The harness collects a :class:`Snapshot` (what the load generator was told, and 
 Kafka, the DLQ and the SMTP sink hold) and :func:`evaluate` turns it into two lists:
 
 * ``pending``: conditions that may still resolve (an event not yet published, an email not yet
-  received, a consumer group with uncommitted records). The harness polls until this is empty;
-  whatever is left at the deadline becomes a violation.
+  received, a consumer group with uncommitted records, an order still ``placed``). The harness
+  polls until this is empty; whatever is left at the deadline becomes a violation.
 * ``violations``: conditions that no amount of waiting fixes (a second reservation, an email for
   an order that does not exist, a failed request that left an order behind, events of one
-  aggregate published out of order, an unexpected DLQ record).
+  aggregate published out of order, an unexpected DLQ record, a confirmation for an order
+  inventory rejected).
 
-Orders may be cancelled (``POST /orders/{id}/cancel``): a cancelled order has a second event,
-``OrderCancelled`` v2 on ``order.cancelled``, and the convergence invariant (6) says where both
-consumers must end whatever order the two topics delivered the events in.
+The loop is closed (issue 22): inventory answers every ``OrderCreated`` with a verdict through
+its own outbox (``StockReserved`` or ``StockRejected``, version 1 of the order's reservation,
+and ``StockReleased``, version 2, when a reserved order is cancelled); the order follows it
+(``placed`` -> ``confirmed`` | ``rejected``, ``placed | confirmed`` -> ``cancelled``), and email
+tells the customer the verdict. Invariant 7 says every order ends in one terminal state reached
+along the state machine, invariant 8 that the order, inventory and the emails agree on it.
 
 No I/O here, so the rules are unit-tested with hand-made snapshots.
 """
@@ -21,12 +25,21 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
+from services.inventory.models import ReservationStatus
+from services.order.schemas import OrderStatus
 from shared.contracts import (
     EVENT_ORDER_CANCELLED,
     EVENT_ORDER_CREATED,
+    EVENT_STOCK_REJECTED,
+    EVENT_STOCK_RELEASED,
+    EVENT_STOCK_RESERVED,
+    INVENTORY_TOPICS,
     ORDER_CREATED_TOPIC,
+    ORDER_TOPICS,
     OutboxStatus,
     topic_for_event_type,
 )
@@ -34,6 +47,29 @@ from tests.e2e.chaos.report import Counts
 
 # Shown per violation; a scenario with 300 broken orders does not need 300 lines to say so.
 MAX_EXAMPLES = 5
+
+# The order's statuses (the order API's) and the steps between them.
+PLACED: Final = OrderStatus.PLACED.value
+CONFIRMED: Final = OrderStatus.CONFIRMED.value
+REJECTED: Final = OrderStatus.REJECTED.value
+CANCELLED: Final = OrderStatus.CANCELLED.value
+TERMINAL: Final = frozenset({CONFIRMED, REJECTED, CANCELLED})
+STEPS: Final = frozenset(
+    {(PLACED, CONFIRMED), (PLACED, REJECTED), (PLACED, CANCELLED), (CONFIRMED, CANCELLED)}
+)
+# A reservation's statuses (inventory's): stock held, refused (nothing taken), given back (or
+# never taken: a cancel seen first).
+HELD: Final = ReservationStatus.RESERVED.value
+REFUSED: Final = ReservationStatus.REJECTED.value
+RELEASED: Final = ReservationStatus.CANCELLED.value
+# The mail each event makes email send (none for OrderCreated: one mail per outcome, and a
+# mail on OrderCreated is the very bug the verdict fixes; none for StockReleased: the
+# cancellation notice already told the customer).
+MAIL_OF_EVENT: Final = {
+    EVENT_STOCK_RESERVED: "confirmation",
+    EVENT_STOCK_REJECTED: "rejection notice",
+    EVENT_ORDER_CANCELLED: "cancellation notice",
+}
 
 
 @dataclass
@@ -67,12 +103,20 @@ class Attempt:
         return self.cancel_status == 200
 
     @property
+    def cancel_refused(self) -> bool:
+        """409: the API refused the cancel because of the order's state (rejected)."""
+        return self.cancel_status == 409
+
+    @property
     def cancel_server_error(self) -> bool:
         return self.cancel_status is not None and self.cancel_status >= 500
 
 
 @dataclass(frozen=True)
 class OutboxRow:
+    """An event of either outbox: the order's (``aggregateId`` the order id, ``userId`` read
+    from its payload) or inventory's (``aggregateId`` the order id too, no user)."""
+
     event_id: str
     aggregate_id: str
     aggregate_version: int
@@ -93,8 +137,18 @@ class ReservationRow:
 
 
 @dataclass(frozen=True)
+class HistoryRow:
+    """One stored step of an order's history: the status after it, and the event that caused
+    it (None: an API call)."""
+
+    status: str
+    event_id: str | None = None
+    cause: str = ""
+
+
+@dataclass(frozen=True)
 class EmailRow:
-    name: str
+    name: str  # the sink's file name: names sort in arrival order
     message_id: str
     event_id: str | None  # parsed from the Message-ID
     recipient: str
@@ -120,25 +174,38 @@ class DlqRow:
     key: str | None
     group: str
     reason: str
+    topic: str = ""  # the DLQ topic holding it
 
 
 @dataclass
 class Snapshot:
     attempts: list[Attempt]
     orders: dict[str, str]  # userId -> order id, for the users of this scenario
-    outbox: list[OutboxRow]  # events created during the scenario
+    outbox: list[OutboxRow]  # the order outbox's events created during the scenario
     known_events: dict[str, str]  # event id -> aggregate id, for every event an email names
     reservations: list[ReservationRow]  # every reservation in the pipeline's database
     existing_orders: set[str]  # which of the reservations' order ids exist as orders
     emails: list[EmailRow]  # received since the scenario began
-    published: list[KafkaRow]  # order.created and order.cancelled records since the start
-    dlq: list[DlqRow]  # records of both DLQ topics since the scenario began
+    published: list[KafkaRow]  # records of every event topic (order.*, inventory.*) since start
+    dlq: list[DlqRow]  # records of every DLQ topic since the scenario began
     uncommitted: dict[str, int]  # consumer group -> records since the start not yet committed
-    cancelled: set[str] = field(default_factory=set)  # order ids whose status is cancelled
+    # order id -> status, for the orders of this scenario's users.
+    statuses: dict[str, str] = field(default_factory=dict)
+    # order id -> the steps its document stores (the placement is implicit).
+    histories: dict[str, list[HistoryRow]] = field(default_factory=dict)
+    # Inventory's outbox: its verdicts and releases created during the scenario.
+    inventory_outbox: list[OutboxRow] = field(default_factory=list)
     # Stock of the SKUs the suite seeded: what it was seeded with, what it is now. Empty: the
     # stock convergence check is skipped.
     initial_stock: dict[str, int] = field(default_factory=dict)
     stock: dict[str, int] = field(default_factory=dict)
+    # SKUs seeded with a small stock so that some orders are rejected; every other SKU is
+    # ample, and a rejection of an order that asked for none of these is a bug.
+    short_supply: set[str] = field(default_factory=set)
+
+    @property
+    def cancelled(self) -> set[str]:
+        return {order_id for order_id, status in self.statuses.items() if status == CANCELLED}
 
 
 @dataclass
@@ -188,12 +255,18 @@ def evaluate(snap: Snapshot, expect: Expectations) -> Evaluation:
     """Check the invariants on ``snap``; see the module docstring for pending vs violation."""
     ev = Evaluation()
     live, failed = _live_orders(snap, expect, ev)
-    cancelled = _cancelled_orders(snap, live, expect, ev)
+    statuses = _order_statuses(snap, live, expect, ev)
+    cancelled = {order_id for order_id, status in statuses.items() if status == CANCELLED}
     events = _outbox_events(snap, live, cancelled, failed, ev)
-    _relay_records(snap, live, events, ev)
-    _reservations(snap, live, cancelled, ev)
+    verdicts = _inventory_events(snap, live, ev)
+    order_records = [r for r in snap.published if r.topic in ORDER_TOPICS]
+    _relay_records(order_records, live, events, ev)
+    inventory_records = [r for r in snap.published if r.topic in INVENTORY_TOPICS]
+    _relay_records(inventory_records, live, verdicts, ev)
+    _reservations(snap, live, statuses, verdicts, ev)
     _stock(snap, ev)
-    _emails(snap, live, cancelled, events, failed, expect, ev)
+    _histories(snap, statuses, verdicts, ev)
+    _emails(snap, live, statuses, events, verdicts, failed, expect, ev)
     _dead_letters(snap, expect, ev)
     # -- consumers caught up: nothing left that could still add an effect ----------------------
     behind = [f"{g}: {n}" for g, n in sorted(snap.uncommitted.items()) if n > 0]
@@ -250,20 +323,27 @@ def _live_orders(
     return live, failed
 
 
-def _cancelled_orders(
+def _order_statuses(
     snap: Snapshot, live: dict[str, Attempt | None], expect: Expectations, ev: Evaluation
-) -> set[str]:
-    """The live orders MongoDB holds as cancelled; a cancel's answer must match that."""
-    cancelled = {order_id for order_id in live if order_id in snap.cancelled}
+) -> dict[str, str]:
+    """Invariant 7 on the order: every live order ends ``confirmed``, ``rejected`` or
+    ``cancelled`` (``placed`` is pending: the verdict is on its way). Invariant 1 on the
+    cancels: a cancel's answer matches where the order ends (200: cancelled; 5xx: not
+    cancelled; 409: the API refused it because inventory had rejected the order)."""
+    statuses = {order_id: snap.statuses[order_id] for order_id in live if order_id in snap.statuses}
     answered_not_written: list[str] = []
     refused_but_written: list[str] = []
+    refused_not_rejected: list[str] = []
     unknown: list[str] = []
     for order_id, a in live.items():
         if a is None or not a.cancel_sent:
             continue
-        if a.cancel_accepted and order_id not in cancelled:
-            answered_not_written.append(order_id)
-        elif not a.cancel_accepted and order_id in cancelled:
+        status = statuses.get(order_id)
+        if a.cancel_accepted and status != CANCELLED:
+            answered_not_written.append(f"{order_id} ({status})")
+        elif a.cancel_refused and status != REJECTED:
+            refused_not_rejected.append(f"{order_id} ({status})")
+        elif not a.cancel_accepted and status == CANCELLED:
             if a.cancel_server_error and expect.strict_server_errors:
                 refused_but_written.append(f"{order_id} (HTTP {a.cancel_status})")
             else:
@@ -276,18 +356,62 @@ def _cancelled_orders(
     _add(
         ev.violations, "invariant 1: cancel failed but the order was cancelled", refused_but_written
     )
+    _add(
+        ev.violations,
+        "invariant 1: cancel refused (409) but the order is not rejected",
+        refused_not_rejected,
+    )
     _add(ev.notes, "cancel got no answer but was committed; checked as cancelled", unknown)
-    ev.counts.orders_cancelled = len(cancelled)
-    return cancelled
+    placed = sorted(o for o, s in statuses.items() if s == PLACED)
+    strange = sorted(f"{o} ({s!r})" for o, s in statuses.items() if s not in TERMINAL | {PLACED})
+    _add(ev.pending, "invariant 7: orders not in a terminal state yet (placed)", placed)
+    _add(ev.violations, "invariant 7: order in a state the API does not define", strange)
+    ending = Counter(statuses.values())
+    ev.counts.orders_confirmed = ending[CONFIRMED]
+    ev.counts.orders_rejected = ending[REJECTED]
+    ev.counts.orders_cancelled = ending[CANCELLED]
+    return statuses
 
 
 @dataclass
 class _Events:
-    """The outbox events of the live orders: event id -> (order id, event type)."""
+    """The events of one outbox: event id -> order id and event type (live orders only), and
+    every event by order id."""
 
     owner: dict[str, str] = field(default_factory=dict)
     kind: dict[str, str] = field(default_factory=dict)
     by_order: dict[str, list[OutboxRow]] = field(default_factory=dict)
+
+
+def _index(rows: Iterable[OutboxRow], live: dict[str, Attempt | None]) -> _Events:
+    by_order: dict[str, list[OutboxRow]] = defaultdict(list)
+    events = _Events(by_order=by_order)
+    for row in rows:
+        by_order[row.aggregate_id].append(row)
+        if row.aggregate_id in live:
+            events.owner[row.event_id] = row.aggregate_id
+            events.kind[row.event_id] = row.event_type
+    return events
+
+
+def _publication(
+    events: _Events, live: dict[str, Attempt | None], outbox: str, ev: Evaluation
+) -> None:
+    """Invariant 4 on one outbox: every event of a live order ends ``Published`` (pending until
+    then), none ``Failed``: no event is lost, whatever crashed between its transaction and its
+    relay's publish."""
+    not_published: list[str] = []
+    failed_events: list[str] = []
+    for order_id in live:
+        for row in events.by_order.get(order_id, []):
+            if row.status == OutboxStatus.PUBLISHED:
+                ev.counts.events_published += 1
+            elif row.status == OutboxStatus.FAILED:
+                failed_events.append(f"{row.event_id} ({row.last_error})")
+            else:
+                not_published.append(f"{row.event_id} ({row.status}, attempts {row.attempts})")
+    _add(ev.violations, f"invariant 4: {outbox} event Failed", failed_events)
+    _add(ev.pending, f"{outbox} events not yet Published", not_published)
 
 
 def _outbox_events(
@@ -297,21 +421,15 @@ def _outbox_events(
     failed: list[Attempt],
     ev: Evaluation,
 ) -> _Events:
-    """Invariants 1 and 4 on the outbox: one OrderCreated per order, one OrderCancelled per
-    cancelled order and none otherwise, all Published; nothing for failed requests."""
-    events_by_order: dict[str, list[OutboxRow]] = defaultdict(list)
-    for row in snap.outbox:
-        events_by_order[row.aggregate_id].append(row)
-    events = _Events(by_order=events_by_order)
+    """Invariants 1 and 4 on the order outbox: one OrderCreated per order, one OrderCancelled
+    per cancelled order and none otherwise, all Published; nothing for failed requests."""
+    events = _index(snap.outbox, live)
     no_event: list[str] = []
     extra_events: list[str] = []
     no_cancel_event: list[str] = []
     uncalled_cancel_event: list[str] = []
-    not_published: list[str] = []
-    failed_events: list[str] = []
     for order_id in live:
-        rows = events_by_order.get(order_id, [])
-        kinds = Counter(row.event_type for row in rows)
+        kinds = Counter(row.event_type for row in events.by_order.get(order_id, []))
         if not kinds[EVENT_ORDER_CREATED]:
             no_event.append(order_id)
         if kinds[EVENT_ORDER_CREATED] > 1 or kinds[EVENT_ORDER_CANCELLED] > 1:
@@ -320,15 +438,6 @@ def _outbox_events(
             no_cancel_event.append(order_id)
         if order_id not in cancelled and kinds[EVENT_ORDER_CANCELLED]:
             uncalled_cancel_event.append(order_id)
-        for row in rows:
-            events.owner[row.event_id] = order_id
-            events.kind[row.event_id] = row.event_type
-            if row.status == OutboxStatus.PUBLISHED:
-                ev.counts.events_published += 1
-            elif row.status == OutboxStatus.FAILED:
-                failed_events.append(f"{row.event_id} ({row.last_error})")
-            else:
-                not_published.append(f"{row.event_id} ({row.status}, attempts {row.attempts})")
     _add(ev.violations, "invariant 1: order without an outbox event", no_event)
     _add(ev.violations, "invariant 1: order with more than one event of a type", extra_events)
     _add(
@@ -341,8 +450,7 @@ def _outbox_events(
         "invariant 1: OrderCancelled event of an order not cancelled",
         uncalled_cancel_event,
     )
-    _add(ev.violations, "invariant 4: outbox event Failed", failed_events)
-    _add(ev.pending, "outbox events not yet Published", not_published)
+    _publication(events, live, "order outbox", ev)
 
     # -- nothing written for failed requests; no stray outbox events ---------------------------
     failed_users = {a.user_id for a in failed}
@@ -361,17 +469,45 @@ def _outbox_events(
     return events
 
 
+def _inventory_events(snap: Snapshot, live: dict[str, Attempt | None], ev: Evaluation) -> _Events:
+    """Invariants 4 and 8 on inventory's outbox: at most one verdict per order (StockReserved
+    or StockRejected, version 1), a release (StockReleased, version 2) only of stock it
+    reserved, every event of a live order Published (no inventory event lost)."""
+    verdicts = _index(snap.inventory_outbox, live)
+    contradictory: list[str] = []
+    for order_id in live:
+        kinds = Counter(row.event_type for row in verdicts.by_order.get(order_id, []))
+        two_verdicts = kinds[EVENT_STOCK_RESERVED] + kinds[EVENT_STOCK_REJECTED] > 1
+        odd_release = kinds[EVENT_STOCK_RELEASED] > min(1, kinds[EVENT_STOCK_RESERVED])
+        if two_verdicts or odd_release:
+            contradictory.append(f"{order_id} ({dict(kinds)})")
+    _add(
+        ev.violations,
+        "invariant 8: inventory announced two verdicts, or released stock it never reserved",
+        contradictory,
+    )
+    _publication(verdicts, live, "inventory outbox", ev)
+    stray = [
+        f"{row.event_id} ({row.event_type}, {row.status})"
+        for row in snap.inventory_outbox
+        if row.aggregate_id not in live and row.status != OutboxStatus.PUBLISHED
+    ]
+    _add(ev.pending, "inventory outbox events of unknown orders not yet Published", stray)
+    return verdicts
+
+
 def _relay_records(
-    snap: Snapshot, live: dict[str, Attempt | None], events: _Events, ev: Evaluation
+    records: list[KafkaRow], live: dict[str, Attempt | None], events: _Events, ev: Evaluation
 ) -> None:
-    """Invariant 3, relay order: on each topic, per key, the first occurrences of
-    aggregateVersion never go down and one key stays on one partition; every record is its
-    outbox event; across topics an aggregate's later version was never sent before an earlier
-    one (the relay sends v2 only once v1 is acknowledged, so v2's CreateTime is not earlier)."""
-    records: dict[tuple[str, str], list[KafkaRow]] = defaultdict(list)
-    for rec in snap.published:
+    """Invariant 3, relay order, for one outbox's topics (``records``) and events: on each topic,
+    per key, the first occurrences of aggregateVersion never go down and one key stays on one
+    partition; every record is its outbox event; across topics an aggregate's later version was
+    never sent before an earlier one (the relay sends v2 only once v1 is acknowledged, so v2's
+    CreateTime is not earlier)."""
+    by_key: dict[tuple[str, str], list[KafkaRow]] = defaultdict(list)
+    for rec in records:
         if rec.key is not None:
-            records[(rec.topic, rec.key)].append(rec)
+            by_key[(rec.topic, rec.key)].append(rec)
     unpublished: list[str] = []
     mismatched: list[str] = []
     out_of_order: list[str] = []
@@ -379,8 +515,8 @@ def _relay_records(
     for order_id in live:
         first_sent: dict[int, int] = {}  # version -> earliest CreateTime of its records
         topics = {topic_for_event_type(r.event_type) for r in events.by_order.get(order_id, [])}
-        for topic in sorted(topics | {t for (t, k) in records if k == order_id}):
-            recs = sorted(records.get((topic, order_id), []), key=lambda r: (r.partition, r.offset))
+        for topic in sorted(topics | {t for (t, k) in by_key if k == order_id}):
+            recs = sorted(by_key.get((topic, order_id), []), key=lambda r: (r.partition, r.offset))
             relayed = [r for r in recs if r.replayed_from is None and not r.injected]
             ev.counts.kafka_records += len(relayed)
             if not relayed:
@@ -422,17 +558,39 @@ def _relay_records(
     )
 
 
+# The reservation status each terminal state of the order calls for.
+_RESERVATION_OF: Final = {CONFIRMED: HELD, REJECTED: REFUSED, CANCELLED: RELEASED}
+
+
+def _announced(resv: ReservationRow) -> set[str]:
+    """The inventory events a reservation's state implies in its outbox (the same transaction
+    writes both); for a cancelled one, the verdict before the cancel is read from the outbox."""
+    if resv.status == HELD:
+        return {EVENT_STOCK_RESERVED}
+    if resv.status == REFUSED:
+        return {EVENT_STOCK_REJECTED}
+    return set()
+
+
 def _reservations(
-    snap: Snapshot, live: dict[str, Attempt | None], cancelled: set[str], ev: Evaluation
+    snap: Snapshot,
+    live: dict[str, Attempt | None],
+    statuses: dict[str, str],
+    verdicts: _Events,
+    ev: Evaluation,
 ) -> None:
-    """Invariants 1, 2, 5 and 6 on reservations: one per order, ``reserved`` for a live order
-    and ``cancelled`` for a cancelled one (stock is ample: a rejection would be a bug)."""
+    """Invariants 1, 2, 5 and 8 on reservations: one per order, in the state the order ends in
+    (``reserved`` for a confirmed order, ``rejected`` for a rejected one, ``cancelled``, stock
+    back, for a cancelled one), a rejection only of an order that asked for a SKU in short
+    supply, and inventory's outbox announcing what the reservation records."""
     reservations_by_order: Counter[str] = Counter(r.order_id for r in snap.reservations)
     missing_reservation: list[str] = []
-    rejected: list[str] = []
     double_reserved: list[str] = []
     not_released: list[str] = []
+    disagree: list[str] = []
     cancelled_wrongly: list[str] = []
+    rejected_with_stock: list[str] = []
+    unannounced: list[str] = []
     for order_id in live:
         n = reservations_by_order.get(order_id, 0)
         ev.counts.reservations += n
@@ -444,41 +602,62 @@ def _reservations(
     for resv in snap.reservations:
         if resv.order_id not in live:
             continue
-        if resv.status == "rejected":
-            rejected.append(f"{resv.order_id} ({resv.status})")
-        elif resv.order_id in cancelled and resv.status != "cancelled":
-            # The cancel may still be on its way through order.cancelled.
-            not_released.append(f"{resv.order_id} ({resv.status})")
-        elif resv.order_id not in cancelled and resv.status != "reserved":
-            cancelled_wrongly.append(f"{resv.order_id} ({resv.status})")
+        order_id, status = resv.order_id, statuses.get(resv.order_id)
+        if resv.status == REFUSED and not any(sku in snap.short_supply for sku, _ in resv.items):
+            rejected_with_stock.append(f"{order_id} ({', '.join(s for s, _ in resv.items)})")
+        if status == CANCELLED:
+            if resv.status != RELEASED:
+                # The cancel may still be on its way through order.cancelled.
+                not_released.append(f"{order_id} ({resv.status})")
+        elif resv.status == RELEASED:
+            cancelled_wrongly.append(f"{order_id} (order {status})")
+        elif status in _RESERVATION_OF and resv.status != _RESERVATION_OF[status]:
+            disagree.append(f"{order_id}: order {status}, reservation {resv.status}")
+        kinds = {r.event_type for r in verdicts.by_order.get(order_id, [])}
+        if resv.status == RELEASED and EVENT_STOCK_RESERVED in kinds:
+            wanted = {EVENT_STOCK_RESERVED, EVENT_STOCK_RELEASED}  # stock back, and said so
+        elif resv.status == RELEASED:
+            wanted = kinds & {EVENT_STOCK_REJECTED}  # nothing taken: nothing to release
+        else:
+            wanted = _announced(resv)
+        if kinds != wanted:
+            unannounced.append(f"{order_id}: {resv.status}, outbox {sorted(kinds)}")
     orphans = sorted(
         {r.order_id for r in snap.reservations if r.order_id not in snap.existing_orders}
     )
     early = sorted(
         r.order_id
         for r in snap.reservations
-        if r.order_id in live and r.status == "cancelled" and r.event_id is None
+        if r.order_id in live and r.status == RELEASED and r.event_id is None
     )
     _add(ev.notes, "no stock taken: inventory saw the cancel first", early)
     _add(ev.pending, "orders without a reservation yet", missing_reservation)
     _add(ev.pending, "cancelled orders whose reservation is not cancelled yet", not_released)
+    # Pending, not a violation: the snapshot reads the outbox and the reservations at two
+    # instants, and inventory writes both in one transaction.
+    _add(ev.pending, "invariant 8: reservation and inventory's outbox disagree", unannounced)
     _add(ev.violations, "invariant 5: more than one reservation for an order", double_reserved)
-    _add(ev.violations, "invariant 1: reservation not 'reserved' although stock is ample", rejected)
+    _add(
+        ev.violations,
+        "invariant 8: reservation rejected although every SKU it asked for is ample",
+        rejected_with_stock,
+    )
     _add(
         ev.violations,
         "invariant 6: reservation cancelled although its order is not",
         cancelled_wrongly,
     )
+    _add(ev.violations, "invariant 8: the order's state and its reservation disagree", disagree)
     _add(ev.violations, "invariant 2: reservation for an order that does not exist", orphans)
 
 
 def _stock(snap: Snapshot, ev: Evaluation) -> None:
     """Invariant 6, stock: every seeded SKU holds its initial stock minus the quantities of the
-    reservations still ``reserved`` (a cancelled order holds none). Pending, not a violation:
-    the snapshot reads stock and reservations at two instants."""
+    reservations still ``reserved`` (a cancelled or rejected order holds none). Pending, not a
+    violation: the snapshot reads stock and reservations at two instants."""
     held: Counter[str] = Counter()
     for resv in snap.reservations:
-        if resv.status == "reserved":
+        if resv.status == HELD:
             for sku, quantity in resv.items:
                 held[sku] += quantity
     wrong = [
@@ -489,66 +668,137 @@ def _stock(snap: Snapshot, ev: Evaluation) -> None:
     _add(ev.pending, "invariant 6: stock differs from initial minus reserved", wrong)
 
 
+def _histories(
+    snap: Snapshot,
+    statuses: dict[str, str],
+    verdicts: _Events,
+    ev: Evaluation,
+) -> None:
+    """Invariant 7 on the order's history: its steps go along the state machine from
+    ``placed`` and end in the order's status, so an order reaches exactly one terminal state
+    (a confirmation may only be followed by a cancel); each event is applied once (a
+    redelivered or replayed verdict adds no second step); a confirmed or rejected order's step
+    names inventory's verdict event."""
+    off_machine: list[str] = []
+    ends_elsewhere: list[str] = []
+    applied_twice: list[str] = []
+    unnamed_verdict: list[str] = []
+    for order_id, status in statuses.items():
+        steps = snap.histories.get(order_id, [])
+        path = [PLACED]
+        for step in steps:
+            if step.status != path[-1]:
+                path.append(step.status)
+        if any(step not in STEPS for step in itertools.pairwise(path)):
+            off_machine.append(f"{order_id}: {' -> '.join(path)}")
+        if path[-1] != status:
+            ends_elsewhere.append(f"{order_id}: history ends {path[-1]}, order is {status}")
+        applied = Counter(step.event_id for step in steps if step.event_id)
+        applied_twice += [f"{order_id}: event {e} x{n}" for e, n in applied.items() if n > 1]
+        if status in (CONFIRMED, REJECTED):
+            verdict_ids = {
+                row.event_id
+                for row in verdicts.by_order.get(order_id, [])
+                if row.event_type in (EVENT_STOCK_RESERVED, EVENT_STOCK_REJECTED)
+            }
+            if not {step.event_id for step in steps if step.status == status} & verdict_ids:
+                unnamed_verdict.append(f"{order_id} ({status})")
+    _add(ev.violations, "invariant 7: history steps off the state machine", off_machine)
+    _add(ev.violations, "invariant 7: history does not end in the order's status", ends_elsewhere)
+    _add(ev.violations, "invariant 7: an event applied to an order twice", applied_twice)
+    _add(
+        ev.violations,
+        "invariant 8: verdict step of the order names no verdict inventory announced",
+        unnamed_verdict,
+    )
+
+
 def _emails(
     snap: Snapshot,
     live: dict[str, Attempt | None],
-    cancelled: set[str],
+    statuses: dict[str, str],
     events: _Events,
+    verdicts: _Events,
     failed: list[Attempt],
     expect: Expectations,
     ev: Evaluation,
 ) -> None:
-    """Invariants 1, 2, 5 and 6 on emails: one confirmation per order that is not cancelled;
-    per cancelled order one cancellation and at most one confirmation, never a confirmation
-    received after the order's cancellation email (email knew it cancelled by then)."""
+    """Invariants 1, 2, 5 and 8 on emails, per order, the mails its terminal state calls for:
+    confirmed, one confirmation; rejected, one rejection notice and no confirmation; cancelled,
+    one cancellation notice and at most one verdict mail, received before it, never after. No
+    mail answers OrderCreated (the customer hears "confirmed" only once stock is taken), none
+    an order or event that does not exist."""
+    owner = {**events.owner, **verdicts.owner}
+    kind = {**events.kind, **verdicts.kind}
     failed_emails = {a.customer_email.lower() for a in failed}
     emails_by_event: Counter[str] = Counter()
     orphan_emails: list[str] = []
     failed_request_emails: list[str] = []
-    # order id -> sink file names (they sort in arrival order) of its confirmations, cancellations
-    confirmations: dict[str, list[str]] = defaultdict(list)
-    cancellations: dict[str, list[str]] = defaultdict(list)
+    unasked: list[str] = []
+    # order id -> mail -> sink file names (they sort in arrival order)
+    mails: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for e in snap.emails:
         if e.recipient.lower() in failed_emails:
             failed_request_emails.append(f"{e.name} to {e.recipient}")
         if e.event_id is None:
             orphan_emails.append(f"{e.name} (Message-ID {e.message_id!r} names no event)")
-        elif e.event_id in events.owner:
+        elif e.event_id in owner:
             emails_by_event[e.event_id] += 1
-            order_id = events.owner[e.event_id]
-            if events.kind[e.event_id] == EVENT_ORDER_CANCELLED:
-                cancellations[order_id].append(e.name)
+            mail = MAIL_OF_EVENT.get(kind[e.event_id])
+            if mail is None:
+                unasked.append(f"{e.name} ({kind[e.event_id]} of {owner[e.event_id]})")
             else:
-                confirmations[order_id].append(e.name)
+                mails[owner[e.event_id]][mail].append(e.name)
         elif e.event_id not in snap.known_events:
             orphan_emails.append(f"{e.name} (event {e.event_id} does not exist)")
+    required_for = {"confirmation": CONFIRMED, "rejection notice": REJECTED}
     missing_email: list[str] = []
     duplicate_emails: list[str] = []
-    for event_id, order_id in events.owner.items():
+    for event_id, order_id in owner.items():
+        mail = MAIL_OF_EVENT.get(kind[event_id])
+        if mail is None:
+            continue
         n = emails_by_event.get(event_id, 0)
         ev.counts.emails += n
-        # A cancelled order's confirmation is optional: none if email saw the cancel first.
-        optional = order_id in cancelled and events.kind[event_id] == EVENT_ORDER_CREATED
-        if n == 0 and not optional:
-            missing_email.append(f"{order_id} ({events.kind[event_id]})")
+        # A cancelled order's verdict mail is optional: none if email saw the cancel first.
+        required = required_for.get(mail, CANCELLED) == statuses.get(order_id)
+        if n == 0 and required:
+            missing_email.append(f"{order_id} ({mail})")
         elif n > 1:
             duplicate_emails.append(f"{order_id} x{n}")
             ev.counts.duplicate_emails += n - 1
-    confirmed_after_cancel = [
-        order_id
-        for order_id in cancelled
-        if cancellations.get(order_id)
-        and any(name > min(cancellations[order_id]) for name in confirmations.get(order_id, []))
-    ]
-    cancel_first = sorted(o for o in cancelled if cancellations.get(o) and not confirmations.get(o))
-    _add(ev.notes, "no confirmation: email saw the cancel first", cancel_first)
+    told_wrong: list[str] = []
+    verdict_after_cancel: list[str] = []
+    for order_id, sent in mails.items():
+        status = statuses.get(order_id)
+        if sent["confirmation"] and sent["rejection notice"]:
+            told_wrong.append(f"{order_id}: told confirmed and rejected")
+        elif sent["confirmation"] and status == REJECTED:
+            told_wrong.append(f"{order_id}: told confirmed, order rejected")
+        elif sent["rejection notice"] and status == CONFIRMED:
+            told_wrong.append(f"{order_id}: told rejected, order confirmed")
+        verdict_mails = sent["confirmation"] + sent["rejection notice"]
+        if sent["cancellation notice"] and any(
+            name > min(sent["cancellation notice"]) for name in verdict_mails
+        ):
+            verdict_after_cancel.append(order_id)
+    cancel_first = sorted(
+        o
+        for o in live
+        if statuses.get(o) == CANCELLED
+        and mails[o]["cancellation notice"]
+        and not mails[o]["confirmation"] + mails[o]["rejection notice"]
+    )
+    _add(ev.notes, "no verdict mail: email saw the cancel first", cancel_first)
     _add(ev.pending, "orders without an email yet", missing_email)
     _add(ev.violations, "invariant 2: email for an order that does not exist", orphan_emails)
     _add(ev.violations, "invariant 1: failed request got an email", failed_request_emails)
+    _add(ev.violations, "invariant 8: email for an event that calls for none", unasked)
+    _add(ev.violations, "invariant 8: the customer was told the wrong verdict", told_wrong)
     _add(
         ev.violations,
-        "invariant 6: confirmation received after the order's cancellation email",
-        confirmed_after_cancel,
+        "invariant 8: verdict mail received after the order's cancellation notice",
+        verdict_after_cancel,
     )
     # One crash inside the window yields one extra copy of that email, never two.
     tripled = [d for d in duplicate_emails if not d.endswith(" x2")]

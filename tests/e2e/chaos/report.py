@@ -25,6 +25,9 @@ class Counts:
     """
 
     orders_created: int = 0
+    # Where the orders ended (invariant 7): confirmed, rejected for lack of stock, cancelled.
+    orders_confirmed: int = 0
+    orders_rejected: int = 0
     orders_cancelled: int = 0
     requests_failed: int = 0
     events_published: int = 0
@@ -68,8 +71,8 @@ class ScenarioResult:
 RESULTS: list[ScenarioResult] = []
 
 COLUMNS = (
-    "scenario", "orders", "cancelled", "failed req", "published", "reservations", "emails",
-    "dup relay/resv/email", "DLQ", "settle", "verdict",
+    "scenario", "orders", "confirmed", "rejected", "cancelled", "failed req", "published",
+    "reservations", "emails", "dup relay/resv/email", "DLQ", "settle", "verdict",
 )  # fmt: skip
 
 
@@ -78,6 +81,8 @@ def _cells(r: ScenarioResult) -> list[str]:
     return [
         r.scenario,
         str(c.orders_created),
+        str(c.orders_confirmed),
+        str(c.orders_rejected),
         str(c.orders_cancelled),
         str(c.requests_failed),
         str(c.events_published),
@@ -94,7 +99,8 @@ def format_line(r: ScenarioResult) -> str:
     """One line for the terminal: ``scenario  orders=.. published=.. ... PASS``."""
     c = r.counts
     return (
-        f"{r.scenario:<36} orders={c.orders_created:<4} cancelled={c.orders_cancelled:<4} "
+        f"{r.scenario:<36} orders={c.orders_created:<4} confirmed={c.orders_confirmed:<4} "
+        f"rejected={c.orders_rejected:<4} cancelled={c.orders_cancelled:<4} "
         f"failed={c.requests_failed:<3} "
         f"published={c.events_published:<4} reservations={c.reservations:<4} "
         f"emails={c.emails:<4} dup={r.duplicates:<8} dlq={c.dlq_records:<3} "

@@ -17,15 +17,21 @@ from typing import Any
 import pytest
 
 from services.email.handlers import FAILPOINT_AFTER_SMTP_OK
+from services.email.handlers import SERVICE as EMAIL_SERVICE
+from services.inventory.main import SERVICE as INVENTORY_SERVICE
+from services.order.verdicts.main import SERVICE as VERDICTS_SERVICE
 from shared.consumer import FAILPOINT_AFTER_SIDE_EFFECT
 from shared.contracts import (
-    EMAIL_GROUP,
     EVENT_ORDER_CANCELLED,
     EVENT_ORDER_CREATED,
+    EVENT_STOCK_RESERVED,
     INVENTORY_GROUP,
+    INVENTORY_RESERVED_TOPIC,
+    ORDER_CREATED_TOPIC,
     Header,
     idempotency_key,
 )
+from shared.outbox import OUTBOX_COLLECTION
 from tests.e2e.chaos.harness import AMPLE_STOCK, INVENTORY_DB, ORDER_APP_NAME, Chaos
 from tests.e2e.chaos.invariants import Evaluation
 from tests.waiting import wait_until
@@ -273,18 +279,31 @@ async def test_redis_restart_keeps_dedup_keys(chaos: Chaos) -> None:
     redis = chaos.pipeline.redis
     async with chaos.load(rate=LOAD_RATE) as load:
         await load.wait_accepted(10)
-        # One event both consumers have finished: its keys say `done`.
+        # One order every consumer has finished: inventory its OrderCreated, email and the
+        # order's verdict consumer its StockReserved; their keys say `done`.
         reservation = await wait_until(
             lambda: chaos.pipeline.mongo[INVENTORY_DB]["reservations"].find_one(
-                {"orderId": {"$in": [a.order_id for a in load.attempts if a.order_id]}}
+                {
+                    "orderId": {"$in": [a.order_id for a in load.attempts if a.order_id]},
+                    "status": "reserved",
+                }
             ),
             timeout=30,
             message="a reservation of this scenario",
         )
         assert reservation is not None
-        event_id = str(reservation["eventId"])
-        keys = [idempotency_key(s, EVENT_ORDER_CREATED, event_id) for s in ("inventory", "email")]
-        await wait_until(lambda: _all_done(redis, keys), timeout=30, message="both keys done")
+        order_id, event_id = str(reservation["orderId"]), str(reservation["eventId"])
+        verdict = await chaos.pipeline.mongo[INVENTORY_DB][OUTBOX_COLLECTION].find_one(
+            {"aggregateId": order_id, "eventType": EVENT_STOCK_RESERVED}
+        )
+        assert verdict is not None, f"no StockReserved for {order_id} beside its reservation"
+        verdict_id = str(verdict["_id"])
+        keys = [
+            idempotency_key(INVENTORY_SERVICE, EVENT_ORDER_CREATED, event_id),
+            idempotency_key(EMAIL_SERVICE, EVENT_STOCK_RESERVED, verdict_id),
+            idempotency_key(VERDICTS_SERVICE, EVENT_STOCK_RESERVED, verdict_id),
+        ]
+        await wait_until(lambda: _all_done(redis, keys), timeout=30, message="every key done")
         await chaos.stop("redis")
         await chaos.start("redis")
         await load.wait_more_accepted(10)
@@ -292,12 +311,12 @@ async def test_redis_restart_keeps_dedup_keys(chaos: Chaos) -> None:
         assert await redis.get(key) == b"done", f"{key} lost across the restart"
         ttl = await redis.ttl(key)
         assert 0 < ttl <= 172_800, f"{key} has TTL {ttl}"
-    chaos.note(f"keys of event {event_id} survived the restart (TTL {ttl}s)")
-    # A redelivery of that event after the restart must be skipped by both consumers: the
-    # invariants would count a second email or reservation.
-    copy = await _record_of(chaos, str(reservation["orderId"]))
-    await chaos.produce([copy])
-    chaos.note("re-produced the event once after the restart")
+    chaos.note(f"keys of events {event_id} and {verdict_id} survived the restart (TTL {ttl}s)")
+    # A redelivery of either event after the restart must be skipped by every consumer: the
+    # invariants would count a second reservation, verdict, history step or email.
+    for topic in (ORDER_CREATED_TOPIC, INVENTORY_RESERVED_TOPIC):
+        await chaos.produce([await _record_of(chaos, order_id, topic)], topic)
+    chaos.note("re-produced the order's OrderCreated and StockReserved once after the restart")
     chaos.recovered()
     await chaos.verify()
 
@@ -306,13 +325,16 @@ async def _all_done(redis: Any, keys: list[str]) -> bool:
     return all([await redis.get(k) == b"done" for k in keys])
 
 
-async def _record_of(chaos: Chaos, order_id: str) -> tuple[str, bytes | None, dict[str, str]]:
-    """The key, value and headers the relay published for ``order_id`` (read back from Kafka)."""
-    for record in await chaos.orders_tail.catch_up():
+async def _record_of(
+    chaos: Chaos, order_id: str, topic: str
+) -> tuple[str, bytes | None, dict[str, str]]:
+    """The key, value and headers a relay published for ``order_id`` on ``topic`` (read back
+    from Kafka)."""
+    for record in await chaos.event_tails[topic].catch_up():
         if record.key == order_id.encode():
             headers = {n: v.decode() for n, v in record.headers or ()}
             return order_id, record.value, headers
-    raise AssertionError(f"no record of order {order_id} in order.created")
+    raise AssertionError(f"no record of order {order_id} in {topic}")
 
 
 # -- MongoDB ------------------------------------------------------------------------------------
@@ -435,9 +457,9 @@ def _poison(tag: str) -> list[tuple[str, bytes | None, dict[str, str]]]:
 async def test_poison_messages_go_to_the_dlq_and_a_fixed_one_replays_once(chaos: Chaos) -> None:
     """poison to DLQ, replay after fix"""
     poison = _poison(f"poison-{chaos.tag}")
+    # Inventory is order.created's one consumer (email answers inventory's verdicts).
     for key, _, _ in poison:
         chaos.expect.dlq[(key, INVENTORY_GROUP)] += 1
-        chaos.expect.dlq[(key, EMAIL_GROUP)] += 1
     fragile = "CHAOS-FRAGILE"
     victim_load = chaos.load(rate=0, items=[{"sku": fragile, "quantity": 1, "unitPrice": "5.00"}])
     async with chaos.load(rate=LOAD_RATE) as load:
@@ -459,27 +481,12 @@ async def test_poison_messages_go_to_the_dlq_and_a_fixed_one_replays_once(chaos:
         victim = victim_load.attempts[0].order_id
         assert victim is not None, victim_load.attempts[0].error
         chaos.expect.dlq[(victim, INVENTORY_GROUP)] += 1
-
-        async def victim_dead_lettered() -> list[Any]:
-            return [
-                d for d in await chaos.dlq_rows() if d.key == victim and d.group == INVENTORY_GROUP
-            ]
-
-        [record] = await wait_until(
-            victim_dead_lettered, timeout=30, interval=0.5, message="the victim in the DLQ"
-        )
-        chaos.note(f"victim {victim} dead-lettered: {record.reason}")
+        record = await chaos.dead_letter_of(victim, INVENTORY_GROUP, within=30)
         # The fix, then the replay (twice: the second must be a no-op).
         await chaos.pipeline.mongo[INVENTORY_DB]["stock"].update_one(
             {"sku": fragile}, {"$set": {"available": AMPLE_STOCK}}
         )
-        ref = f"{record.partition}:{record.offset}"
-        for attempt in range(2):
-            code, out = await chaos.pipeline.run_module(
-                "shared.dlq", "replay", "--group", INVENTORY_GROUP, "--offset", ref
-            )
-            assert code == 0, out
-            chaos.note(f"replay #{attempt + 1} of {ref}: {out.strip().splitlines()[-1]}")
+        await chaos.replay(record)
         await load.wait_more_accepted(5)
     chaos.recovered()
     await chaos.verify()
