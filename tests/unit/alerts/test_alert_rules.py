@@ -16,12 +16,16 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from services.email.handlers import SERVICE as EMAIL_SERVICE
+from services.inventory.main import SERVICE as INVENTORY_SERVICE
 from services.order.metrics import OrderMetrics
+from services.order.verdicts.main import SERVICE as ORDER_VERDICTS_SERVICE
 from services.relay.metrics import RelayMetrics
 from shared.consumer import ConsumerMetrics
-from shared.contracts import ORDER_CANCELLED_TOPIC, ORDER_CREATED_TOPIC, ORDER_TOPICS
+from shared.contracts import EVENT_TOPICS, ORDER_CANCELLED_TOPIC, ORDER_CREATED_TOPIC
 from shared.errors import FaultKind
 from shared.health import readiness_gauge
+from stack.config import SERVICES, service_process
 from stack.gotools import PROMTOOL, ensure
 
 REPO = Path(__file__).resolve().parents[3]
@@ -37,6 +41,11 @@ PROMETHEUS_BUILTINS = {"up"}
 AGREED_NOT_YET_EXPORTED: set[str] = set()
 # Anything in an expression that looks like a metric name from our services.
 _OUR_SERIES = re.compile(r"\b(?:relay|consumer|service|order|orders|http)_[a-z_]+\b")
+# Each outbox's relays: the services of the stack (and of compose, and scrape jobs of the same
+# name) that run the relay program (relay: the order API's outbox, inventory-relay: inventory's).
+RELAY_JOBS = tuple(name for name in SERVICES if service_process(name).module == "services.relay")
+# The consumers' metrics label (ConsumerMetrics(service)).
+CONSUMER_SERVICES = (INVENTORY_SERVICE, EMAIL_SERVICE, ORDER_VERDICTS_SERVICE)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +78,21 @@ def _alert_names() -> set[str]:
 def _tested_alerts(test_file: Path) -> set[str]:
     doc = yaml.safe_load(test_file.read_text())
     return {case["alertname"] for test in doc["tests"] for case in test["alert_rule_test"]}
+
+
+def _test_file_of(alert: str) -> Path:
+    return next(f for f in RULE_TESTS if _tested_alerts(f) == {alert})
+
+
+def _fired_labels(test_file: Path, label: str) -> set[str]:
+    """The values of ``label`` on the alerts the test file expects to fire."""
+    doc = yaml.safe_load(test_file.read_text())
+    return {
+        alert["exp_labels"].get(label)
+        for test in doc["tests"]
+        for case in test["alert_rule_test"]
+        for alert in case.get("exp_alerts") or []
+    }
 
 
 def _exported_series() -> set[str]:
@@ -109,7 +133,7 @@ def test_prometheus_config_loads_the_rules_and_passes_promtool_check(promtool: P
 def test_promtool_check_rejects_a_broken_rule(promtool: Path, tmp_path: Path) -> None:
     # The check above can fail: a misspelt function is refused.
     broken = tmp_path / "alerts.yml"
-    broken.write_text(ALERTS.read_text().replace("max(relay_oldest", "maxx(relay_oldest"))
+    broken.write_text(ALERTS.read_text().replace("max by (job) (relay_oldest", "maxx(relay_oldest"))
     assert _run(promtool, "check", "rules", broken).returncode != 0
 
 
@@ -134,9 +158,8 @@ def test_promtool_test_fails_when_an_expected_alert_does_not_fire(
 ) -> None:
     # Proves the rule tests can fail: the same Failed-events test against a threshold of 5.
     rules = tmp_path / "alerts.yml"
-    rules.write_text(
-        ALERTS.read_text().replace("max(relay_failed_events) > 0", "max(relay_failed_events) > 5")
-    )
+    failed = "max by (job) (relay_failed_events)"
+    rules.write_text(ALERTS.read_text().replace(f"{failed} > 0", f"{failed} > 5"))
     tests = tmp_path / "tests"
     tests.mkdir()
     shutil.copy(PROMETHEUS_DIR / "tests" / "failed_events.test.yml", tests)
@@ -166,17 +189,46 @@ def test_alert_rules_read_only_series_the_services_export() -> None:
         assert series in used, series
 
 
-def test_the_dead_letter_alert_fires_for_every_order_topic() -> None:
-    # A cancellation's DLQ matters as much as a creation's (its stock stays reserved): the rule
-    # test must show the alert firing, with the topic named, for each topic of the contracts.
-    doc = yaml.safe_load((PROMETHEUS_DIR / "tests" / "dead_letters.test.yml").read_text())
-    fired = {
-        alert["exp_labels"].get("topic")
-        for test in doc["tests"]
-        for case in test["alert_rule_test"]
-        for alert in case.get("exp_alerts") or []
-    }
-    assert fired == set(ORDER_TOPICS)
+def test_the_dead_letter_alert_fires_for_every_event_topic() -> None:
+    # A cancellation's DLQ matters as much as a creation's (its stock stays reserved), and a
+    # verdict's as much as an order's (the order stays placed): the rule test must show the alert
+    # firing, with the topic named, for each event topic of the contracts, inventory's included.
+    dead_letters = PROMETHEUS_DIR / "tests" / "dead_letters.test.yml"
+    assert _fired_labels(dead_letters, "topic") == set(EVENT_TOPICS)
+
+
+def test_the_consumer_alerts_fire_for_every_consumer_the_order_service_s_included() -> None:
+    # The order service's verdict consumer (group order-service, inventory.* topics) is watched
+    # like inventory and email: the lag alert fires for each by its metrics label.
+    lag = _fired_labels(_test_file_of("ConsumerLagGrowing"), "service")
+    assert lag == set(CONSUMER_SERVICES)
+    assert ORDER_VERDICTS_SERVICE in _fired_labels(_test_file_of("DeadLettersArriving"), "service")
+
+
+def test_every_outbox_s_relays_are_scraped_as_their_own_job() -> None:
+    assert RELAY_JOBS == ("relay", "inventory-relay")
+    config = yaml.safe_load(CONFIG.read_text())
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert set(RELAY_JOBS) <= jobs
+
+
+@pytest.mark.parametrize(
+    "alert", sorted(a for a in _alert_names() if a.startswith(("Relay", "Outbox")))
+)
+def test_every_relay_alert_fires_per_outbox(alert: str) -> None:
+    # One outbox's healthy relays must not hide the other's fault: the rule groups by job (each
+    # outbox's relays are their own job), and its test shows it firing for each relay job alone.
+    rule = next(r for r in _rules() if r["alert"] == alert)
+    assert "by (job" in rule["expr"], rule["expr"]
+    assert _fired_labels(_test_file_of(alert), "job") == set(RELAY_JOBS)
+
+
+def test_no_leader_counts_a_relay_job_without_any_series() -> None:
+    # All relays of one outbox down leave no relay_is_leader series of its job: absent() must
+    # name every relay job, or that outbox's silence would not fire.
+    rule = next(r for r in _rules() if r["alert"] == "RelayWithoutLeader")
+    for job in RELAY_JOBS:
+        assert f'absent(relay_is_leader{{job="{job}"}})' in rule["expr"], job
 
 
 def test_the_consumer_metrics_the_alerts_read_name_the_topic() -> None:
