@@ -48,6 +48,10 @@ PLACEHOLDER: Final = "<!-- settings-reference -->"
 SETTINGS_CLASSES: Final = (
     ("Every service: the infrastructure", "shared.settings:InfraSettings"),
     ("Order API (`python -m services.order`)", "services.order.settings:OrderSettings"),
+    (
+        "Order verdict consumer (`python -m services.order.verdicts`)",
+        "services.order.verdicts.settings:VerdictSettings",
+    ),
     ("Relay (`python -m services.relay`)", "services.relay.settings:RelaySettings"),
     ("Inventory (`python -m services.inventory`)", "services.inventory.settings:InventorySettings"),
     ("Email (`python -m services.email`)", "services.email.settings:EmailSettings"),
