@@ -1,17 +1,22 @@
 """`make demo`: orders travel through the whole system, with one fault survived on the way.
 
-Embedded mode (default) starts the embedded stack and the four services on free ports under
+Embedded mode (default) starts the embedded stack and the services on free ports under
 ``.stack/demo`` (so it never collides with a running ``make up``), seeds the demo catalogue,
-then:
+then shows each order travel the loop, both outboxes included, step by step:
 
-1. creates orders over HTTP and shows each one travel: order written -> event published to
-   ``order.created`` -> stock reserved -> confirmation email received;
-2. cancels the first of them and shows the cancellation travel the same four steps: order
-   cancelled -> event published to ``order.cancelled`` -> stock released -> cancellation email;
-3. stops the Kafka broker, creates more orders while it is down (the API does not care), starts
-   the broker again and shows those orders complete too;
-4. produces a poison message straight into ``order.created`` and shows it land in
-   ``order.created.dlq`` with its reason, once per consumer group.
+1. orders confirmed: order written (``placed``) -> ``OrderCreated`` published to
+   ``order.created`` -> stock reserved by inventory -> its ``StockReserved`` published to
+   ``inventory.reserved`` -> the order ``confirmed`` -> confirmation email received;
+2. an order rejected for lack of stock (more ``SKU-LIMITED`` than the catalogue holds): the
+   same steps, with ``stock rejected`` and its reason, ``StockRejected`` on
+   ``inventory.rejected``, the order ``rejected`` and the rejection notice;
+3. the first confirmed order cancelled: order ``cancelled`` -> ``OrderCancelled`` published to
+   ``order.cancelled`` -> stock released -> ``StockReleased`` published to
+   ``inventory.released`` -> the release in the order's history -> cancellation notice;
+4. stops the Kafka broker, creates more orders while it is down (the API does not care), starts
+   the broker again and shows those orders confirmed too;
+5. produces a poison message straight into ``order.created`` and shows it land in
+   ``order.created.dlq`` with its reason (inventory is that topic's consumer).
 
 It prints a summary table, stops the stack, and exits 0 only if every order completed and the
 poison message was dead-lettered. ``--external`` runs the same scenario against services that
@@ -44,12 +49,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shared.contracts import (
     EVENT_ORDER_CANCELLED,
     EVENT_ORDER_CREATED,
+    EVENT_STOCK_REJECTED,
+    EVENT_STOCK_RELEASED,
+    EVENT_STOCK_RESERVED,
+    INVENTORY_GROUP,
     ORDER_CREATED_DLQ_TOPIC,
     ORDER_CREATED_TOPIC,
     Header,
     topic_for_event_type,
 )
 from shared.mongo import MongoClient, make_mongo_client
+from shared.outbox import OUTBOX_COLLECTION
 from stack import keycloak
 from stack.config import INFRA, REPO_ROOT, SERVICES, StackConfig
 from stack.issuer import UserTokens, bearer_header, token_subject
@@ -58,10 +68,44 @@ from stack.observe import topic_partitions
 from stack.supervisor import Stack
 
 CATALOGUE = REPO_ROOT / "services" / "inventory" / "demo_catalogue.json"
-STAGES = ("written", "published", "reserved", "emailed")
+# The catalogue's SKU in short supply, and an order for one more than it ever holds: inventory
+# rejects it on every run (stock only goes down between runs of a compose stack).
+LIMITED_SKU = "SKU-LIMITED"
+LIMITED_WANTED = 6
+# The steps every row travels: the order's change written by the API, its event published from
+# the order's outbox, inventory's change to the stock, inventory's event published from its own
+# outbox, the order following that event, the customer's email.
+STAGES = ("written", "published", "stock", "announced", "order", "emailed")
 # Generous: the first round trip also pays for consumer-group joins on a two-core machine.
 SETTLE_SECONDS = 90.0
 POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class Journey:
+    """One way through the loop: what each step must show for it."""
+
+    name: str  # the order's status at the end
+    trigger: str  # the order's event that starts it (its outbox)
+    stock: str  # the reservation's status inventory writes
+    verdict: str  # inventory's event (its outbox)
+    mail: str  # the email the customer gets
+
+    @property
+    def mail_answers_verdict(self) -> bool:
+        """The mail names inventory's event (the verdicts), not the order's (the cancel)."""
+        return self.trigger == EVENT_ORDER_CREATED
+
+
+CONFIRMED = Journey(
+    "confirmed", EVENT_ORDER_CREATED, "reserved", EVENT_STOCK_RESERVED, "confirmation"
+)
+REJECTED = Journey(
+    "rejected", EVENT_ORDER_CREATED, "rejected", EVENT_STOCK_REJECTED, "rejection notice"
+)
+CANCELLED = Journey(
+    "cancelled", EVENT_ORDER_CANCELLED, "cancelled", EVENT_STOCK_RELEASED, "cancellation notice"
+)
 
 
 @dataclass
@@ -71,15 +115,16 @@ class Tracked:
     note: str
     started: float
     reached: dict[str, float] = field(default_factory=dict)
+    # The order's event this row follows (creation or cancellation), and inventory's answer.
     event_id: str | None = None
-    # The event this row follows: the order's creation, or its cancellation.
-    event_type: str = EVENT_ORDER_CREATED
+    verdict_id: str | None = None
+    path: Journey = CONFIRMED
     # The customer who placed the order: only their token reads or cancels it.
     user: str = ""
 
     @property
     def cancellation(self) -> bool:
-        return self.event_type == EVENT_ORDER_CANCELLED
+        return self.path is CANCELLED
 
     @property
     def complete(self) -> bool:
@@ -136,16 +181,15 @@ def _demo_users(orders: int) -> list[str]:
     return [f"demo-user-{n}" for n in range(1, orders + 1)]
 
 
-def _sample_order(n: int, user: str) -> dict[str, Any]:
+def _sample_order(n: int, user: str, path: Journey = CONFIRMED) -> dict[str, Any]:
     # userId, where sent, must be the token's subject: the order's owner is whom the token names.
-    return {
-        "userId": user,
-        "customerEmail": f"customer{n}@example.com",
-        "items": [
-            {"sku": f"SKU-{1 + n % 5}", "quantity": 1 + n % 3, "unitPrice": "19.99"},
-            {"sku": "SKU-5", "quantity": 2, "unitPrice": "4.50"},
-        ],
-    }
+    items: list[dict[str, Any]] = [
+        {"sku": f"SKU-{1 + n % 5}", "quantity": 1 + n % 3, "unitPrice": "19.99"},
+        {"sku": "SKU-5", "quantity": 2, "unitPrice": "4.50"},
+    ]
+    if path is REJECTED:
+        items.append({"sku": LIMITED_SKU, "quantity": LIMITED_WANTED, "unitPrice": "99.00"})
+    return {"userId": user, "customerEmail": f"customer{n}@example.com", "items": items}
 
 
 class Inbox:
@@ -185,7 +229,11 @@ class Demo:
     def _clock(self) -> str:
         return f"[{time.monotonic() - self._t0:6.1f}s]"
 
-    async def create_orders(self, count: int, note: str) -> list[Tracked]:
+    async def create_orders(
+        self, count: int, note: str, path: Journey = CONFIRMED
+    ) -> list[Tracked]:
+        """Place ``count`` orders that should take ``path`` (confirmed, or rejected: each asks
+        for more of the limited SKU than there is)."""
         created = []
         for _ in range(count):
             n = len(self.tracked) + 1
@@ -194,17 +242,20 @@ class Demo:
             started = time.monotonic()
             reply = await self._http.post(
                 f"{self.endpoints.order_url}/orders",
-                json=_sample_order(n, user),
+                json=_sample_order(n, user, path),
                 headers=self.customers.headers(user),
             )
             if reply.status_code != 201:
                 raise RuntimeError(f"POST /orders answered {reply.status_code}: {reply.text}")
             body = reply.json()
-            order = Tracked(body["id"], Decimal(body["total"]), note, started, user=user)
+            order = Tracked(body["id"], Decimal(body["total"]), note, started, path=path, user=user)
             order.reached["written"] = time.monotonic()
             self.tracked.append(order)
             created.append(order)
-            _say(f"{self._clock()} order {order.order_id} written (total {order.total}, {note})")
+            _say(
+                f"{self._clock()} order {order.order_id} written, {body.get('status')} "
+                f"(total {order.total}, {note})"
+            )
         return created
 
     async def cancel(self, order: Tracked) -> Tracked:
@@ -219,12 +270,7 @@ class Demo:
                 f"POST /orders/.../cancel answered {reply.status_code}: {reply.text}"
             )
         row = Tracked(
-            order.order_id,
-            order.total,
-            "cancellation",
-            started,
-            event_type=EVENT_ORDER_CANCELLED,
-            user=order.user,
+            order.order_id, order.total, "cancellation", started, path=CANCELLED, user=order.user
         )
         row.reached["written"] = time.monotonic()
         self.tracked.append(row)
@@ -232,28 +278,55 @@ class Demo:
         return row
 
     async def _advance(self, order: Tracked, inbox: set[str]) -> None:
-        if "published" not in order.reached:
+        """Record (and print, in the order of STAGES) every step ``order`` reached since the
+        last poll. The order's consumer and email answer inventory's event side by side, so
+        either may come first; each step is timed when first seen."""
+        path = order.path
+        body: dict[str, Any] = {}
+        if "published" not in order.reached or "order" not in order.reached:
             reply = await self._read(order)
-            events = reply.json().get("events", []) if reply.status_code == 200 else []
-            mine = [e for e in events if e["eventType"] == order.event_type]
+            body = reply.json() if reply.status_code == 200 else {}
+        if "published" not in order.reached:
+            events = body.get("events", [])
+            mine = [e for e in events if e["eventType"] == path.trigger]
             if mine:
                 order.event_id = mine[0]["eventId"]
             if mine and all(e["status"] == "Published" for e in events):
-                topic = topic_for_event_type(order.event_type)
-                self._reach(order, "published", f"event {order.event_id} published to {topic}")
-        if "reserved" not in order.reached:
-            reservation = await self._mongo.inventory.reservations.find_one(
-                {"orderId": order.order_id}
+                topic = topic_for_event_type(path.trigger)
+                self._reach(
+                    order, "published", f"{path.trigger} {order.event_id} published to {topic}"
+                )
+        inventory = self._mongo.inventory
+        if "stock" not in order.reached:
+            reservation = await inventory.reservations.find_one({"orderId": order.order_id})
+            if reservation is not None and reservation.get("status") == path.stock:
+                reason = reservation.get("reason")
+                text = {
+                    "reserved": "stock reserved by inventory",
+                    "rejected": f"stock rejected by inventory: {reason}",
+                    "cancelled": "stock released by inventory (reservation cancelled)",
+                }[path.stock]
+                self._reach(order, "stock", text)
+        if "announced" not in order.reached:
+            verdict = await inventory[OUTBOX_COLLECTION].find_one(
+                {"aggregateId": order.order_id, "eventType": path.verdict}
             )
-            status = None if reservation is None else reservation.get("status", "?")
-            if order.cancellation and status == "cancelled":
-                self._reach(order, "reserved", "stock released (reservation cancelled)")
-            elif not order.cancellation and status is not None:
-                self._reach(order, "reserved", f"stock {status}")
-        event_id = order.event_id
-        if "emailed" not in order.reached and event_id and any(event_id in m for m in inbox):
-            kind = "cancellation" if order.cancellation else "confirmation"
-            self._reach(order, "emailed", f"{kind} email received")
+            if verdict is not None:
+                order.verdict_id = str(verdict["_id"])
+                if verdict.get("status") == "Published":
+                    topic = topic_for_event_type(path.verdict)
+                    text = f"inventory's {path.verdict} {order.verdict_id} published to {topic}"
+                    self._reach(order, "announced", text)
+        if "order" not in order.reached and order.verdict_id is not None:
+            steps = [h for h in body.get("history", []) if h.get("eventId") == order.verdict_id]
+            if steps and body.get("status") == path.name:
+                note = f" ({steps[0]['note']})" if steps[0].get("note") else ""
+                self._reach(
+                    order, "order", f"order {path.name}, {path.verdict} in its history{note}"
+                )
+        mail_event = order.verdict_id if path.mail_answers_verdict else order.event_id
+        if "emailed" not in order.reached and mail_event and any(mail_event in m for m in inbox):
+            self._reach(order, "emailed", f"{path.mail} received")
 
     async def _read(self, order: Tracked) -> httpx.Response:
         return await self._http.get(
@@ -285,7 +358,8 @@ class Demo:
             _say(f"{self._clock()} order {order.order_id} events while broker is down: {status}")
 
     async def poison(self) -> bool:
-        """Produce a message that is not JSON; both consumer groups must dead-letter it."""
+        """Produce a message that is not JSON; inventory (order.created's consumer) must
+        dead-letter it."""
         key = f"demo-poison-{uuid.uuid4().hex[:8]}"
         producer = AIOKafkaProducer(bootstrap_servers=self.endpoints.kafka, acks="all")
         await producer.start()
@@ -302,16 +376,16 @@ class Demo:
         finally:
             await producer.stop()
         _say(f"{self._clock()} poison message {key} produced to {ORDER_CREATED_TOPIC}")
-        records = await _dlq_records_for_key(self.endpoints.kafka, key, want=2, within=60.0)
+        records = await _dlq_records_for_key(self.endpoints.kafka, key, want=1, within=60.0)
         for record in records:
             _say(
                 f"{self._clock()} dead-lettered by {record.get(Header.CONSUMER_GROUP)}: "
                 f"{record.get(Header.FAILURE_REASON)}"
             )
-        return len({r.get(Header.CONSUMER_GROUP) for r in records}) >= 2
+        return INVENTORY_GROUP in {r.get(Header.CONSUMER_GROUP) for r in records}
 
     def summary(self) -> str:
-        header = f"{'order':<26} {'total':>9}  {'phase':<22} " + " ".join(
+        header = f"{'order':<26} {'total':>9}  {'phase':<22} {'ends':<10} " + " ".join(
             f"{s:>10}" for s in STAGES[1:]
         )
         lines = [header, "-" * len(header)]
@@ -320,7 +394,10 @@ class Demo:
             for stage in STAGES[1:]:
                 at = o.reached.get(stage)
                 cells.append(f"{(at - o.started) * 1000:>8.0f}ms" if at else f"{'MISSING':>10}")
-            lines.append(f"{o.order_id:<26} {o.total!s:>9}  {o.note:<22} " + " ".join(cells))
+            lines.append(
+                f"{o.order_id:<26} {o.total!s:>9}  {o.note:<22} {o.path.name:<10} "
+                + " ".join(cells)
+            )
         return "\n".join(lines)
 
 
@@ -361,26 +438,28 @@ async def _seed_stock(env: dict[str, str]) -> None:
 
 async def run_scenario(demo: Demo, restart_broker: Callable[[str], Awaitable[None]] | None) -> bool:
     n = demo.orders_per_phase
-    _say("\n== 1. the happy path ==")
-    happy = await demo.create_orders(n, "happy path")
+    _say("\n== 1. orders confirmed ==")
+    happy = await demo.create_orders(n, "confirmed")
     ok = await demo.follow(happy)
-    _say("\n== 2. a cancellation ==")
+    _say(f"\n== 2. an order rejected for lack of stock ({LIMITED_WANTED} x {LIMITED_SKU}) ==")
+    ok = await demo.follow(await demo.create_orders(1, "out of stock", REJECTED)) and ok
+    _say("\n== 3. a confirmed order cancelled ==")
     ok = await demo.follow([await demo.cancel(happy[0])]) and ok
     if restart_broker is not None:
-        _say("\n== 3. the Kafka broker goes down; orders keep coming ==")
+        _say("\n== 4. the Kafka broker goes down; orders keep coming ==")
         await restart_broker("stop")
         during = await demo.create_orders(n, "created, broker down")
         await demo.show_pending(during)
         await restart_broker("start")
         ok = await demo.follow(during) and ok
-    _say("\n== 4. a poison message ==")
+    _say("\n== 5. a poison message ==")
     poisoned = await demo.poison()
     _say("\n== summary ==")
     _say(demo.summary())
     completed = sum(o.complete for o in demo.tracked)
     _say(
-        f"\n{completed}/{len(demo.tracked)} orders and cancellations completed all four steps; "
-        f"poison message dead-lettered by both consumers: {'yes' if poisoned else 'NO'}"
+        f"\n{completed}/{len(demo.tracked)} orders and cancellations completed all "
+        f"{len(STAGES)} steps; poison message dead-lettered: {'yes' if poisoned else 'NO'}"
     )
     return ok and poisoned and completed == len(demo.tracked)
 

@@ -14,7 +14,8 @@ DEMO = Path(__file__).resolve().parents[3] / "services" / "inventory" / "demo_ca
 
 def test_demo_catalogue_loads() -> None:
     levels = load_stock_file(DEMO)
-    assert [lv.sku for lv in levels] == [f"SKU-{n}" for n in range(1, 6)]
+    # Five SKUs in plenty, one the demo orders more of than there is (its rejected order).
+    assert [lv.sku for lv in levels] == [*(f"SKU-{n}" for n in range(1, 6)), "SKU-LIMITED"]
 
 
 def test_object_and_list_forms_are_accepted(tmp_path: Path) -> None:
