@@ -450,6 +450,8 @@ class StackConfig:
             "CONSOLE_ORDER_URL": url["order"],
             "CONSOLE_RELAY_URLS": json.dumps([url["relay"]]),
             "CONSOLE_INVENTORY_URL": url["inventory"],
+            "CONSOLE_INVENTORY_RELAY_URLS": json.dumps([url["inventory-relay"]]),
+            "CONSOLE_ORDER_VERDICTS_URL": url["order-verdicts"],
             "CONSOLE_EMAIL_URL": url["email"],
             "CONSOLE_SMTP_DIR": str(self.smtp_dir),
         }

@@ -36,8 +36,12 @@ class ConsoleSettings(ServiceSettings, RelaySlotsSetting):
     token: SecretStr
     # Where the services answer /readyz and /metrics (the embedded stack's default ports).
     order_url: str = "http://127.0.0.1:8000"
+    # The relays of the order API's outbox, then those of inventory's (each outbox has its own).
     relay_urls: tuple[str, ...] = ("http://127.0.0.1:8001",)
+    inventory_relay_urls: tuple[str, ...] = ("http://127.0.0.1:8005",)
     inventory_url: str = "http://127.0.0.1:8002"
+    # The order service's consumer of inventory's verdicts.
+    order_verdicts_url: str = "http://127.0.0.1:8006"
     email_url: str = "http://127.0.0.1:8003"
     orders_database: str = Field(default="orders", min_length=1)
     inventory_database: str = Field(default="inventory", min_length=1)

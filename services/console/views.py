@@ -127,15 +127,28 @@ def _utc(value: Any) -> datetime | None:
 # ---------------------------------------------------------------- readiness and the relay lease
 
 
-async def readiness(settings: ConsoleSettings) -> list[Readiness]:
+def readiness_targets(settings: ConsoleSettings) -> list[tuple[str, str]]:
+    """(name, base URL) of every service, in the order an order travels: the API, its outbox's
+    relays, inventory, inventory's outbox's relays, the order's verdict consumer, email."""
     targets = [("order", settings.order_url)]
-    targets += [
-        (f"relay-{i + 1}" if len(settings.relay_urls) > 1 else "relay", url)
-        for i, url in enumerate(settings.relay_urls)
-    ]
-    targets += [("inventory", settings.inventory_url), ("email", settings.email_url)]
+    targets += _numbered("relay", settings.relay_urls)
+    targets += [("inventory", settings.inventory_url)]
+    targets += _numbered("inventory-relay", settings.inventory_relay_urls)
+    targets += [("order-verdicts", settings.order_verdicts_url), ("email", settings.email_url)]
+    return targets
+
+
+async def readiness(settings: ConsoleSettings) -> list[Readiness]:
+    targets = readiness_targets(settings)
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_SECONDS) as client:
         return list(await asyncio.gather(*(_probe(client, n, u) for n, u in targets)))
+
+
+def _numbered(name: str, urls: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``name`` for one instance; ``name-1``, ``name-2`` ... for several."""
+    if len(urls) == 1:
+        return [(name, urls[0])]
+    return [(f"{name}-{i + 1}", url) for i, url in enumerate(urls)]
 
 
 async def _probe(client: httpx.AsyncClient, name: str, url: str) -> Readiness:

@@ -74,13 +74,15 @@ def test_the_console_reaches_each_service_by_its_compose_name_and_settings_port(
 ) -> None:
     console = _settings(_service(compose, "console"), monkeypatch, ConsoleSettings)
     ports = {}
-    for name in ("order", "relay", "inventory", "email"):
+    for name in ("order", "relay", "inventory", "email", "inventory-relay", "order-verdicts"):
         service = _service(compose, name)
         ports[name] = _settings(service, monkeypatch, settings_class_of(service.module)).port
     assert console.order_url == f"http://order:{ports['order']}"
     assert console.relay_urls == (f"http://relay:{ports['relay']}",)
     assert console.inventory_url == f"http://inventory:{ports['inventory']}"
     assert console.email_url == f"http://email:{ports['email']}"
+    assert console.inventory_relay_urls == (f"http://inventory-relay:{ports['inventory-relay']}",)
+    assert console.order_verdicts_url == f"http://order-verdicts:{ports['order-verdicts']}"
     assert console.mailpit_url == "http://mailpit:8025"
     jaeger_ui = next(p for p in compose["services"]["jaeger"]["ports"])
     assert console.jaeger_url == f"http://127.0.0.1:{jaeger_ui['published']}"
