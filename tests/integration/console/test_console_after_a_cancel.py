@@ -33,9 +33,6 @@ from bson import ObjectId
 from playwright.async_api import Page
 
 from services.email.models import CANCELLATION_KIND, CONFIRMATION_KIND, message_id_for
-from services.email.settings import EmailSettings
-from services.inventory.settings import InventorySettings
-from services.order.verdicts.settings import VerdictSettings
 from shared.contracts import (
     EVENT_ORDER_CANCELLED,
     EVENT_STOCK_RELEASED,
@@ -45,7 +42,7 @@ from shared.contracts import (
 from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
-from stack.observe import Inbox, position_groups_at_end
+from stack.observe import Inbox
 from tests.integration.console.browser import (
     ConsoleWorld,
     chromium_page,
@@ -53,6 +50,7 @@ from tests.integration.console.browser import (
     shot,
     sign_in,
 )
+from tests.loop_services import TOPICS_READ, Loop
 from tests.waiting import WaitTimeout, wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -60,20 +58,6 @@ pytestmark = pytest.mark.timeout(300)
 ORDERS = 5
 # The console's timestamp format (services/console/app.py `_when`): milliseconds, UTC.
 SHOWN_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC$")
-# The consumer services of the loop, each with the topics it subscribes to (from its settings).
-TOPICS_READ = {
-    "inventory": (InventorySettings().topic, InventorySettings().cancelled_topic),
-    "email": (
-        EmailSettings().reserved_topic,
-        EmailSettings().rejected_topic,
-        EmailSettings().cancelled_topic,
-    ),
-    "order-verdicts": (
-        VerdictSettings().topic,
-        VerdictSettings().rejected_topic,
-        VerdictSettings().released_topic,
-    ),
-}
 
 
 @dataclass
@@ -108,45 +92,21 @@ async def world(stack: Stack) -> AsyncIterator[World]:
     run = uuid.uuid4().hex[:8]
     token = secrets.token_urlsafe(32)
     database = f"console_loop_{run}"
-    inventory_database = f"{database}_inventory"
-    groups = {
-        "inventory": f"console-loop-inventory-{run}",
-        "email": f"console-loop-email-{run}",
-        "order-verdicts": f"console-loop-verdicts-{run}",
+    loop = Loop(f"console-loop-{run}", database, f"{database}_inventory")
+    envs = loop.envs()
+    envs["console"] = {
+        "CONSOLE_TOKEN": token,
+        "CONSOLE_ORDERS_DATABASE": database,
+        "CONSOLE_INVENTORY_DATABASE": loop.inventory_database,
+        "CONSOLE_GROUPS": json.dumps(list(loop.groups.values())),
+        "CONSOLE_GROUP_TOPICS": json.dumps(loop.group_topics),
     }
-    envs = {
-        "order": {"ORDER_DATABASE": database},
-        "relay": {"RELAY_DATABASE": database, "RELAY_TRANSACTIONAL_ID": f"console-loop-{run}"},
-        "inventory": {
-            "INVENTORY_GROUP_ID": groups["inventory"],
-            "INVENTORY_DATABASE": inventory_database,
-        },
-        "inventory-relay": {
-            "RELAY_DATABASE": inventory_database,
-            "RELAY_TRANSACTIONAL_ID": f"console-loop-inventory-{run}",
-        },
-        "order-verdicts": {
-            "ORDER_VERDICTS_DATABASE": database,
-            "ORDER_VERDICTS_GROUP_ID": groups["order-verdicts"],
-        },
-        "email": {"EMAIL_GROUP_ID": groups["email"]},
-        "console": {
-            "CONSOLE_TOKEN": token,
-            "CONSOLE_ORDERS_DATABASE": database,
-            "CONSOLE_INVENTORY_DATABASE": inventory_database,
-            "CONSOLE_GROUPS": json.dumps(list(groups.values())),
-            "CONSOLE_GROUP_TOPICS": json.dumps(
-                {group: TOPICS_READ[service] for service, group in groups.items()}
-            ),
-        },
-    }
-    bootstrap = stack.config.kafka_bootstrap
     # Other modules' records stay in the topics: the new groups start after them.
-    for service, group in groups.items():
-        for topic in TOPICS_READ[service]:
-            await position_groups_at_end(bootstrap, [group], topic)
+    await loop.start_groups_at_the_end(stack.config.kafka_bootstrap)
     mongo = make_mongo_client(stack.config.mongo_uri, 5.0, "console-loop-tests")
-    await mongo[inventory_database]["stock"].insert_one({"sku": "SKU-LOOP", "available": 1_000})
+    await mongo[loop.inventory_database]["stock"].insert_one(
+        {"sku": "SKU-LOOP", "available": 1_000}
+    )
     inbox = Inbox(stack.config.smtp_dir)
     inbox.mark_start()
     services = tuple(envs)
@@ -157,7 +117,16 @@ async def world(stack: Stack) -> AsyncIterator[World]:
             url = f"http://127.0.0.1:{stack.port_of('console')}"
             await sign_in(page, url, token)
             yield World(
-                stack, token, url, database, inventory_database, groups, mongo, inbox, page, []
+                stack,
+                token,
+                url,
+                database,
+                loop.inventory_database,
+                loop.groups,
+                mongo,
+                inbox,
+                page,
+                [],
             )
     finally:
         for name in reversed(services):
@@ -165,7 +134,7 @@ async def world(stack: Stack) -> AsyncIterator[World]:
             # the client's monitor give the server up and cancel the drops below.
             await asyncio.to_thread(stack.stop, name)
         await mongo.drop_database(database)
-        await mongo.drop_database(inventory_database)
+        await mongo.drop_database(loop.inventory_database)
         await mongo.close()
 
 

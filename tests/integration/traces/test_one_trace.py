@@ -11,6 +11,7 @@ OTEL_EXPORTER_OTLP_ENDPOINT and tracing turns on.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,9 +19,6 @@ from typing import Any
 import httpx
 import pytest
 
-from services.email.settings import EmailSettings
-from services.inventory.settings import InventorySettings
-from services.order.verdicts.settings import VerdictSettings
 from shared.contracts import (
     EVENT_STOCK_RESERVED,
     INVENTORY_RESERVED_TOPIC,
@@ -32,85 +30,41 @@ from shared.outbox import OUTBOX_COLLECTION
 from stack import Stack
 from stack.gotools import JAEGER, ensure
 from stack.issuer import UserTokens
-from stack.observe import position_groups_at_end
+from tests.loop_services import LOOP_SERVICES, Loop
 from tests.waiting import wait_until
 
 # A cold build of Jaeger takes minutes; `make test` builds it before pytest runs (make jaeger).
 pytestmark = pytest.mark.timeout(900)
 
-SERVICES = ("order", "relay", "inventory", "inventory-relay", "order-verdicts", "email")
 # Every service's spans are exported under its name; both relays run the relay program.
 TRACED_AS = {"order", "relay", "inventory", "order-verdicts", "email"}
 SKU = "SKU-TRACE"
 
 
 @pytest.fixture
-async def traced_stack(stack: Stack) -> AsyncIterator[dict[str, dict[str, str]]]:
-    """Jaeger, and each service's environment: this test's databases and consumer groups, the
-    groups positioned at the end of every topic they read (only this test's order is traced),
-    the SKU in stock (the order is reserved)."""
+async def traced_stack(stack: Stack) -> AsyncIterator[Loop]:
+    """Jaeger, then the loop's services on this test's databases and consumer groups (positioned
+    at the end of every topic they read: only this test's order is traced), the SKU in stock
+    (the order is reserved)."""
     ensure(JAEGER)
     run = uuid.uuid4().hex[:8]
-    orders, inventory = f"traces_{run}", f"traces_inventory_{run}"
-    groups = {
-        "inventory": f"traces-inventory-{run}",
-        "email": f"traces-email-{run}",
-        "order-verdicts": f"traces-verdicts-{run}",
-    }
-    # Export within a fraction of a second instead of the SDK's 5 s default.
-    common = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
-    envs = {
-        "order": {**common, "ORDER_DATABASE": orders},
-        "relay": {
-            **common,
-            "RELAY_DATABASE": orders,
-            "RELAY_TRANSACTIONAL_ID": f"traces-{run}",
-        },
-        "inventory": {
-            **common,
-            "INVENTORY_DATABASE": inventory,
-            "INVENTORY_GROUP_ID": groups["inventory"],
-        },
-        "inventory-relay": {
-            **common,
-            "RELAY_DATABASE": inventory,
-            "RELAY_TRANSACTIONAL_ID": f"traces-inventory-{run}",
-        },
-        "order-verdicts": {
-            **common,
-            "ORDER_VERDICTS_DATABASE": orders,
-            "ORDER_VERDICTS_GROUP_ID": groups["order-verdicts"],
-        },
-        "email": {**common, "EMAIL_GROUP_ID": groups["email"]},
-    }
-    topics = {
-        "inventory": (InventorySettings().topic, InventorySettings().cancelled_topic),
-        "email": (
-            EmailSettings().reserved_topic,
-            EmailSettings().rejected_topic,
-            EmailSettings().cancelled_topic,
-        ),
-        "order-verdicts": (
-            VerdictSettings().topic,
-            VerdictSettings().rejected_topic,
-            VerdictSettings().released_topic,
-        ),
-    }
-    for service, group in groups.items():
-        for topic in topics[service]:
-            await position_groups_at_end(stack.config.kafka_bootstrap, [group], topic)
+    loop = Loop(f"traces-{run}", f"traces_{run}", f"traces_inventory_{run}")
+    await loop.start_groups_at_the_end(stack.config.kafka_bootstrap)
     mongo = make_mongo_client(stack.config.mongo_uri, 5.0, "trace-test")
-    await mongo[inventory]["stock"].insert_one({"sku": SKU, "available": 10})
-    stack.start("jaeger")
+    await mongo[loop.inventory_database]["stock"].insert_one({"sku": SKU, "available": 10})
+    # In a thread: starting and stopping wait for the processes, and a loop blocked that long
+    # makes the MongoDB client's monitor give the server up and cancel the drops below.
+    await asyncio.to_thread(stack.start, "jaeger")
     try:
-        for name in SERVICES:
-            stack.start(name, envs[name])
-        yield {**envs, "databases": {"orders": orders, "inventory": inventory}}
+        # Export within a fraction of a second instead of the SDK's 5 s default.
+        for name, env in loop.envs({"OTEL_BSP_SCHEDULE_DELAY": "100"}).items():
+            await asyncio.to_thread(stack.start, name, env)
+        yield loop
     finally:
-        for name in (*reversed(SERVICES), "jaeger"):
-            stack.stop(name)
-        await mongo.drop_database(orders)
-        await mongo.drop_database(inventory)
+        for name in (*reversed(LOOP_SERVICES), "jaeger"):
+            await asyncio.to_thread(stack.stop, name)
+        await mongo.drop_database(loop.orders_database)
+        await mongo.drop_database(loop.inventory_database)
         await mongo.close()
 
 
@@ -158,9 +112,9 @@ async def _outbox_event(mongo: MongoClient, database: str, order_id: str) -> dic
 
 
 async def test_one_order_is_one_trace_through_the_verdict_loop(
-    stack: Stack, traced_stack: dict[str, Any]
+    stack: Stack, traced_stack: Loop
 ) -> None:
-    databases = traced_stack["databases"]
+    loop = traced_stack
     order_url = f"http://127.0.0.1:{stack.port_of('order')}"
     jaeger_url = stack.config.jaeger_url
     body = {
@@ -181,8 +135,8 @@ async def test_one_order_is_one_trace_through_the_verdict_loop(
 
         try:
             await wait_until(confirmed, timeout=60, interval=0.3, message="the order confirmed")
-            order_event = await _outbox_event(mongo, databases["orders"], order_id)
-            verdict = await _outbox_event(mongo, databases["inventory"], order_id)
+            order_event = await _outbox_event(mongo, loop.orders_database, order_id)
+            verdict = await _outbox_event(mongo, loop.inventory_database, order_id)
             assert verdict["eventType"] == EVENT_STOCK_RESERVED
             # Inventory's relay published it (the order's state followed from that publish).
             assert verdict["status"] == OutboxStatus.PUBLISHED.value
