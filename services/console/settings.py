@@ -36,13 +36,13 @@ class ConsoleSettings(ServiceSettings, RelaySlotsSetting):
     token: SecretStr
     # Where the services answer /readyz and /metrics (the embedded stack's default ports).
     order_url: str = "http://127.0.0.1:8000"
-    # The relays of the order API's outbox, then those of inventory's (each outbox has its own).
     relay_urls: tuple[str, ...] = ("http://127.0.0.1:8001",)
-    inventory_relay_urls: tuple[str, ...] = ("http://127.0.0.1:8005",)
     inventory_url: str = "http://127.0.0.1:8002"
-    # The order service's consumer of inventory's verdicts.
-    order_verdicts_url: str = "http://127.0.0.1:8006"
     email_url: str = "http://127.0.0.1:8003"
+    # Where the relays of inventory's outbox (each outbox has relays of its own) and the order
+    # service's consumer of inventory's verdicts answer /readyz and /metrics.
+    inventory_relay_urls: tuple[str, ...] = ("http://127.0.0.1:8005",)
+    order_verdicts_url: str = "http://127.0.0.1:8006"
     orders_database: str = Field(default="orders", min_length=1)
     inventory_database: str = Field(default="inventory", min_length=1)
     # The topics the consumer groups read (their lag), each with its dead-letter topic
