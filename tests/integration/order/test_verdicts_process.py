@@ -1,5 +1,6 @@
 """`python -m services.order.verdicts` as a process: it becomes ready on ORDER_VERDICTS_PORT,
-moves an order on a verdict, and on SIGTERM drains, commits its offsets and exits 0."""
+moves an order on a verdict, on SIGTERM drains, commits its offsets and exits 0, and killed
+mid-transition it moves the order once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from functools import partial
 from typing import Any
 
 import httpx
+from bson import ObjectId
 
+from shared.consumer import FAILPOINT_AFTER_SIDE_EFFECT
 from shared.contracts import EVENT_STOCK_REJECTED, EVENT_STOCK_RESERVED
 from shared.events import InventoryEvent
 from stack import Stack
@@ -81,3 +84,38 @@ async def test_the_process_consumes_and_on_sigterm_commits_and_exits_zero(
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
+
+
+async def test_a_consumer_killed_after_moving_the_order_moves_it_once(
+    stack: Stack, api: Api
+) -> None:
+    """Killed after the order's write, before `done` and the offset commit: the restarted
+    process gets the verdict again, finds its event id in the order's history and changes
+    nothing (the order's own backstop, the claim of the dead process having expired)."""
+    async with verdict_world(stack, api.settings.database) as world:
+        env = {**world.env(), "ORDER_VERDICTS_CLAIM_LEASE_SECONDS": "2"}
+        order = (await api.http.post("/orders", json=order_body())).json()
+        stack.start(
+            "order-verdicts", env={**env, "ORDER_VERDICTS_FAILPOINT": FAILPOINT_AFTER_SIDE_EFFECT}
+        )
+        try:
+            event_id = await world.send(reserved(order))
+            await wait_until(
+                lambda: not stack.is_running("order-verdicts"), timeout=TIMEOUT, message="crash"
+            )
+            assert await _status(api, order["id"]) == "confirmed"
+            assert not await world.done(EVENT_STOCK_RESERVED, event_id)
+
+            stack.start("order-verdicts", env=env)
+            await wait_until(
+                partial(world.done, EVENT_STOCK_RESERVED, event_id),
+                timeout=TIMEOUT,
+                message="redelivered and done",
+            )
+        finally:
+            stack.stop("order-verdicts")
+        stored = await api.db.orders.find_one({"_id": ObjectId(order["id"])})
+        assert [(h["status"], h.get("eventId")) for h in stored["history"]] == [
+            ("confirmed", event_id)
+        ]
+        assert await world.dlq(EVENT_STOCK_RESERVED) == []
