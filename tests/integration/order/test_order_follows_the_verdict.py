@@ -4,6 +4,8 @@ inventory's relay writes."""
 
 from __future__ import annotations
 
+import io
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,8 +21,10 @@ from shared.contracts import (
     EVENT_STOCK_RELEASED,
     EVENT_STOCK_RESERVED,
     Header,
+    dlq_topic_for,
     idempotency_key,
 )
+from shared.dlq.__main__ import DlqSettings, replay, select
 from stack import Stack
 from tests.integration.order.conftest import Api, order_body
 from tests.integration.order.verdict_world import (
@@ -239,3 +243,35 @@ async def test_an_order_stored_as_created_is_placed_and_follows_its_verdict(
         ("placed", CAUSE_PLACE, None),
         ("confirmed", EVENT_STOCK_RESERVED, event_id),
     ]
+
+
+async def test_a_verdict_replayed_from_the_dlq_after_a_cancel_is_recorded_and_changes_nothing(
+    api: Api, world: VerdictWorld
+) -> None:
+    """The verdict failed on Friday and went to the DLQ; the customer cancelled; Monday's
+    replay reaches the order: recorded, still cancelled, no event."""
+    order = await _place(api)
+    event = reserved(order)
+    event_id = uuid.uuid4().hex
+    await world.dead_letter(event, event_id)
+    cancel = await api.http.post(f"/orders/{order['id']}/cancel")
+    assert cancel.status_code == 200
+    c = world.stack.config
+    dlq_topic = dlq_topic_for(world.topics[EVENT_STOCK_RESERVED])
+    stored = select(await world.dlq(EVENT_STOCK_RESERVED), group=world.group)
+    settings = DlqSettings(
+        kafka_bootstrap_servers=c.kafka_bootstrap, redis_url=c.redis_url, topic=dlq_topic
+    )
+
+    assert await replay(settings, stored, dry_run=False, out=io.StringIO()) == 1
+
+    await wait_until(
+        lambda: world.done(EVENT_STOCK_RESERVED, event_id), timeout=TIMEOUT, message="replayed"
+    )
+    body = await _read(api, order["id"])
+    assert body["status"] == "cancelled"
+    assert _steps(body)[1:] == [
+        ("cancelled", CAUSE_CANCEL, None),
+        ("cancelled", EVENT_STOCK_RESERVED, event_id),
+    ]
+    assert [e["eventType"] for e in body["events"]] == [EVENT_ORDER_CREATED, EVENT_ORDER_CANCELLED]

@@ -28,9 +28,9 @@ from shared.contracts import (
     dlq_topic_for,
     idempotency_key,
 )
-from shared.dlq import StoredDlqRecord, read_dlq
+from shared.dlq import StoredDlqRecord, build_dlq_record, read_dlq, send_to_dlq
 from shared.events import EventItem, InventoryEvent, StockRejected, StockReleased, StockReserved
-from shared.kafka import encode_headers, ensure_topics, make_producer
+from shared.kafka import Headers, encode_headers, ensure_topics, make_producer
 from shared.redis import make_redis
 from stack import Stack
 from tests.background import finish_service_tasks
@@ -84,6 +84,21 @@ def event_type_of(event: InventoryEvent) -> str:
     if isinstance(event, StockRejected):
         return EVENT_STOCK_REJECTED
     return EVENT_STOCK_RELEASED
+
+
+def _relay_headers(event: InventoryEvent, event_id: str) -> Headers:
+    """The headers inventory's relay puts on ``event``'s record."""
+    event_type = event_type_of(event)
+    return encode_headers(
+        {
+            Header.EVENT_TYPE: event_type,
+            Header.AGGREGATE_TYPE: AGGREGATE_RESERVATION,
+            Header.AGGREGATE_ID: event.order_id,
+            Header.AGGREGATE_VERSION: str(_VERSION[event_type]),
+            Header.OCCURRED_AT: datetime.now(UTC).isoformat(),
+            Header.IDEMPOTENCY_KEY: event_id,
+        }
+    )
 
 
 def delivery_of(event: InventoryEvent, event_id: str) -> Delivery:
@@ -150,22 +165,30 @@ class VerdictWorld:
     ) -> str:
         """Produce ``event`` as inventory's relay would; returns its event id."""
         event_id = event_id or uuid.uuid4().hex
-        event_type = event_type_of(event)
-        headers = {
-            Header.EVENT_TYPE: event_type,
-            Header.AGGREGATE_TYPE: AGGREGATE_RESERVATION,
-            Header.AGGREGATE_ID: event.order_id,
-            Header.AGGREGATE_VERSION: str(_VERSION[event_type]),
-            Header.OCCURRED_AT: datetime.now(UTC).isoformat(),
-            Header.IDEMPOTENCY_KEY: event_id,
-        }
         await self.producer.send_and_wait(
-            self.topics[event_type],
+            self.topics[event_type_of(event)],
             key=event.order_id.encode(),
             value=value if value is not None else event.to_json().encode(),
-            headers=encode_headers(headers),
+            headers=_relay_headers(event, event_id),
         )
         return event_id
+
+    async def dead_letter(self, event: InventoryEvent, event_id: str) -> None:
+        """What this world's consumer writes to the DLQ when it gives up on ``event`` after
+        three attempts (as if a bug since fixed had failed it)."""
+        topic = self.topics[event_type_of(event)]
+        record = build_dlq_record(
+            topic=topic,
+            partition=0,
+            offset=42,
+            key=event.order_id.encode(),
+            value=event.to_json().encode(),
+            headers=_relay_headers(event, event_id),
+            reason="RuntimeError: a bug since fixed",
+            retry_count=2,
+            consumer_group=self.group,
+        )
+        await send_to_dlq(self.producer, dlq_topic_for(topic), record)
 
     async def done(self, event_type: str, event_id: str) -> bool:
         """The consumer finished with this event (its dedup key says done)."""
