@@ -3,8 +3,9 @@
 For each design, a fresh pipeline is offered rising rates (``plan.capacity_rates``, each for
 ``plan.capacity_step_seconds``), every ``plan.capacity_cancel_every``-th order cancelled right
 after its 201 where the design has cancellation (ours; the article's has none). A rate is
-sustained when every order got its reservation and its email (a cancelled one: its reservation
-reads cancelled and its cancellation email arrived) within the settle window and p99
+sustained when every order got its reservation and its email (ours: and its status took the
+verdict; a cancelled one: its reservation reads cancelled and its cancellation email arrived)
+within the settle window and p99
 scheduled-send -> reservation <= 250 ms (bench/capacity_model.py). The capacity is the highest
 rate sustained below the first that is not. Our ramp stops at that first rate (a rate above it
 only costs minutes of a run held under 40, issue 21); the article's, whose 500 ms poll breaks
@@ -84,6 +85,8 @@ async def ramp(run: Run, design: str) -> dict[str, Any]:
                     "cancellations_incomplete": result.cancellations_incomplete,
                     "missing_reservation": asdict(result.missing_reservation),
                     "missing_email": asdict(result.missing_email),
+                    # The order's status not (yet) confirmed or rejected (ours only).
+                    "missing_order_verdict": asdict(result.missing_verdict),
                     "p50_reservation_ms": result.reservation.p50_ms if result.reservation else None,
                     "cpu": cpu_figure,
                 }

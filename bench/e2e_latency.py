@@ -11,6 +11,9 @@ generator, the server's commit ``wallTime`` in MongoDB, the SMTP sink's ``time_n
 * **Reservation written**: the ``wallTime`` of the insert in a change stream on
   ``<inventory db>.reservations``: the commit time of the inventory transaction (millisecond
   resolution), not the moment we happened to look.
+* **Order's verdict**: where the order service follows inventory's verdict (our pipeline), the
+  ``at`` of the order's history step that made it ``confirmed`` or ``rejected`` (the verdict
+  consumer's clock), read once the order's reservation and email are in: the loop closed.
 * **Email received**: the nanosecond timestamp the sink put in the file name when the SMTP
   ``DATA`` arrived; the order id is read from the ``Subject`` line. An order's email is its
   verdict's mail: the confirmation (sent on inventory's ``StockReserved``) or the rejection
@@ -34,15 +37,19 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 from aiokafka import AIOKafkaConsumer
+from bson import ObjectId
 
 from bench import cpu
 from bench.stats import Distribution, achieved_rate, open_loop_schedule
 from services.inventory.models import RESERVATIONS, ReservationStatus
+from services.order.models import ORDERS_COLLECTION
+from services.order.schemas import OrderStatus
 from shared.contracts import ORDER_CREATED_TOPIC
 from shared.mongo import make_mongo_client
 from stack.issuer import UserTokens
@@ -56,6 +63,8 @@ BENCH_STOCK: Final = 1_000_000_000
 _SUBJECT = re.compile(r"^Order ([0-9a-f]{24}) (confirmed|could not be fulfilled|cancelled)$")
 _CANCELLED = "cancelled"
 _REJECTED = "could not be fulfilled"
+# The statuses an order takes from inventory's verdict (services/order/lifecycle.py).
+VERDICTS: Final = (OrderStatus.CONFIRMED.value, OrderStatus.REJECTED.value)
 # At most this many requests in flight: bounds memory and sockets if the API stalls.
 MAX_IN_FLIGHT: Final = 256
 HTTP_TIMEOUT_SECONDS: Final = 10.0
@@ -148,13 +157,17 @@ class LatencyResult:
     reservation_from_201: Distribution | None = None
     missing_reservation: Missing = field(default_factory=Missing)
     missing_email: Missing = field(default_factory=Missing)
+    # Where the order follows inventory's verdict: scheduled send -> the order's status said it.
+    verdict: Distribution | None = None
+    missing_verdict: Missing = field(default_factory=Missing)
     # Orders (not cancelled) whose verdict mail was a rejection notice: inventory found their
     # stock short. The bench's SKUs never run out (BENCH_STOCK), so anything but 0 says the
     # stock was not seeded.
     rejected: int = 0
     notes: list[str] = field(default_factory=list)
 
-    # Orders without a reservation or an email at the end of the settle window.
+    # Orders without a reservation, an email or (where it is followed) the order's verdict at
+    # the end of the settle window.
     orders_incomplete: int = 0
 
     def incomplete(self) -> int:
@@ -236,6 +249,35 @@ class InsertWatcher:
 
     async def close(self) -> None:
         await end_watch_task(self._task, self._stopping)
+        await self._client.close()
+
+
+class VerdictReader:
+    """``orderId -> when the order's status took inventory's verdict``: the ``at`` of the
+    history step that made it ``confirmed`` or ``rejected``. Read on demand (only for the
+    orders whose reservation and email are in), so the settle wait adds no load while the
+    pipeline is still busy."""
+
+    def __init__(self, mongo_uri: str, database: str) -> None:
+        self._client = make_mongo_client(mongo_uri, 10.0, "bench-e2e-verdicts")
+        self._orders = self._client[database][ORDERS_COLLECTION]
+        self.decided: dict[str, float] = {}
+
+    async def read(self, order_ids: list[str]) -> None:
+        """Look up which of ``order_ids`` reached a verdict (kept in :attr:`decided`)."""
+        cursor = self._orders.find(
+            {"_id": {"$in": [ObjectId(o) for o in order_ids]}, "status": {"$in": VERDICTS}},
+            {"status": 1, "history": 1},
+        )
+        async for doc in cursor:
+            step = next(
+                (h for h in doc.get("history", []) if h.get("status") == doc["status"]), None
+            )
+            if step is not None:
+                at: datetime = step["at"]
+                self.decided[str(doc["_id"])] = at.replace(tzinfo=at.tzinfo or UTC).timestamp()
+
+    async def close(self) -> None:
         await self._client.close()
 
 
@@ -410,6 +452,7 @@ async def measure_e2e(
     cancel_every: int = 0,
     times: OrderTimes | None = None,
     cpu_window: cpu.Window | None = None,
+    orders_database: str | None = None,
 ) -> LatencyResult:
     """Send ``rate`` orders/s for ``duration`` s, then wait up to ``settle_timeout`` s for every
     reservation and verdict mail (the confirmation or the rejection notice); return the latency
@@ -421,6 +464,9 @@ async def measure_e2e(
     confirmation may or may not be sent, depending on which event the email service saw first).
     ``times``, when given, receives each order's own timestamps (for a latency breakdown).
     ``cpu_window``, when given, is open from the first send to the end of the settle wait.
+    ``orders_database``, when given (a pipeline whose order service follows inventory's
+    verdict), is where the orders are: an order not cancelled completes only once its status
+    took its verdict too (``confirmed`` or ``rejected``), and ``verdict`` is the latency to it.
     Each order is sent with its customer's bearer token from ``tokens``, minted here before
     the first send (for the ``userId`` of ``body_for(n)``, n < :data:`BENCH_USERS`).
     """
@@ -440,6 +486,7 @@ async def measure_e2e(
         await watcher.close()
         raise
     scanner = EmailScanner(smtp_dir)
+    verdicts = VerdictReader(mongo_uri, orders_database) if orders_database else None
     sent = _Sent()
     cancelled_done: set[str] = set()
 
@@ -448,6 +495,12 @@ async def measure_e2e(
         live = [o for o in sent.scheduled if o not in sent.cancelled]
         if not all(o in watcher.committed and o in scanner.received for o in live):
             return False
+        if verdicts is not None:
+            undecided = [o for o in live if o not in verdicts.decided]
+            if undecided:
+                await verdicts.read(undecided)
+                if any(o not in verdicts.decided for o in undecided):
+                    return False
         waiting = [o for o in sent.cancelled - cancelled_done if o in scanner.cancellations]
         if waiting:
             cancelled_done.update(await watcher.cancelled(waiting))
@@ -466,16 +519,25 @@ async def measure_e2e(
         live = set(sent.scheduled) - sent.cancelled
         missing_r = live - reserved
         missing_e = live - mailed
-        result.orders_incomplete = len(missing_r | missing_e)
-        if missing_r or missing_e or cancelled_done < sent.cancelled:
+        if verdicts is not None:
+            await verdicts.read(sorted(live - set(verdicts.decided)))
+        decided = set(verdicts.decided) if verdicts is not None else live
+        missing_v = live - decided
+        result.orders_incomplete = len(missing_r | missing_e | missing_v)
+        if missing_r or missing_e or missing_v or cancelled_done < sent.cancelled:
             grace = time.monotonic() + grace_seconds
             while not await complete() and time.monotonic() < grace:  # noqa: ASYNC110
                 await asyncio.sleep(0.5)  # poll interval of the grace wait, bounded by it
             result.missing_reservation = _diagnose(missing_r, set(watcher.committed))
             result.missing_email = _diagnose(missing_e, set(scanner.received))
+            if verdicts is not None:
+                await verdicts.read(sorted(missing_v))
+                result.missing_verdict = _diagnose(missing_v, set(verdicts.decided))
     finally:
         await watcher.close()
         await kafka.close()
+        if verdicts is not None:
+            await verdicts.close()
     result.cancelled = len(sent.cancelled)
     result.rejected = len(scanner.rejected - sent.cancelled)
     result.cancellations_incomplete = len(sent.cancelled - cancelled_done)
@@ -496,6 +558,8 @@ async def measure_e2e(
     result.published = latencies(kafka.visible, published, scheduled)
     result.reservation = latencies(watcher.committed, reserved, scheduled)
     result.email = latencies(scanner.received, mailed, scheduled)
+    if verdicts is not None:
+        result.verdict = latencies(verdicts.decided, decided, scheduled)
     result.reservation_from_201 = latencies(watcher.committed, reserved, answered)
     if times is not None:
         times.answered.update(answered)

@@ -53,6 +53,7 @@ async def measure(
         cancel_every=cancel_every,
         times=times,
         cpu_window=cpu_window,
+        orders_database=pipeline.orders_database if pipeline.follows_verdicts else None,
     )
 
 

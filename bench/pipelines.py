@@ -42,6 +42,9 @@ class Pipeline:
     api_url: str
     inventory_database: str
     orders_database: str
+    # Whether its order service follows inventory's verdict (the order becomes confirmed or
+    # rejected): the loop is then closed only once it did.
+    follows_verdicts: bool = False
 
 
 async def _groups_start_at_the_end(bootstrap: str, groups: dict[str, tuple[str, ...]]) -> None:
@@ -86,7 +89,8 @@ async def ours(run: Run, tag: str) -> AsyncIterator[Pipeline]:
         ):
             await run.start_service(name, env)
             started.append(name)
-        yield Pipeline("ours", f"http://127.0.0.1:{cfg.port_of('order')}", inventory_db, orders_db)
+        url = f"http://127.0.0.1:{cfg.port_of('order')}"
+        yield Pipeline("ours", url, inventory_db, orders_db, follows_verdicts=True)
     finally:
         for name in reversed(started):
             run.stop_service(name)
