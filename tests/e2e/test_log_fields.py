@@ -1,8 +1,10 @@
-"""One event can be followed through the four services' logs by field, and fields hold what
-their names say.
+"""One order can be followed through every service's log by field, through the whole verdict
+loop, and fields hold what their names say.
 
 The whole pipeline runs as processes (the failure-injection suite's :class:`Pipeline`, without
-any fault); the test places one order and reads the services' own log files.
+any fault); the test places one order and reads the services' own log files: the order event
+from the order API through the relay to inventory, inventory's verdict from inventory's relay
+to the order service's verdict consumer and email.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from typing import Any
 
 import httpx
 
-from shared.contracts import ORDER_CREATED_TOPIC
+from shared.contracts import EVENT_STOCK_RESERVED, INVENTORY_RESERVED_TOPIC, ORDER_CREATED_TOPIC
 from stack import SERVICES, Stack
-from tests.e2e.chaos.harness import ORDERS_DB, SKUS, Pipeline
+from tests.e2e.chaos.harness import INVENTORY_DB, ORDERS_DB, SKUS, Pipeline
 from tests.waiting import wait_until
 
 FOLLOW_TIMEOUT_SECONDS = 60.0
 # The fields that follow one event everywhere (the style guide's promise).
 TRAIL = ("event_id", "order_id", "topic", "partition", "offset")
+# Who reads inventory's verdict (StockReserved): the order service's verdict consumer and
+# email (which no longer reads the order event).
+VERDICT_READERS = ("order-verdicts", "email")
 
 
 def _lines(stack: Stack, instance: str) -> list[dict[str, Any]]:
@@ -31,7 +36,65 @@ def _lines(stack: Stack, instance: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-async def test_one_order_is_followed_through_all_four_logs_by_event_id(
+async def _follow(
+    stack: Stack, field: str, value: str, services: tuple[str, ...]
+) -> dict[str, list[dict[str, Any]]]:
+    """Each service's lines whose ``field`` is ``value``, once every one of them has some."""
+
+    def trail() -> dict[str, list[dict[str, Any]]] | None:
+        found = {
+            service: [line for line in _lines(stack, service) if line.get(field) == value]
+            for service in services
+        }
+        return found if all(found.values()) else None
+
+    found = await wait_until(
+        trail,
+        timeout=FOLLOW_TIMEOUT_SECONDS,
+        interval=0.5,  # each poll parses the log files
+        message=f"a line with {field} {value} in each of {services}",
+    )
+    assert found is not None
+    return found
+
+
+def _places(found: dict[str, list[dict[str, Any]]]) -> dict[str, set[tuple[str, int, int]]]:
+    """Per service, where in Kafka its lines say the event was (lines carrying the whole trail)."""
+    return {
+        service: {
+            (line["topic"], line["partition"], line["offset"])
+            for line in lines
+            if all(field in line for field in TRAIL)
+        }
+        for service, lines in found.items()
+    }
+
+
+async def _published_once_and_read_there(
+    stack: Stack,
+    event_id: str,
+    order_id: str,
+    topic: str,
+    publisher: str,
+    readers: tuple[str, ...],
+    *,
+    writer: str | None = None,
+) -> None:
+    """The event's lines in the logs of its ``writer`` (if it logs it), its ``publisher`` and
+    its ``readers`` all name ``order_id``; the publisher's say where Kafka put it (one place, on
+    ``topic``), and each reader's say it read it from that very place."""
+    services = (*((writer,) if writer else ()), publisher, *readers)
+    found = await _follow(stack, "event_id", event_id, services)
+    assert all(line["order_id"] == order_id for lines in found.values() for line in lines)
+    placed = _places(found)
+    assert len(placed[publisher]) == 1, found[publisher]
+    (published_on, _, _) = place = next(iter(placed[publisher]))
+    assert published_on == topic
+    for reader in readers:
+        assert place in placed[reader], found[reader]
+
+
+async def test_one_order_is_followed_through_every_log_by_event_id_and_order_id(
     pipeline: Pipeline, stack: Stack
 ) -> None:
     user = "log-follower"
@@ -51,37 +114,32 @@ async def test_one_order_is_followed_through_all_four_logs_by_event_id(
         read = await http.get(f"/orders/{order_id}", headers=auth)
         event_id = read.json()["events"][0]["eventId"]
 
-    def trail() -> dict[str, list[dict[str, Any]]] | None:
-        found = {
-            service: [line for line in _lines(stack, service) if line.get("event_id") == event_id]
-            for service in SERVICES
-        }
-        return found if all(found.values()) else None
+        async def confirmation() -> dict[str, Any] | None:
+            """The history step the verdict made (it names the verdict's event)."""
+            history = (await http.get(f"/orders/{order_id}", headers=auth)).json()["history"]
+            return next((step for step in history if step["status"] == "confirmed"), None)
 
-    found = await wait_until(
-        trail,
-        timeout=FOLLOW_TIMEOUT_SECONDS,
-        interval=0.5,  # each poll parses four log files
-        message=f"a line with event_id {event_id} in each of {SERVICES}",
+        step = await wait_until(
+            confirmation,
+            timeout=FOLLOW_TIMEOUT_SECONDS,
+            interval=0.3,
+            message="the order confirmed",
+        )
+    assert step["cause"] == EVENT_STOCK_RESERVED, step
+    verdict_id = step["eventId"]
+
+    # The order event: the API that wrote it, the relay that published it, inventory that read
+    # it from that very place.
+    await _published_once_and_read_there(
+        stack, event_id, order_id, ORDER_CREATED_TOPIC, "relay", ("inventory",), writer="order"
     )
-    assert found is not None
-    assert all(line["order_id"] == order_id for lines in found.values() for line in lines)
-    # Where Kafka put it: the relay says so, and both consumers read it from that very place.
-    placed = {
-        service: {
-            (line["topic"], line["partition"], line["offset"])
-            for line in lines
-            if all(field in line for field in TRAIL)
-        }
-        for service, lines in found.items()
-        if service != "order"
-    }
-    relay_places = placed["relay"]
-    assert len(relay_places) == 1, found["relay"]
-    (topic, _, _) = place = next(iter(relay_places))
-    assert topic == ORDER_CREATED_TOPIC
-    assert place in placed["inventory"], found["inventory"]
-    assert place in placed["email"], found["email"]
+    # Inventory's verdict: its relay published it, and both of its consumers read it there.
+    await _published_once_and_read_there(
+        stack, verdict_id, order_id, INVENTORY_RESERVED_TOPIC, "inventory-relay", VERDICT_READERS
+    )
+
+    # And the order id alone finds the order in every service's log.
+    await _follow(stack, "order_id", order_id, SERVICES)
 
 
 async def test_log_fields_hold_what_their_names_say(pipeline: Pipeline, stack: Stack) -> None:
@@ -91,6 +149,13 @@ async def test_log_fields_hold_what_their_names_say(pipeline: Pipeline, stack: S
     assert not any("attempt" in line for line in acquired), "a lease epoch is not an attempt"
     started = next(line for line in relay if line["msg"] == "relay started")
     assert started["instance"] and "component" not in started
+    # Each outbox has relays of its own: the line names the database whose outbox it serves.
+    assert started["database"] == ORDERS_DB
+    inventory_relay = _lines(stack, "inventory-relay")
+    started = next(line for line in inventory_relay if line["msg"] == "relay started")
+    assert started["database"] == INVENTORY_DB
+    acquired = [line for line in inventory_relay if line["msg"] == "lease acquired"]
+    assert acquired and all(isinstance(line["epoch"], int) for line in acquired), acquired
 
     bound = next(line for line in _lines(stack, "order") if "bound to MongoDB" in line["msg"])
     assert bound["database"] == ORDERS_DB and "component" not in bound
