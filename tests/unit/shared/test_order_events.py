@@ -26,7 +26,7 @@ from shared.errors import PoisonMessage
 from shared.events import (
     EventItem,
     OrderCancelled,
-    OrderCreated,
+    StockReserved,
     aggregate_version_of,
     parse_order_cancelled,
 )
@@ -91,15 +91,15 @@ def test_the_cancellation_email_has_its_own_message_id_from_the_event_id() -> No
     assert message["Message-ID"] == f"<{EVENT_ID}.order-cancelled@outbox.local>"
     assert message["Subject"] == "Order o-1 cancelled"
     assert message["To"] == "buyer@example.com"
-    created = OrderCreated(
+    reserved = StockReserved(
         order_id="o-1",
-        user_id="u-1",
         customer_email="buyer@example.com",
         total=Decimal("25.00"),
         items=[EventItem(sku="A", quantity=2, unit_price=Decimal("12.50"))],
-        created_at=datetime(2026, 11, 27, 9, 0, tzinfo=UTC),
+        reserved_at=datetime(2026, 11, 27, 9, 0, tzinfo=UTC),
     )
-    confirmation = confirmation_email(created, EVENT_ID, "shop@example.com")
+    # The same event id under another kind: a confirmation never collides with a cancellation.
+    confirmation = confirmation_email(reserved, EVENT_ID, "shop@example.com")
     assert confirmation["Message-ID"] != message["Message-ID"]
 
 
