@@ -11,6 +11,7 @@ import sys
 
 from services.order.app import create_app
 from services.order.settings import OrderSettings
+from shared.auth import AuthSettings
 from shared.logging import configure_logging
 from shared.settings import load_settings_or_exit
 from shared.tracing import instrument_fastapi, traced
@@ -19,9 +20,10 @@ from shared.uvicorn_server import serve
 
 def main() -> int:
     settings = load_settings_or_exit(OrderSettings)
+    auth = load_settings_or_exit(AuthSettings)
     configure_logging("order", settings.log_level)
     with traced("order", settings.otel_exporter_otlp_endpoint):
-        app = create_app(settings)
+        app = create_app(settings, auth)
         instrument_fastapi(app)
         return serve(app, settings)
 

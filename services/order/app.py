@@ -5,7 +5,9 @@ Beanie and the indexes (:func:`services.order.state.bind_mongo`, retried in the 
 MongoDB is away) and closes the client at shutdown. The parts live in their own modules: routes
 (:mod:`~services.order.routes`), error format and exception handlers
 (:mod:`~services.order.errors`), middleware (:mod:`~services.order.middleware`), state and the
-readiness dependency (:mod:`~services.order.state`).
+readiness dependency (:mod:`~services.order.state`). Bearer tokens are checked by
+:mod:`shared.auth` against ``AUTH_*`` (:class:`~shared.auth.AuthSettings`): every order route asks
+for one, the probes and the OpenAPI document do not.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from typing import Final
 
 from fastapi import FastAPI
 
-from services.order.errors import install_exception_handlers
+from services.order.errors import auth_error_response, install_exception_handlers
 from services.order.metrics import OrderMetrics
 from services.order.middleware import BodyLimitMiddleware, MetricsMiddleware
 from services.order.routes import orders, probes
 from services.order.settings import OrderSettings
 from services.order.state import AppState, bind_mongo
+from shared.auth import AuthSettings, TokenValidator
+from shared.auth.dependency import install_bearer_auth
 from shared.mongo import make_mongo_client
 
 log = logging.getLogger(__name__)
@@ -47,9 +51,12 @@ def _limits_text(settings: OrderSettings) -> str:
     )
 
 
-def create_app(settings: OrderSettings) -> FastAPI:
-    """Build the order API. Nothing touches the network until the lifespan starts."""
+def create_app(settings: OrderSettings, auth: AuthSettings | None = None) -> FastAPI:
+    """Build the order API. Nothing touches the network until the lifespan starts (the
+    issuer's keys are read when the first token arrives). ``auth``: where bearer tokens come
+    from; the ``AUTH_*`` environment when not given."""
     metrics = OrderMetrics()
+    validator = TokenValidator(auth if auth is not None else AuthSettings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +84,7 @@ def create_app(settings: OrderSettings) -> FastAPI:
             if not done:
                 log.warning("start-up binding still running at shutdown; closing the client")
             await client.close()
+            await validator.aclose()
 
     app = FastAPI(
         title="Order API",
@@ -87,6 +95,8 @@ def create_app(settings: OrderSettings) -> FastAPI:
         lifespan=lifespan,
     )
     install_exception_handlers(app)
+    # After the app's handlers: its own for AuthError is more specific than theirs for Exception.
+    install_bearer_auth(app, validator, render=auth_error_response)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     # The routers' own routes, not app.router.routes: FastAPI keeps an included router there as
     # one opaque entry, and the metrics label a 413 (which never reaches the router) by template.

@@ -101,6 +101,7 @@ async def cancel_order(
     client: MongoClient,
     oid: ObjectId,
     *,
+    owner: str,
     idempotency_key: str | None,
     traceparent: str,
     metrics: OrderMetrics,
@@ -109,7 +110,9 @@ async def cancel_order(
 ) -> CancelResult | None:
     """Cancel the order and write its pending ``OrderCancelled`` event, atomically.
 
-    Returns None for an unknown id. ``oid`` was parsed where the request entered
+    Returns None for an unknown id, and for an order that is not ``owner``'s (the bearer
+    token's subject): the owner is part of the query, so another user's order takes the unknown
+    id's path and its answer. ``oid`` was parsed where the request entered
     (:func:`shared.identifiers.parse_object_id`): the event's aggregateId, slot and payload carry
     ``str(oid)``, the stored spelling, whatever case the client sent. A cancelled order is
     returned unchanged (no event); a rejected one raises :class:`OrderNotCancellable` and nothing
@@ -121,7 +124,7 @@ async def cancel_order(
     order_id = str(oid)
 
     async def work(session: AsyncClientSession) -> _Outcome | None:
-        order = await Order.get(oid, session=session)
+        order = await Order.find_one({"_id": oid}, Order.user_id == owner, session=session)
         if order is None:
             return None
         if idempotency_key is not None and order.cancel_idempotency_key != idempotency_key:

@@ -3,7 +3,9 @@
 Every error is ``{"error": code, "message": text, "fields": [{"field", "message", "type"}]}``
 (:class:`~services.order.schemas.ErrorOut`). The handlers map each failure to its status once:
 validation 422, unknown route 404/405, idempotency conflict 409, MongoDB away 503 (with
-``Retry-After``), any other database refusal 500, anything unexpected 500.
+``Retry-After``), any other database refusal 500, anything unexpected 500. Bearer-token
+refusals (:mod:`shared.auth`) come out in the same format through :func:`auth_error_response`:
+401/400 with ``WWW-Authenticate``, 503 when the identity provider's keys cannot be read.
 """
 
 from __future__ import annotations
@@ -50,6 +52,31 @@ def unavailable(message: str) -> JSONResponse:
     return error_response(503, "service_unavailable", message, headers={"Retry-After": "1"})
 
 
+def auth_error_response(
+    status: int, error: str, message: str, headers: Mapping[str, str]
+) -> JSONResponse:
+    """A refused bearer token, in the API's error format (``render`` of
+    :func:`shared.auth.dependency.install_bearer_auth`).
+
+    ``message`` is one of shared.auth's fixed descriptions, never the token or a claim, so it
+    may be logged and answered as it is.
+    """
+    log.info(
+        "request refused by the bearer-token check", extra={"status": status, "reason": message}
+    )
+    return error_response(status, error, message, headers=headers)
+
+
+def user_not_token_subject() -> JSONResponse:
+    """403: the body's ``userId`` names someone other than the token's subject."""
+    return error_response(
+        403,
+        "user_mismatch",
+        "userId must be the token's subject (sub); leave it out to order as the token's user",
+        [FieldError(field="userId", message="not the token's subject", type="forbidden")],
+    )
+
+
 def order_not_found(order_id: str) -> JSONResponse:
     return error_response(
         404,
@@ -74,7 +101,28 @@ INVALID: Final[dict[str, Any]] = {
 UNAVAILABLE: Final[dict[str, Any]] = {
     "model": ErrorOut,
     "description": "MongoDB unreachable or slower than the request's database deadline (see "
-    "the API description); nothing was written. Safe to retry with the same Idempotency-Key.",
+    "the API description), or the identity provider's keys cannot be read for a token signed "
+    "with a key not cached yet; nothing was written. Safe to retry with the same "
+    "Idempotency-Key.",
+}
+_CHALLENGE: Final[dict[str, Any]] = {
+    "WWW-Authenticate": {
+        "description": 'RFC 6750 challenge: `Bearer` (no token sent) or `Bearer error="..."`.',
+        "schema": {"type": "string"},
+    }
+}
+UNAUTHORIZED: Final[dict[str, Any]] = {
+    "model": ErrorOut,
+    "description": "No bearer token, or one that is not valid (expired, not yet valid, another "
+    "issuer or audience, a key the issuer does not publish, a bad signature, not an accepted "
+    "asymmetric algorithm); nothing was written.",
+    "headers": _CHALLENGE,
+}
+BAD_AUTHORIZATION: Final[dict[str, Any]] = {
+    "model": ErrorOut,
+    "description": "A malformed `Authorization` header (`invalid_request`: two of them, one "
+    "too long, `Bearer` without exactly one token); nothing was written.",
+    "headers": _CHALLENGE,
 }
 
 

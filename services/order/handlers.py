@@ -128,15 +128,18 @@ async def create_order(
     client: MongoClient,
     request: CreateOrderRequest,
     *,
+    user_id: str,
     idempotency_key: str | None,
     traceparent: str,
     metrics: OrderMetrics,
     deadline_seconds: float,
     slots: int,
 ) -> CreateResult:
-    """Insert the order and its pending ``OrderCreated`` outbox event in one transaction.
+    """Insert the order of ``user_id`` (the bearer token's subject; the route has checked that
+    a body ``userId``, if any, is the same) and its pending ``OrderCreated`` outbox event in
+    one transaction.
 
-    An ``idempotency_key`` belongs to the request's ``userId``: with it, the same request of the
+    An ``idempotency_key`` belongs to ``user_id``: with it, the same request of the
     same user returns that user's first order (``replayed``) and a different request raises
     :class:`IdempotencyConflict`; other users' keys play no part. The unique (userId,
     idempotencyKey) index decides, inside the transaction: a key already used makes the order's
@@ -150,7 +153,7 @@ async def create_order(
     pay a read for nothing, and the index makes the same decision anyway; a retry pays for it
     instead (an aborted transaction, then the read).
     """
-    fingerprint = request.fingerprint()
+    fingerprint = request.fingerprint(user_id)
     with pymongo.timeout(deadline_seconds):
         created_at = utc_now_ms()
         lines = [
@@ -164,7 +167,7 @@ async def create_order(
             # time so a retried attempt never reuses an id minted by the aborted one.
             order = Order(
                 id=ObjectId(),
-                user_id=request.user_id,
+                user_id=user_id,
                 customer_email=request.customer_email,
                 items=lines,
                 total=total,
@@ -208,7 +211,7 @@ async def create_order(
                 raise
             # An earlier request with this key committed (a retry, or a concurrent request that
             # won): answer with its order (its commit is visible by now).
-            replay = await _replay(request.user_id, idempotency_key, fingerprint, metrics)
+            replay = await _replay(user_id, idempotency_key, fingerprint, metrics)
             if replay is None:
                 # Not this user's order: the old global index refused it, rebuilt by an instance
                 # of the previous version mid-rollout (see services.order.indexes). The key is
@@ -222,10 +225,21 @@ async def create_order(
     return CreateResult(order_out(order), replayed=False)
 
 
-async def get_order(oid: ObjectId, *, deadline_seconds: float) -> OrderWithEventsOut | None:
-    """The order with its outbox events (oldest first), or None for an unknown id."""
+async def get_order(
+    oid: ObjectId, *, owner: str | None, deadline_seconds: float
+) -> OrderWithEventsOut | None:
+    """The order with its outbox events (oldest first); None for an unknown id, and for an
+    order that is not ``owner``'s (``owner`` None: any order, for support staff).
+
+    The owner is part of the query, not checked afterwards: another user's order and an unknown
+    id take the same path (one query by ``_id`` finding nothing), so neither the answer nor its
+    work tells them apart.
+    """
     with pymongo.timeout(deadline_seconds):
-        order = await Order.get(oid)
+        if owner is None:
+            order = await Order.get(oid)
+        else:
+            order = await Order.find_one({"_id": oid}, Order.user_id == owner)
         if order is None:
             return None
         events = (

@@ -2,11 +2,17 @@
 
 Each route does HTTP only (headers, status, Location) and hands the work to
 :mod:`services.order.handlers`; errors are raised and mapped by :mod:`services.order.errors`.
+
+Every order route takes a :data:`~shared.auth.dependency.PrincipalDep`: no valid bearer token, no
+answer (the probes and the OpenAPI document stay open). The order belongs to the token's
+subject; another user's order is answered exactly like an unknown id (404), so the API tells no
+one which ids exist. Only :data:`~shared.auth.SUPPORT_ROLE` reads every order.
 """
 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Response
@@ -14,7 +20,15 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.order.cancel import cancel_order
-from services.order.errors import INVALID, TOO_LARGE, UNAVAILABLE, order_not_found
+from services.order.errors import (
+    BAD_AUTHORIZATION,
+    INVALID,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    order_not_found,
+    user_not_token_subject,
+)
 from services.order.handlers import create_order, get_order, traceparent_for
 from services.order.json_body import JsonRoute
 from services.order.schemas import (
@@ -25,6 +39,8 @@ from services.order.schemas import (
     OrderWithEventsOut,
 )
 from services.order.state import ReadyStateDep, StateDep
+from shared.auth import SUPPORT_ROLE, Principal
+from shared.auth.dependency import PrincipalDep
 from shared.health import readiness_body
 from shared.identifiers import OBJECT_ID_PATTERN, parse_object_id
 
@@ -37,7 +53,7 @@ IdempotencyKeyHeader = Annotated[
         min_length=1,
         max_length=255,
         pattern=IDEMPOTENCY_KEY_PATTERN,
-        description="1-255 printable ASCII characters, scoped to the request's userId. Same "
+        description="1-255 printable ASCII characters, scoped to the token's user (sub). Same "
         "user, key and body: the original order (200, Idempotent-Replayed: true); same user and "
         "key, other body: 409. Another user's key never matches.",
     ),
@@ -68,19 +84,34 @@ TraceparentHeader = Annotated[
 orders = APIRouter(route_class=JsonRoute)
 probes = APIRouter()
 
+# The refusals of the bearer-token check, on every order route.
+_AUTH_RESPONSES: dict[int | str, dict[str, object]] = {400: BAD_AUTHORIZATION, 401: UNAUTHORIZED}
+
+
+def reads_every_order(principal: Principal) -> bool:
+    """Support staff read any order; they cancel only their own (a cancel is the customer's)."""
+    return principal.has_scope_or_role(SUPPORT_ROLE)
+
 
 @orders.post(
     "/orders",
     status_code=201,
     response_model=OrderOut,
     summary="Create an order (and its OrderCreated outbox event, atomically)",
+    description="The order belongs to the bearer token's subject (`sub`): `userId` may be left "
+    "out, and when sent must be that subject.",
     responses={
+        **_AUTH_RESPONSES,
         200: {
             "model": OrderOut,
             "description": "Idempotent replay: the order this user first created with this "
             "Idempotency-Key and body; header Idempotent-Replayed: true.",
         },
         201: {"description": "Created; Location: /orders/{id}."},
+        403: {
+            "model": ErrorOut,
+            "description": "`userId` is not the token's subject; nothing was written.",
+        },
         409: {
             "model": ErrorOut,
             "description": "This user already used the Idempotency-Key with another body "
@@ -92,15 +123,21 @@ probes = APIRouter()
     },
 )
 async def post_order(
+    principal: PrincipalDep,
     body: CreateOrderRequest,
     response: Response,
     state: ReadyStateDep,
     idempotency_key: IdempotencyKeyHeader = None,
     traceparent: TraceparentHeader = None,
-) -> OrderOut:
+) -> OrderOut | JSONResponse:
+    user_id = principal.subject
+    # The body's userId was stored in NFC (shared.identifiers); compare the subject the same way.
+    if body.user_id is not None and body.user_id != unicodedata.normalize("NFC", user_id):
+        return user_not_token_subject()
     result = await create_order(
         state.client,
         body,
+        user_id=user_id,
         idempotency_key=idempotency_key,
         traceparent=traceparent_for(traceparent),
         metrics=state.metrics,
@@ -123,10 +160,15 @@ async def post_order(
     "Cancelling a cancelled order answers 200 with the same order and writes no second "
     "event, so a plain retry is safe. An `Idempotency-Key` is scoped to the order's user: "
     "the same key on the same order is a replay (header Idempotent-Replayed: true); the same "
-    "key used to cancel another order of that user is 409 (naming no order).",
+    "key used to cancel another order of that user is 409 (naming no order). Only the "
+    "order's own user may cancel it: anyone else's cancel is answered as for an unknown id.",
     responses={
+        **_AUTH_RESPONSES,
         200: {"description": "Cancelled now, or already cancelled (the same order)."},
-        404: {"model": ErrorOut, "description": "Unknown or malformed order id."},
+        404: {
+            "model": ErrorOut,
+            "description": "Unknown or malformed order id, or another user's order.",
+        },
         409: {
             "model": ErrorOut,
             "description": "Idempotency-Key already used to cancel another order, or the "
@@ -139,6 +181,7 @@ async def post_order(
     },
 )
 async def post_cancel(
+    principal: PrincipalDep,
     order_id: OrderIdPath,
     response: Response,
     state: ReadyStateDep,
@@ -151,6 +194,7 @@ async def post_cancel(
     result = await cancel_order(
         state.client,
         oid,
+        owner=principal.subject,
         idempotency_key=idempotency_key,
         traceparent=traceparent_for(traceparent),
         metrics=state.metrics,
@@ -168,18 +212,27 @@ async def post_cancel(
     "/orders/{order_id}",
     response_model=OrderWithEventsOut,
     summary="An order and its outbox events (watch Pending become Published)",
+    description=f"The token's own orders; every order with the realm role `{SUPPORT_ROLE}`.",
     responses={
-        404: {"model": ErrorOut, "description": "Unknown or malformed order id."},
+        **_AUTH_RESPONSES,
+        404: {
+            "model": ErrorOut,
+            "description": "Unknown or malformed order id, or another user's order.",
+        },
         503: UNAVAILABLE,
     },
 )
 async def read_order(
-    order_id: OrderIdPath, state: ReadyStateDep
+    principal: PrincipalDep, order_id: OrderIdPath, state: ReadyStateDep
 ) -> OrderWithEventsOut | JSONResponse:
     oid = parse_object_id(order_id)
     if oid is None:
         return order_not_found(order_id)
-    found = await get_order(oid, deadline_seconds=state.settings.request_deadline_seconds)
+    found = await get_order(
+        oid,
+        owner=None if reads_every_order(principal) else principal.subject,
+        deadline_seconds=state.settings.request_deadline_seconds,
+    )
     if found is None:
         return order_not_found(str(oid))
     return found

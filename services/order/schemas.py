@@ -28,6 +28,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     WithJsonSchema,
+    field_validator,
 )
 
 from shared.contracts import OutboxStatus
@@ -39,6 +40,7 @@ MAX_QUANTITY: Final = 10_000
 # (100 lines x 10 000 x 1e9) far inside Decimal128's 34 significant digits.
 MAX_UNIT_PRICE: Final = Decimal("1000000000")
 MONEY_PLACES: Final = 2
+
 
 class OrderStatus(StrEnum):
     """Where an order is in its lifecycle."""
@@ -191,9 +193,25 @@ class OrderItemIn(_StrictIn):
     unit_price: MoneyIn = Field(alias="unitPrice", description="Price of one unit.")
 
 
+def _string_when_sent(schema: dict[str, Any]) -> None:
+    # An optional field is left out, not sent as null: publish the string branch alone (the
+    # validator below refuses null to match).
+    (string,) = [branch for branch in schema.pop("anyOf") if branch.get("type") != "null"]
+    schema.pop("default", None)
+    schema.update(string)
+
+
 class CreateOrderRequest(_StrictIn):
-    user_id: Identifier = Field(
-        alias="userId", min_length=1, max_length=128, description=IDENTIFIER_NORMALISATION
+    # The order's user is the bearer token's subject; a client may still say who it is, and the
+    # route refuses (403) a userId that is not the subject.
+    user_id: Identifier | None = Field(
+        default=None,
+        alias="userId",
+        min_length=1,
+        max_length=128,
+        description="Optional: the bearer token's subject (`sub`), which the order belongs to "
+        f"whether or not it is sent; any other value is refused (403). {IDENTIFIER_NORMALISATION}",
+        json_schema_extra=_string_when_sent,
     )
     customer_email: EmailStr = Field(
         alias="customerEmail",
@@ -204,14 +222,28 @@ class CreateOrderRequest(_StrictIn):
     )
     items: list[OrderItemIn] = Field(min_length=1, max_length=MAX_ITEMS)
 
+    @field_validator("user_id", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("must be a string: leave userId out rather than send null")
+        return value
+
     def total(self) -> Decimal:
         return compute_total([(item.quantity, item.unit_price) for item in self.items])
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, user_id: str | None = None) -> str:
         """SHA-256 of the request's meaning, so an idempotent retry may differ in whitespace,
-        key order or ``"12.5"`` vs ``"12.50"`` and still be recognised as the same request."""
+        key order or ``"12.5"`` vs ``"12.50"`` and still be recognised as the same request.
+
+        ``user_id`` is whose order it is (the token's subject), so a retry that leaves out the
+        body's ``userId`` is the same request; without it, the body's ``userId``.
+        """
+        owner = user_id if user_id is not None else self.user_id
+        if owner is None:
+            raise ValueError("fingerprint of a request without a user: pass the token's subject")
         canonical: dict[str, Any] = {
-            "userId": self.user_id,
+            "userId": owner,
             "customerEmail": self.customer_email,
             "items": [
                 {"sku": i.sku, "quantity": i.quantity, "unitPrice": format_money(i.unit_price)}

@@ -37,6 +37,8 @@ async def order_process(stack: Stack, database: str, log_path: Path) -> AsyncIte
     env = {
         **os.environ,
         **stack.config.service_env(),
+        # The bearer tokens it accepts: the stack's development issuer's, as `stack up` sets.
+        **stack.config.auth_env(),
         "ORDER_PORT": str(port),
         "ORDER_DATABASE": database,
         "ORDER_DRAIN_SECONDS": "5",

@@ -22,7 +22,7 @@ def _without(field: str) -> dict[str, Any]:
 
 
 CASES: list[tuple[str, Any, str]] = [
-    ("missing userId", _without("userId"), "userId"),
+    ("null userId (leave it out instead)", order_body(userId=None), "userId"),
     ("missing items", _without("items"), "items"),
     ("unknown top-level field", order_body(coupon="FREE"), "coupon"),
     ("unknown item field", order_body(items=[_item(colour="red")]), "items.0.colour"),

@@ -14,7 +14,8 @@ from tests.integration.order.conftest import Api, order_body
 
 
 async def _create(api: Api, **overrides: Any) -> dict[str, Any]:
-    response = await api.http.post("/orders", json=order_body(**overrides))
+    body = order_body(**overrides)
+    response = await api.http.post("/orders", json=body, headers=api.auth(body["userId"]))
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
     return created
@@ -123,10 +124,10 @@ async def test_cancel_with_the_same_key_replays_and_with_it_on_another_order_is_
 async def test_a_cancel_key_is_scoped_to_the_orders_user(api: Api) -> None:
     mine = await _create(api, userId="user-a")
     theirs = await _create(api, userId="user-b")
-    headers = {"Idempotency-Key": "same-words"}
+    key = {"Idempotency-Key": "same-words"}
 
-    a = await api.http.post(f"/orders/{mine['id']}/cancel", headers=headers)
-    b = await api.http.post(f"/orders/{theirs['id']}/cancel", headers=headers)
+    a = await api.http.post(f"/orders/{mine['id']}/cancel", headers={**key, **api.auth("user-a")})
+    b = await api.http.post(f"/orders/{theirs['id']}/cancel", headers={**key, **api.auth("user-b")})
 
     assert (a.status_code, b.status_code) == (200, 200)
     assert "idempotent-replayed" not in b.headers

@@ -44,25 +44,31 @@ async def test_same_key_with_another_body_is_409_naming_no_order_and_writes_noth
 
 async def test_same_key_from_two_users_makes_two_orders(api: Api) -> None:
     # Keys are scoped to the caller: another user's key says nothing about this user's orders.
-    headers = {"Idempotency-Key": "checkout-1"}
-    alice = await api.http.post("/orders", json=order_body(userId="alice"), headers=headers)
-    bob = await api.http.post("/orders", json=order_body(userId="bob"), headers=headers)
-    bob_again = await api.http.post("/orders", json=order_body(userId="bob"), headers=headers)
+    key = {"Idempotency-Key": "checkout-1"}
+    # Keyed by the token's subject: the bodies carry no userId at all.
+    body = order_body()
+    del body["userId"]
+    alice = await api.http.post("/orders", json=body, headers={**key, **api.auth("alice")})
+    bob = await api.http.post("/orders", json=body, headers={**key, **api.auth("bob")})
+    bob_again = await api.http.post("/orders", json=body, headers={**key, **api.auth("bob")})
 
     assert (alice.status_code, bob.status_code, bob_again.status_code) == (201, 201, 200)
     assert alice.json()["id"] != bob.json()["id"] == bob_again.json()["id"]
     assert alice.json()["id"] not in bob.text
+    assert (alice.json()["userId"], bob.json()["userId"]) == ("alice", "bob")
     assert await api.counts() == (2, 2)
 
 
 async def test_concurrent_requests_of_two_users_with_one_key_create_one_order_each(
     api: Api,
 ) -> None:
-    headers = {"Idempotency-Key": "checkout-shared"}
+    key = {"Idempotency-Key": "checkout-shared"}
 
     responses = await asyncio.gather(
         *(
-            api.http.post("/orders", json=order_body(userId=user), headers=headers)
+            api.http.post(
+                "/orders", json=order_body(userId=user), headers={**key, **api.auth(user)}
+            )
             for user in ["alice", "bob"] * 10
         )
     )

@@ -20,6 +20,8 @@ def _body(user: str, sku: str) -> dict[str, object]:
 async def test_a_retry_in_the_other_unicode_form_replays_the_order(api: Api) -> None:
     headers = {"Idempotency-Key": "nfc-retry-1"}
 
+    # The token's subject in NFC; the body's userId, either spelling, is that subject.
+    headers = {**headers, **api.auth(COMPOSED_USER)}
     first = await api.http.post(
         "/orders", json=_body(DECOMPOSED_USER, DECOMPOSED_SKU), headers=headers
     )
@@ -33,7 +35,9 @@ async def test_a_retry_in_the_other_unicode_form_replays_the_order(api: Api) -> 
 
 
 async def test_the_stored_and_published_ids_are_nfc(api: Api) -> None:
-    response = await api.http.post("/orders", json=_body(DECOMPOSED_USER, DECOMPOSED_SKU))
+    response = await api.http.post(
+        "/orders", json=_body(DECOMPOSED_USER, DECOMPOSED_SKU), headers=api.auth(COMPOSED_USER)
+    )
 
     assert response.status_code == 201, response.text
     assert response.json()["userId"] == COMPOSED_USER

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -28,21 +27,12 @@ PROMISE_SECONDS = 5.0
 
 
 @pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A port nobody listens on, held for the whole test: bound but not listening, so connecting
-    is refused, and no other process (another test stack on this machine) can take it meanwhile."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield int(sock.getsockname()[1])
-
-
-@pytest.fixture
-async def unreachable_api(closed_port: int) -> AsyncIterator[httpx.AsyncClient]:
+async def unreachable_api(stack: Stack, closed_port: int) -> AsyncIterator[httpx.AsyncClient]:
     settings = OrderSettings(
         mongo_uri=f"mongodb://127.0.0.1:{closed_port}/?replicaSet=secantus",
         database=TEST_DATABASE,
     )
-    async with in_process_api(settings) as (_, http):
+    async with in_process_api(settings, stack) as (_, http):
         yield http
 
 
@@ -73,7 +63,10 @@ async def test_mongodb_vanishing_mid_flight_gives_503_within_5_seconds(
 
         started = time.monotonic()
         responses = await asyncio.gather(
-            *(http.post("/orders", json=order_body(userId=f"u{i}")) for i in range(5))
+            *(
+                http.post("/orders", json=order_body(userId=f"u{i}"), headers=api.auth(f"u{i}"))
+                for i in range(5)
+            )
         )
         elapsed = time.monotonic() - started
         ready = await http.get("/readyz")

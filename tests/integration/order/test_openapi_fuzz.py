@@ -2,7 +2,9 @@
 
 Schemathesis (a property-based API fuzzer nobody here wrote) reads ``/openapi.json`` of a real
 ``python -m services.order`` process on the embedded stack and generates valid and invalid
-requests for every operation for about a minute. Any answer the document does not describe
+requests for every operation for about a minute, each with a valid bearer token of the stack's
+development issuer (Schemathesis's ``ignored_auth`` check also sends them without one and wants
+the 401 the document promises). Any answer the document does not describe
 fails the test: a 5xx, an undocumented status or header, a body off its schema, a schema-valid
 request refused, an invalid one accepted. The seed is fixed and printed, so a failure reproduces
 with the command the test prints.
@@ -21,7 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.redaction import redact
 from stack import Stack
+from tests.integration.order.conftest import bearer
 from tests.integration.order.order_process import order_process
 
 FUZZ_DATABASE = "orders_api_fuzz"
@@ -53,8 +57,9 @@ def _requests_by_route(metrics: str) -> dict[tuple[str, str], float]:
 
 
 async def test_order_api_answers_as_its_openapi_document_says(
-    order_api: str, tmp_path: Path
+    stack: Stack, order_api: str, tmp_path: Path
 ) -> None:
+    authorization = bearer(stack, "fuzz-user")["Authorization"]
     command = [
         str(Path(sys.executable).with_name("st")),
         "run",
@@ -70,9 +75,12 @@ async def test_order_api_answers_as_its_openapi_document_says(
         "--request-timeout",
         "10",
         "--no-color",
+        "--header",
+        f"Authorization: {authorization}",
     ]
-    # Printed so a failure can be rerun by hand against `make up` (replace the URL).
-    print(f"schemathesis seed {SEED}: {shlex.join(command)}")
+    # Printed so a failure can be rerun by hand against `make up` (replace the URL, and the
+    # masked token with one of `python -m stack token USER`).
+    print(f"schemathesis seed {SEED}: {redact(shlex.join(command))}")
     # The cwd is a scratch directory: Hypothesis keeps its example database in ./.hypothesis.
     fuzzer = await asyncio.create_subprocess_exec(
         *command,

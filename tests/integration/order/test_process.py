@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from stack import Stack
-from tests.integration.order.conftest import TEST_DATABASE, order_body
+from tests.integration.order.conftest import DEFAULT_USER, TEST_DATABASE, bearer, order_body
 from tests.integration.order.order_process import order_process
 
 
@@ -18,7 +18,10 @@ async def test_order_api_process_serves_orders_and_exits_0_on_sigterm(
 ) -> None:
     log_path = tmp_path / "order.log"
     async with order_process(stack, TEST_DATABASE, log_path) as api:
-        async with httpx.AsyncClient(base_url=api.base_url, timeout=10) as http:
+        authorization = bearer(stack, DEFAULT_USER)["Authorization"]
+        async with httpx.AsyncClient(
+            base_url=api.base_url, timeout=10, headers={"Authorization": authorization}
+        ) as http:
             created = await http.post("/orders", json=order_body())
             assert created.status_code == 201, created.text
             fetched = await http.get(created.headers["location"])
@@ -28,5 +31,7 @@ async def test_order_api_process_serves_orders_and_exits_0_on_sigterm(
         api.process.send_signal(signal.SIGTERM)
         returncode = await asyncio.wait_for(api.process.wait(), timeout=15)
         assert returncode == 0
-    # JSON-lines logging, uvicorn's own records included.
-    assert '"service": "order"' in log_path.read_text()
+    # JSON-lines logging, uvicorn's own records included; the token in none of them.
+    logged = log_path.read_text()
+    assert '"service": "order"' in logged
+    assert authorization.rsplit(".", 1)[1] not in logged
