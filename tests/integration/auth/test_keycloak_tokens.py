@@ -1,5 +1,7 @@
 """Tokens from a real Keycloak (the embedded stack's ``keycloak`` component, realm imported from
-stack/keycloak/realm-outbox.json) pass the order API's validator as their user, and only theirs.
+stack/keycloak/realm-outbox.json) pass the order API's validator as their user, and only theirs;
+with them, the order API (started after Keycloak, so it trusts Keycloak's realm) lets a user
+create, read and cancel her order, and answers another user as it answers an unknown id.
 
 Slow (Keycloak starts in 30-140 s): marked ``keycloak`` and deselected unless Keycloak is at hand
 (see conftest.py).
@@ -9,13 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
+import pytest_asyncio
+from bson import ObjectId
 
 from shared.auth import AuthSettings, InvalidToken, TokenValidator
+from shared.contracts import EVENT_ORDER_CANCELLED, EVENT_ORDER_CREATED
+from shared.mongo import make_mongo_client
 from stack import Stack, keycloak
 from stack.config import REPO_ROOT
+from stack.issuer import bearer_header
 from tests.stacks import stack_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.keycloak]
@@ -102,3 +111,71 @@ async def test_stack_token_asks_keycloak_when_the_stack_runs_it(keycloak_stack: 
     unknown = await asyncio.to_thread(stack_cli, config, "token", "mallory")
     assert unknown.returncode == 1
     assert "not a demo user" in unknown.stderr
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def order_api(keycloak_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """The order API as a stack process, started while Keycloak runs: the supervisor gives it
+    Keycloak's AUTH_* (stack/config.py auth_env), so Keycloak's tokens are the ones it takes."""
+    database = f"auth_keycloak_{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(keycloak_stack.start, "order", {"ORDER_DATABASE": database})
+    try:
+        url = f"http://127.0.0.1:{keycloak_stack.port_of('order')}"
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            yield http
+    finally:
+        await asyncio.to_thread(keycloak_stack.stop, "order")
+        mongo = make_mongo_client(keycloak_stack.config.mongo_uri, 10.0, "auth-test-cleanup")
+        try:
+            await mongo.drop_database(database)
+        finally:
+            await mongo.close()
+
+
+def _as_if_for(response: httpx.Response, unknown_id: str, order_id: str) -> object:
+    """The body ``response`` (an answer about ``unknown_id``) would have had for ``order_id``."""
+    return json.loads(response.text.replace(unknown_id, order_id))
+
+
+async def test_alice_creates_reads_and_cancels_her_order_and_bob_sees_no_such_order(
+    keycloak_stack: Stack, order_api: httpx.AsyncClient
+) -> None:
+    issuer = keycloak_stack.config.keycloak_issuer
+    alice_token, bob_token = await asyncio.gather(
+        asyncio.to_thread(keycloak.password_grant, issuer, "alice"),
+        asyncio.to_thread(keycloak.password_grant, issuer, "bob"),
+    )
+    alice, bob = bearer_header(alice_token), bearer_header(bob_token)
+    # No userId in the body: the order is the token's subject's.
+    body = {
+        "customerEmail": "alice@example.com",
+        "items": [{"sku": "SKU-KEYCLOAK", "quantity": 1, "unitPrice": "9.90"}],
+    }
+    created = await order_api.post("/orders", json=body, headers=alice)
+    assert created.status_code == 201, created.text
+    order_id = created.json()["id"]
+    assert created.json()["userId"] == _user_ids()["alice"]
+
+    read = await order_api.get(f"/orders/{order_id}", headers=alice)
+    assert read.status_code == 200, read.text
+    assert (read.json()["id"], read.json()["status"]) == (order_id, "placed")
+
+    # Bob is told what an unknown id would tell him, word for word: no oracle for ids.
+    unknown_id = str(ObjectId())
+    unknown_read = await order_api.get(f"/orders/{unknown_id}", headers=bob)
+    bobs_read = await order_api.get(f"/orders/{order_id}", headers=bob)
+    assert unknown_read.status_code == bobs_read.status_code == 404, bobs_read.text
+    assert bobs_read.json() == _as_if_for(unknown_read, unknown_id, order_id)
+    unknown_cancel = await order_api.post(f"/orders/{unknown_id}/cancel", headers=bob)
+    bobs_cancel = await order_api.post(f"/orders/{order_id}/cancel", headers=bob)
+    assert unknown_cancel.status_code == bobs_cancel.status_code == 404, bobs_cancel.text
+    assert bobs_cancel.json() == _as_if_for(unknown_cancel, unknown_id, order_id)
+
+    cancelled = await order_api.post(f"/orders/{order_id}/cancel", headers=alice)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    # Bob's attempt changed nothing, alice's did: her order reads cancelled, once.
+    after = await order_api.get(f"/orders/{order_id}", headers=alice)
+    assert after.json()["status"] == "cancelled"
+    events = [e["eventType"] for e in after.json()["events"]]
+    assert events == [EVENT_ORDER_CREATED, EVENT_ORDER_CANCELLED]
