@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -21,10 +20,10 @@ from bson import ObjectId
 
 from shared.auth import AuthSettings, InvalidToken, TokenValidator
 from shared.contracts import EVENT_ORDER_CANCELLED, EVENT_ORDER_CREATED
-from shared.mongo import make_mongo_client
 from stack import Stack, keycloak
 from stack.config import REPO_ROOT
 from stack.issuer import bearer_header
+from tests.integration.auth.order_api import running_order_api
 from tests.stacks import stack_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.keycloak]
@@ -117,19 +116,8 @@ async def test_stack_token_asks_keycloak_when_the_stack_runs_it(keycloak_stack: 
 async def order_api(keycloak_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     """The order API as a stack process, started while Keycloak runs: the supervisor gives it
     Keycloak's AUTH_* (stack/config.py auth_env), so Keycloak's tokens are the ones it takes."""
-    database = f"auth_keycloak_{uuid.uuid4().hex[:8]}"
-    await asyncio.to_thread(keycloak_stack.start, "order", {"ORDER_DATABASE": database})
-    try:
-        url = f"http://127.0.0.1:{keycloak_stack.port_of('order')}"
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            yield http
-    finally:
-        await asyncio.to_thread(keycloak_stack.stop, "order")
-        mongo = make_mongo_client(keycloak_stack.config.mongo_uri, 10.0, "auth-test-cleanup")
-        try:
-            await mongo.drop_database(database)
-        finally:
-            await mongo.close()
+    async with running_order_api(keycloak_stack, "auth_keycloak") as http:
+        yield http
 
 
 def _as_if_for(response: httpx.Response, unknown_id: str, order_id: str) -> object:

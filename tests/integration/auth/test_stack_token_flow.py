@@ -5,16 +5,15 @@ bob's token (the same command's second line) reads it as an unknown order."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import pytest_asyncio
 
-from shared.mongo import make_mongo_client
 from stack import Stack
 from stack.issuer import bearer_header
+from tests.integration.auth.order_api import running_order_api
 from tests.stacks import stack_cli
 
 pytestmark = pytest.mark.integration
@@ -23,19 +22,8 @@ pytestmark = pytest.mark.integration
 @pytest_asyncio.fixture(loop_scope="session")
 async def order_api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     """The order API as ``make up`` runs it: a stack process trusting the stack's own issuer."""
-    database = f"auth_token_flow_{uuid.uuid4().hex[:8]}"
-    await asyncio.to_thread(stack.start, "order", {"ORDER_DATABASE": database})
-    try:
-        url = f"http://127.0.0.1:{stack.port_of('order')}"
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            yield http
-    finally:
-        await asyncio.to_thread(stack.stop, "order")
-        mongo = make_mongo_client(stack.config.mongo_uri, 10.0, "auth-test-cleanup")
-        try:
-            await mongo.drop_database(database)
-        finally:
-            await mongo.close()
+    async with running_order_api(stack, "auth_token_flow") as http:
+        yield http
 
 
 async def test_tokens_printed_by_stack_token_create_read_and_cancel_their_users_orders(
