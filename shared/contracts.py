@@ -7,7 +7,9 @@ key format are defined here and nowhere else, so a producer and its consumers ca
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Final
 
 AGGREGATE_ORDER: Final = "Order"
@@ -138,6 +140,16 @@ INVENTORY_TOPICS: Final = (
 )
 # Every topic an event is published to (each has its DLQ besides).
 EVENT_TOPICS: Final = (*ORDER_TOPICS, *INVENTORY_TOPICS)
+# The topics each consumer group reads, by default: what its lag and its DLQ cover. Inventory
+# reads the order's events; email one mail per outcome (the verdicts and the cancel, not the
+# creation); the order service inventory's verdicts and releases.
+CONSUMER_GROUP_TOPICS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        INVENTORY_GROUP: ORDER_TOPICS,
+        EMAIL_GROUP: (INVENTORY_RESERVED_TOPIC, INVENTORY_REJECTED_TOPIC, ORDER_CANCELLED_TOPIC),
+        ORDER_GROUP: INVENTORY_TOPICS,
+    }
+)
 ALL_TOPICS: Final = (
     ORDER_CREATED_TOPIC,
     ORDER_CREATED_DLQ_TOPIC,

@@ -8,15 +8,11 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.contracts import (
+    CONSUMER_GROUP_TOPICS,
     EMAIL_GROUP,
     EVENT_TOPICS,
     INVENTORY_GROUP,
-    INVENTORY_REJECTED_TOPIC,
-    INVENTORY_RESERVED_TOPIC,
-    INVENTORY_TOPICS,
-    ORDER_CANCELLED_TOPIC,
     ORDER_GROUP,
-    ORDER_TOPICS,
     dlq_topic_for,
 )
 from shared.settings import RelaySlotsSetting, ServiceSettings
@@ -52,16 +48,7 @@ class ConsoleSettings(ServiceSettings, RelaySlotsSetting):
     # The topics each group reads, of ``topics``: a group's lag on a topic it does not read
     # would be every record of it. A group not named here is taken to read every topic.
     group_topics: dict[str, tuple[str, ...]] = Field(
-        default_factory=lambda: {
-            INVENTORY_GROUP: ORDER_TOPICS,
-            # One mail per outcome: the verdicts and the cancel, not the creation.
-            EMAIL_GROUP: (
-                INVENTORY_RESERVED_TOPIC,
-                INVENTORY_REJECTED_TOPIC,
-                ORDER_CANCELLED_TOPIC,
-            ),
-            ORDER_GROUP: INVENTORY_TOPICS,
-        }
+        default_factory=lambda: dict(CONSUMER_GROUP_TOPICS)
     )
     # Emails for the order timeline: the embedded SMTP sink's directory, or Mailpit's API.
     smtp_dir: Path | None = None
