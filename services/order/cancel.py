@@ -25,7 +25,7 @@ from bson import ObjectId
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.errors import DuplicateKeyError
 
-from services.order.handlers import IdempotencyConflict, order_out, utc_now_ms
+from services.order.handlers import IdempotencyConflict, order_out
 from services.order.lifecycle import (
     CAUSE_CANCEL,
     CancelDecision,
@@ -44,6 +44,7 @@ from services.order.schemas import OrderOut, OrderStatus
 from shared.contracts import EVENT_ORDER_CANCELLED
 from shared.events import OrderCancelled
 from shared.mongo import MongoClient, run_in_transaction
+from shared.outbox import utc_now_ms
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 
 import pymongo
 from bson import ObjectId
@@ -32,7 +32,7 @@ from services.order.schemas import (
 from shared.contracts import EVENT_ORDER_CREATED
 from shared.events import EventItem, OrderCreated
 from shared.mongo import MongoClient, run_in_transaction
-from shared.outbox import FIRST_VERSION
+from shared.outbox import FIRST_VERSION, utc_now_ms
 from shared.tracing import current_traceparent, step_span
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,6 @@ def traceparent_for(incoming: str | None) -> str:
     if match and set(match["trace"]) != {"0"} and set(match["parent"]) != {"0"}:
         return f"00-{match['trace']}-{secrets.token_hex(8)}-{match['flags']}"
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
-
-
-def utc_now_ms() -> datetime:
-    """Now in UTC, truncated to what MongoDB stores (milliseconds), so the 201 response and a
-    later GET or idempotent replay show the same createdAt."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def order_out(order: Order) -> OrderOut:

@@ -16,8 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pymongo import ASCENDING, IndexModel
 
 from shared.contracts import AGGREGATE_ORDER, EVENT_ORDER_CREATED, OutboxStatus
-from shared.outbox import FIRST_VERSION, OUTBOX_COLLECTION, OutboxField
-from shared.slots import slot_for
+from shared.outbox import FIRST_VERSION, OUTBOX_COLLECTION, OutboxField, pending_event_document
 
 ORDERS_COLLECTION: Final = "orders"
 
@@ -116,18 +115,19 @@ class OutboxEvent(Document):
         """A new event of an order, waiting for the relay: what every order transaction writes
         next to its change. Its relay slot (among ``slots``, ``RELAY_SLOTS``) is stored with it,
         so each relay's scan of its slots is one index range."""
-        return cls(
-            aggregate_type=AGGREGATE_ORDER,
-            aggregate_id=aggregate_id,
-            aggregate_version=aggregate_version,
-            event_type=event_type,
-            payload=payload,
-            status=OutboxStatus.PENDING,
-            attempts=0,
-            created_at=created_at,
-            traceparent=traceparent,
-            slot=slot_for(aggregate_id, slots),
+        event: OutboxEvent = cls.model_validate(
+            pending_event_document(
+                aggregate_type=AGGREGATE_ORDER,
+                aggregate_id=aggregate_id,
+                aggregate_version=aggregate_version,
+                event_type=event_type,
+                payload=payload,
+                created_at=created_at,
+                traceparent=traceparent,
+                slots=slots,
+            )
         )
+        return event
 
     class Settings:
         name = OUTBOX_COLLECTION

@@ -23,7 +23,6 @@ from typing import Any, Final
 
 from pymongo.asynchronous.collection import AsyncCollection
 
-from services.order.handlers import utc_now_ms
 from services.order.lifecycle import VERDICT_OF_EVENT_TYPE, decide_verdict, history_entry, status_of
 from services.order.models import ORDERS_COLLECTION
 from shared.consumer import Delivery
@@ -32,6 +31,7 @@ from shared.errors import PoisonMessage
 from shared.events import InventoryEvent, StockRejected, StockReleased, StockReserved
 from shared.identifiers import parse_object_id
 from shared.mongo import MongoClient
+from shared.outbox import utc_now_ms
 
 log = logging.getLogger(__name__)
 
