@@ -56,7 +56,7 @@ from shared.contracts import (
     dlq_topic_for,
 )
 from shared.kafka import decode_headers, make_producer
-from shared.lag import lag_of
+from shared.lag import group_lags, lag_of
 from shared.mongo import MongoClient, make_mongo_client
 from shared.outbox import OUTBOX_COLLECTION
 from shared.redis import make_redis
@@ -112,6 +112,9 @@ SCARCE_EVERY: Final = 3
 # Default settle deadline: a relay backoff (capped at 1 s here), a consumer backoff (1 s), a
 # claim lease (5 s) and the Kafka client's reconnect all fit many times over.
 SETTLE_TIMEOUT: Final = 60.0
+# How long a scenario's start waits for the consumers to finish what an earlier one left (a
+# scenario that broke an invariant stops waiting at once, possibly with a backlog behind it).
+DRAIN_TIMEOUT: Final = 120.0
 SETTLE_POLL_SECONDS: Final = 1.0
 # Marks records a scenario produced itself (poison, copies), so they never count as the relay's.
 INJECTED_HEADER: Final = "chaosInjected"
@@ -590,6 +593,25 @@ class Pipeline:
                 await self.stop(name)
             if not self.is_running(name):
                 await self.start(name)
+        await self.drain()
+
+    async def drain(self, within: float = DRAIN_TIMEOUT) -> None:
+        """Wait (bounded) until every consumer group has read its topics to the end, so a
+        scenario starts on a pipeline that is not still working off an earlier one's backlog
+        (which would be that scenario's settle time, not this one's). At the deadline it gives
+        up and logs: the scenario's own invariants then tell what is wrong."""
+
+        async def caught_up() -> bool:
+            for group, topics in GROUP_TOPICS.items():
+                lags = await group_lags(self.bootstrap, [group], list(topics))
+                if any(lag.total for lag in lags):
+                    return False
+            return True
+
+        try:
+            await wait_until(caught_up, timeout=within, interval=1.0, message="consumers drained")
+        except WaitTimeout as exc:
+            log.warning("starting on a backlog: %s", exc)
 
     # -- faults inside MongoDB ---------------------------------------------------------------
     async def arm_fail_command(
