@@ -42,16 +42,10 @@ from bson import ObjectId
 from bson.errors import InvalidId
 
 from shared.contracts import (
-    EMAIL_GROUP,
+    CONSUMER_GROUP_TOPICS,
     EVENT_TOPICS,
-    INVENTORY_GROUP,
-    INVENTORY_REJECTED_TOPIC,
-    INVENTORY_RESERVED_TOPIC,
-    INVENTORY_TOPICS,
     ORDER_CANCELLED_TOPIC,
     ORDER_CREATED_TOPIC,
-    ORDER_GROUP,
-    ORDER_TOPICS,
     Header,
     dlq_topic_for,
 )
@@ -88,11 +82,7 @@ log = logging.getLogger("chaos")
 ORDERS_DB: Final = "chaos_orders"
 INVENTORY_DB: Final = "chaos_inventory"
 # The topics each consumer group reads: what "caught up" means for it.
-GROUP_TOPICS: Final[dict[str, tuple[str, ...]]] = {
-    INVENTORY_GROUP: ORDER_TOPICS,
-    EMAIL_GROUP: (INVENTORY_RESERVED_TOPIC, INVENTORY_REJECTED_TOPIC, ORDER_CANCELLED_TOPIC),
-    ORDER_GROUP: INVENTORY_TOPICS,
-}
+GROUP_TOPICS: Final = CONSUMER_GROUP_TOPICS
 # The application names the services give their MongoDB clients: configureFailPoint's
 # ``appName`` filter aims a fault at one service and leaves the others (and this harness) alone.
 ORDER_APP_NAME: Final = "order-api"
