@@ -27,7 +27,7 @@ help:
 	@echo "make demo             start everything, send orders, show them travel, stop"
 	@echo "make test             the whole suite (unit, integration, e2e, chaos) and the docs build"
 	@echo "make test-unit | test-integration | test-e2e | chaos | bench | bench-scaling | lint"
-	@echo "make up               embedded stack, four services and the console (Ctrl-C stops)"
+	@echo "make up               embedded stack, six service processes and the console (Ctrl-C stops)"
 	@echo "make docs             serve the documentation site on http://127.0.0.1:8098"
 
 setup: $(SETUP_STAMP) $(KAFKA_STAMP) redis-server

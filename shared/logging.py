@@ -1,4 +1,4 @@
-"""Structured JSON-lines logging, so one event can be followed through all four services.
+"""Structured JSON-lines logging, so one event can be followed through every service.
 
 Pass correlation fields through ``extra``, named for what they hold:
 ``log.info("published", extra={"event_id": ..., "order_id": ..., "topic": ..., "partition": ...,

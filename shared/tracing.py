@@ -1,4 +1,5 @@
-"""OpenTelemetry tracing for the four services: one trace from ``POST /orders`` to the email.
+"""OpenTelemetry tracing for the services: one trace from ``POST /orders`` through the verdict
+loop to the email.
 
 * The order API's request span (FastAPI instrumentation) is the trace's root; its W3C context is
   what the outbox event stores as ``traceparent`` (:func:`current_traceparent`).

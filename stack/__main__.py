@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stack",
         description="The embedded stack: real MongoDB (SecantusDB), Kafka, Redis, an SMTP sink "
-        "and the four services as local processes.",
+        "and the six service processes (order API, two relays, inventory, order-verdicts, "
+        "email) as local processes.",
     )
     parser.add_argument("--root", help="stack directory (default: STACK_ROOT or <repo>/.stack)")
     commands = parser.add_subparsers(dest="command", required=True)
