@@ -52,8 +52,12 @@ class RelaySettings(ServiceSettings, OutboxTtlSetting, RelaySlotsSetting):
     # 500: enough to amortise a Kafka transaction and one Mongo update per batch, small enough
     # that a batch (at most ~500 KB of typical orders) is acknowledged in well under a second.
     batch_size: int = Field(default=500, ge=1, le=10_000)
-    # The change stream wakes the relay at once; the sweep only catches what the stream missed.
-    sweep_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    # The change stream wakes the relay at once; the sweep only catches what the stream missed
+    # (and events set Pending again by a retry). Each held slot sweeps about this often (two
+    # queries), so the default is what an idle pipeline pays: at 1 s, 16 slots in each of two
+    # outboxes made 64 queries a second and half of the Python MongoDB server's idle CPU, and
+    # at light load a slot's sweep came due before nearly every stream-fed round (issue 21).
+    sweep_interval_seconds: float = Field(default=5.0, gt=0, le=60)
     # Failures of unknown cause an event may have before it is parked as Failed. Errors known to
     # be permanent (too large, unserialisable) fail it at once: the same bytes fail the same way.
     max_attempts: int = Field(default=5, ge=1, le=1000)

@@ -5,10 +5,11 @@ of one of two kinds:
 
 * a stream-fed round publishes the inserted documents the change stream handed over
   (:meth:`SlotWorker.notify` with a document), without reading them again;
-* a sweep reads the slot's Pending events from the collection: at start, every
-  ``sweep_interval`` seconds even under a steady stream, at once when the stream (re)opened or
-  broke, when events got a slot, after a backlog batch, and whenever a stream-fed round left
-  something to it (a document it does not trust, a failed send). The sweep is the safety net:
+* a sweep reads the slot's Pending events from the collection: at start, about every
+  ``sweep_interval`` seconds (jittered, :func:`sweep_wait`) even under a steady stream, at once
+  when the stream (re)opened or broke, when events got a slot, after a backlog batch, and
+  whenever a stream-fed round left something to it (a document it does not trust, a failed
+  send). The sweep is the safety net:
   whatever the stream missed or the stream-fed round declined is still Pending and found there.
 
 Rounds never overlap, so the two kinds never send the same event at once, and each skips what
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -55,6 +57,8 @@ MONGO_UNAVAILABLE = "mongo_unavailable"
 # is behind the stream, so the rest is left to a sweep (it reads them in index order anyway).
 # Two batches of whole documents per slot bound the memory a burst can take.
 INBOX_BATCHES = 2
+# Each wait for the next sweep is the interval times a random factor in 1 +/- this.
+SWEEP_JITTER = 0.2
 
 
 class SlotWorker:
@@ -228,10 +232,19 @@ class SlotWorker:
         try:
             await wait_any(
                 (stop, self._lost, self._release, self.wake),
-                self.settings.sweep_interval_seconds,
+                sweep_wait(self.settings.sweep_interval_seconds),
             )
         finally:
             self.idle = False
+
+
+def sweep_wait(interval: float) -> float:
+    """How long an idle slot waits for its next sweep: ``interval`` give or take a fifth.
+
+    The slots a relay takes at start would otherwise sweep in lockstep, a burst of two queries
+    per slot at once every interval, and an order arriving during it waits behind them all.
+    """
+    return interval * random.uniform(1 - SWEEP_JITTER, 1 + SWEEP_JITTER)
 
 
 async def wait_any(events: tuple[asyncio.Event, ...], seconds: float) -> None:

@@ -163,7 +163,7 @@ def test_settings_defaults_match_the_documented_ones() -> None:
     assert (s.port, s.batch_size, s.sweep_interval_seconds, s.backoff_max_seconds) == (
         8001,
         500,
-        1.0,
+        5.0,
         5.0,
     )
     assert s.transactional and s.failpoint is None

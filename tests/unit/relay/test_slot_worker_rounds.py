@@ -15,7 +15,7 @@ from bson import ObjectId
 from services.relay.metrics import RelayMetrics
 from services.relay.settings import RelaySettings
 from services.relay.settle import BatchResult
-from services.relay.slot_worker import INBOX_BATCHES, SlotWorker
+from services.relay.slot_worker import INBOX_BATCHES, SWEEP_JITTER, SlotWorker, sweep_wait
 from services.relay.wakeup import WAKE_CHANGE, WAKE_STREAM_OPENED
 from tests.waiting import wait_until
 
@@ -141,3 +141,10 @@ async def test_a_worker_far_behind_the_stream_leaves_the_overflow_to_a_sweep() -
     # Bounded memory: the documents past the bound are dropped, and a sweep reads them instead.
     assert len(worker.inbox) == INBOX_BATCHES * settings.batch_size
     assert worker._sweep_due
+
+
+def test_idle_slots_sweep_about_every_interval_but_not_in_lockstep() -> None:
+    waits = [sweep_wait(5.0) for _ in range(200)]
+    assert all(5.0 * (1 - SWEEP_JITTER) <= wait <= 5.0 * (1 + SWEEP_JITTER) for wait in waits)
+    # Slots started together drift apart: the waits are spread, not one repeated value.
+    assert max(waits) - min(waits) > 5.0 * SWEEP_JITTER
