@@ -379,7 +379,13 @@ class Relay:
                 )
                 per_slot = {}
                 for slot in sorted(self.workers):
-                    per_slot[slot] = await self._backlog({f.SLOT: slot, f.STATUS: pending})
+                    # Nothing Pending at all (an idle outbox, most refreshes at light load): no
+                    # slot has a backlog, and two queries per held slot would say only that.
+                    per_slot[slot] = (
+                        await self._backlog({f.SLOT: slot, f.STATUS: pending})
+                        if total[0]
+                        else (0.0, 0.0)
+                    )
                 self.metrics.backlog.set_slots(per_slot)
             except PyMongoError as exc:
                 if classify(exc) is not FaultKind.TRANSIENT:
