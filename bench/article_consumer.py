@@ -78,13 +78,7 @@ def article_key(order_id: str) -> str:
 def confirmation_of(order: OrderCreated) -> StockReserved:
     """What our email service confirms from: the order's address, items and total, reserved
     now (the article's consumer sends the confirmation right after ``reserveItems``)."""
-    return StockReserved(
-        order_id=order.order_id,
-        customer_email=order.customer_email,
-        total=order.total,
-        items=order.items,
-        reserved_at=datetime.now(UTC),
-    )
+    return StockReserved.answering(order, reserved_at=datetime.now(UTC))
 
 
 @dataclass

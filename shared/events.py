@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeAlias, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -85,27 +85,41 @@ class StockLine(_Strict):
     quantity: int = Field(ge=1)
 
 
-class StockReserved(_Strict):
-    """Inventory reserved every item of the order (version 1 of the order's reservation).
-
-    It carries what the customer's confirmation needs (address, items, total), copied from the
-    ``OrderCreated`` it answers: the email service builds the mail from this event alone and
-    reads no other service's data.
-    """
+class _OrderVerdict(_Strict):
+    """What both verdicts carry: the customer's address, items and total, copied from the
+    ``OrderCreated`` they answer, so the email service builds its mail from the verdict alone
+    and reads no other service's data."""
 
     schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schemaVersion")
     order_id: OrderId
     customer_email: str = Field(alias="customerEmail", min_length=3)
     total: Annotated[Money, Field(strict=False)]
     items: list[EventItem] = Field(min_length=1)
-    reserved_at: Annotated[datetime, Field(alias="reservedAt", strict=False)]
+
+    @classmethod
+    def answering(cls, order: OrderCreated, **outcome: Any) -> Self:
+        """The verdict on ``order``; ``outcome`` holds the fields of this kind of verdict."""
+        return cls(
+            order_id=order.order_id,
+            customer_email=order.customer_email,
+            total=order.total,
+            items=order.items,
+            **outcome,
+        )
 
     def to_json(self) -> str:
         """Compact JSON with camelCase keys, decimals as strings, times as ISO 8601 UTC."""
         return self.model_dump_json(by_alias=True)
 
 
-class StockRejected(_Strict):
+class StockReserved(_OrderVerdict):
+    """Inventory reserved every item of the order (version 1 of the order's reservation).
+    ``StockReserved.answering(order, reserved_at=...)`` builds it."""
+
+    reserved_at: Annotated[datetime, Field(alias="reservedAt", strict=False)]
+
+
+class StockRejected(_OrderVerdict):
     """Inventory could not reserve the order (version 1 of its reservation): nothing was taken.
 
     ``reason`` is inventory's sentence (``insufficient stock: SKU-A (wanted 3, available 1)``),
@@ -113,18 +127,9 @@ class StockRejected(_Strict):
     :class:`StockReserved`, for the customer's notice.
     """
 
-    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, alias="schemaVersion")
-    order_id: OrderId
-    customer_email: str = Field(alias="customerEmail", min_length=3)
-    total: Annotated[Money, Field(strict=False)]
-    items: list[EventItem] = Field(min_length=1)
     reason: str = Field(min_length=1)
     short_skus: list[str] = Field(alias="shortSkus", min_length=1)
     rejected_at: Annotated[datetime, Field(alias="rejectedAt", strict=False)]
-
-    def to_json(self) -> str:
-        """Compact JSON with camelCase keys, decimals as strings, times as ISO 8601 UTC."""
-        return self.model_dump_json(by_alias=True)
 
 
 class StockReleased(_Strict):

@@ -47,25 +47,15 @@ def cancel_event(created: OrderCreated) -> OrderCancelled:
 
 def reserved_event(created: OrderCreated) -> StockReserved:
     """Inventory's ``StockReserved`` answering ``created`` (what its outbox carries)."""
-    return StockReserved(
-        order_id=created.order_id,
-        customer_email=created.customer_email,
-        total=created.total,
-        items=created.items,
-        reserved_at=datetime.now(UTC),
-    )
+    return StockReserved.answering(created, reserved_at=datetime.now(UTC))
 
 
 def rejected_event(created: OrderCreated, *, short_skus: list[str] | None = None) -> StockRejected:
     """Inventory's ``StockRejected`` answering ``created``: its first SKU short by default."""
     short = short_skus or [created.items[0].sku]
-    return StockRejected(
-        order_id=created.order_id,
-        customer_email=created.customer_email,
-        total=created.total,
-        items=created.items,
-        reason="insufficient stock: "
-        + ", ".join(f"{sku} (wanted {created.items[0].quantity}, available 0)" for sku in short),
-        short_skus=short,
-        rejected_at=datetime.now(UTC),
+    reason = "insufficient stock: " + ", ".join(
+        f"{sku} (wanted {created.items[0].quantity}, available 0)" for sku in short
+    )
+    return StockRejected.answering(
+        created, reason=reason, short_skus=short, rejected_at=datetime.now(UTC)
     )

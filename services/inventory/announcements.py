@@ -39,16 +39,6 @@ class Shortfall:
     skus: list[str]
 
 
-def _what_the_customer_ordered(order: OrderCreated) -> dict[str, Any]:
-    # A verdict carries what the customer's mail needs, copied from the order it answers.
-    return {
-        "order_id": order.order_id,
-        "customer_email": order.customer_email,
-        "total": order.total,
-        "items": order.items,
-    }
-
-
 @dataclass(frozen=True)
 class Announcer:
     """Inserts inventory's events into its outbox, inside the caller's transaction.
@@ -65,7 +55,7 @@ class Announcer:
         self, order: OrderCreated, at: datetime, session: AsyncClientSession
     ) -> None:
         """``StockReserved`` (version 1): every item of ``order`` was taken."""
-        payload = StockReserved(**_what_the_customer_ordered(order), reserved_at=at)
+        payload = StockReserved.answering(order, reserved_at=at)
         await self._insert(
             order.order_id, VERDICT_VERSION, EVENT_STOCK_RESERVED, payload.to_json(), at, session
         )
@@ -78,11 +68,8 @@ class Announcer:
         session: AsyncClientSession,
     ) -> None:
         """``StockRejected`` (version 1): nothing was taken, with the reason and short SKUs."""
-        payload = StockRejected(
-            **_what_the_customer_ordered(order),
-            reason=shortfall.reason,
-            short_skus=shortfall.skus,
-            rejected_at=at,
+        payload = StockRejected.answering(
+            order, reason=shortfall.reason, short_skus=shortfall.skus, rejected_at=at
         )
         await self._insert(
             order.order_id, VERDICT_VERSION, EVENT_STOCK_REJECTED, payload.to_json(), at, session
