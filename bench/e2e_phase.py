@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Final
 
-from bench import cpu, order_api, pipelines, report
+from bench import cpu, order_api, pipelines, report, rest
 from bench.e2e_latency import LatencyResult, OrderTimes, measure_e2e
 from bench.pipelines import Pipeline
 from bench.run import Run
@@ -109,6 +109,33 @@ def _record(
         run.results.setdefault("e2e", {})[key] = runs[shown] if shown is not None else measured[-1]
 
 
+async def wait_for_rest(run: Run, pipeline: Pipeline, window: str) -> None:
+    """Before ``window``: until nothing of the windows before it is left in the pipeline
+    (bench/rest.py); how long that took is kept in ``e2e_rest_waits``, a timeout in ``failures``
+    too (the window is then measured anyway, on a pipeline not at rest)."""
+    cfg = run.config
+    look = rest.pipeline_look(
+        cfg.mongo_uri, cfg.kafka_bootstrap, pipeline.outbox_databases, pipeline.groups
+    )
+    waited = await rest.wait_for_rest(look)
+    run.results.setdefault("e2e_rest_waits", []).append(
+        {
+            "window": window,
+            "seconds": round(waited.seconds, 1),
+            "pending_events": waited.left.pending_events,
+            "unread_records": waited.left.unread_records,
+        }
+    )
+    if waited.timed_out:
+        run.record_failure(
+            TimeoutError(
+                f"not at rest after {waited.seconds:.0f} s: {waited.left.pending_events} events"
+                f" Pending, {waited.left.unread_records} records unread"
+            ),
+            step=f"rest before {window}",
+        )
+
+
 async def _both_loads(run: Run, pipeline: Pipeline, rate: float, key: str) -> None:
     await warm_up(run, pipeline)
     plan = run.plan
@@ -117,11 +144,16 @@ async def _both_loads(run: Run, pipeline: Pipeline, rate: float, key: str) -> No
         result: LatencyResult | None = None
         if attempt < loaded_runs:
             label = f"e2e_{key}_{attempt}"
+            await run.attempt(f"rest before {label}", attempt, wait_for_rest(run, pipeline, label))
             recorders = run.start_profile(label, plan.e2e_seconds)
             loaded = measure(run, pipeline, rate, plan.e2e_seconds, plan.settle_seconds)
             result = await run.attempt(f"{key} at {rate:g}/s", attempt, loaded)
             await run.finish_profile(label, recorders)
             _record(run, key, result)
+        light_label = f"e2e_{key}_light_{attempt}"
+        await run.attempt(
+            f"rest before {light_label}", attempt, wait_for_rest(run, pipeline, light_label)
+        )
         light_run = measure_with_cpu(
             run, pipeline, LIGHT_RATE, plan.light_seconds, plan.settle_seconds
         )

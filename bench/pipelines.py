@@ -17,8 +17,8 @@ they read, so it processes only the orders sent while it runs.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 
 from bench.article_relay import keep_only_article_indexes
 from bench.e2e_latency import seed_bench_stock
@@ -45,6 +45,10 @@ class Pipeline:
     # Whether its order service follows inventory's verdict (the order becomes confirmed or
     # rejected): the loop is then closed only once it did.
     follows_verdicts: bool = False
+    # Where its events wait (the databases of its outboxes) and who reads them (consumer group
+    # -> its topics): what bench/rest.py looks at before a window.
+    outbox_databases: tuple[str, ...] = ()
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 async def _groups_start_at_the_end(bootstrap: str, groups: dict[str, tuple[str, ...]]) -> None:
@@ -62,15 +66,13 @@ async def ours(run: Run, tag: str) -> AsyncIterator[Pipeline]:
     inv_group, email_group = f"bench-inv-{tag}", f"bench-email-{tag}"
     verdicts_group = f"bench-verdicts-{tag}"
     await seed_bench_stock(cfg.mongo_uri, inventory_db)
-    await _groups_start_at_the_end(
-        cfg.kafka_bootstrap,
-        {
-            # The topics each service subscribes to, as it builds them from its settings.
-            inv_group: (InventorySettings().topic, InventorySettings().cancelled_topic),
-            email_group: tuple(email_routes(EmailSettings())),
-            verdicts_group: tuple(verdict_routes(VerdictSettings())),
-        },
-    )
+    groups = {
+        # The topics each service subscribes to, as it builds them from its settings.
+        inv_group: (InventorySettings().topic, InventorySettings().cancelled_topic),
+        email_group: tuple(email_routes(EmailSettings())),
+        verdicts_group: tuple(verdict_routes(VerdictSettings())),
+    }
+    await _groups_start_at_the_end(cfg.kafka_bootstrap, groups)
     started: list[str] = []
     try:
         for name, env in (
@@ -90,7 +92,15 @@ async def ours(run: Run, tag: str) -> AsyncIterator[Pipeline]:
             await run.start_service(name, env)
             started.append(name)
         url = f"http://127.0.0.1:{cfg.port_of('order')}"
-        yield Pipeline("ours", url, inventory_db, orders_db, follows_verdicts=True)
+        yield Pipeline(
+            "ours",
+            url,
+            inventory_db,
+            orders_db,
+            follows_verdicts=True,
+            outbox_databases=(orders_db, inventory_db),
+            groups=groups,
+        )
     finally:
         for name in reversed(started):
             run.stop_service(name)
@@ -126,7 +136,12 @@ async def article(run: Run, tag: str) -> AsyncIterator[Pipeline]:
         )
         await wait_for_file(ready, consumer, SUBPROCESS_READY_TIMEOUT)
         yield Pipeline(
-            "article", f"http://127.0.0.1:{cfg.port_of('order')}", inventory_db, orders_db
+            "article",
+            f"http://127.0.0.1:{cfg.port_of('order')}",
+            inventory_db,
+            orders_db,
+            outbox_databases=(orders_db,),
+            groups={group: (ORDER_CREATED_TOPIC,)},
         )
     finally:
         run.stop_all_own()
